@@ -1,0 +1,3 @@
+// HardNegativeAugmenter<Model> (in progress).
+#pragma once
+#include <ihn/version.hpp>

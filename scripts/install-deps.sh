@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages ihn needs to build, test and run its tools.
+# Idempotent: silent when everything is present; uses sudo when not root.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libtorch-dev            # LibTorch 1.13 (CPU)
+  libopenblas0-openmp     # without it libtorch falls back to reference BLAS (~10x slower)
+  libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev libstb-dev
+  catch2                  # Catch2 v2 single header
+  wordnet-base            # synonym stage of the METEOR variant
+)
+if [[ "${IHN_WITH_PYTHON:-0}" == 1 ]]; then
+  # Only for the parity/benchmark scripts that run the official Python code.
+  packages+=(python3-torch python3-torchvision)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+echo "ihn: installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
