@@ -14,8 +14,12 @@
 namespace ihn_test {
 
 /// ../shared beside the clone (fixtures/, data/); tests that read it are tagged [shared].
-inline std::filesystem::path shared_dir() { return IHN_SHARED_DIR; }
-inline std::filesystem::path fixtures_dir() { return shared_dir() / "fixtures"; }
+inline std::filesystem::path shared_dir() {
+  return IHN_SHARED_DIR;
+}
+inline std::filesystem::path fixtures_dir() {
+  return shared_dir() / "fixtures";
+}
 
 /// A scratch folder under the build tree, emptied for each caller that asks by name.
 inline std::filesystem::path scratch_dir(const std::string& name) {

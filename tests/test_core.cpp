@@ -1,9 +1,499 @@
-// The core library: version, encoder traits, alignment loss, schedules, augmenter, hooks.
+// The core library: alignment loss, schedules, peers, the max step, the augmenter and its
+// state, the callback, encoder traits, and the official-compatible mode (fixture ithn_loss).
 #include "test_common.hpp"
+
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <set>
+
+namespace {
+
+at::Tensor random_features(int64_t rows, int64_t dim, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn({rows, dim}, gen, at::TensorOptions().dtype(at::kFloat));
+}
+
+c10::Dict<c10::IValue, c10::IValue> load_pt(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return torch::pickle_load(bytes).toGenericDict();
+}
+
+// Brute-force per-sample InfoNCE in double, straight from the definition in docs/method.md.
+std::vector<double> reference_info_nce(const at::Tensor& images, const at::Tensor& reports,
+                                       const at::Tensor& negatives, double temperature) {
+  auto z = ihn::l2_normalize(images.to(at::kDouble));
+  auto u = ihn::l2_normalize(reports.to(at::kDouble));
+  auto n = negatives.defined() ? ihn::l2_normalize(negatives.to(at::kDouble)) : at::Tensor();
+  const int64_t batch = z.size(0);
+  std::vector<double> out;
+  for (int64_t i = 0; i < batch; ++i) {
+    std::vector<double> row, col;
+    for (int64_t j = 0; j < batch; ++j) {
+      row.push_back(z[i].dot(u[j]).item<double>() / temperature);
+      col.push_back(u[i].dot(z[j]).item<double>() / temperature);
+    }
+    if (n.defined())
+      for (int64_t k = 0; k < n.size(1); ++k)
+        row.push_back(z[i].dot(n[i][k]).item<double>() / temperature);
+    auto lse = [](const std::vector<double>& v) {
+      double m = *std::max_element(v.begin(), v.end()), s = 0;
+      for (double x : v) s += std::exp(x - m);
+      return m + std::log(s);
+    };
+    const double positive = z[i].dot(u[i]).item<double>() / temperature;
+    out.push_back(0.5 * ((lse(row) - positive) + (lse(col) - positive)));
+  }
+  return out;
+}
+
+// A user's toy model: the features come from its own members (the encoder_traits default).
+struct ToyBatch {
+  at::Tensor images, reports;
+};
+struct ToyModelImpl : torch::nn::Module {
+  ToyModelImpl()
+      : image_encoder(register_module("image_encoder", torch::nn::Linear(12, 8))),
+        report_encoder(register_module("report_encoder", torch::nn::Linear(10, 8))) {}
+  at::Tensor image_features(const ToyBatch& b) { return image_encoder(b.images); }
+  at::Tensor report_features(const ToyBatch& b) { return report_encoder(b.reports); }
+  torch::nn::Linear image_encoder, report_encoder;
+};
+TORCH_MODULE(ToyModel);
+
+struct NoFeatures {};
+
+}  // namespace
 
 TEST_CASE("version macros agree with the version string", "[version]") {
   const std::string expected = std::to_string(IHN_VERSION_MAJOR) + "." +
                                std::to_string(IHN_VERSION_MINOR) + "." +
                                std::to_string(IHN_VERSION_PATCH);
   CHECK(expected == ihn::version_string);
+}
+
+TEST_CASE("encoder_traits finds members through objects and module holders", "[traits]") {
+  STATIC_REQUIRE(ihn::has_encoder_features_v<ToyModel, ToyBatch>);
+  STATIC_REQUIRE(ihn::has_encoder_features_v<ToyModelImpl, ToyBatch>);
+  STATIC_REQUIRE_FALSE(ihn::has_encoder_features_v<NoFeatures, ToyBatch>);
+  ToyModel model;
+  ToyBatch batch{random_features(3, 12, 1), random_features(3, 10, 2)};
+  auto via_traits = ihn::encoder_traits<ToyModel>::image_features(model, batch);
+  CHECK(torch::equal(via_traits, model->image_encoder(batch.images)));
+  CHECK(ihn::encoder_traits<ToyModel>::report_features(model, batch).sizes() ==
+        at::IntArrayRef({3, 8}));
+}
+
+TEST_CASE("masked_mean ignores padding", "[features]") {
+  auto hidden = random_features(2 * 5, 4, 3).view({2, 5, 4});
+  auto mask = torch::tensor({{1, 1, 1, 0, 0}, {1, 1, 1, 1, 1}}, at::kLong);
+  auto mean = ihn::masked_mean(hidden, mask);
+  CHECK(torch::allclose(mean[0], hidden[0].narrow(0, 0, 3).mean(0)));
+  CHECK(torch::allclose(mean[1], hidden[1].mean(0)));
+  auto changed = hidden.clone();
+  changed[0].narrow(0, 3, 2).fill_(1e6);  // padding values must not matter
+  CHECK(torch::equal(ihn::masked_mean(changed, mask), mean));
+  auto empty = ihn::masked_mean(hidden, torch::zeros({2, 5}));
+  CHECK(torch::equal(empty, torch::zeros({2, 4})));
+  CHECK_THROWS_WITH(ihn::masked_mean(hidden, torch::ones({2, 4})),
+                    Catch::Contains("does not match hidden states"));
+}
+
+TEST_CASE("hardness schedules", "[schedule]") {
+  ihn::HardnessSchedule exponential = ihn::ExponentialHardness{0.01};
+  CHECK(ihn::schedule_lambda(exponential, 1, 0) == Approx(std::exp(-0.01)).epsilon(1e-15));
+  CHECK(ihn::schedule_hardness(exponential, 100, 0) == Approx(1 - std::exp(-1.0)));
+  ihn::HardnessSchedule linear = ihn::LinearHardness{10, ihn::ScheduleUnit::step};
+  CHECK(ihn::schedule_hardness(linear, 1, 5) == Approx(0.5));
+  CHECK(ihn::schedule_hardness(linear, 1, 50) == 1.0);
+  ihn::HardnessSchedule cosine = ihn::CosineHardness{10};
+  double previous = -1;
+  for (int epoch = 0; epoch <= 12; ++epoch) {  // monotone, 0 → 1
+    const double h = ihn::schedule_hardness(cosine, epoch, 0);
+    CHECK(h >= previous);
+    previous = h;
+  }
+  CHECK(previous == Approx(1.0));
+  CHECK(ihn::schedule_hardness(ihn::ConstantHardness{0.25}, 7, 7) == Approx(0.75));
+  CHECK_THROWS_WITH(ihn::validate_schedule(ihn::LinearHardness{0}), Catch::Contains("ramp"));
+  CHECK_THROWS_WITH(ihn::validate_schedule(ihn::ExponentialHardness{-1}), Catch::Contains("alpha"));
+  CHECK(ihn::describe(exponential) == "exponential(alpha=0.010000 per epoch)");
+}
+
+TEST_CASE("AlignmentLoss equals the definition", "[loss]") {
+  auto images = random_features(5, 16, 10);
+  auto reports = random_features(5, 16, 11);
+  auto negatives = random_features(5 * 3, 16, 12).view({5, 3, 16});
+  ihn::AlignmentLoss loss(ihn::AlignmentLossOptions{}.temperature(0.1));
+  auto per_sample = loss.per_sample(images, reports, negatives);
+  auto expected = reference_info_nce(images, reports, negatives, 0.1);
+  for (int64_t i = 0; i < 5; ++i)  // float32 arithmetic against double: 1e-4 relative
+    CHECK(per_sample[i].item<double>() == Approx(expected[static_cast<size_t>(i)]).epsilon(1e-4));
+
+  SECTION("masked negatives and same-report columns drop out") {
+    auto mask = torch::ones({5, 3}, at::kBool);
+    mask[2][1] = false;
+    auto masked = loss.per_sample(images, reports, negatives, mask);
+    auto without = reference_info_nce(images, reports,
+                                      negatives.index({2})
+                                          .index_select(0, torch::tensor({0, 2}))
+                                          .unsqueeze(0)
+                                          .expand({5, 2, 16})
+                                          .contiguous(),
+                                      0.1);
+    CHECK(masked[2].item<double>() == Approx(without[2]).epsilon(1e-4));
+    auto same = torch::zeros({5, 5}, at::kBool);
+    same[0][1] = same[1][0] = true;
+    auto with_same = loss.per_sample(images, reports, {}, {}, same);
+    auto plain = loss.per_sample(images, reports);
+    CHECK(with_same[0].item<double>() < plain[0].item<double>());  // one negative fewer
+    CHECK(with_same[3].item<double>() == Approx(plain[3].item<double>()));
+  }
+  SECTION("B = 1 without negatives gives 0") {
+    auto single = loss(images.narrow(0, 0, 1), reports.narrow(0, 0, 1));
+    CHECK(single.item<double>() == Approx(0.0).margin(1e-7));
+  }
+  SECTION("hinge") {
+    ihn::AlignmentLoss hinge(
+        ihn::AlignmentLossOptions{}.kind(ihn::AlignmentKind::hinge).hinge_margin(0.2));
+    auto z = ihn::l2_normalize(images), u = ihn::l2_normalize(reports);
+    auto n = ihn::l2_normalize(negatives);
+    double expected0 = 0, reverse0 = 0;
+    const double pos = z[0].dot(u[0]).item<double>();
+    for (int j = 1; j < 5; ++j) {
+      expected0 += std::max(0.0, 0.2 - pos + z[0].dot(u[j]).item<double>());
+      reverse0 += std::max(0.0, 0.2 - pos + u[0].dot(z[j]).item<double>());
+    }
+    for (int k = 0; k < 3; ++k)
+      expected0 += std::max(0.0, 0.2 - pos + z[0].dot(n[0][k]).item<double>());
+    CHECK(hinge.per_sample(images, reports, negatives)[0].item<double>() ==
+          Approx(0.5 * (expected0 + reverse0)).epsilon(1e-5));
+  }
+  CHECK_THROWS_WITH(loss(images, reports.narrow(0, 0, 4)), Catch::Contains("same shape"));
+  CHECK_THROWS_WITH(ihn::AlignmentLoss(ihn::AlignmentLossOptions{}.temperature(0)),
+                    Catch::Contains("temperature"));
+}
+
+TEST_CASE("closest peers equal a brute-force search and skip same-key reports", "[peers]") {
+  const int64_t n = 60, dim = 8, k = 4;
+  auto features = random_features(n, dim, 21);
+  std::vector<int64_t> ids(n), keys(n);
+  for (int64_t i = 0; i < n; ++i) {
+    ids[static_cast<size_t>(i)] = 1000 + i;
+    keys[static_cast<size_t>(i)] = i % 3 == 0 ? 7 : i;  // a third share one "normal" report
+  }
+  ihn::FeatureBank bank;
+  bank.update(torch::tensor(ids), features, torch::tensor(keys));
+  auto queries = features.narrow(0, 0, 10);
+  auto query_ids = torch::tensor(ids).narrow(0, 0, 10);
+  auto query_keys = torch::tensor(keys).narrow(0, 0, 10);
+  auto peers = ihn::closest_peers_in_bank(bank, queries, query_ids, query_keys, k);
+  auto unit = ihn::l2_normalize(features);
+  for (int64_t q = 0; q < 10; ++q) {
+    std::vector<std::pair<double, int64_t>> brute;
+    for (int64_t j = 0; j < n; ++j) {
+      if (j == q || keys[static_cast<size_t>(j)] == keys[static_cast<size_t>(q)]) continue;
+      brute.emplace_back(unit[q].dot(unit[j]).item<double>(), ids[static_cast<size_t>(j)]);
+    }
+    std::sort(brute.rbegin(), brute.rend());
+    for (int64_t s = 0; s < k; ++s) {
+      CHECK(peers.mask[q][s].item<bool>());
+      CHECK(peers.peer_ids[q][s].item<int64_t>() == brute[static_cast<size_t>(s)].second);
+      CHECK(peers.similarity[q][s].item<double>() ==
+            Approx(brute[static_cast<size_t>(s)].first).epsilon(1e-5));
+      const int64_t peer_row = peers.peer_ids[q][s].item<int64_t>() - 1000;
+      CHECK(keys[static_cast<size_t>(peer_row)] != keys[static_cast<size_t>(q)]);
+      CHECK(torch::allclose(peers.features[q][s], unit[peer_row]));
+    }
+  }
+  SECTION("in-batch peers exclude self and same key; too few peers leave slots unused") {
+    auto batch_keys = torch::tensor({5, 5, 6}, at::kLong);
+    auto in_batch = ihn::closest_peers_in_batch(features.narrow(0, 0, 3), batch_keys, 2);
+    CHECK(in_batch.mask[0][0].item<bool>());
+    CHECK(in_batch.peer_ids[0][0].item<int64_t>() == 2);  // 1 shares the key of 0
+    CHECK_FALSE(in_batch.mask[0][1].item<bool>());
+    CHECK(in_batch.peer_ids[0][1].item<int64_t>() == -1);
+    CHECK(in_batch.peer_ids[2].sum().item<int64_t>() == 1);  // peers 0 and 1
+  }
+}
+
+TEST_CASE("the max step: monotone, inside the trust region, behind the margin", "[max_step]") {
+  const double radius = 0.6, margin = 0.05;
+  for (uint64_t trial = 0; trial < 20; ++trial) {
+    const int64_t batch = 6, k = 3, dim = 16;
+    auto images = random_features(batch, dim, 100 + trial);
+    // Reports correlated with the images, as after some training.
+    auto reports = images + 0.8 * random_features(batch, dim, 200 + trial);
+    auto anchors =
+        ihn::l2_normalize(random_features(batch * k, dim, 300 + trial).view({batch, k, dim}));
+    auto mask = torch::ones({batch, k}, at::kBool);
+    mask[0][2] = false;
+    ihn::AlignmentLoss loss(ihn::AlignmentLossOptions{}.temperature(0.1));
+    auto result = ihn::maximise_negatives(
+        loss, images, reports, anchors, anchors, mask, {},
+        ihn::MaxStepOptions{}.steps(8).step_size(0.3).radius(radius).margin(margin));
+    CHECK((result.loss_after >= result.loss_before).all().item<bool>());
+    CHECK((result.loss_after > result.loss_before).any().item<bool>());
+    auto z = ihn::l2_normalize(images), u = ihn::l2_normalize(reports);
+    auto limit = (z * u).sum(-1) - margin;
+    auto centres =
+        ihn::enforce_margin(anchors, z.unsqueeze(1), limit.view({-1, 1, 1}), u.unsqueeze(1));
+    auto cos_to_image = at::einsum("bd,bkd->bk", {z, result.negatives});
+    auto cos_to_centre = (result.negatives * centres).sum(-1);
+    // float32 rounding of normalisations: 1e-5 on cosines.
+    CHECK((cos_to_image <= limit.unsqueeze(1) + 1e-5).all().item<bool>());
+    CHECK((cos_to_centre >= 1 - 0.5 * radius * radius - 1e-5).all().item<bool>());
+    CHECK((result.negatives.norm(2, -1) - 1).abs().max().item<double>() < 1e-5);
+    // An unused slot stays at its centre (which the max step renormalises once more).
+    CHECK(torch::allclose(result.negatives[0][2], centres[0][2], 0, 1e-6));
+  }
+}
+
+TEST_CASE("the augmenter adds no parameters and never touches the network", "[augmenter]") {
+  torch::manual_seed(0);
+  ToyModel model;
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+  const auto parameters_before = model->parameters().size();
+  ihn::HardNegativeAugmenter<ToyModel> augmenter(
+      model, ihn::Options{}.negatives_per_sample(2).ascent_steps(3));
+  CHECK(model->parameters().size() == parameters_before);
+  CHECK(model->buffers().empty());
+  CHECK(optimizer.param_groups().size() == 1);
+  CHECK(optimizer.param_groups()[0].params().size() == parameters_before);
+
+  ToyBatch batch{random_features(6, 12, 31), random_features(6, 10, 32)};
+  // Give every parameter a gradient, then check the max step changes neither value nor grad.
+  (model->image_features(batch).sum() + model->report_features(batch).sum()).backward();
+  std::vector<at::Tensor> values, grads;
+  for (auto& p : model->parameters()) {
+    values.push_back(p.detach().clone());
+    grads.push_back(p.grad().clone());
+  }
+  auto term = augmenter.loss_for(batch, {0, 1, 2, 3, 4, 5});
+  for (size_t i = 0; i < values.size(); ++i) {
+    CHECK(torch::equal(model->parameters()[i], values[i]));
+    CHECK(torch::equal(model->parameters()[i].grad(), grads[i]));
+  }
+  CHECK(model->parameters().size() == parameters_before);
+
+  SECTION("the min-step term sends gradient to the network, none to the negatives") {
+    CHECK_FALSE(augmenter.last_negatives().requires_grad());
+    model->zero_grad();
+    term.backward();
+    CHECK(model->image_encoder->weight.grad().abs().sum().item<double>() > 0);
+    CHECK(model->report_encoder->weight.grad().abs().sum().item<double>() > 0);
+    CHECK_FALSE(augmenter.last_negatives().grad().defined());
+    // The same term from the same (constant) negatives, recomputed by hand.
+    model->zero_grad();
+    auto z = model->image_features(batch), u = model->report_features(batch);
+    auto again = ihn::AlignmentLoss(ihn::AlignmentLossOptions{}.temperature(0.07))(
+                     z, u, augmenter.last_negatives(), augmenter.last_negative_mask()) *
+                 0.1;
+    CHECK(again.item<double>() == Approx(term.item<double>()).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("augmenter edge cases", "[augmenter]") {
+  ToyModel model;
+  auto images = random_features(4, 8, 41), reports = random_features(4, 8, 42);
+  SECTION("B = 1 without ids: no peers, loss 0") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(model);
+    auto term = augmenter.loss(images.narrow(0, 0, 1), reports.narrow(0, 0, 1));
+    CHECK(term.item<double>() == Approx(0).margin(1e-7));
+    CHECK(augmenter.last_stats().used_negatives == 0);
+  }
+  SECTION("K = 0 is plain in-batch alignment") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(
+        model, ihn::Options{}.negatives_per_sample(0).weight(1));
+    auto term = augmenter.loss(images, reports, {1, 2, 3, 4});
+    CHECK(term.item<double>() ==
+          Approx(ihn::AlignmentLoss{}(images, reports).item<double>()).epsilon(1e-6));
+  }
+  SECTION("zero-norm features stay finite") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(model);
+    auto zero_images = images.clone();
+    zero_images[1].zero_();
+    auto zero_reports = reports.clone();
+    zero_reports[2].zero_();
+    auto term = augmenter.loss(zero_images, zero_reports, {1, 2, 3, 4});
+    CHECK(std::isfinite(term.item<double>()));
+    CHECK(at::isfinite(augmenter.last_negatives()).all().item<bool>());
+  }
+  SECTION("a negative identical to the positive is pushed behind the margin") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(
+        model, ihn::Options{}.negatives_per_sample(1).margin(0.1).ascent_steps(4));
+    auto twin_reports = reports.clone();
+    twin_reports[1] = twin_reports[0];  // same features, different report keys
+    augmenter.loss(images, twin_reports, {}, {"a", "b", "c", "d"});
+    auto z = ihn::l2_normalize(images), u = ihn::l2_normalize(twin_reports);
+    auto cos_negative = at::einsum("bd,bkd->bk", {z, augmenter.last_negatives()}).squeeze(1);
+    auto cos_positive = (z * u).sum(-1);
+    CHECK((cos_negative <= cos_positive - 0.1 + 1e-5).all().item<bool>());
+  }
+  SECTION("same-key samples are never negatives") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(model, ihn::Options{}.negatives_per_sample(3));
+    augmenter.loss(images, reports, {}, {"normal", "normal", "normal", "effusion"});
+    auto mask = augmenter.last_negative_mask();
+    for (int i = 0; i < 3; ++i) {  // each normal study has only the effusion one
+      CHECK(mask[i].sum().item<int64_t>() == 1);
+    }
+    CHECK(mask[3].sum().item<int64_t>() == 3);
+  }
+  SECTION("NaN and Inf are reported") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(model);
+    auto bad = images.clone();
+    bad[2][3] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(augmenter.loss(bad, reports),
+                      Catch::Contains("image features contains NaN") && Catch::Contains("row 2"));
+    auto inf = reports.clone();
+    inf[0][0] = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(augmenter.loss(images, inf), Catch::Contains("report features contains Inf"));
+  }
+  SECTION("wrong shapes and counts are reported") {
+    ihn::HardNegativeAugmenter<ToyModel> augmenter(model);
+    CHECK_THROWS_WITH(augmenter.loss(images, reports, {1, 2}),
+                      Catch::Contains("2 ids for a batch of 4"));
+    CHECK_THROWS_WITH(augmenter.loss(images, random_features(4, 6, 1)),
+                      Catch::Contains("differ in shape"));
+    CHECK_THROWS_WITH(ihn::HardNegativeAugmenter<ToyModel>(model, ihn::Options{}.margin(0)),
+                      Catch::Contains("margin"));
+  }
+}
+
+TEST_CASE("negatives get harder as the schedule advances", "[augmenter]") {
+  ToyModel model;
+  auto images = random_features(8, 16, 51);
+  auto reports = images + 0.5 * random_features(8, 16, 52);
+  std::vector<int64_t> ids{0, 1, 2, 3, 4, 5, 6, 7};
+  auto options = ihn::Options{}
+                     .negatives_per_sample(2)
+                     .schedule(ihn::LinearHardness{10, ihn::ScheduleUnit::epoch})
+                     .min_radius(0.0)
+                     .max_radius(1.2)
+                     .keep_negatives(false);
+  ihn::HardNegativeAugmenter<ToyModel> early(model, options), late(model, options);
+  early.set_epoch(0);
+  late.set_epoch(10);
+  early.loss(images, reports, ids);
+  late.loss(images, reports, ids);
+  CHECK(early.last_stats().radius == 0.0);
+  CHECK(late.last_stats().negative_similarity > early.last_stats().negative_similarity + 0.05);
+  CHECK(late.last_stats().loss_after_max > early.last_stats().loss_after_max);
+}
+
+TEST_CASE("save, load, continue: identical negatives and losses", "[state]") {
+  ToyModel model;
+  auto options = ihn::Options{}.negatives_per_sample(3).candidate_pool(5).seed(7);
+  auto make_batch = [](int64_t b) {
+    return std::pair{random_features(4, 8, 500 + 2 * static_cast<uint64_t>(b)),
+                     random_features(4, 8, 501 + 2 * static_cast<uint64_t>(b))};
+  };
+  auto ids_of = [](int64_t b) {
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < 4; ++i) ids.push_back((b * 4 + i) % 12);
+    return ids;
+  };
+  ihn::HardNegativeAugmenter<ToyModel> first(model, options);
+  for (int64_t b = 0; b < 5; ++b) {
+    auto [z, u] = make_batch(b);
+    first.loss(z, u, ids_of(b));
+    first.step();
+  }
+  auto path = ihn_test::scratch_dir("augmenter_state") / "ihn.state";
+  ihn::save_state(first.state_dict(), path);
+  ihn::HardNegativeAugmenter<ToyModel> resumed(model, options);
+  resumed.load_state_dict(ihn::load_state(path));
+  CHECK(resumed.global_step() == 5);
+  for (int64_t b = 5; b < 10; ++b) {
+    auto [z, u] = make_batch(b);
+    auto a = first.loss(z, u, ids_of(b));
+    auto c = resumed.loss(z, u, ids_of(b));
+    CHECK(torch::equal(a, c));
+    CHECK(torch::equal(first.last_negatives(), resumed.last_negatives()));
+    first.step();
+    resumed.step();
+  }
+  SECTION("a truncated state file is named in the error") {
+    std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+    CHECK_THROWS_WITH(ihn::load_state(path),
+                      Catch::Contains("ihn.state") && Catch::Contains("truncated or corrupt"));
+  }
+  SECTION("a state saved with another K is refused") {
+    ihn::HardNegativeAugmenter<ToyModel> other(model, ihn::Options{}.negatives_per_sample(2));
+    CHECK_THROWS_WITH(other.load_state_dict(first.state_dict()),
+                      Catch::Contains("negatives_per_sample 3"));
+  }
+}
+
+TEST_CASE("HardNegativeCallback drives the augmenter from trainer hooks", "[hooks]") {
+  ToyModel model;
+  ihn::HardNegativeCallback<ToyModel> callback(model, ihn::Options{}.negatives_per_sample(2));
+  ihn::Callback& hooks = callback;
+  ToyBatch batch{random_features(4, 12, 61), random_features(4, 10, 62)};
+  hooks.on_train_epoch_start(3);
+  ihn::BatchContext context;
+  context.image_features = model->image_features(batch);
+  context.report_features = model->report_features(batch);
+  context.ids = {0, 1, 2, 3};
+  context.loss = torch::tensor(2.0);
+  hooks.on_before_backward(context);
+  CHECK(context.loss.item<double>() > 2.0);
+  CHECK(context.logs.count("ihn/alignment") == 1);
+  hooks.on_train_batch_end(context);
+  CHECK(callback.augmenter().global_step() == 1);
+  CHECK(callback.augmenter().epoch() == 3);
+  ihn::StateDict state;
+  hooks.on_save_checkpoint(state);
+  CHECK(state.count("ihn.clock") == 1);
+  ihn::HardNegativeCallback<ToyModel> restored(model, ihn::Options{}.negatives_per_sample(2));
+  restored.on_load_checkpoint(state);
+  CHECK(restored.augmenter().global_step() == 1);
+  CHECK(restored.augmenter().bank().size() == 4);
+}
+
+TEST_CASE("official-compatible mode reproduces the released ITHN loss", "[official][shared]") {
+  // Fixture ithn_loss: the released code's tensors (float32). 1e-6 absolute on losses and
+  // 1e-5 on intermediates: the same float32 operations in the same order, so the only
+  // differences are BLAS summation order (observed < 1e-6).
+  auto data = load_pt(ihn_test::fixtures_dir() / "ithn_loss" / "ithn.pt");
+  auto get = [&](const std::string& key) { return data.at(key).toTensor(); };
+  auto z = get("z"), u = get("u"), z_neg = get("z_neg"), u_neg = get("u_neg");
+  // The release's projection with identity weights is a row L2 normalisation of the raw input.
+  CHECK(torch::allclose(ihn::l2_normalize(get("raw_z")), z, 0, 1e-6));
+  auto lambdas = get("lambdas");
+  for (int64_t l = 0; l < lambdas.size(0); ++l) {
+    const std::string p = "l" + std::to_string(l) + "_";
+    const double lambda = data.at(p + "lambda").toDouble();
+    CHECK(lambda == lambdas[l].item<double>());
+    auto legacy = ihn::official_loss_terms(z, u, z_neg, u_neg, get("temp_1"), get("temp_3"), lambda,
+                                           /*legacy_batch_mixing=*/true);
+    CHECK(torch::allclose(legacy.projection, get(p + "p"), 0, 1e-5));
+    CHECK(torch::allclose(legacy.harder_negatives, get(p + "h_neg"), 0, 1e-5));
+    CHECK(torch::allclose(legacy.similarity, get(p + "S_fin"), 0, 1e-5));
+    CHECK(legacy.l_cp.item<double>() == Approx(get(p + "l_cp").item<double>()).margin(1e-6));
+    CHECK(legacy.l_cs.item<double>() == Approx(get(p + "l_cs").item<double>()).margin(1e-6));
+    auto total = ihn::official_total_loss(torch::tensor(2.0f), legacy);
+    CHECK(total.item<double>() == Approx(get(p + "total").item<double>()).margin(1e-6));
+
+    auto corrected = ihn::official_loss_terms(z, u, z_neg, u_neg, get("temp_1"), get("temp_3"),
+                                              lambda, /*legacy_batch_mixing=*/false);
+    CHECK(torch::allclose(corrected.projection, get(p + "corr_p"), 0, 1e-5));
+    CHECK(torch::allclose(corrected.similarity, get(p + "corr_S_fin"), 0, 1e-5));
+    CHECK(corrected.l_cp.item<double>() ==
+          Approx(get(p + "corr_l_cp").item<double>()).margin(1e-6));
+    CHECK(ihn::official_total_loss(torch::tensor(2.0f), corrected).item<double>() ==
+          Approx(get(p + "corr_total").item<double>()).margin(1e-6));
+  }
+  CHECK(ihn::official_lambda(0.01, 1) == lambdas[0].item<double>());
+}
+
+TEST_CASE("official projection heads use the released parameter names", "[official]") {
+  ihn::OfficialProjection head(2048, 512);
+  auto names = head->named_parameters().keys();
+  REQUIRE(names.size() == 1);
+  CHECK(names[0] == "linear1.weight");
+  auto out = head->forward(random_features(3, 2048, 71));
+  CHECK(torch::allclose(out.norm(2, 1), torch::ones({3}), 0, 1e-5));
 }

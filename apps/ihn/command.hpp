@@ -20,7 +20,8 @@ struct CommandError : std::runtime_error {
 };
 
 struct CommandRegistration {
-  int order;  ///< position in --help (train 10, evaluate 20, generate 30, compare 40, eval 50, data 60)
+  int order;  ///< position in --help (train 10, evaluate 20, generate 30, compare 40, eval 50, data
+              ///< 60)
   std::function<void(CLI::App&)> add;
 };
 
@@ -40,6 +41,6 @@ struct CommandRegistrar {
 #define IHN_CLI_CONCAT_INNER(a, b) a##b
 #define IHN_CLI_CONCAT(a, b) IHN_CLI_CONCAT_INNER(a, b)
 /// IHN_REGISTER_COMMAND(order, function adding the subcommand to the CLI::App)
-#define IHN_REGISTER_COMMAND(order, add_function)                                     \
+#define IHN_REGISTER_COMMAND(order, add_function)                                         \
   static const ::ihn::cli::CommandRegistrar IHN_CLI_CONCAT(ihn_cli_registrar_, __LINE__)( \
       order, add_function)

@@ -9,10 +9,11 @@
 #include <exception>
 
 int main(int argc, char** argv) {
-  CLI::App app{"ihn: radiology report generation with increasingly hard negatives.\n"
-               "Train, evaluate and compare report generators; score reports with the field's "
-               "metrics.",
-               "ihn"};
+  CLI::App app{
+      "ihn: radiology report generation with increasingly hard negatives.\n"
+      "Train, evaluate and compare report generators; score reports with the field's "
+      "metrics.",
+      "ihn"};
   app.set_version_flag("--version", std::string("ihn ") + ihn::version_string);
   app.require_subcommand(1);
   app.fallthrough(false);

@@ -1,3 +1,387 @@
-// HardNegativeAugmenter<Model> (in progress).
+// HardNegativeAugmenter<Model>: increasingly hard negatives for any LibTorch report
+// generator, in the user's own training loop, with no new network weights.
+//
+//   ihn::HardNegativeAugmenter<MyModel> augmenter(model, ihn::Options{}
+//       .negatives_per_sample(4).weight(0.1).temperature(0.07)
+//       .schedule(ihn::ExponentialHardness{0.01}));
+//   augmenter.set_epoch(epoch);                                  // epochs from 1
+//   auto out  = model->forward(batch);                           // the user's forward
+//   auto loss = out.generation_loss +
+//               augmenter.loss(out.image_features, out.report_features, batch.ids, batch.texts);
+//   optimizer.zero_grad(); loss.backward(); optimizer.step();    // min step (network)
+//   augmenter.step();                                            // one optimiser step done
+//
+// Each call of loss() (1) refreshes the feature bank with the batch's detached report
+// features, (2) starts each sample's K negatives at its closest peer reports (other ids, other
+// report keys) — or where the previous visit's max step left them — (3) runs the max step:
+// projected gradient ascent of the alignment loss w.r.t. the negatives only, inside a trust
+// region whose radius grows with the hardness schedule and never closer to the image than the
+// positive report, and (4) returns weight × AlignmentLoss with the negatives detached: the
+// min-step term. The negatives live here, not in the model: the optimiser and the model's
+// parameter list are unchanged. docs/method.md explains the method and every option.
 #pragma once
-#include <ihn/version.hpp>
+
+#include <ihn/alignment_loss.hpp>
+#include <ihn/detail/arg.hpp>
+#include <ihn/detail/checks.hpp>
+#include <ihn/encoder_traits.hpp>
+#include <ihn/features.hpp>
+#include <ihn/negatives.hpp>
+#include <ihn/schedule.hpp>
+#include <ihn/state.hpp>
+
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ihn {
+inline namespace v0 {
+
+struct Options {
+  /// K: hard negatives per sample. 0 = plain in-batch alignment.
+  IHN_ARG(int64_t, negatives_per_sample) = 4;
+  /// Weight of the alignment term added to the generation loss.
+  IHN_ARG(double, weight) = 0.1;
+  /// InfoNCE temperature (fixed, not learned).
+  IHN_ARG(double, temperature) = 0.07;
+  IHN_ARG(AlignmentKind, loss_kind) = AlignmentKind::info_nce;
+  IHN_ARG(double, hinge_margin) = 0.2;
+  /// How fast negatives get harder: λ(t); hardness = 1 − λ(t).
+  IHN_ARG(HardnessSchedule, schedule) = ExponentialHardness{0.01, ScheduleUnit::epoch};
+  /// Gradient-ascent iterations of the max step per batch.
+  IHN_ARG(int64_t, ascent_steps) = 5;
+  /// Initial geodesic step (chord) of one ascent iteration.
+  IHN_ARG(double, step_size) = 0.25;
+  /// Trust-region chord radius at hardness 0 and at hardness 1 (at most sqrt(2)).
+  IHN_ARG(double, min_radius) = 0.1;
+  IHN_ARG(double, max_radius) = 1.0;
+  /// Every negative stays at least this much less cosine-similar to the image than the
+  /// positive report (must be > 0: the negative never reaches the positive).
+  IHN_ARG(double, margin) = 0.05;
+  /// Choose the K negatives at random among this many closest peers (0 = the K closest).
+  IHN_ARG(int64_t, candidate_pool) = 0;
+  /// Start a sample's negatives where its previous visit left them when the peers agree.
+  IHN_ARG(bool, keep_negatives) = true;
+  /// Seed of the augmenter's own generator (candidate sampling).
+  IHN_ARG(uint64_t, seed) = 0;
+};
+
+/// Numbers from the last loss() call, for logging.
+struct AugmenterStats {
+  double alignment_loss = 0;       ///< unweighted min-step alignment loss
+  double loss_before_max = 0;      ///< alignment loss with the negatives at their feasible start
+  double loss_after_max = 0;       ///< ... after the max step (>= before)
+  double positive_similarity = 0;  ///< mean cos(image, own report)
+  double negative_similarity = 0;  ///< mean cos(image, hard negative) over used slots
+  double hardness = 0;
+  double radius = 0;
+  int64_t used_negatives = 0;  ///< slots filled (B x K at most)
+};
+
+template <class Model>
+class HardNegativeAugmenter {
+ public:
+  HardNegativeAugmenter(Model& model, Options options = {})
+      : model_(&model),
+        options_(std::move(options)),
+        loss_(AlignmentLossOptions{}
+                  .kind(options_.loss_kind())
+                  .temperature(options_.temperature())
+                  .hinge_margin(options_.hinge_margin())),
+        rng_(options_.seed()) {
+    constexpr std::string_view where = "ihn::HardNegativeAugmenter";
+    if (options_.negatives_per_sample() < 0)
+      detail::fail(where, "negatives_per_sample must be >= 0");
+    if (!(options_.weight() >= 0.0)) detail::fail(where, "weight must be >= 0");
+    if (options_.ascent_steps() < 0) detail::fail(where, "ascent_steps must be >= 0");
+    if (!(options_.step_size() > 0.0)) detail::fail(where, "step_size must be > 0");
+    if (!(options_.min_radius() >= 0.0 && options_.min_radius() <= options_.max_radius() &&
+          options_.max_radius() <= max_trust_radius))
+      detail::fail(where, "need 0 <= min_radius <= max_radius <= sqrt(2)");
+    if (!(options_.margin() > 0.0 && options_.margin() < 2.0))
+      detail::fail(where,
+                   "margin must lie in (0, 2): negatives must stay strictly less "
+                   "similar to the image than the positive");
+    if (options_.candidate_pool() != 0 &&
+        options_.candidate_pool() < options_.negatives_per_sample())
+      detail::fail(where, "candidate_pool must be 0 or >= negatives_per_sample");
+    validate_schedule(options_.schedule());
+  }
+
+  const Options& options() const { return options_; }
+  Model& model() { return *model_; }
+  /// ihn's paper mode adds no network weights.
+  static constexpr int64_t added_parameters() { return 0; }
+
+  /// The min-step term for a batch (see the header comment). ids: the samples' training-set
+  /// ids (enables the feature bank and persistent negatives; empty = in-batch peers only).
+  /// report_keys: text that identifies identical reports (e.g. the cleaned report); samples
+  /// with equal keys are never each other's negatives (empty = every sample distinct).
+  at::Tensor loss(const at::Tensor& image_features, const at::Tensor& report_features,
+                  const std::vector<int64_t>& ids = {},
+                  const std::vector<std::string>& report_keys = {}) {
+    constexpr std::string_view where = "ihn::HardNegativeAugmenter::loss";
+    detail::check_floating(image_features, where, "image features");
+    detail::check_floating(report_features, where, "report features");
+    detail::check_dim(image_features, 2, where, "image features", "B x D");
+    detail::check_dim(report_features, 2, where, "report features", "B x D");
+    if (image_features.sizes() != report_features.sizes())
+      detail::fail(where, "image features " + detail::shape_string(image_features) +
+                              " and report features " + detail::shape_string(report_features) +
+                              " differ in shape (both must be B x D in one space)");
+    const int64_t batch = image_features.size(0);
+    if (batch == 0) detail::fail(where, "empty batch");
+    if (!ids.empty() && static_cast<int64_t>(ids.size()) != batch)
+      detail::fail(where,
+                   std::to_string(ids.size()) + " ids for a batch of " + std::to_string(batch));
+    if (!report_keys.empty() && static_cast<int64_t>(report_keys.size()) != batch)
+      detail::fail(where, std::to_string(report_keys.size()) + " report keys for a batch of " +
+                              std::to_string(batch));
+    detail::check_finite(image_features, where, "image features");
+    detail::check_finite(report_features, where, "report features");
+
+    const auto device = report_features.device();
+    const int64_t k = options_.negatives_per_sample();
+    auto key_hashes = make_key_hashes(ids, report_keys, batch).to(device);
+    auto same_report = key_hashes.unsqueeze(1).eq(key_hashes.unsqueeze(0));
+    const int64_t pool = options_.candidate_pool() > k ? options_.candidate_pool() : k;
+
+    PeerSelection peers;
+    at::Tensor rows;  // bank rows of the batch (ids mode)
+    if (!ids.empty()) {
+      auto id_tensor = at::tensor(ids, at::kLong);
+      bank_.update(id_tensor, report_features, key_hashes);
+      peers = closest_peers_in_bank(bank_, report_features, id_tensor, key_hashes, pool);
+      rows = bank_rows(ids).to(device);
+    } else {
+      peers = closest_peers_in_batch(report_features, key_hashes, pool);
+    }
+    if (pool > k) peers = sample_candidates(peers, k);
+
+    // Warm start: where a sample's peers are the ones it had last time, continue from there.
+    auto start = peers.features;
+    if (rows.defined() && options_.keep_negatives() && k > 0) {
+      ensure_negative_storage(report_features);
+      auto previous_peers = stored_peers_.index_select(0, rows);
+      auto same_peer = previous_peers.eq(peers.peer_ids).logical_and(peers.mask);
+      start = at::where(same_peer.unsqueeze(-1), stored_negatives_.index_select(0, rows), start);
+    }
+
+    const double hardness = schedule_hardness(options_.schedule(), epoch_, step_);
+    const double radius =
+        options_.min_radius() + (options_.max_radius() - options_.min_radius()) * hardness;
+    at::Tensor negatives = peers.features;
+    MaxStepResult max_step;
+    if (k > 0) {
+      max_step = maximise_negatives(loss_, image_features, report_features, peers.features, start,
+                                    peers.mask, same_report,
+                                    MaxStepOptions{}
+                                        .steps(options_.ascent_steps())
+                                        .step_size(options_.step_size())
+                                        .radius(radius)
+                                        .margin(options_.margin()));
+      negatives = max_step.negatives;
+      if (rows.defined() && options_.keep_negatives()) {
+        stored_negatives_.index_copy_(0, rows, negatives);
+        stored_peers_.index_copy_(0, rows, peers.peer_ids);
+      }
+    }
+    last_negatives_ = negatives;
+    last_mask_ = peers.mask;
+
+    // Min step: the network sees fixed negatives.
+    auto alignment =
+        loss_(image_features, report_features, negatives.detach(), peers.mask, same_report);
+    record_stats(alignment, max_step, image_features, report_features, negatives, peers.mask,
+                 hardness, radius);
+    return options_.weight() * alignment;
+  }
+
+  /// The same, with features taken from the model through ihn::encoder_traits<Model>.
+  template <class Batch>
+  at::Tensor loss_for(const Batch& batch, const std::vector<int64_t>& ids = {},
+                      const std::vector<std::string>& report_keys = {}) {
+    return loss(encoder_traits<Model>::image_features(*model_, batch),
+                encoder_traits<Model>::report_features(*model_, batch), ids, report_keys);
+  }
+
+  /// Call once per optimiser step: advances per-step schedules.
+  void step() { ++step_; }
+  /// Call at the start of each epoch (epochs count from 1, as the authors count).
+  void set_epoch(int64_t epoch) { epoch_ = epoch; }
+  int64_t epoch() const { return epoch_; }
+  int64_t global_step() const { return step_; }
+  double hardness() const { return schedule_hardness(options_.schedule(), epoch_, step_); }
+
+  /// B x K x D negatives of the last batch (detached, unit norm) and their B x K mask.
+  const at::Tensor& last_negatives() const { return last_negatives_; }
+  const at::Tensor& last_negative_mask() const { return last_mask_; }
+  const AugmenterStats& last_stats() const { return stats_; }
+  const FeatureBank& bank() const { return bank_; }
+
+  /// Everything needed to continue exactly: bank, negatives, clock, RNG.
+  StateDict state_dict() const {
+    StateDict state;
+    state["clock"] = at::tensor(std::vector<int64_t>{epoch_, step_}, at::kLong);
+    state["negatives_per_sample"] =
+        at::tensor(std::vector<int64_t>{options_.negatives_per_sample()});
+    if (bank_.size()) {
+      state["bank.ids"] = bank_.ids().clone();
+      state["bank.features"] = bank_.features().cpu().clone();
+      state["bank.key_hashes"] = bank_.key_hashes().cpu().clone();
+    }
+    if (stored_negatives_.defined() && bank_.size()) {
+      state["negatives.values"] = stored_negatives_.narrow(0, 0, bank_.size()).cpu().clone();
+      state["negatives.peer_ids"] = stored_peers_.narrow(0, 0, bank_.size()).cpu().clone();
+    }
+    std::ostringstream rng_text;
+    rng_text << rng_;
+    const std::string text = rng_text.str();
+    state["rng"] = at::tensor(std::vector<uint8_t>(text.begin(), text.end()), at::kByte);
+    return state;
+  }
+
+  /// Restores a state_dict(); tensors move to `device` (the model's device).
+  void load_state_dict(const StateDict& state, at::Device device = at::kCPU) {
+    const std::string owner = "ihn::HardNegativeAugmenter::load_state_dict";
+    auto clock = detail::require(state, "clock", owner).to(at::kLong);
+    const int64_t saved_k = detail::require(state, "negatives_per_sample", owner).item<int64_t>();
+    if (saved_k != options_.negatives_per_sample())
+      detail::fail(owner, "state was saved with negatives_per_sample " + std::to_string(saved_k) +
+                              ", options say " + std::to_string(options_.negatives_per_sample()));
+    epoch_ = clock[0].item<int64_t>();
+    step_ = clock[1].item<int64_t>();
+    if (state.count("bank.ids")) {
+      bank_.assign(state.at("bank.ids"), state.at("bank.features").to(device),
+                   state.at("bank.key_hashes"));
+    } else {
+      bank_.assign({}, {}, {});
+    }
+    stored_negatives_ = at::Tensor();
+    stored_peers_ = at::Tensor();
+    if (state.count("negatives.values")) {
+      stored_negatives_ = state.at("negatives.values").to(device).clone();
+      stored_peers_ = state.at("negatives.peer_ids").to(device).clone();
+    }
+    auto bytes = detail::require(state, "rng", owner).contiguous();
+    std::string text(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
+                     static_cast<size_t>(bytes.numel()));
+    std::istringstream in(text);
+    in >> rng_;
+    if (!in) detail::fail(owner, "corrupt RNG state");
+  }
+
+ private:
+  at::Tensor make_key_hashes(const std::vector<int64_t>& ids, const std::vector<std::string>& keys,
+                             int64_t batch) const {
+    std::vector<int64_t> hashes(static_cast<size_t>(batch));
+    for (int64_t i = 0; i < batch; ++i) {
+      const auto idx = static_cast<size_t>(i);
+      if (!keys.empty())
+        hashes[idx] = detail::fnv1a64(keys[idx]);
+      else if (!ids.empty())  // no keys: every id is its own report
+        hashes[idx] = detail::fnv1a64("\x01id:" + std::to_string(ids[idx]));
+      else
+        hashes[idx] = detail::fnv1a64("\x01row:" + std::to_string(i));
+    }
+    return at::tensor(hashes, at::kLong);
+  }
+
+  at::Tensor bank_rows(const std::vector<int64_t>& ids) const {
+    std::vector<int64_t> rows;
+    rows.reserve(ids.size());
+    for (auto id : ids) rows.push_back(bank_.row_of(id));
+    return at::tensor(rows, at::kLong);
+  }
+
+  void ensure_negative_storage(const at::Tensor& like) {
+    const int64_t k = options_.negatives_per_sample();
+    const int64_t need = bank_.size();
+    const int64_t have = stored_negatives_.defined() ? stored_negatives_.size(0) : 0;
+    if (have >= need && stored_negatives_.device() == like.device()) return;
+    const int64_t capacity = std::max<int64_t>(need, 2 * have);
+    auto negatives = at::zeros({capacity, k, like.size(1)}, like.options());
+    auto peers = at::full({capacity, k}, -1, like.options().dtype(at::kLong));
+    if (have) {
+      negatives.narrow(0, 0, have).copy_(stored_negatives_);
+      peers.narrow(0, 0, have).copy_(stored_peers_);
+    }
+    stored_negatives_ = negatives;
+    stored_peers_ = peers;
+  }
+
+  /// Keeps K of the pool's valid candidates per sample, at random (own generator), in
+  /// order of similarity.
+  PeerSelection sample_candidates(const PeerSelection& pool, int64_t k) {
+    auto mask_cpu = pool.mask.to(at::kCPU);
+    const int64_t batch = mask_cpu.size(0);
+    const int64_t width = mask_cpu.size(1);
+    std::vector<int64_t> chosen;
+    chosen.reserve(static_cast<size_t>(batch * k));
+    auto acc = mask_cpu.accessor<bool, 2>();
+    for (int64_t b = 0; b < batch; ++b) {
+      std::vector<int64_t> valid, invalid;
+      for (int64_t j = 0; j < width; ++j) (acc[b][j] ? valid : invalid).push_back(j);
+      std::vector<int64_t> pick;
+      std::sample(valid.begin(), valid.end(), std::back_inserter(pick),
+                  std::min<int64_t>(k, static_cast<int64_t>(valid.size())), rng_);
+      for (size_t j = 0; pick.size() < static_cast<size_t>(k); ++j) pick.push_back(invalid[j]);
+      chosen.insert(chosen.end(), pick.begin(), pick.end());
+    }
+    auto index = at::tensor(chosen, at::kLong).view({batch, k}).to(pool.mask.device());
+    PeerSelection out;
+    out.mask = pool.mask.gather(1, index);
+    out.peer_ids = pool.peer_ids.gather(1, index);
+    out.similarity = pool.similarity.gather(1, index);
+    out.features =
+        pool.features.gather(1, index.unsqueeze(-1).expand({batch, k, pool.features.size(2)}));
+    return out;
+  }
+
+  void record_stats(const at::Tensor& alignment, const MaxStepResult& max_step,
+                    const at::Tensor& images, const at::Tensor& reports,
+                    const at::Tensor& negatives, const at::Tensor& mask, double hardness,
+                    double radius) {
+    at::NoGradGuard no_grad;
+    auto z = l2_normalize(images.detach());
+    auto u = l2_normalize(reports.detach());
+    stats_.alignment_loss = alignment.item<double>();
+    stats_.loss_before_max = max_step.loss_before.defined()
+                                 ? max_step.loss_before.mean().item<double>()
+                                 : stats_.alignment_loss;
+    stats_.loss_after_max = max_step.loss_after.defined()
+                                ? max_step.loss_after.mean().item<double>()
+                                : stats_.alignment_loss;
+    stats_.positive_similarity = (z * u).sum(-1).mean().item<double>();
+    stats_.used_negatives = mask.defined() ? mask.sum().item<int64_t>() : 0;
+    if (stats_.used_negatives > 0) {
+      auto sims = at::einsum("bd,bkd->bk", {z, negatives});
+      stats_.negative_similarity =
+          (sims * mask.to(sims.scalar_type())).sum().item<double>() / stats_.used_negatives;
+    } else {
+      stats_.negative_similarity = 0;
+    }
+    stats_.hardness = hardness;
+    stats_.radius = radius;
+  }
+
+  Model* model_;
+  Options options_;
+  AlignmentLoss loss_;
+  FeatureBank bank_;
+  at::Tensor stored_negatives_;  // bank rows x K x D
+  at::Tensor stored_peers_;      // bank rows x K (peer ids; −1 = none)
+  at::Tensor last_negatives_, last_mask_;
+  AugmenterStats stats_;
+  std::mt19937_64 rng_;
+  int64_t epoch_ = 1;
+  int64_t step_ = 0;
+};
+
+}  // namespace v0
+}  // namespace ihn

@@ -4,4 +4,13 @@
 // without LibTorch, are in <ihn/eval.hpp>.
 #pragma once
 
+#include <ihn/alignment_loss.hpp>
+#include <ihn/augmenter.hpp>
+#include <ihn/encoder_traits.hpp>
+#include <ihn/features.hpp>
+#include <ihn/hooks.hpp>
+#include <ihn/negatives.hpp>
+#include <ihn/official.hpp>
+#include <ihn/schedule.hpp>
+#include <ihn/state.hpp>
 #include <ihn/version.hpp>

@@ -1,0 +1,16 @@
+// IHN_ARG: chained-setter options, as torch::nn's TORCH_ARG, so option structs read
+// `Options{}.negatives_per_sample(4).weight(0.1)`.
+#pragma once
+
+#define IHN_ARG(T, name)                            \
+ public:                                            \
+  auto name(const T& new_##name)->decltype(*this) { \
+    this->name##_ = new_##name;                     \
+    return *this;                                   \
+  }                                                 \
+  const T& name() const noexcept {                  \
+    return this->name##_;                           \
+  }                                                 \
+                                                    \
+ private:                                           \
+  T name##_ /* NOLINT */

@@ -1,0 +1,375 @@
+// Hard negatives in feature space: where they start (the closest peer reports) and how the
+// max step moves them (projected gradient ascent of the alignment loss, on the unit sphere,
+// inside a trust region around the start, never as close to the image as the positive).
+//
+// These are the building blocks of HardNegativeAugmenter; they are public so that a user can
+// run a max step on tensors of their own. Everything here works on detached B x K x D
+// tensors only: no network weights are touched and no second network pass is made.
+// Equations: docs/method.md §3.
+#pragma once
+
+#include <ihn/alignment_loss.hpp>
+#include <ihn/detail/arg.hpp>
+#include <ihn/detail/checks.hpp>
+#include <ihn/features.hpp>
+
+#include <torch/autograd.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <unordered_map>
+#include <vector>
+
+namespace ihn {
+inline namespace v0 {
+
+// ---------------------------------------------------------------------------------------
+// Geometry on the unit sphere
+// ---------------------------------------------------------------------------------------
+
+/// Largest chord radius for which a spherical cap is geodesically convex (90°): the max
+/// step's feasibility argument needs that.
+inline constexpr double max_trust_radius = 1.4142135623730951;
+
+namespace detail {
+
+/// Unit component of `v` orthogonal to unit `axis` (same shapes, last dim D); where `v` is
+/// parallel to `axis`, the component of `fallback`, and failing that a coordinate axis.
+inline at::Tensor perpendicular_direction(const at::Tensor& v, const at::Tensor& axis,
+                                          const at::Tensor& fallback) {
+  constexpr double tiny = 1e-6;
+  auto reject = [&](const at::Tensor& x) { return x - (x * axis).sum(-1, true) * axis; };
+  auto w = reject(v);
+  auto w_norm = w.norm(2, -1, true);
+  auto alt = reject(fallback.expand_as(v));
+  auto alt_norm = alt.norm(2, -1, true);
+  // A coordinate axis least aligned with `axis` is never parallel to it.
+  auto basis = at::zeros_like(v).scatter_(-1, axis.abs().argmin(-1, true), 1.0);
+  auto coord = reject(basis);
+  auto chosen = at::where(w_norm > tiny, w, at::where(alt_norm > tiny, alt, coord));
+  return l2_normalize(chosen);
+}
+
+}  // namespace detail
+
+/// Projects unit vectors `x` onto the spherical cap of chord radius `radius` around unit
+/// `anchor` (both ... x D): points already inside stay; others move along the great circle
+/// towards the anchor onto the cap's rim.
+inline at::Tensor project_to_cap(const at::Tensor& x, const at::Tensor& anchor, double radius) {
+  const double cos_max = 1.0 - 0.5 * radius * radius;  // chord r <-> cos θ = 1 − r²/2
+  const double sin_max = std::sqrt(std::max(0.0, 1.0 - cos_max * cos_max));
+  auto cos_xa = (x * anchor).sum(-1, true);
+  auto rim = cos_max * anchor + sin_max * detail::perpendicular_direction(x, anchor, anchor);
+  return at::where(cos_xa >= cos_max, x, rim);
+}
+
+/// Rotates unit vectors `x` away from unit `image` (broadcastable) until cos(x, image) <=
+/// `limit` (same leading shape as x's, last dim 1), keeping their direction orthogonal to
+/// the image. `fallback` orients vectors that coincide with the image.
+inline at::Tensor enforce_margin(const at::Tensor& x, const at::Tensor& image,
+                                 const at::Tensor& limit, const at::Tensor& fallback) {
+  auto clamped = limit.clamp(-1.0, 1.0);
+  auto cos_xz = (x * image).sum(-1, true);
+  auto side = detail::perpendicular_direction(x, image.expand_as(x), fallback);
+  auto rotated = clamped * image + (1.0 - clamped * clamped).clamp_min(0.0).sqrt() * side;
+  return at::where(cos_xz > clamped, rotated, x);
+}
+
+/// The furthest point from `from` towards `to` along their great circle (normalised linear
+/// interpolation) that keeps cos(·, image) <= limit. `from` must satisfy the limit; where
+/// `to` does, `to` is returned. Bisection: the returned point is one that was tested.
+inline at::Tensor retreat_to_margin(const at::Tensor& from, const at::Tensor& to,
+                                    const at::Tensor& image, const at::Tensor& limit,
+                                    int iterations = 30) {
+  auto feasible = [&](const at::Tensor& x) { return (x * image).sum(-1, true) <= limit; };
+  auto ok = feasible(to);
+  if (ok.all().item<bool>()) return to;
+  auto shape = from.sizes().vec();
+  shape.back() = 1;
+  auto lo = at::zeros(shape, from.options());
+  auto hi = at::ones(shape, from.options());
+  auto best = from.clone();
+  for (int i = 0; i < iterations; ++i) {
+    auto mid = 0.5 * (lo + hi);
+    auto point = l2_normalize((1.0 - mid) * from + mid * to);
+    auto good = feasible(point);
+    best = at::where(good, point, best);
+    lo = at::where(good, mid, lo);
+    hi = at::where(good, hi, mid);
+  }
+  return at::where(ok, to, best);
+}
+
+// ---------------------------------------------------------------------------------------
+// Where negatives start: the closest peer reports
+// ---------------------------------------------------------------------------------------
+
+/// Detached, L2-normalised report features of the training set, by the user's example id,
+/// refreshed as batches pass. Each entry keeps a hash of its report key so that reports with
+/// the same text are never each other's negatives.
+class FeatureBank {
+ public:
+  /// Inserts or refreshes rows. ids: B int64; features: B x D; key_hashes: B int64.
+  void update(const at::Tensor& ids, const at::Tensor& features, const at::Tensor& key_hashes) {
+    at::NoGradGuard no_grad;
+    auto feats = l2_normalize(features.detach());
+    if (!features_.defined() || features_.size(1) != feats.size(1) ||
+        features_.device() != feats.device() || features_.scalar_type() != feats.scalar_type()) {
+      if (count_ > 0 && features_.size(1) != feats.size(1))
+        detail::fail("ihn::FeatureBank::update", "feature size changed from " +
+                                                     std::to_string(features_.size(1)) + " to " +
+                                                     std::to_string(feats.size(1)));
+      features_ = count_ > 0 ? features_.to(feats.options())
+                             : at::empty({0, feats.size(1)}, feats.options());
+      ids_ = count_ > 0 ? ids_ : at::empty({0}, at::kLong);
+      keys_ =
+          count_ > 0 ? keys_.to(feats.device()) : at::empty({0}, feats.options().dtype(at::kLong));
+    }
+    auto ids_cpu = ids.to(at::kCPU).to(at::kLong).contiguous();
+    const int64_t* id_ptr = ids_cpu.data_ptr<int64_t>();
+    std::vector<int64_t> rows(static_cast<size_t>(ids_cpu.numel()));
+    for (int64_t i = 0; i < ids_cpu.numel(); ++i) {
+      auto [it, inserted] = row_of_id_.try_emplace(id_ptr[i], count_);
+      if (inserted) {
+        reserve(count_ + 1);
+        ids_.index_put_({count_}, id_ptr[i]);
+        ++count_;
+      }
+      rows[static_cast<size_t>(i)] = it->second;
+    }
+    auto row_index = at::tensor(rows, at::kLong).to(feats.device());
+    features_.index_copy_(0, row_index, feats);
+    keys_.index_copy_(0, row_index, key_hashes.to(feats.device()).to(at::kLong));
+  }
+
+  int64_t size() const { return count_; }
+  /// count x D, normalised.
+  at::Tensor features() const { return count_ ? features_.narrow(0, 0, count_) : at::Tensor(); }
+  at::Tensor ids() const { return count_ ? ids_.narrow(0, 0, count_) : at::Tensor(); }
+  at::Tensor key_hashes() const { return count_ ? keys_.narrow(0, 0, count_) : at::Tensor(); }
+  /// Row of an id, or -1.
+  int64_t row_of(int64_t id) const {
+    auto it = row_of_id_.find(id);
+    return it == row_of_id_.end() ? -1 : it->second;
+  }
+
+  /// Rebuilds from saved tensors (ids count, features count x D, key hashes count).
+  void assign(const at::Tensor& ids, const at::Tensor& features, const at::Tensor& key_hashes) {
+    row_of_id_.clear();
+    count_ = 0;
+    features_ = at::Tensor();
+    if (!ids.defined() || ids.numel() == 0) return;
+    if (features.size(0) != ids.size(0) || key_hashes.size(0) != ids.size(0))
+      detail::fail("ihn::FeatureBank::assign", "ids, features and key hashes differ in length");
+    features_ = features.clone();
+    ids_ = ids.to(at::kCPU).to(at::kLong).clone();
+    keys_ = key_hashes.to(features.device()).to(at::kLong).clone();
+    count_ = ids.size(0);
+    auto acc = ids_.accessor<int64_t, 1>();
+    for (int64_t r = 0; r < count_; ++r) {
+      if (!row_of_id_.emplace(acc[r], r).second)
+        detail::fail("ihn::FeatureBank::assign", "duplicate id " + std::to_string(acc[r]));
+    }
+  }
+
+ private:
+  void reserve(int64_t rows) {
+    if (features_.size(0) >= rows) return;
+    const int64_t capacity = std::max<int64_t>(rows, std::max<int64_t>(64, 2 * features_.size(0)));
+    auto grow = [&](at::Tensor& t, at::IntArrayRef tail) {
+      std::vector<int64_t> shape{capacity};
+      shape.insert(shape.end(), tail.begin(), tail.end());
+      auto bigger = at::zeros(shape, t.options());
+      if (count_) bigger.narrow(0, 0, count_).copy_(t.narrow(0, 0, count_));
+      t = bigger;
+    };
+    grow(features_, {features_.size(1)});
+    grow(ids_, {});
+    grow(keys_, {});
+  }
+
+  at::Tensor features_, ids_, keys_;
+  int64_t count_ = 0;
+  std::unordered_map<int64_t, int64_t> row_of_id_;
+};
+
+/// The K closest peers of each query.
+struct PeerSelection {
+  at::Tensor features;    ///< B x K x D, unit (zeros where unused)
+  at::Tensor mask;        ///< B x K bool: false = fewer than K eligible peers
+  at::Tensor peer_ids;    ///< B x K int64: bank ids (or in-batch indices); −1 where unused
+  at::Tensor similarity;  ///< B x K cosine similarity of each peer to its query
+};
+
+namespace detail {
+
+inline PeerSelection select_top_k(const at::Tensor& similarity, const at::Tensor& excluded,
+                                  const at::Tensor& candidates, const at::Tensor& candidate_ids,
+                                  int64_t k) {
+  const int64_t batch = similarity.size(0);
+  const int64_t dim = candidates.size(1);
+  PeerSelection out;
+  const int64_t take = std::min<int64_t>(k, similarity.size(1));
+  if (k == 0 || take == 0) {
+    out.features = at::zeros({batch, k, dim}, candidates.options());
+    out.mask = at::zeros({batch, k}, candidates.options().dtype(at::kBool));
+    out.peer_ids = at::full({batch, k}, -1, candidates.options().dtype(at::kLong));
+    out.similarity = at::zeros({batch, k}, candidates.options());
+    return out;
+  }
+  const double minus_inf = -std::numeric_limits<double>::infinity();
+  auto scores = similarity.masked_fill(excluded, minus_inf);
+  auto [values, index] = scores.topk(take, 1, /*largest=*/true, /*sorted=*/true);
+  auto valid = values > minus_inf;
+  auto feats = candidates.index_select(0, index.reshape({-1})).reshape({batch, take, dim});
+  feats = feats * valid.unsqueeze(-1).to(feats.scalar_type());
+  auto ids =
+      candidate_ids.to(index.device()).index_select(0, index.reshape({-1})).reshape({batch, take});
+  ids = ids.masked_fill(valid.logical_not(), -1);
+  values = values.masked_fill(valid.logical_not(), 0.0);
+  if (take < k) {  // fewer candidates than K: pad with unused slots
+    const int64_t pad = k - take;
+    feats = at::cat({feats, at::zeros({batch, pad, dim}, feats.options())}, 1);
+    valid = at::cat({valid, at::zeros({batch, pad}, valid.options())}, 1);
+    ids = at::cat({ids, at::full({batch, pad}, -1, ids.options())}, 1);
+    values = at::cat({values, at::zeros({batch, pad}, values.options())}, 1);
+  }
+  out.features = feats;
+  out.mask = valid;
+  out.peer_ids = ids;
+  out.similarity = values;
+  return out;
+}
+
+}  // namespace detail
+
+/// The K bank entries most similar to each (normalised) query report, excluding the query's
+/// own id and every entry with the same key hash.
+inline PeerSelection closest_peers_in_bank(const FeatureBank& bank, const at::Tensor& queries,
+                                           const at::Tensor& query_ids,
+                                           const at::Tensor& query_key_hashes, int64_t k) {
+  at::NoGradGuard no_grad;
+  auto q = l2_normalize(queries.detach());
+  if (bank.size() == 0)
+    return detail::select_top_k(at::zeros({q.size(0), 0}, q.options()),
+                                at::zeros({q.size(0), 0}, q.options().dtype(at::kBool)),
+                                at::zeros({0, q.size(1)}, q.options()),
+                                at::zeros({0}, q.options().dtype(at::kLong)), k);
+  auto similarity = q.matmul(bank.features().t());  // B x N
+  auto bank_ids = bank.ids().to(q.device());
+  auto excluded =
+      query_ids.to(q.device())
+          .unsqueeze(1)
+          .eq(bank_ids.unsqueeze(0))
+          .logical_or(
+              query_key_hashes.to(q.device()).unsqueeze(1).eq(bank.key_hashes().unsqueeze(0)));
+  return detail::select_top_k(similarity, excluded, bank.features(), bank_ids, k);
+}
+
+/// The K most similar other reports of the same batch (no ids), excluding same-key reports.
+/// peer_ids are batch indices.
+inline PeerSelection closest_peers_in_batch(const at::Tensor& reports, const at::Tensor& key_hashes,
+                                            int64_t k) {
+  at::NoGradGuard no_grad;
+  auto u = l2_normalize(reports.detach());
+  const int64_t batch = u.size(0);
+  auto similarity = u.matmul(u.t());
+  auto keys = key_hashes.to(u.device());
+  auto excluded = at::eye(batch, u.options().dtype(at::kBool))
+                      .logical_or(keys.unsqueeze(1).eq(keys.unsqueeze(0)));
+  return detail::select_top_k(similarity, excluded, u,
+                              at::arange(batch, u.options().dtype(at::kLong)), k);
+}
+
+// ---------------------------------------------------------------------------------------
+// The max step
+// ---------------------------------------------------------------------------------------
+
+struct MaxStepOptions {
+  IHN_ARG(int64_t, steps) = 5;
+  /// Initial geodesic step (chord length) of each ascent iteration, halved per sample
+  /// whenever a step would lower that sample's loss.
+  IHN_ARG(double, step_size) = 0.25;
+  /// Chord radius of the trust region around each negative's (feasible) start.
+  IHN_ARG(double, radius) = 0.5;
+  /// cos(image, negative) <= cos(image, positive) − margin, always.
+  IHN_ARG(double, margin) = 0.05;
+};
+
+struct MaxStepResult {
+  at::Tensor negatives;    ///< B x K x D unit, detached
+  at::Tensor loss_before;  ///< B per-sample alignment loss at the feasible start
+  at::Tensor loss_after;   ///< B, >= loss_before element-wise
+};
+
+/// Moves each negative onto the feasible set, then runs projected gradient ascent of the
+/// per-sample alignment loss with respect to the negatives only. images and reports are
+/// detached inside (the network stays frozen: no parameter and no .grad is touched).
+/// anchors: B x K x D trust-region centres; start: B x K x D initial points (e.g. the
+/// previous visit's negatives, or the anchors); mask: B x K bool.
+inline MaxStepResult maximise_negatives(const AlignmentLoss& loss, const at::Tensor& images,
+                                        const at::Tensor& reports, const at::Tensor& anchors,
+                                        const at::Tensor& start, const at::Tensor& mask,
+                                        const at::Tensor& same_report,
+                                        const MaxStepOptions& options) {
+  constexpr std::string_view where = "ihn::maximise_negatives";
+  if (options.steps() < 0) detail::fail(where, "steps must be >= 0");
+  if (!(options.step_size() > 0.0)) detail::fail(where, "step_size must be > 0");
+  if (!(options.radius() >= 0.0 && options.radius() <= max_trust_radius))
+    detail::fail(where, "radius must lie in [0, sqrt(2)] (a convex cap on the sphere)");
+  if (!(options.margin() >= 0.0)) detail::fail(where, "margin must be >= 0");
+  // Constant inputs: the ascent never reaches the network.
+  const auto z = l2_normalize(images.detach());
+  const auto u = l2_normalize(reports.detach());
+  const auto image_dir = z.unsqueeze(1);                                       // B x 1 x D
+  const auto limit = ((z * u).sum(-1, true) - options.margin()).unsqueeze(1);  // B x 1 x 1
+  const auto positive_dir = u.unsqueeze(1);
+  const auto active = mask.to(at::kBool).unsqueeze(-1);
+
+  at::NoGradGuard outer_no_grad;
+  // Feasible trust-region centres, then a feasible start inside the cap.
+  auto centre = enforce_margin(l2_normalize(anchors.detach()), image_dir, limit, positive_dir);
+  auto current = project_to_cap(l2_normalize(start.detach()), centre, options.radius());
+  current = retreat_to_margin(centre, current, image_dir, limit);
+  current = at::where(active, current, centre);
+
+  auto per_sample = [&](const at::Tensor& negatives) {
+    return loss.per_sample(z, u, negatives, mask, same_report);
+  };
+  MaxStepResult result;
+  result.loss_before = per_sample(current);
+  auto current_loss = result.loss_before;
+  auto step = at::full({z.size(0), 1, 1}, options.step_size(), z.options());
+  for (int64_t s = 0; s < options.steps(); ++s) {
+    at::Tensor gradient;
+    {
+      at::AutoGradMode enable_grad(true);
+      auto variable = current.clone().requires_grad_(true);
+      auto objective = per_sample(variable).sum();
+      gradient = torch::autograd::grad({objective}, {variable})[0];
+    }
+    // Ascend along the sphere: the tangential part of the gradient, as a unit direction.
+    auto tangent = gradient - (gradient * current).sum(-1, true) * current;
+    auto direction = l2_normalize(tangent);
+    auto candidate = l2_normalize(current + step * direction);
+    candidate = project_to_cap(candidate, centre, options.radius());
+    candidate = retreat_to_margin(current, candidate, image_dir, limit);
+    candidate = at::where(active, candidate, current);
+    auto candidate_loss = per_sample(candidate);
+    // Accept per sample only when its loss does not drop: the max step is monotone.
+    auto accept = candidate_loss >= current_loss;
+    const auto accept3 = accept.view({-1, 1, 1});
+    current = at::where(accept3, candidate, current);
+    current_loss = at::where(accept, candidate_loss, current_loss);
+    step = at::where(accept3, step, 0.5 * step);
+  }
+  result.negatives = current;
+  result.loss_after = current_loss;
+  return result;
+}
+
+}  // namespace v0
+}  // namespace ihn

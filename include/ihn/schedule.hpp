@@ -1,0 +1,116 @@
+// Hardness schedules: how fast the negatives get harder.
+//
+// A schedule gives λ(t) in [0, 1], the weight that stays on the easy end, with t counted in
+// epochs (from 1, as the authors count) or optimiser steps. The hardness is 1 − λ(t); in the
+// paper mode it widens the trust region around each negative's initial peer, in the
+// official-compatible mode it is the interpolation weight of the synthesised negative.
+// docs/method.md has the equations.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <variant>
+
+namespace ihn {
+inline namespace v0 {
+
+/// What t counts.
+enum class ScheduleUnit { epoch, step };
+
+/// λ(t) = exp(−α t): the authors' choice (α = 0.01 per epoch).
+struct ExponentialHardness {
+  double alpha = 0.01;
+  ScheduleUnit unit = ScheduleUnit::epoch;
+  double lambda(double t) const { return std::exp(-alpha * t); }
+};
+
+/// λ(t) = max(0, 1 − t / ramp): hardness reaches 1 after `ramp` units.
+struct LinearHardness {
+  double ramp = 100.0;
+  ScheduleUnit unit = ScheduleUnit::epoch;
+  double lambda(double t) const { return std::max(0.0, 1.0 - t / ramp); }
+};
+
+/// λ(t) = (1 + cos(π min(t, ramp) / ramp)) / 2: slow start, slow finish.
+struct CosineHardness {
+  double ramp = 100.0;
+  ScheduleUnit unit = ScheduleUnit::epoch;
+  double lambda(double t) const {
+    const double x = std::min(t, ramp) / ramp;
+    return 0.5 * (1.0 + std::cos(3.14159265358979323846 * x));
+  }
+};
+
+/// λ(t) = value for every t (hardness 1 − value throughout).
+struct ConstantHardness {
+  double value = 0.5;
+  ScheduleUnit unit = ScheduleUnit::epoch;
+  double lambda(double /*t*/) const { return value; }
+};
+
+using HardnessSchedule =
+    std::variant<ExponentialHardness, LinearHardness, CosineHardness, ConstantHardness>;
+
+/// The unit a schedule counts in.
+inline ScheduleUnit schedule_unit(const HardnessSchedule& schedule) {
+  return std::visit([](const auto& s) { return s.unit; }, schedule);
+}
+
+/// λ at a point of training: epochs count from 1, steps from 0 (the number of optimiser
+/// steps already taken).
+inline double schedule_lambda(const HardnessSchedule& schedule, int64_t epoch, int64_t step) {
+  return std::visit(
+      [&](const auto& s) {
+        const double t = static_cast<double>(s.unit == ScheduleUnit::epoch ? epoch : step);
+        return std::clamp(s.lambda(t), 0.0, 1.0);
+      },
+      schedule);
+}
+
+/// 1 − λ: 0 = the initial (easiest) negatives, 1 = as hard as the constraints allow.
+inline double schedule_hardness(const HardnessSchedule& schedule, int64_t epoch, int64_t step) {
+  return 1.0 - schedule_lambda(schedule, epoch, step);
+}
+
+/// Checks a schedule's parameters; throws std::invalid_argument naming the bad one.
+inline void validate_schedule(const HardnessSchedule& schedule) {
+  std::visit(
+      [](const auto& s) {
+        using S = std::decay_t<decltype(s)>;
+        if constexpr (std::is_same_v<S, ExponentialHardness>) {
+          if (!(s.alpha >= 0.0) || !std::isfinite(s.alpha))
+            throw std::invalid_argument("ihn::ExponentialHardness: alpha must be finite and >= 0");
+        } else if constexpr (std::is_same_v<S, ConstantHardness>) {
+          if (!(s.value >= 0.0 && s.value <= 1.0))
+            throw std::invalid_argument("ihn::ConstantHardness: value must lie in [0, 1]");
+        } else {
+          if (!(s.ramp > 0.0) || !std::isfinite(s.ramp))
+            throw std::invalid_argument("ihn hardness schedule: ramp must be finite and > 0");
+        }
+      },
+      schedule);
+}
+
+/// A readable description, e.g. "exponential(alpha=0.01 per epoch)".
+inline std::string describe(const HardnessSchedule& schedule) {
+  return std::visit(
+      [](const auto& s) {
+        using S = std::decay_t<decltype(s)>;
+        const std::string unit = s.unit == ScheduleUnit::epoch ? "epoch" : "step";
+        if constexpr (std::is_same_v<S, ExponentialHardness>)
+          return "exponential(alpha=" + std::to_string(s.alpha) + " per " + unit + ")";
+        else if constexpr (std::is_same_v<S, LinearHardness>)
+          return "linear(ramp=" + std::to_string(s.ramp) + " " + unit + "s)";
+        else if constexpr (std::is_same_v<S, CosineHardness>)
+          return "cosine(ramp=" + std::to_string(s.ramp) + " " + unit + "s)";
+        else
+          return "constant(lambda=" + std::to_string(s.value) + ")";
+      },
+      schedule);
+}
+
+}  // namespace v0
+}  // namespace ihn
