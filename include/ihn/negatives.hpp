@@ -44,6 +44,7 @@ inline at::Tensor perpendicular_direction(const at::Tensor& v, const at::Tensor&
   auto reject = [&](const at::Tensor& x) { return x - (x * axis).sum(-1, true) * axis; };
   auto w = reject(v);
   auto w_norm = w.norm(2, -1, true);
+  if ((w_norm > tiny).all().item<bool>()) return w / w_norm;  // the common case
   auto alt = reject(fallback.expand_as(v));
   auto alt_norm = alt.norm(2, -1, true);
   // A coordinate axis least aligned with `axis` is never parallel to it.
@@ -62,6 +63,7 @@ inline at::Tensor project_to_cap(const at::Tensor& x, const at::Tensor& anchor, 
   const double cos_max = 1.0 - 0.5 * radius * radius;  // chord r <-> cos θ = 1 − r²/2
   const double sin_max = std::sqrt(std::max(0.0, 1.0 - cos_max * cos_max));
   auto cos_xa = (x * anchor).sum(-1, true);
+  if ((cos_xa >= cos_max).all().item<bool>()) return x;
   auto rim = cos_max * anchor + sin_max * detail::perpendicular_direction(x, anchor, anchor);
   return at::where(cos_xa >= cos_max, x, rim);
 }
@@ -71,7 +73,8 @@ inline at::Tensor project_to_cap(const at::Tensor& x, const at::Tensor& anchor, 
 /// the image. `fallback` orients vectors that coincide with the image.
 inline at::Tensor enforce_margin(const at::Tensor& x, const at::Tensor& image,
                                  const at::Tensor& limit, const at::Tensor& fallback) {
-  auto clamped = limit.clamp(-1.0, 1.0);
+  // Aim a hair inside the limit so that float rounding leaves the result feasible.
+  auto clamped = (limit - 1e-6).clamp(-1.0, 1.0);
   auto cos_xz = (x * image).sum(-1, true);
   auto side = detail::perpendicular_direction(x, image.expand_as(x), fallback);
   auto rotated = clamped * image + (1.0 - clamped * clamped).clamp_min(0.0).sqrt() * side;
@@ -80,27 +83,45 @@ inline at::Tensor enforce_margin(const at::Tensor& x, const at::Tensor& image,
 
 /// The furthest point from `from` towards `to` along their great circle (normalised linear
 /// interpolation) that keeps cos(·, image) <= limit. `from` must satisfy the limit; where
-/// `to` does, `to` is returned. Bisection: the returned point is one that was tested.
+/// `to` does, `to` is returned. The cosine along the path is a function of five dot
+/// products, so the bisection runs on scalars; the point returned is checked again and
+/// falls back to `from` if rounding put it over the limit.
 inline at::Tensor retreat_to_margin(const at::Tensor& from, const at::Tensor& to,
                                     const at::Tensor& image, const at::Tensor& limit,
-                                    int iterations = 30) {
-  auto feasible = [&](const at::Tensor& x) { return (x * image).sum(-1, true) <= limit; };
-  auto ok = feasible(to);
+                                    int iterations = 40) {
+  auto full_limit = limit.expand({from.sizes().vec()}).narrow(-1, 0, 1);
+  auto ok = (to * image).sum(-1, true) <= full_limit;
   if (ok.all().item<bool>()) return to;
-  auto shape = from.sizes().vec();
-  shape.back() = 1;
-  auto lo = at::zeros(shape, from.options());
-  auto hi = at::ones(shape, from.options());
-  auto best = from.clone();
-  for (int i = 0; i < iterations; ++i) {
-    auto mid = 0.5 * (lo + hi);
-    auto point = l2_normalize((1.0 - mid) * from + mid * to);
-    auto good = feasible(point);
-    best = at::where(good, point, best);
-    lo = at::where(good, mid, lo);
-    hi = at::where(good, hi, mid);
+  auto step = to - from;
+  // cos(normalize(from + s·step), image) = (a + s b) / sqrt(f + 2 s c + s² e)
+  auto terms = at::cat({(from * image).sum(-1, true), (step * image).sum(-1, true),
+                        (from * step).sum(-1, true), (step * step).sum(-1, true),
+                        (from * from).sum(-1, true), full_limit},
+                       -1)
+                   .to(at::kCPU, at::kDouble)
+                   .contiguous();
+  const int64_t rows = terms.numel() / 6;
+  const double* t = terms.data_ptr<double>();
+  auto ok_cpu = ok.to(at::kCPU).contiguous();
+  const bool* ok_ptr = ok_cpu.data_ptr<bool>();
+  std::vector<double> fraction(static_cast<size_t>(rows), 1.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (ok_ptr[r]) continue;
+    const double a = t[6 * r], b = t[6 * r + 1], c = t[6 * r + 2], e = t[6 * r + 3],
+                 f = t[6 * r + 4], lim = t[6 * r + 5];
+    double lo = 0.0, hi = 1.0;
+    for (int i = 0; i < iterations; ++i) {
+      const double mid = 0.5 * (lo + hi);
+      const double norm = std::sqrt(std::max(1e-30, f + 2.0 * mid * c + mid * mid * e));
+      ((a + mid * b) / norm <= lim ? lo : hi) = mid;
+    }
+    fraction[static_cast<size_t>(r)] = lo;
   }
-  return at::where(ok, to, best);
+  auto shape = ok.sizes().vec();
+  auto s = at::tensor(fraction, at::kDouble).view(shape).to(from.options());
+  auto point = l2_normalize(from + s * step);
+  auto good = (point * image).sum(-1, true) <= full_limit;
+  return at::where(ok, to, at::where(good, point, from));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -344,15 +365,10 @@ inline MaxStepResult maximise_negatives(const AlignmentLoss& loss, const at::Ten
   auto current_loss = result.loss_before;
   auto step = at::full({z.size(0), 1, 1}, options.step_size(), z.options());
   for (int64_t s = 0; s < options.steps(); ++s) {
-    at::Tensor gradient;
-    {
-      at::AutoGradMode enable_grad(true);
-      auto variable = current.clone().requires_grad_(true);
-      auto objective = per_sample(variable).sum();
-      gradient = torch::autograd::grad({objective}, {variable})[0];
-    }
-    // Ascend along the sphere: the tangential part of the gradient, as a unit direction.
-    auto tangent = gradient - (gradient * current).sum(-1, true) * current;
+    // For both loss kinds, ∂ℓ_i/∂n_ik is a non-negative multiple of ẑ_i (softmax weight / τ,
+    // or the hinge's indicator), so the normalised tangential ascent direction is the
+    // tangential part of ẑ_i: computed directly instead of through autograd.
+    auto tangent = image_dir - (image_dir * current).sum(-1, true) * current;
     auto direction = l2_normalize(tangent);
     auto candidate = l2_normalize(current + step * direction);
     candidate = project_to_cap(candidate, centre, options.radius());

@@ -1,0 +1,102 @@
+// Cost of ihn's augmenter: one HardNegativeAugmenter::loss (bank refresh, closest peers, the
+// max step, the min-step term) plus its backward, at the paper's sizes (B 16, D 512, K 4,
+// a bank of 2,069 = IU X-Ray's training set, 5 ascent steps), and how it scales with each.
+// Threads are set explicitly (default 2, the machines here; first argument overrides).
+//   build/bin/bench_augmenter [threads] [repeats]
+#include <ihn/ihn.hpp>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct NoModel {};
+
+struct Config {
+  int64_t batch = 16, dim = 512, k = 4, bank = 2069, steps = 5;
+};
+
+// Median milliseconds of one loss()+backward after the bank is full.
+double time_config(const Config& c, int repeats) {
+  NoModel model;
+  ihn::HardNegativeAugmenter<NoModel> augmenter(
+      model, ihn::Options{}.negatives_per_sample(c.k).ascent_steps(c.steps));
+  auto gen = at::detail::createCPUGenerator(7);
+  auto bank_features = at::randn({c.bank, c.dim}, gen, at::kFloat);
+  std::vector<std::string> keys;
+  for (int64_t i = 0; i < c.bank; ++i) keys.push_back(std::to_string(i % 700));
+  {  // a full bank, as after the first epoch
+    ihn::StateDict state = augmenter.state_dict();
+    std::vector<int64_t> hashes;
+    for (const auto& key : keys) hashes.push_back(ihn::detail::fnv1a64(key));
+    state["bank.ids"] = at::arange(c.bank, at::kLong);
+    state["bank.features"] = ihn::l2_normalize(bank_features);
+    state["bank.key_hashes"] = at::tensor(hashes, at::kLong);
+    augmenter.load_state_dict(state);
+  }
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) {
+    std::vector<int64_t> ids(static_cast<size_t>(c.batch));
+    std::vector<std::string> batch_keys;
+    for (int64_t i = 0; i < c.batch; ++i) {
+      ids[static_cast<size_t>(i)] = (r * c.batch + i * 37) % c.bank;
+      batch_keys.push_back(keys[static_cast<size_t>(ids[static_cast<size_t>(i)])]);
+    }
+    auto images = at::randn({c.batch, c.dim}, gen, at::kFloat).requires_grad_(true);
+    auto reports = at::randn({c.batch, c.dim}, gen, at::kFloat).requires_grad_(true);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto loss = augmenter.loss(images, reports, ids, batch_keys);
+    loss.backward();
+    augmenter.step();
+    const auto t1 = std::chrono::steady_clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+  const int repeats = argc > 2 ? std::atoi(argv[2]) : 30;
+  at::set_num_threads(threads);
+  std::printf("ihn augmenter: loss() + backward, median of %d, %d intra-op threads\n", repeats,
+              threads);
+  const Config paper;
+  const double base = time_config(paper, repeats);
+  std::printf("%-34s %9.3f ms  (1.00x)\n", "paper: B16 D512 K4 bank2069 steps5", base);
+  auto row = [&](const char* label, Config c) {
+    const double t = time_config(c, repeats);
+    std::printf("%-34s %9.3f ms  (%.2fx)\n", label, t, t / base);
+  };
+  Config c;
+  c = paper;
+  c.batch = 64;
+  row("B 64", c);
+  c = paper;
+  c.k = 16;
+  row("K 16", c);
+  c = paper;
+  c.k = 1;
+  row("K 1", c);
+  c = paper;
+  c.dim = 2048;
+  row("D 2048", c);
+  c = paper;
+  c.bank = 50000;
+  row("bank 50,000", c);
+  c = paper;
+  c.steps = 0;
+  row("0 ascent steps (peers only)", c);
+  c = paper;
+  c.steps = 20;
+  row("20 ascent steps", c);
+  return 0;
+}
