@@ -3,10 +3,14 @@
 // LibTorch data loader.
 #include "test_common.hpp"
 
+#include <data/annotation.hpp>
+#include <data/image.hpp>
+#include <data/loader.hpp>
 #include <data/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <cstdlib>
 #include <fstream>
 #include <set>
 
@@ -124,4 +128,408 @@ TEST_CASE("tokenizer: vocabulary rules, JSON round trip and errors", "[data]") {
   CHECK_THROWS_WITH(Tokenizer::from_json(R"({"id_to_token": [null, "<unk>"], "vocab_size": 5})"),
                     Catch::Contains("disagrees"));
   CHECK_THROWS_WITH(parse_dataset("chexpert"), Catch::Contains("iu_xray or mimic_cxr"));
+}
+
+// ---------------------------------------------------------------- annotation
+
+namespace {
+
+std::string write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  return path.string();
+}
+
+// A small gray placeholder PNG (images are not distributed with the IU X-Ray annotation).
+void write_placeholder_png(const std::filesystem::path& path, int size = 8, uint8_t value = 128) {
+  std::filesystem::create_directories(path.parent_path());
+  write_png(Image::blank(size, size, 1, value), path.string());
+}
+
+nlohmann::json entry(const std::string& id, const std::string& report,
+                     std::vector<std::string> images, const std::string& split) {
+  return {{"id", id}, {"report", report}, {"image_path", images}, {"split", split}};
+}
+
+nlohmann::json small_annotation() {
+  return {{"train",
+           {entry("a", "The heart is normal.", {"a/0.png", "a/1.png"}, "train"),
+            entry("b", "Lungs are clear.", {"b/0.png", "b/1.png"}, "train")}},
+          {"val", {entry("c", "No effusion.", {"c/0.png", "c/1.png"}, "val")}},
+          {"test", nlohmann::json::array()}};
+}
+
+}  // namespace
+
+TEST_CASE("annotation: the real IU X-Ray split loads with placeholder images", "[data][shared]") {
+  if (!std::filesystem::exists(iu_annotation())) {
+    WARN("skipped: " << iu_annotation() << " is absent (real IU X-Ray annotation)");
+    return;
+  }
+  AnnotationOptions options;
+  const auto annotation = load_annotation(iu_annotation().string(), options);
+  CHECK(annotation.train.size() == 2069);
+  CHECK(annotation.val.size() == 296);
+  CHECK(annotation.test.size() == 590);
+  CHECK(annotation.problems.empty());
+  CHECK_THAT(annotation.summary(), Catch::Contains("train 2069, val 296, test 590"));
+  std::set<std::string> ids;
+  for (const auto* split : {&annotation.train, &annotation.val, &annotation.test})
+    for (const auto& study : *split) {
+      ids.insert(study.id);
+      REQUIRE(study.image_paths.size() == 2);
+    }
+  CHECK(ids.size() == 2069 + 296 + 590);  // ids are unique across splits
+
+  // Placeholder PNGs for every view, then break three studies in three ways.
+  const auto root = ihn_test::scratch_dir("iu_placeholder_images");
+  for (const auto* split : {&annotation.train, &annotation.val, &annotation.test})
+    for (const auto& study : *split)
+      for (const auto& image : study.image_paths) write_placeholder_png(root / image);
+  options.image_root = root.string();
+  CHECK(load_annotation(iu_annotation().string(), options).train.size() == 2069);
+
+  std::filesystem::remove(root / annotation.train[0].image_paths[1]);
+  write_text(root / annotation.val[5].image_paths[0], "not a png");
+  write_text(root / annotation.test[7].image_paths[0], "");
+  CHECK_THROWS_WITH(load_annotation(iu_annotation().string(), options),
+                    Catch::Contains("3 bad entries") && Catch::Contains("train[0]") &&
+                        Catch::Contains(annotation.train[0].id) && Catch::Contains("missing") &&
+                        Catch::Contains("val[5]") && Catch::Contains("corrupt"));
+  options.on_bad_entry = OnBadEntry::skip;
+  const auto skipped = load_annotation(iu_annotation().string(), options);
+  CHECK(skipped.train.size() == 2068);
+  CHECK(skipped.val.size() == 295);
+  CHECK(skipped.test.size() == 589);
+  REQUIRE(skipped.problems.size() == 3);
+  CHECK(skipped.problems[0].id == annotation.train[0].id);
+  CHECK_THAT(skipped.summary(), Catch::Contains("skipped 3 bad entries"));
+}
+
+TEST_CASE("annotation: every documented problem is reported with file, entry and fix", "[data]") {
+  const auto dir = ihn_test::scratch_dir("annotation_errors");
+  const auto file = (dir / "annotation.json").string();
+  auto load_text = [&](const std::string& text, AnnotationOptions options = {}) {
+    write_text(file, text);
+    return load_annotation(file, options);
+  };
+  // File-level problems always throw.
+  CHECK_THROWS_WITH(load_annotation((dir / "absent.json").string()),
+                    Catch::Contains("absent.json") && Catch::Contains("cannot open"));
+  CHECK_THROWS_WITH(load_text("{\"train\": ["),
+                    Catch::Contains(file) && Catch::Contains("malformed JSON"));
+  CHECK_THROWS_WITH(load_text("[]"), Catch::Contains("top level is a JSON array"));
+  CHECK_THROWS_WITH(load_text(R"({"train": [], "val": []})"),
+                    Catch::Contains("missing split 'test'"));
+  CHECK_THROWS_WITH(load_text(R"({"train": [], "val": [], "test": {}})"),
+                    Catch::Contains("split 'test' is a JSON object"));
+
+  // Entry-level problems: each one alone, in fail mode (throws) and skip mode (listed).
+  struct Case {
+    std::function<void(nlohmann::json&)> corrupt;
+    std::string message;
+    Dataset dataset = Dataset::iu_xray;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& j) { j["train"][1].erase("report"); }, "missing key(s): report"},
+      {[](auto& j) { j["train"][1].erase("image_path"); }, "missing key(s): image_path"},
+      {[](auto& j) { j["train"][1] = 5; }, "entry is a JSON number"},
+      {[](auto& j) { j["train"][1]["id"] = 7; }, "'id' must be a non-empty string"},
+      {[](auto& j) { j["train"][1]["report"] = nullptr; }, "'report' is a JSON null"},
+      {[](auto& j) { j["train"][1]["report"] = ""; }, "empty or whitespace-only report"},
+      {[](auto& j) { j["train"][1]["report"] = " \n\t\u00a0"; }, "empty or whitespace-only"},
+      {[](auto& j) { j["train"][1]["image_path"] = "b/0.png"; }, "'image_path' is a JSON string"},
+      {[](auto& j) { j["train"][1]["image_path"] = {"b/0.png"}; }, "has 1 image(s)"},
+      {[](auto& j) {
+         j["train"][1]["image_path"] = {"b/0.png", "b/1.png", "x"};
+       },
+       "has 3 image(s)"},
+      {[](auto& j) { j["train"][1]["image_path"] = nlohmann::json::array(); }, "has 0 image(s)",
+       Dataset::mimic_cxr},
+      {[](auto& j) { j["train"][1]["image_path"] = {""}; }, "non-empty strings"},
+      {[](auto& j) { j["train"][1]["split"] = "test"; }, "sits in 'train'"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.message);
+    auto json = small_annotation();
+    c.corrupt(json);
+    AnnotationOptions options;
+    options.dataset = c.dataset;
+    CHECK_THROWS_WITH(load_text(json.dump(), options),
+                      Catch::Contains(file) && Catch::Contains("train[1]") &&
+                          Catch::Contains(c.message) && Catch::Contains("--skip-bad"));
+    options.on_bad_entry = OnBadEntry::skip;
+    const auto annotation = load_text(json.dump(), options);
+    CHECK(annotation.train.size() == 1);
+    REQUIRE(annotation.problems.size() == 1);
+    CHECK_THAT(annotation.problems[0].problem, Catch::Contains(c.message));
+  }
+
+  // Images: missing, corrupt, empty, a directory; MIMIC-CXR reads image_path[0] only.
+  AnnotationOptions options;
+  options.image_root = (dir / "images").string();
+  for (const auto& id : {"a", "b", "c"})
+    for (int v = 0; v < 2; ++v)
+      write_placeholder_png(dir / "images" / id / (std::to_string(v) + ".png"));
+  CHECK(load_text(small_annotation().dump(), options).train.size() == 2);
+  std::filesystem::remove(dir / "images" / "b" / "1.png");
+  CHECK_THROWS_WITH(load_text(small_annotation().dump(), options),
+                    Catch::Contains("train[1] (id b)") && Catch::Contains("1.png missing"));
+  options.dataset = Dataset::mimic_cxr;
+  CHECK(load_text(small_annotation().dump(), options).train.size() == 2);
+  options.dataset = Dataset::iu_xray;
+  write_text(dir / "images" / "b" / "1.png", "\x89PNG garbage");
+  CHECK_THROWS_WITH(load_text(small_annotation().dump(), options),
+                    Catch::Contains("corrupt or not an image"));
+  write_text(dir / "images" / "b" / "1.png", "");
+  CHECK_THROWS_WITH(load_text(small_annotation().dump(), options), Catch::Contains("corrupt"));
+  std::filesystem::remove(dir / "images" / "b" / "1.png");
+  std::filesystem::create_directories(dir / "images" / "b" / "1.png");
+  CHECK_THROWS_WITH(load_text(small_annotation().dump(), options), Catch::Contains("a directory"));
+  // A truncated PNG passes the header check; decode_images finds it.
+  std::filesystem::remove_all(dir / "images" / "b" / "1.png");
+  write_placeholder_png(dir / "images" / "b" / "1.png", 64, 77);
+  std::string png;
+  {
+    std::ifstream in(dir / "images" / "b" / "1.png", std::ios::binary);
+    png.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  write_text(dir / "images" / "b" / "1.png", png.substr(0, png.size() / 2));
+  CHECK(load_text(small_annotation().dump(), options).train.size() == 2);
+  options.decode_images = true;
+  CHECK_THROWS_WITH(load_text(small_annotation().dump(), options), Catch::Contains("corrupt"));
+
+  // Round trip through save_annotation.
+  const auto loaded = load_annotation(file, {Dataset::iu_xray, "", OnBadEntry::skip});
+  std::vector<Study> studies = loaded.train;
+  studies.insert(studies.end(), loaded.val.begin(), loaded.val.end());
+  save_annotation(studies, (dir / "saved.json").string());
+  const auto again = load_annotation((dir / "saved.json").string());
+  CHECK(again.train.size() == 2);
+  CHECK(again.val.size() == 1);
+  CHECK(again.train[1].report == loaded.train[1].report);
+}
+
+// ---------------------------------------------------------------- images
+
+TEST_CASE("image: stb load, gray to RGB, resize sizes and transforms", "[data]") {
+  const auto dir = ihn_test::scratch_dir("image_pipeline");
+  Image gray = Image::blank(300, 400, 1);
+  for (int y = 0; y < gray.height; ++y)
+    for (int x = 0; x < gray.width; ++x)
+      gray.at(x, y) = static_cast<uint8_t>((x * 7 + y * 3) % 256);
+  write_png(gray, (dir / "gray.png").string());
+  const auto rgb = load_image_rgb((dir / "gray.png").string());
+  REQUIRE(rgb.channels == 3);
+  REQUIRE(rgb.width == 300);
+  for (size_t i = 0; i < gray.pixels.size(); ++i) {
+    REQUIRE(rgb.pixels[i * 3] == gray.pixels[i]);
+    REQUIRE(rgb.pixels[i * 3 + 2] == gray.pixels[i]);
+  }
+  CHECK_THROWS_WITH(load_image_rgb((dir / "absent.png").string()),
+                    Catch::Contains("absent.png") && Catch::Contains("missing"));
+  CHECK_THROWS_WITH(write_png(gray, (dir / "no" / "such" / "dir.png").string()),
+                    Catch::Contains("dir.png"));
+
+  // torchvision Resize(256): shorter side 256, longer int(256 * 400 / 300) = 341.
+  const auto resized = resize_shorter_side(rgb, 256);
+  CHECK(resized.width == 256);
+  CHECK(resized.height == 341);
+  // A constant image stays constant (weights sum to one in fixed point).
+  const auto flat = resize_bilinear(Image::blank(97, 61, 3, 200), 224, 224);
+  CHECK(*std::min_element(flat.pixels.begin(), flat.pixels.end()) == 200);
+  CHECK(*std::max_element(flat.pixels.begin(), flat.pixels.end()) == 200);
+
+  std::mt19937_64 rng(1);
+  const auto eval = ImageTransform(TransformOptions::r2gen_eval())(gray, rng);
+  CHECK(eval.sizes() == at::IntArrayRef({3, 224, 224}));
+  // Normalisation: a constant image v gives (v / 255 - mean) / std per channel.
+  const auto constant =
+      ImageTransform(TransformOptions::r2gen_eval())(Image::blank(50, 40, 1, 51), rng);
+  const float expected[3] = {(0.2f - 0.485f) / 0.229f, (0.2f - 0.456f) / 0.224f,
+                             (0.2f - 0.406f) / 0.225f};
+  for (int c = 0; c < 3; ++c)
+    CHECK(constant[c].max().item<float>() == Approx(expected[c]).epsilon(1e-6));
+
+  // Train: same engine seed -> same crop and flip; across seeds the crops differ.
+  const ImageTransform train(TransformOptions::r2gen_train());
+  std::mt19937_64 a(sample_seed(3, 1, 5)), b(sample_seed(3, 1, 5));
+  const auto first = train(gray, a);
+  CHECK(first.sizes() == at::IntArrayRef({3, 224, 224}));
+  CHECK(at::equal(first, train(gray, b)));
+  int distinct = 0;
+  for (uint64_t index = 0; index < 8; ++index) {
+    std::mt19937_64 other(sample_seed(3, 1, 100 + index));
+    distinct += !at::equal(first, train(gray, other));
+  }
+  CHECK(distinct >= 7);  // 33 x 118 crop offsets x 2 flips: a repeat is unlikely (< 1e-3)
+  // Flip: with probability 1 the output is the mirror of the probability-0 output.
+  TransformOptions no_flip = TransformOptions::r2gen_train(), always_flip = no_flip;
+  no_flip.flip_probability = 0.0;
+  always_flip.flip_probability = 1.0;
+  std::mt19937_64 c1(9), c2(9);
+  CHECK(at::equal(ImageTransform(no_flip)(gray, c1).flip({2}),
+                  ImageTransform(always_flip)(gray, c2)));
+  TransformOptions too_big = TransformOptions::r2gen_train();
+  too_big.crop = 300;
+  CHECK_THROWS_WITH(ImageTransform(too_big)(gray, rng), Catch::Contains("RandomCrop 300"));
+  CHECK_THROWS_AS(resize_bilinear(gray, 0, 5), std::invalid_argument);
+}
+
+TEST_CASE("image: resize equals Pillow's bilinear as torchvision uses it", "[data][python]") {
+  // Measured against the real Pillow (Debian python3-pil) when it is installed; the naive
+  // bilinear without antialiasing (at::upsample_bilinear2d) is measured alongside to show why
+  // Pillow's filter support matters for downscaling.
+  const char* python = "/usr/bin/python3";
+  if (std::system((std::string(python) + " -c 'import PIL' 2>/dev/null").c_str()) != 0) {
+    WARN("skipped: Pillow (python3-pil) is not installed");
+    return;
+  }
+  const auto dir = ihn_test::scratch_dir("pil_resize");
+  std::mt19937 rng(7);
+  Image source = Image::blank(517, 433, 1);
+  for (int y = 0; y < source.height; ++y)
+    for (int x = 0; x < source.width; ++x) {
+      // A chest-like mix of smooth shading, edges and noise.
+      const double shade = 128 + 80 * std::sin(x * 0.03) * std::cos(y * 0.02);
+      const double edge = ((x / 37 + y / 29) % 2) * 40;
+      source.at(x, y) = static_cast<uint8_t>(
+          std::clamp(shade + edge + std::uniform_int_distribution<int>(-20, 20)(rng), 0.0, 255.0));
+    }
+  write_png(source, (dir / "source.png").string());
+  const std::string script =
+      "from PIL import Image; im = Image.open('" + (dir / "source.png").string() +
+      "').convert('RGB'); im.resize((224, 224), Image.BILINEAR).save('" +
+      (dir / "pil_224.png").string() + "'); w, h = im.size; s = 256; " +
+      "size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s); " +
+      "im.resize(size, Image.BILINEAR).save('" + (dir / "pil_256.png").string() +
+      "'); im.resize((900, 700), Image.BILINEAR).save('" + (dir / "pil_up.png").string() + "')";
+  write_text(dir / "resize.py", script);
+  REQUIRE(std::system((std::string(python) + " " + (dir / "resize.py").string()).c_str()) == 0);
+
+  const auto rgb = to_rgb(source);
+  struct Pair {
+    Image ours;
+    std::string pil_file;
+  };
+  const std::vector<Pair> pairs = {{resize_bilinear(rgb, 224, 224), "pil_224.png"},
+                                   {resize_shorter_side(rgb, 256), "pil_256.png"},
+                                   {resize_bilinear(rgb, 900, 700), "pil_up.png"}};
+  for (const auto& pair : pairs) {
+    const auto pil = load_image_rgb((dir / pair.pil_file).string());
+    REQUIRE(pil.width == pair.ours.width);
+    REQUIRE(pil.height == pair.ours.height);
+    int max_difference = 0;
+    for (size_t i = 0; i < pil.pixels.size(); ++i)
+      max_difference = std::max(max_difference, std::abs(int(pil.pixels[i]) - pair.ours.pixels[i]));
+    // Same algorithm, same fixed-point arithmetic: identical bytes expected.
+    CHECK(max_difference == 0);
+    // The naive bilinear for comparison (docs/data.md reports these numbers).
+    auto input = at::from_blob(const_cast<uint8_t*>(rgb.pixels.data()),
+                               {1, rgb.height, rgb.width, 3}, at::kByte)
+                     .permute({0, 3, 1, 2})
+                     .to(at::kFloat);
+    auto naive = at::upsample_bilinear2d(input, {pil.height, pil.width}, false)
+                     .round()
+                     .clamp(0, 255)
+                     .permute({0, 2, 3, 1})
+                     .contiguous();
+    auto reference = at::from_blob(const_cast<uint8_t*>(pil.pixels.data()),
+                                   {1, pil.height, pil.width, 3}, at::kByte)
+                         .to(at::kFloat);
+    const auto naive_error = (naive - reference).abs();
+    WARN(pair.pil_file << ": ours vs Pillow max |diff| " << max_difference
+                       << " levels; naive bilinear vs Pillow mean |diff| "
+                       << naive_error.mean().item<float>() << ", max "
+                       << naive_error.max().item<float>() << " levels");
+  }
+}
+
+// ---------------------------------------------------------------- loader
+
+TEST_CASE("loader: collate pads like R2Gen and workers do not change batches", "[data]") {
+  std::vector<ReportExample> examples = {
+      {"x", at::zeros({2, 3, 4, 4}), {0, 5, 6, 0}},
+      {"y", at::ones({2, 3, 4, 4}), {0, 7, 0}},
+  };
+  const auto batch = collate_reports(examples);
+  CHECK(batch.ids == std::vector<std::string>{"x", "y"});
+  CHECK(batch.images.sizes() == at::IntArrayRef({2, 2, 3, 4, 4}));
+  CHECK(at::equal(batch.reports_ids, at::tensor({0, 5, 6, 0, 0, 7, 0, 0}, at::kLong).view({2, 4})));
+  CHECK(at::equal(batch.reports_masks,
+                  at::tensor({1, 1, 1, 1, 1, 1, 1, 0}, at::kFloat).view({2, 4})));
+  CHECK(batch.reports_masks.scalar_type() == at::kFloat);
+  CHECK_THROWS_AS(collate_reports({}), std::invalid_argument);
+
+  // Ten studies on disk; train transform with a small crop to stay fast.
+  const auto dir = ihn_test::scratch_dir("loader");
+  std::vector<Study> studies;
+  std::mt19937 rng(3);
+  for (int i = 0; i < 10; ++i) {
+    Study study{"s" + std::to_string(i),
+                i % 2 ? "The heart is normal. Lungs clear." : "No acute disease.",
+                {},
+                "train"};
+    for (int v = 0; v < 2; ++v) {
+      Image image = Image::blank(40 + i, 48, 1);
+      for (auto& p : image.pixels) p = static_cast<uint8_t>(rng() % 256);
+      const auto name = study.id + "_" + std::to_string(v) + ".png";
+      write_png(image, (dir / name).string());
+      study.image_paths.push_back(name);
+    }
+    studies.push_back(study);
+  }
+  const auto tokenizer = Tokenizer::build(
+      {"The heart is normal. Lungs clear.", "No acute disease."}, Dataset::iu_xray, 1);
+  ReportDatasetOptions options;
+  options.image_root = dir.string();
+  options.transform = TransformOptions::r2gen_train();
+  options.transform.resize = 36;
+  options.transform.crop = 32;
+  options.seed = 11;
+  options.max_seq_length = 5;  // truncates the longer report
+  const ReportDataset dataset(studies, tokenizer, options);
+  CHECK(dataset.ids(1).size() == 5);
+  CHECK(dataset.ids(1).back() != 0);
+
+  auto collect = [](const ReportDataset& data, size_t workers, bool shuffle) {
+    std::vector<ReportBatch> batches;
+    auto loader = make_report_loader(data, {3, workers, shuffle, false});
+    for (auto& batch : *loader) batches.push_back(batch);
+    return batches;
+  };
+  const auto serial = collect(dataset, 0, true);
+  REQUIRE(serial.size() == 4);  // 10 studies in batches of 3, last one partial
+  std::set<std::string> seen;
+  for (const auto& batch : serial) seen.insert(batch.ids.begin(), batch.ids.end());
+  CHECK(seen.size() == 10);  // a permutation: every study exactly once
+  CHECK(serial[0].images.sizes() == at::IntArrayRef({3, 2, 3, 32, 32}));
+  for (size_t workers : {1, 2}) {
+    const auto parallel = collect(dataset, workers, true);
+    REQUIRE(parallel.size() == serial.size());
+    for (size_t b = 0; b < serial.size(); ++b) {
+      CHECK(parallel[b].ids == serial[b].ids);
+      CHECK(at::equal(parallel[b].images, serial[b].images));
+      CHECK(at::equal(parallel[b].reports_ids, serial[b].reports_ids));
+    }
+  }
+  // Another epoch: another order and other crops of the same study.
+  const auto next_epoch = collect(dataset.with_epoch(1), 0, true);
+  std::vector<std::string> order0, order1;
+  for (const auto& b : serial) order0.insert(order0.end(), b.ids.begin(), b.ids.end());
+  for (const auto& b : next_epoch) order1.insert(order1.end(), b.ids.begin(), b.ids.end());
+  CHECK(order0 != order1);
+  auto epoch0 = dataset;
+  auto epoch1 = dataset.with_epoch(1);
+  CHECK(!at::equal(epoch0.get(0).images, epoch1.get(0).images));
+  CHECK(at::equal(epoch0.get(0).images, epoch0.get(0).images));
+  // Unshuffled: the annotation order.
+  const auto sequential = collect(dataset, 2, false);
+  CHECK(sequential[0].ids == std::vector<std::string>{"s0", "s1", "s2"});
+
+  std::vector<Study> one_view = {studies[0]};
+  one_view[0].image_paths.resize(1);
+  CHECK_THROWS_WITH(ReportDataset(one_view, tokenizer, options), Catch::Contains("needs 2"));
+  std::filesystem::remove(dir / "s0_0.png");
+  CHECK_THROWS_WITH(epoch0.get(0), Catch::Contains("s0_0.png"));
 }
