@@ -6,12 +6,14 @@
 #include <data/annotation.hpp>
 #include <data/image.hpp>
 #include <data/loader.hpp>
+#include <data/synthetic.hpp>
 #include <data/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <set>
 
 using namespace ihn::data;
@@ -532,4 +534,297 @@ TEST_CASE("loader: collate pads like R2Gen and workers do not change batches", "
   CHECK_THROWS_WITH(ReportDataset(one_view, tokenizer, options), Catch::Contains("needs 2"));
   std::filesystem::remove(dir / "s0_0.png");
   CHECK_THROWS_WITH(epoch0.get(0), Catch::Contains("s0_0.png"));
+}
+
+// ---------------------------------------------------------------- synthetic data set
+
+namespace {
+// The words a report must contain for a finding (the labeller relies on plain phrasing).
+std::vector<std::string> finding_keywords(const Finding& f) {
+  switch (f.type) {
+    case FindingType::cardiomegaly:
+      return {"enlarged|cardiomegaly"};
+    case FindingType::widened_mediastinum:
+      return {"widen"};
+    case FindingType::pleural_effusion:
+      return {"pleural effusion", f.side == Side::bilateral ? "bilateral" : side_name(f.side),
+              size_name(f.size)};
+    case FindingType::pneumothorax:
+      return {"pneumothorax", side_name(f.side), size_name(f.size)};
+    case FindingType::lobar_opacity:
+      return {"opacity", side_name(f.side), std::string(location_name(f.location)) + " lobe"};
+    case FindingType::consolidation:
+      return {"consolidation", side_name(f.side), std::string(location_name(f.location)) + " lobe"};
+    case FindingType::nodule:
+      return {"nodule", side_name(f.side), size_name(f.size)};
+    case FindingType::atelectasis:
+      return {"atelectasis", side_name(f.side), severity_name(f.severity)};
+    case FindingType::pulmonary_edema:
+      return {"pulmonary edema", severity_name(f.severity)};
+    case FindingType::pleural_thickening:
+      return {"pleural thickening", side_name(f.side)};
+    case FindingType::rib_fracture:
+      return {"rib fracture", side_name(f.side), f.severity == Severity::mild ? "healed" : "acute"};
+    case FindingType::central_line:
+      return {"central", side_name(f.side)};
+    case FindingType::pacemaker:
+      return {"pacemaker"};
+    case FindingType::hyperinflation:
+      return {"hyperinflat|hyperexpanded"};
+    case FindingType::hiatal_hernia:
+      return {"hiatal hernia", size_name(f.size)};
+  }
+  return {};
+}
+
+bool contains_any(const std::string& text, const std::string& alternatives) {
+  size_t start = 0;
+  while (true) {
+    const size_t bar = alternatives.find('|', start);
+    if (text.find(alternatives.substr(start, bar - start)) != std::string::npos) return true;
+    if (bar == std::string::npos) return false;
+    start = bar + 1;
+  }
+}
+}  // namespace
+
+TEST_CASE("synthetic: reports, findings and CheXpert labels agree", "[data]") {
+  SyntheticOptions options;
+  options.studies = 3000;
+  options.seed = 17;
+  const auto studies = generate_synthetic(options, /*render_images=*/false);
+  REQUIRE(studies.size() == 3000);
+
+  // Normal fraction 2/3: binomial sd sqrt(3000 * 2/9) = 25.8 studies, 4 sd = 0.035.
+  size_t normal = 0;
+  std::map<FindingType, int> type_counts;
+  std::map<std::string, int> normal_reports;
+  std::map<std::string, int> split_counts;
+  for (const auto& s : studies) {
+    normal += s.findings.empty();
+    for (const auto& f : s.findings) ++type_counts[f.type];
+    if (s.findings.empty()) ++normal_reports[s.study.report];
+    ++split_counts[s.study.split];
+  }
+  CHECK(std::abs(static_cast<double>(normal) / 3000 - 2.0 / 3.0) < 0.035);
+  CHECK(type_counts.size() == kFindingTypes);  // every finding type occurs
+  CHECK(split_counts["train"] == 2100);
+  CHECK(split_counts["val"] == 300);
+  CHECK(split_counts["test"] == 600);
+  // Many normal reports coincide: the most frequent one covers a sizeable share of normals.
+  int most_common = 0;
+  for (const auto& [report, count] : normal_reports) most_common = std::max(most_common, count);
+  CHECK(most_common > static_cast<int>(normal) / 20);
+  CHECK(normal_reports.size() < normal / 4);
+
+  const auto& observations = kChexpertObservations;
+  CHECK(std::string(observations[0]) == "No Finding");
+  CHECK(std::string(observations[13]) == "Support Devices");
+  std::vector<std::string> train_reports;
+  for (const auto& s : studies) {
+    INFO(s.study.id << ": " << s.study.report);
+    // Labels: recomputed independently from the findings.
+    std::array<int, 14> expected{};
+    bool pathology = false;
+    for (const auto& f : s.findings) {
+      std::string label;
+      switch (f.type) {
+        case FindingType::cardiomegaly:
+          label = "Cardiomegaly";
+          break;
+        case FindingType::widened_mediastinum:
+          label = "Enlarged Cardiomediastinum";
+          break;
+        case FindingType::pleural_effusion:
+          label = "Pleural Effusion";
+          break;
+        case FindingType::pneumothorax:
+          label = "Pneumothorax";
+          break;
+        case FindingType::lobar_opacity:
+          label = "Lung Opacity";
+          break;
+        case FindingType::consolidation:
+          label = "Consolidation";
+          break;
+        case FindingType::nodule:
+          label = "Lung Lesion";
+          break;
+        case FindingType::atelectasis:
+          label = "Atelectasis";
+          break;
+        case FindingType::pulmonary_edema:
+          label = "Edema";
+          break;
+        case FindingType::pleural_thickening:
+          label = "Pleural Other";
+          break;
+        case FindingType::rib_fracture:
+          label = "Fracture";
+          break;
+        case FindingType::central_line:
+        case FindingType::pacemaker:
+          label = "Support Devices";
+          break;
+        default:
+          break;
+      }
+      for (size_t i = 0; i < observations.size(); ++i)
+        if (label == observations[i]) expected[i] = 1;
+      pathology = pathology || (!label.empty() && label != "Support Devices");
+    }
+    expected[0] = pathology ? 0 : 1;
+    CHECK(s.chexpert == expected);
+    CHECK(s.chexpert[7] == 0);  // Pneumonia is never asserted (documented)
+
+    // Text: each finding is stated with its attributes; normals use the standard negations.
+    const auto cleaned = clean_report_iu_xray(s.study.report);
+    for (const auto& f : s.findings)
+      for (const auto& keyword : finding_keywords(f)) {
+        INFO(describe(f) << " keyword " << keyword);
+        CHECK(contains_any(cleaned, keyword));
+      }
+    const bool has_pleural = std::any_of(s.findings.begin(), s.findings.end(), [](auto& f) {
+      return f.type == FindingType::pleural_effusion || f.type == FindingType::pneumothorax;
+    });
+    if (!has_pleural)
+      CHECK((cleaned.find("pneumothorax or pleural effusion") != std::string::npos ||
+             cleaned.find("pleural effusion or pneumothorax") != std::string::npos));
+    if (s.findings.empty()) CHECK(cleaned.find("enlarged") == std::string::npos);
+    if (s.study.split == "train") train_reports.push_back(s.study.report);
+  }
+  // IU cleaning keeps every word: a vocabulary from the reports themselves has no <unk> use,
+  // and de-identified tokens survive as "xxxx".
+  const auto tokenizer = Tokenizer::build(train_reports, Dataset::iu_xray, 1);
+  size_t xxxx = 0;
+  for (const auto& report : train_reports) {
+    for (auto id : tokenizer.encode(report)) REQUIRE(id != tokenizer.id_of("<unk>"));
+    xxxx += clean_report_iu_xray(report).find("xxxx") != std::string::npos;
+  }
+  CHECK(xxxx > train_reports.size() / 10);
+  CHECK(tokenizer.vocab_size() < 200);  // a small, closed vocabulary
+}
+
+TEST_CASE("synthetic: deterministic images that look like two chest views", "[data]") {
+  SyntheticOptions options;
+  options.studies = 24;
+  options.seed = 3;
+  options.image_size = 96;
+  const auto a = generate_synthetic(options);
+  const auto b = generate_synthetic(options);
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i].study.report == b[i].study.report);
+    REQUIRE(a[i].frontal.pixels == b[i].frontal.pixels);
+    REQUIRE(a[i].lateral.pixels == b[i].lateral.pixels);
+  }
+  // Any study alone equals its place in the whole set; rendering does not change the content.
+  const auto alone = generate_study(options, 17);
+  CHECK(alone.frontal.pixels == a[17].frontal.pixels);
+  CHECK(generate_study(options, 17, false).study.report == a[17].study.report);
+  options.seed = 4;
+  const auto other = generate_synthetic(options);
+  int different = 0;
+  for (size_t i = 0; i < a.size(); ++i) different += other[i].frontal.pixels != a[i].frontal.pixels;
+  CHECK(different == static_cast<int>(a.size()));
+
+  for (const auto& s : a) {
+    REQUIRE(s.frontal.width == 96);
+    REQUIRE(s.frontal.channels == 1);
+    REQUIRE(s.lateral.height == 96);
+    CHECK(s.frontal.pixels != s.lateral.pixels);
+    // Anatomy: the lung fields (mid-height, a third in from each side) are darker than the
+    // spine/mediastinum column at the same height.
+    auto mean_box = [&](int x0, int y0) {
+      double sum = 0;
+      for (int y = y0; y < y0 + 6; ++y)
+        for (int x = x0; x < x0 + 6; ++x) sum += s.frontal.at(x, y);
+      return sum / 36;
+    };
+    const double right_lung = mean_box(96 * 33 / 100 - 3, 96 * 40 / 100);
+    const double left_lung = mean_box(96 * 67 / 100 - 3, 96 * 40 / 100);
+    const double mediastinum = mean_box(96 / 2 - 3, 96 * 40 / 100);
+    CHECK(right_lung + 20 < mediastinum);
+    CHECK(left_lung + 20 < mediastinum);
+  }
+
+  CHECK_THROWS_WITH(generate_study(options, 24), Catch::Contains("outside 0..23"));
+  SyntheticOptions bad;
+  bad.studies = 0;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("studies must be at least 1"));
+  bad = {};
+  bad.image_size = 8;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("image_size"));
+  bad = {};
+  bad.val_fraction = 0.6;
+  bad.test_fraction = 0.5;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("val_fraction"));
+  bad = {};
+  bad.normal_fraction = 1.5;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("normal_fraction"));
+  bad = {};
+  bad.max_findings = 0;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("max_findings"));
+}
+
+TEST_CASE("synthetic: written to disk it loads through the real loaders", "[data]") {
+  SyntheticOptions options;
+  options.studies = 30;
+  options.seed = 9;
+  options.image_size = 64;
+  const auto studies = generate_synthetic(options);
+  const auto dir = ihn_test::scratch_dir("synthetic_disk");
+  write_synthetic(studies, dir.string());
+
+  AnnotationOptions load;
+  load.image_root = (dir / "images").string();
+  load.decode_images = true;
+  const auto annotation = load_annotation((dir / "annotation.json").string(), load);
+  CHECK(annotation.train.size() == 21);
+  CHECK(annotation.val.size() == 3);
+  CHECK(annotation.test.size() == 6);
+  CHECK(annotation.train[4].report == studies[4].study.report);
+  const auto loaded = load_image_rgb((dir / "images" / studies[4].study.image_paths[1]).string());
+  CHECK(loaded.width == 64);
+  CHECK(to_rgb(studies[4].lateral).pixels == loaded.pixels);  // PNG is lossless
+
+  const auto labels = read_json(dir / "labels.json");
+  REQUIRE(labels["chexpert_observations"].size() == 14);
+  REQUIRE(labels["studies"].size() == 30);
+  for (size_t i = 0; i < 30; ++i) {
+    const auto& entry = labels["studies"][i];
+    CHECK(entry["id"] == studies[i].study.id);
+    CHECK(entry["findings"].size() == studies[i].findings.size());
+    for (size_t k = 0; k < 14; ++k)
+      CHECK(entry["chexpert"][kChexpertObservations[k]].get<int>() == studies[i].chexpert[k]);
+  }
+  std::ifstream csv(dir / "labels.csv");
+  std::string header;
+  std::getline(csv, header);
+  CHECK_THAT(header, Catch::StartsWith("id,split,No Finding,Enlarged Cardiomediastinum,"));
+
+  // In memory, through ReportDataset and the loader.
+  const auto tokenizer = Tokenizer::build(annotation.train_reports(), Dataset::iu_xray, 1);
+  ReportDatasetOptions dataset_options;
+  dataset_options.transform = TransformOptions::r2gen_train();
+  dataset_options.transform.resize = 64;
+  dataset_options.transform.crop = 56;
+  const ReportDataset dataset(studies_of_split(studies, "train"), images_of_split(studies, "train"),
+                              tokenizer, dataset_options);
+  auto loader = make_report_loader(dataset, {8, 0, true, false});
+  size_t seen = 0;
+  for (auto& batch : *loader) {
+    CHECK(batch.images.size(1) == 2);
+    CHECK(batch.images.size(3) == 56);
+    seen += batch.ids.size();
+  }
+  CHECK(seen == 21);
+  CHECK_THROWS_WITH(images_of_split(generate_synthetic(options, false), "train"),
+                    Catch::Contains("without images"));
+
+  const auto sheet = contact_sheet({studies.begin(), studies.begin() + 4}, 2);
+  CHECK(sheet.width > 2 * 2 * 64);
+  CHECK(sheet.height > 2 * 64);
+  Image canvas = Image::blank(20, 10, 1, 0);
+  draw_text(canvas, 1, 1, "a?");
+  CHECK(std::count(canvas.pixels.begin(), canvas.pixels.end(), 255) > 10);
 }
