@@ -372,6 +372,15 @@ TEST_CASE("image: stb load, gray to RGB, resize sizes and transforms", "[data]")
   std::mt19937_64 c1(9), c2(9);
   CHECK(at::equal(ImageTransform(no_flip)(gray, c1).flip({2}),
                   ImageTransform(always_flip)(gray, c2)));
+  // Gray kept gray (load_image) gives exactly what PIL's convert('RGB') first gives.
+  write_png(gray, (dir / "gray_again.png").string());
+  const auto native = load_image((dir / "gray_again.png").string());
+  CHECK(native.channels == 1);
+  for (const auto& options : {TransformOptions::r2gen_train(), TransformOptions::r2gen_eval()}) {
+    std::mt19937_64 g1(21), g2(21);
+    CHECK(at::equal(ImageTransform(options)(native, g1),
+                    ImageTransform(options)(to_rgb(native), g2)));
+  }
   TransformOptions too_big = TransformOptions::r2gen_train();
   too_big.crop = 300;
   CHECK_THROWS_WITH(ImageTransform(too_big)(gray, rng), Catch::Contains("RandomCrop 300"));

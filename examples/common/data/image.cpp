@@ -41,11 +41,11 @@ std::string probe_image(const std::string& path, bool full_decode) {
   return "";
 }
 
-Image load_image_rgb(const std::string& path) {
+namespace {
+Image load_with_components(const std::string& path, int components) {
   int width = 0, height = 0, channels = 0;
-  // Asking stb for 3 components replicates gray into R, G, B, as PIL's convert('RGB').
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
-      stbi_load(path.c_str(), &width, &height, &channels, 3), stbi_image_free);
+      stbi_load(path.c_str(), &width, &height, &channels, components), stbi_image_free);
   if (!pixels) {
     const auto problem = probe_image(path, true);
     throw std::runtime_error("cannot load image '" + path +
@@ -54,9 +54,24 @@ Image load_image_rgb(const std::string& path) {
   Image image;
   image.width = width;
   image.height = height;
-  image.channels = 3;
-  image.pixels.assign(pixels.get(), pixels.get() + static_cast<size_t>(width) * height * 3);
+  image.channels = components;
+  image.pixels.assign(pixels.get(),
+                      pixels.get() + static_cast<size_t>(width) * height * components);
   return image;
+}
+}  // namespace
+
+Image load_image_rgb(const std::string& path) {
+  // Asking stb for 3 components replicates gray into R, G, B, as PIL's convert('RGB').
+  return load_with_components(path, 3);
+}
+
+Image load_image(const std::string& path) {
+  int width = 0, height = 0, channels = 0;
+  // Gray (and gray + alpha) stays one channel: every later step is per channel, so replicating
+  // at the end gives the same numbers as PIL's convert('RGB') first, for a third of the work.
+  const bool gray = stbi_info(path.c_str(), &width, &height, &channels) && channels <= 2;
+  return load_with_components(path, gray ? 1 : 3);
 }
 
 void write_png(const Image& image, const std::string& path) {
@@ -197,9 +212,10 @@ Image resize_shorter_side(const Image& image, int size) {
 
 at::Tensor to_normalized_tensor(const Image& rgb, const std::array<float, 3>& mean,
                                 const std::array<float, 3>& std) {
-  if (rgb.channels != 3)
-    throw std::invalid_argument("to_normalized_tensor: expected an RGB image, got " +
+  if (rgb.channels != 3 && rgb.channels != 1)
+    throw std::invalid_argument("to_normalized_tensor: expected a gray or RGB image, got " +
                                 std::to_string(rgb.channels) + " channels");
+  const int stride = rgb.channels;  // gray is replicated into R, G and B here
   auto tensor = at::empty({3, rgb.height, rgb.width}, at::kFloat);
   float* out = tensor.data_ptr<float>();
   const size_t plane = static_cast<size_t>(rgb.width) * rgb.height;
@@ -207,13 +223,18 @@ at::Tensor to_normalized_tensor(const Image& rgb, const std::array<float, 3>& me
     // ToTensor divides by 255, then Normalize; one multiply-add per pixel.
     const float scale = 1.0f / (255.0f * std[c]);
     const float shift = -mean[c] / std[c];
-    for (size_t i = 0; i < plane; ++i) out[c * plane + i] = rgb.pixels[i * 3 + c] * scale + shift;
+    for (size_t i = 0; i < plane; ++i)
+      out[c * plane + i] = rgb.pixels[i * stride + (stride == 3 ? c : 0)] * scale + shift;
   }
   return tensor;
 }
 
 at::Tensor ImageTransform::operator()(const Image& image, std::mt19937_64& rng) const {
-  const Image rgb = to_rgb(image);
+  // Gray stays one channel until the tensor (see load_image); RGB is handled as is.
+  const Image& rgb = image;
+  if (image.channels != 1 && image.channels != 3)
+    throw std::invalid_argument("ImageTransform: expected a gray or RGB image, got " +
+                                std::to_string(image.channels) + " channels");
   if (!options_.train)
     return to_normalized_tensor(resize_bilinear(rgb, options_.crop, options_.crop), options_.mean,
                                 options_.std);
@@ -228,11 +249,12 @@ at::Tensor ImageTransform::operator()(const Image& image, std::mt19937_64& rng) 
   const int left = std::uniform_int_distribution<int>(0, resized.width - crop)(rng);
   const bool flip =
       std::uniform_real_distribution<double>(0.0, 1.0)(rng) < options_.flip_probability;
-  Image cropped = Image::blank(crop, crop, 3);
+  Image cropped = Image::blank(crop, crop, resized.channels);
   for (int y = 0; y < crop; ++y)
     for (int x = 0; x < crop; ++x) {
       const int source_x = flip ? left + crop - 1 - x : left + x;
-      for (int c = 0; c < 3; ++c) cropped.at(x, y, c) = resized.at(source_x, top + y, c);
+      for (int c = 0; c < resized.channels; ++c)
+        cropped.at(x, y, c) = resized.at(source_x, top + y, c);
     }
   return to_normalized_tensor(cropped, options_.mean, options_.std);
 }

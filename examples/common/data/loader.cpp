@@ -70,7 +70,7 @@ ReportExample ReportDataset::get(size_t index) {
       tensors.push_back(transform(shared_->images[index][v], rng));
     } else {
       const auto path = std::filesystem::path(options_.image_root) / study.image_paths[v];
-      tensors.push_back(transform(load_image_rgb(path.string()), rng));
+      tensors.push_back(transform(load_image(path.string()), rng));
     }
   }
   return ReportExample{study.id, at::stack(tensors, 0), shared_->ids[index]};
