@@ -827,6 +827,23 @@ TEST_CASE("synthetic: written to disk it loads through the real loaders", "[data
     seen += batch.ids.size();
   }
   CHECK(seen == 21);
+  // The one-call set-up the ports use: tokenizer + train/val/test datasets.
+  const auto data =
+      make_r2gen_data(to_annotation(studies), images_by_split(studies),
+                      {1, 60, 5, dataset_options.transform, dataset_options.transform});
+  CHECK(*data.train.size() == 21);
+  CHECK(*data.val.size() == 3);
+  CHECK(*data.test.size() == 6);
+  CHECK(data.tokenizer.vocab_size() == tokenizer.vocab_size());
+  CHECK(data.test.example(0).images.sizes() == at::IntArrayRef({2, 3, 56, 56}));
+  const auto from_disk =
+      make_r2gen_data(annotation, (dir / "images").string(),
+                      {1, 60, 5, dataset_options.transform, dataset_options.transform});
+  CHECK(at::equal(from_disk.train.example(3).images,
+                  data.train.example(3).images));  // PNG is lossless
+  CHECK_THROWS_WITH(
+      make_r2gen_data(to_annotation(studies), std::map<std::string, InMemoryImages>{}),
+      Catch::Contains("no in-memory images"));
   CHECK_THROWS_WITH(images_of_split(generate_synthetic(options, false), "train"),
                     Catch::Contains("without images"));
 

@@ -57,7 +57,7 @@ ReportDataset::ReportDataset(std::vector<Study> studies, InMemoryImages images,
   shared_ = std::move(shared);
 }
 
-ReportExample ReportDataset::get(size_t index) {
+ReportExample ReportDataset::example(size_t index) const {
   const auto& study = shared_->studies.at(index);
   const size_t views = required_views(options_.dataset);
   const ImageTransform transform(options_.transform);
@@ -120,6 +120,44 @@ void SeededSampler::load(torch::serialize::InputArchive& archive) {
   at::Tensor position;
   archive.read("position", position, true);
   position_ = static_cast<size_t>(position.item<int64_t>());
+}
+
+namespace {
+R2GenData build_r2gen_data(const Annotation& annotation, const std::string& image_root,
+                           const std::map<std::string, InMemoryImages>* images,
+                           const R2GenDataOptions& options) {
+  auto tokenizer =
+      Tokenizer::build(annotation.train_reports(), annotation.dataset, options.threshold);
+  auto make = [&](const std::string& split, const TransformOptions& transform) {
+    ReportDatasetOptions dataset_options;
+    dataset_options.dataset = annotation.dataset;
+    dataset_options.image_root = image_root;
+    dataset_options.max_seq_length = options.max_seq_length;
+    dataset_options.transform = transform;
+    dataset_options.seed = options.seed;
+    if (images == nullptr)
+      return ReportDataset(annotation.split(split), tokenizer, dataset_options);
+    auto it = images->find(split);
+    if (it == images->end())
+      throw std::invalid_argument("make_r2gen_data: no in-memory images for split '" + split + "'");
+    return ReportDataset(annotation.split(split), it->second, tokenizer, dataset_options);
+  };
+  auto train = make("train", options.train_transform);
+  auto val = make("val", options.eval_transform);
+  auto test = make("test", options.eval_transform);
+  return R2GenData{std::move(tokenizer), std::move(train), std::move(val), std::move(test)};
+}
+}  // namespace
+
+R2GenData make_r2gen_data(const Annotation& annotation, const std::string& image_root,
+                          const R2GenDataOptions& options) {
+  return build_r2gen_data(annotation, image_root, nullptr, options);
+}
+
+R2GenData make_r2gen_data(const Annotation& annotation,
+                          const std::map<std::string, InMemoryImages>& images,
+                          const R2GenDataOptions& options) {
+  return build_r2gen_data(annotation, "", &images, options);
 }
 
 std::unique_ptr<ReportLoader> make_report_loader(const ReportDataset& dataset,

@@ -15,6 +15,7 @@
 
 #include <torch/data.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,7 +60,9 @@ class ReportDataset : public torch::data::datasets::Dataset<ReportDataset, Repor
   ReportDataset(std::vector<Study> studies, InMemoryImages images, const Tokenizer& tokenizer,
                 ReportDatasetOptions options);
 
-  ReportExample get(size_t index) override;
+  ReportExample get(size_t index) override { return example(index); }
+  /// get() for const datasets (torch's get is non-const; loading changes no state here).
+  ReportExample example(size_t index) const;
   torch::optional<size_t> size() const override { return shared_->studies.size(); }
 
   /// A copy for another epoch (shares studies, ids and images; changes the augmentation).
@@ -113,6 +116,30 @@ struct ReportLoaderOptions {
 
 using ReportLoader = torch::data::StatelessDataLoader<
     torch::data::datasets::MapDataset<ReportDataset, CollateReports>, SeededSampler>;
+
+/// Everything an R2Gen-style run needs from one annotation: the tokenizer (train split,
+/// threshold) and the three datasets (train transform on train, eval transform on val/test).
+struct R2GenData {
+  Tokenizer tokenizer;
+  ReportDataset train, val, test;
+};
+
+struct R2GenDataOptions {
+  int threshold = 3;           ///< R2Gen: IU X-Ray 3, MIMIC-CXR 10
+  size_t max_seq_length = 60;  ///< R2Gen: IU X-Ray 60, MIMIC-CXR 100
+  uint64_t seed = 0;           ///< augmentation and shuffling
+  TransformOptions train_transform = TransformOptions::r2gen_train();
+  TransformOptions eval_transform = TransformOptions::r2gen_eval();
+};
+
+/// From a loaded annotation whose images live under `image_root`.
+R2GenData make_r2gen_data(const Annotation& annotation, const std::string& image_root,
+                          const R2GenDataOptions& options = {});
+/// From studies with in-memory images (e.g. the synthetic set: studies_of_split and
+/// images_of_split); `images` maps split name -> images in the order of that split's studies.
+R2GenData make_r2gen_data(const Annotation& annotation,
+                          const std::map<std::string, InMemoryImages>& images,
+                          const R2GenDataOptions& options = {});
 
 /// A loader over `dataset` (its epoch and seed decide order and augmentation). Batches arrive
 /// in sampler order whatever the number of workers (LibTorch enforces ordering by default).

@@ -831,6 +831,24 @@ std::vector<std::vector<Image>> images_of_split(const std::vector<SyntheticStudy
   return out;
 }
 
+Annotation to_annotation(const std::vector<SyntheticStudy>& studies) {
+  Annotation annotation;
+  annotation.path = "<synthetic>";
+  annotation.dataset = Dataset::iu_xray;
+  annotation.train = studies_of_split(studies, "train");
+  annotation.val = studies_of_split(studies, "val");
+  annotation.test = studies_of_split(studies, "test");
+  return annotation;
+}
+
+std::map<std::string, std::vector<std::vector<Image>>> images_by_split(
+    const std::vector<SyntheticStudy>& studies) {
+  std::map<std::string, std::vector<std::vector<Image>>> images;
+  for (const char* split : {"train", "val", "test"})
+    images[split] = images_of_split(studies, split);
+  return images;
+}
+
 void write_synthetic(const std::vector<SyntheticStudy>& studies, const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code error;

@@ -18,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,12 @@ std::vector<SyntheticStudy> generate_synthetic(const SyntheticOptions& options,
 /// Writes `dir/annotation.json` (R2Gen format), `dir/images/<id>/{0,1}.png`,
 /// `dir/labels.json` (findings with attributes + CheXpert labels) and `dir/labels.csv`.
 void write_synthetic(const std::vector<SyntheticStudy>& studies, const std::string& dir);
+
+/// The studies as a loaded annotation (IU X-Ray, two views) and their in-memory images per
+/// split, e.g. for make_r2gen_data(to_annotation(s), images_by_split(s)).
+Annotation to_annotation(const std::vector<SyntheticStudy>& studies);
+std::map<std::string, std::vector<std::vector<Image>>> images_by_split(
+    const std::vector<SyntheticStudy>& studies);
 
 /// Studies of one split and their in-memory images, ready for ReportDataset.
 std::vector<Study> studies_of_split(const std::vector<SyntheticStudy>& studies,
