@@ -301,6 +301,13 @@ TEST_CASE("annotation: every documented problem is reported with file, entry and
   options.decode_images = true;
   CHECK_THROWS_WITH(load_text(small_annotation().dump(), options), Catch::Contains("corrupt"));
 
+  CHECK_THROWS_WITH(load_annotation(file, {Dataset::iu_xray, "", OnBadEntry::skip}).split("dev"),
+                    Catch::Contains("unknown split 'dev'"));
+  CHECK_THROWS_WITH(
+      save_annotation({Study{"z", "report", {"a", "b"}, "dev"}}, (dir / "bad_split.json").string()),
+      Catch::Contains("split 'dev'"));
+  CHECK_THROWS_WITH(save_annotation({}, (dir / "no" / "such" / "dir.json").string()),
+                    Catch::Contains("dir.json"));
   // Round trip through save_annotation.
   const auto loaded = load_annotation(file, {Dataset::iu_xray, "", OnBadEntry::skip});
   std::vector<Study> studies = loaded.train;
@@ -847,6 +854,11 @@ TEST_CASE("synthetic: written to disk it loads through the real loaders", "[data
   CHECK_THROWS_WITH(images_of_split(generate_synthetic(options, false), "train"),
                     Catch::Contains("without images"));
 
+  CHECK_THROWS_WITH(contact_sheet({}, 2), Catch::Contains("no studies"));
+  CHECK_THROWS_WITH(write_synthetic(generate_synthetic(options, false), (dir / "x").string()),
+                    Catch::Contains("has no images"));
+  CHECK_THROWS_WITH(to_normalized_tensor(Image::blank(4, 4, 2), {0, 0, 0}, {1, 1, 1}),
+                    Catch::Contains("2 channels"));
   const auto sheet = contact_sheet({studies.begin(), studies.begin() + 4}, 2);
   CHECK(sheet.width > 2 * 2 * 64);
   CHECK(sheet.height > 2 * 64);
