@@ -545,6 +545,12 @@ TEST_CASE("loader: collate pads like R2Gen and workers do not change batches", "
   const auto sequential = collect(dataset, 2, false);
   CHECK(sequential[0].ids == std::vector<std::string>{"s0", "s1", "s2"});
 
+  // MIMIC-CXR: one view, image_path[0] only.
+  auto mimic_options = options;
+  mimic_options.dataset = Dataset::mimic_cxr;
+  const ReportDataset mimic(studies, tokenizer, mimic_options);
+  CHECK(mimic.example(2).images.sizes() == at::IntArrayRef({1, 3, 32, 32}));
+  CHECK(at::equal(mimic.example(2).images[0], dataset.example(2).images[0]));
   std::vector<Study> one_view = {studies[0]};
   one_view[0].image_paths.resize(1);
   CHECK_THROWS_WITH(ReportDataset(one_view, tokenizer, options), Catch::Contains("needs 2"));
