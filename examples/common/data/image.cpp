@@ -1,0 +1,272 @@
+// stb decoding, Pillow-compatible bilinear resize and R2Gen's transforms (see image.hpp).
+#include "data/image.hpp"
+
+#include <stb_image.h>
+#include <stb_image_write.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <stdexcept>
+
+namespace ihn::data {
+
+Image Image::blank(int width, int height, int channels, uint8_t value) {
+  Image image;
+  image.width = width;
+  image.height = height;
+  image.channels = channels;
+  image.pixels.assign(static_cast<size_t>(width) * height * channels, value);
+  return image;
+}
+
+std::string probe_image(const std::string& path, bool full_decode) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) return "missing";
+  if (std::filesystem::is_directory(path, error)) return "unreadable (a directory)";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "unreadable (permission denied?)";
+  int width = 0, height = 0, channels = 0;
+  if (!full_decode) {
+    if (!stbi_info(path.c_str(), &width, &height, &channels))
+      return std::string("corrupt or not an image: ") + stbi_failure_reason();
+    if (width <= 0 || height <= 0) return "corrupt or not an image: empty";
+    return "";
+  }
+  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
+      stbi_load(path.c_str(), &width, &height, &channels, 3), stbi_image_free);
+  if (!pixels) return std::string("corrupt or not an image: ") + stbi_failure_reason();
+  return "";
+}
+
+namespace {
+Image load_with_components(const std::string& path, int components) {
+  int width = 0, height = 0, channels = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
+      stbi_load(path.c_str(), &width, &height, &channels, components), stbi_image_free);
+  if (!pixels) {
+    const auto problem = probe_image(path, true);
+    throw std::runtime_error("cannot load image '" + path +
+                             "': " + (problem.empty() ? stbi_failure_reason() : problem));
+  }
+  Image image;
+  image.width = width;
+  image.height = height;
+  image.channels = components;
+  image.pixels.assign(pixels.get(),
+                      pixels.get() + static_cast<size_t>(width) * height * components);
+  return image;
+}
+}  // namespace
+
+Image load_image_rgb(const std::string& path) {
+  // Asking stb for 3 components replicates gray into R, G, B, as PIL's convert('RGB').
+  return load_with_components(path, 3);
+}
+
+Image load_image(const std::string& path) {
+  int width = 0, height = 0, channels = 0;
+  // Gray (and gray + alpha) stays one channel: every later step is per channel, so replicating
+  // at the end gives the same numbers as PIL's convert('RGB') first, for a third of the work.
+  const bool gray = stbi_info(path.c_str(), &width, &height, &channels) && channels <= 2;
+  return load_with_components(path, gray ? 1 : 3);
+}
+
+void write_png(const Image& image, const std::string& path) {
+  if (image.channels != 1 && image.channels != 3 && image.channels != 4)
+    throw std::invalid_argument("write_png '" + path + "': unsupported channel count " +
+                                std::to_string(image.channels));
+  if (!stbi_write_png(path.c_str(), image.width, image.height, image.channels, image.pixels.data(),
+                      image.width * image.channels))
+    throw std::runtime_error("cannot write PNG '" + path +
+                             "' (does the folder exist and is it writable?)");
+}
+
+Image to_rgb(const Image& image) {
+  if (image.channels == 3) return image;
+  if (image.channels != 1)
+    throw std::invalid_argument("to_rgb: expected 1 or 3 channels, got " +
+                                std::to_string(image.channels));
+  Image rgb = Image::blank(image.width, image.height, 3);
+  for (size_t i = 0; i < image.pixels.size(); ++i)
+    for (int c = 0; c < 3; ++c) rgb.pixels[i * 3 + c] = image.pixels[i];
+  return rgb;
+}
+
+namespace {
+
+// Pillow (src/libImaging/Resample.c): bilinear filter, support 1.0.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+double bilinear_filter(double x) {
+  x = std::abs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+struct Coefficients {
+  int taps = 0;                  // coefficients per output pixel (ksize)
+  std::vector<int> bounds;       // [xmin, count] per output pixel
+  std::vector<int32_t> weights;  // fixed point, taps per output pixel
+};
+
+// precompute_coeffs + normalize_coeffs_8bpc of Pillow 9.
+Coefficients precompute(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = 1.0 * filter_scale;
+  Coefficients c;
+  c.taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.bounds.resize(static_cast<size_t>(out_size) * 2);
+  c.weights.assign(static_cast<size_t>(out_size) * c.taps, 0);
+  std::vector<double> k(c.taps);
+  const double inverse = 1.0 / filter_scale;
+  for (int x = 0; x < out_size; ++x) {
+    const double center = (x + 0.5) * scale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double total = 0.0;
+    for (int i = 0; i < xmax; ++i) {
+      const double w = bilinear_filter((i + xmin - center + 0.5) * inverse);
+      k[i] = w;
+      total += w;
+    }
+    for (int i = 0; i < xmax; ++i) {
+      const double normalized = total != 0.0 ? k[i] / total : k[i];
+      const double fixed = normalized * (1 << kPrecisionBits);
+      c.weights[static_cast<size_t>(x) * c.taps + i] =
+          static_cast<int32_t>(normalized < 0 ? std::trunc(-0.5 + fixed) : std::trunc(0.5 + fixed));
+    }
+    c.bounds[x * 2] = xmin;
+    c.bounds[x * 2 + 1] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int64_t value) {
+  value >>= kPrecisionBits;
+  return static_cast<uint8_t>(value < 0 ? 0 : value > 255 ? 255 : value);
+}
+
+Image resample_horizontal(const Image& in, int out_width) {
+  const auto c = precompute(in.width, out_width);
+  Image out = Image::blank(out_width, in.height, in.channels);
+  for (int y = 0; y < in.height; ++y)
+    for (int x = 0; x < out_width; ++x) {
+      const int xmin = c.bounds[x * 2], count = c.bounds[x * 2 + 1];
+      const int32_t* w = &c.weights[static_cast<size_t>(x) * c.taps];
+      for (int ch = 0; ch < in.channels; ++ch) {
+        int64_t sum = 1 << (kPrecisionBits - 1);
+        for (int i = 0; i < count; ++i) sum += static_cast<int64_t>(in.at(xmin + i, y, ch)) * w[i];
+        out.at(x, y, ch) = clip8(sum);
+      }
+    }
+  return out;
+}
+
+Image resample_vertical(const Image& in, int out_height) {
+  const auto c = precompute(in.height, out_height);
+  Image out = Image::blank(in.width, out_height, in.channels);
+  const size_t row = static_cast<size_t>(in.width) * in.channels;
+  std::vector<int64_t> sums(row);
+  for (int y = 0; y < out_height; ++y) {
+    const int ymin = c.bounds[y * 2], count = c.bounds[y * 2 + 1];
+    const int32_t* w = &c.weights[static_cast<size_t>(y) * c.taps];
+    std::fill(sums.begin(), sums.end(), int64_t{1} << (kPrecisionBits - 1));
+    for (int i = 0; i < count; ++i) {
+      const uint8_t* src = &in.pixels[(ymin + i) * row];
+      for (size_t j = 0; j < row; ++j) sums[j] += static_cast<int64_t>(src[j]) * w[i];
+    }
+    uint8_t* dst = &out.pixels[y * row];
+    for (size_t j = 0; j < row; ++j) dst[j] = clip8(sums[j]);
+  }
+  return out;
+}
+
+}  // namespace
+
+Image resize_bilinear(const Image& image, int width, int height) {
+  if (width <= 0 || height <= 0)
+    throw std::invalid_argument("resize_bilinear: target size " + std::to_string(width) + "x" +
+                                std::to_string(height) + " must be positive");
+  if (image.width <= 0 || image.height <= 0)
+    throw std::invalid_argument("resize_bilinear: empty image");
+  // Pillow resamples horizontally first, and skips a pass whose size does not change.
+  Image out = image.width != width ? resample_horizontal(image, width) : image;
+  if (image.height != height) out = resample_vertical(out, height);
+  return out;
+}
+
+Image resize_shorter_side(const Image& image, int size) {
+  if (image.width <= image.height) {
+    const int height = static_cast<int>(static_cast<int64_t>(size) * image.height / image.width);
+    return resize_bilinear(image, size, height);
+  }
+  const int width = static_cast<int>(static_cast<int64_t>(size) * image.width / image.height);
+  return resize_bilinear(image, width, size);
+}
+
+at::Tensor to_normalized_tensor(const Image& rgb, const std::array<float, 3>& mean,
+                                const std::array<float, 3>& std) {
+  if (rgb.channels != 3 && rgb.channels != 1)
+    throw std::invalid_argument("to_normalized_tensor: expected a gray or RGB image, got " +
+                                std::to_string(rgb.channels) + " channels");
+  const int stride = rgb.channels;  // gray is replicated into R, G and B here
+  auto tensor = at::empty({3, rgb.height, rgb.width}, at::kFloat);
+  float* out = tensor.data_ptr<float>();
+  const size_t plane = static_cast<size_t>(rgb.width) * rgb.height;
+  for (int c = 0; c < 3; ++c) {
+    // ToTensor divides by 255, then Normalize; one multiply-add per pixel.
+    const float scale = 1.0f / (255.0f * std[c]);
+    const float shift = -mean[c] / std[c];
+    for (size_t i = 0; i < plane; ++i)
+      out[c * plane + i] = rgb.pixels[i * stride + (stride == 3 ? c : 0)] * scale + shift;
+  }
+  return tensor;
+}
+
+at::Tensor ImageTransform::operator()(const Image& image, std::mt19937_64& rng) const {
+  // Gray stays one channel until the tensor (see load_image); RGB is handled as is.
+  const Image& rgb = image;
+  if (image.channels != 1 && image.channels != 3)
+    throw std::invalid_argument("ImageTransform: expected a gray or RGB image, got " +
+                                std::to_string(image.channels) + " channels");
+  if (!options_.train)
+    return to_normalized_tensor(resize_bilinear(rgb, options_.crop, options_.crop), options_.mean,
+                                options_.std);
+  const Image resized = resize_shorter_side(rgb, options_.resize);
+  const int crop = options_.crop;
+  if (resized.width < crop || resized.height < crop)
+    throw std::invalid_argument("RandomCrop " + std::to_string(crop) + " larger than the resized " +
+                                std::to_string(resized.width) + "x" +
+                                std::to_string(resized.height) + " image (raise resize)");
+  // torchvision RandomCrop: top then left, each uniform over the valid offsets.
+  const int top = std::uniform_int_distribution<int>(0, resized.height - crop)(rng);
+  const int left = std::uniform_int_distribution<int>(0, resized.width - crop)(rng);
+  const bool flip =
+      std::uniform_real_distribution<double>(0.0, 1.0)(rng) < options_.flip_probability;
+  Image cropped = Image::blank(crop, crop, resized.channels);
+  for (int y = 0; y < crop; ++y)
+    for (int x = 0; x < crop; ++x) {
+      const int source_x = flip ? left + crop - 1 - x : left + x;
+      for (int c = 0; c < resized.channels; ++c)
+        cropped.at(x, y, c) = resized.at(source_x, top + y, c);
+    }
+  return to_normalized_tensor(cropped, options_.mean, options_.std);
+}
+
+uint64_t sample_seed(uint64_t seed, int64_t epoch, uint64_t index) {
+  auto mix = [](uint64_t z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(mix(seed) ^ static_cast<uint64_t>(epoch)) ^ index);
+}
+
+}  // namespace ihn::data
