@@ -9,7 +9,7 @@
 // smallest greedy margin is 0.0196, far above the float32 noise).
 #include "test_common.hpp"
 
-// PTH_INCLUDE
+#include <ihn/io/pth.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -384,4 +384,181 @@ TEST_CASE("r2gen: training mode, features and errors", "[r2gen]") {
   CHECK_THROWS_AS(model->forward(images, ids.narrow(1, 0, 1), masks), std::invalid_argument);
   CHECK_THROWS_AS(R2GenModel(R2GenOptions(10).visual_depth(42)), std::invalid_argument);
   CHECK_THROWS_AS(R2GenModel(R2GenOptions(10).d_model(64).rm_d_model(32)), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ihn::io: .pth checkpoints
+
+namespace {
+
+/// A module with what checkpoints hold: Linear, BatchNorm (with its int64 counter), a nested
+/// Sequential, a buffer, a double parameter and a non-contiguous (transposed) buffer.
+struct PthProbeImpl : torch::nn::Module {
+  explicit PthProbeImpl(int64_t out = 5)
+      : fc(register_module("fc", torch::nn::Linear(4, 3))),
+        bn(register_module("bn", torch::nn::BatchNorm1d(3))),
+        seq(register_module("seq", torch::nn::Sequential(torch::nn::Linear(3, 2), torch::nn::ReLU(),
+                                                         torch::nn::Linear(2, out)))),
+        pe(register_buffer("pe", torch::zeros({1, 3, 4}))),
+        scale(register_parameter("scale", torch::zeros({2}, torch::kDouble))),
+        tr(register_buffer("tr", torch::zeros({3, 2}))) {}
+  torch::nn::Linear fc;
+  torch::nn::BatchNorm1d bn;
+  torch::nn::Sequential seq;
+  torch::Tensor pe, scale, tr;
+};
+TORCH_MODULE(PthProbe);
+
+const char* kMakeCheckpoints = R"PY(
+import collections, sys, torch, torch.nn as nn
+out = sys.argv[1]
+torch.manual_seed(1234)
+class Probe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.bn = nn.BatchNorm1d(3)
+        self.seq = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 5))
+        self.register_buffer('pe', torch.randn(1, 3, 4))
+        self.scale = nn.Parameter(torch.randn(2, dtype=torch.float64))
+        self.register_buffer('tr', torch.randn(2, 3).t())   # a non-contiguous view
+m = Probe()
+m.train()
+opt = torch.optim.Adam(m.parameters(), lr=1e-3, amsgrad=True)
+for _ in range(2):   # moves BN statistics and fills the optimiser state with tensors
+    loss = m.seq(m.bn(m.fc(torch.randn(8, 4)))).pow(2).sum() + m.scale.sum()
+    opt.zero_grad(); loss.backward(); opt.step()
+sd = m.state_dict()
+assert isinstance(sd, collections.OrderedDict) and not sd['tr'].is_contiguous()
+ckpt = {'epoch': 7, 'state_dict': sd, 'optimizer': opt.state_dict(), 'monitor_best': 0.125}
+torch.save(ckpt, out + '/zip.pth')
+torch.save(ckpt, out + '/legacy.pth', _use_new_zipfile_serialization=False)
+torch.save({'state_dict': collections.OrderedDict(('module.' + k, v) for k, v in sd.items())},
+           out + '/dataparallel.pth')
+torch.save({k: v.clone().contiguous() for k, v in sd.items()}, out + '/expected.pt')
+)PY";
+
+bool python_torch_available() {
+  return std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") == 0;
+}
+
+void check_probe_equals(PthProbe& probe, const c10::Dict<c10::IValue, c10::IValue>& expected) {
+  size_t n = 0;
+  for (const auto& p : probe->named_parameters()) {
+    INFO(p.key());
+    CHECK(torch::equal(p.value(), expected.at(p.key()).toTensor()));
+    ++n;
+  }
+  for (const auto& b : probe->named_buffers()) {
+    INFO(b.key());
+    CHECK(torch::equal(b.value(), expected.at(b.key()).toTensor()));
+    ++n;
+  }
+  CHECK(n == expected.size());
+}
+
+}  // namespace
+
+TEST_CASE("io: checkpoints written by Python torch.save load by name, zip and legacy", "[io]") {
+  if (!python_torch_available()) {
+    WARN("/usr/bin/python3 with torch not found: Python-written checkpoints not tested");
+    return;
+  }
+  auto dir = ihn_test::scratch_dir("pth");
+  { std::ofstream(dir / "make.py") << kMakeCheckpoints; }
+  const auto cmd = "/usr/bin/python3 " + (dir / "make.py").string() + " " + dir.string();
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  auto expected = load_pt(dir / "expected.pt");
+  for (const char* file : {"zip.pth", "legacy.pth", "dataparallel.pth"}) {
+    INFO(file);
+    PthProbe probe;
+    auto report = ihn::io::load_pth(*probe, (dir / file).string());
+    CHECK(report.ok());
+    CHECK(report.loaded == expected.size());
+    check_probe_equals(probe, expected);
+  }
+  // The other entries of the official checkpoint layout.
+  for (const char* file : {"zip.pth", "legacy.pth"}) {
+    INFO(file);
+    auto ckpt = ihn::io::read_pth((dir / file).string());
+    CHECK(ckpt->at("epoch").as_int() == 7);
+    CHECK(ckpt->at("monitor_best").as_double() == 0.125);
+    const auto& opt = ckpt->at("optimizer");
+    REQUIRE(opt.contains("state"));
+    REQUIRE(opt.contains("param_groups"));
+    // Adam (amsgrad) state per parameter: step, exp_avg, exp_avg_sq, max_exp_avg_sq.
+    CHECK(opt.at("state").entries.size() == PthProbe()->parameters().size());
+  }
+}
+
+TEST_CASE("io: mismatches are reported by name; strict mode throws", "[io]") {
+  // Written by LibTorch itself (torch::pickle_save, the zip format torch.load reads), so this
+  // runs without Python too.
+  auto dir = ihn_test::scratch_dir("pth_mismatch");
+  torch::manual_seed(3);
+  PthProbe source;
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& p : source->named_parameters()) dict.insert(p.key(), p.value().detach());
+  for (const auto& b : source->named_buffers()) dict.insert(b.key(), b.value());
+  dict.insert("extra.weight", torch::ones({2}));
+  dict.erase("pe");
+  {
+    auto bytes = torch::pickle_save(dict);
+    std::ofstream(dir / "ckpt.pth", std::ios::binary).write(bytes.data(), bytes.size());
+  }
+  const auto path = (dir / "ckpt.pth").string();
+  PthProbe wrong_shape(/*out=*/6);  // seq.2 is (6, 2) here, (5, 2) in the file
+  try {
+    ihn::io::load_pth(*wrong_shape, path);
+    FAIL("strict load did not throw");
+  } catch (const ihn::io::pth_error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("seq.2.weight") != std::string::npos);
+    CHECK(what.find("extra.weight") != std::string::npos);
+    CHECK(what.find("pe") != std::string::npos);
+    CHECK(what.find(path) != std::string::npos);
+  }
+  auto report = ihn::io::load_pth(*wrong_shape, path, ihn::io::LoadOptions().strict(false));
+  CHECK(report.missing == std::vector<std::string>{"pe"});
+  CHECK(report.unexpected == std::vector<std::string>{"extra.weight"});
+  REQUIRE(report.mismatched.size() == 2);  // seq.2.weight and seq.2.bias
+  CHECK(report.mismatched[0].found == std::vector<int64_t>{5, 2});
+  // Everything else was copied, values included.
+  CHECK(torch::equal(wrong_shape->fc->weight, source->fc->weight));
+  CHECK(torch::equal(wrong_shape->bn->running_var, source->bn->running_var));
+  CHECK(torch::equal(wrong_shape->scale, source->scale));
+  CHECK(wrong_shape->pe.abs().sum().item<double>() == 0);  // missing: left as constructed
+  CHECK_THROWS_AS(ihn::io::read_pth((dir / "missing.pth").string()), ihn::io::pth_error);
+}
+
+TEST_CASE("io: the unpickler reads an OrderedDict with BUILD state and memo references", "[io]") {
+  // protocol 2: {'epoch': 3, 'sd': OrderedDict([('a', 1.5), ('b', [True, None])]), 'again': <memo>}
+  const unsigned char bytes[] = {
+      128, 2,   125, 113, 0,   40,  88,  5,   0,   0,   0,   101, 112, 111, 99,  104, 113,
+      1,   75,  3,   88,  2,   0,   0,   0,   115, 100, 113, 2,   99,  99,  111, 108, 108,
+      101, 99,  116, 105, 111, 110, 115, 10,  79,  114, 100, 101, 114, 101, 100, 68,  105,
+      99,  116, 10,  113, 3,   41,  82,  113, 4,   40,  88,  1,   0,   0,   0,   97,  113,
+      5,   71,  63,  248, 0,   0,   0,   0,   0,   0,   88,  1,   0,   0,   0,   98,  113,
+      6,   93,  113, 7,   40,  136, 78,  101, 117, 125, 113, 8,   88,  9,   0,   0,   0,
+      95,  109, 101, 116, 97,  100, 97,  116, 97,  113, 9,   125, 113, 10,  115, 98,  88,
+      5,   0,   0,   0,   97,  103, 97,  105, 110, 113, 11,  104, 4,   117, 46};
+  const std::string p(reinterpret_cast<const char*>(bytes), sizeof(bytes));
+  ihn::io::detail::Unpickler u(p.data(), p.size(),
+                               [](const ihn::io::PyObjectPtr&) -> ihn::io::PyObjectPtr {
+                                 throw ihn::io::pth_error("no storages here");
+                               });
+  size_t pos = 0;
+  auto root = u.load(pos);
+  CHECK(pos == p.size());
+  CHECK(root->at("epoch").as_int() == 3);
+  const auto& sd = root->at("sd");
+  REQUIRE(sd.entries.size() == 2);
+  CHECK(sd.at("a").as_double() == 1.5);
+  REQUIRE(sd.at("b").items.size() == 2);
+  CHECK(sd.at("b").items[0]->boolean);
+  CHECK(&root->at("again") == &sd);  // BINGET returns the same object
+  std::string truncated = p.substr(0, p.size() - 5);
+  size_t pos2 = 0;
+  ihn::io::detail::Unpickler u2(truncated.data(), truncated.size(), nullptr);
+  CHECK_THROWS_AS(u2.load(pos2), ihn::io::pth_error);
 }
