@@ -71,3 +71,137 @@ TEST_CASE("eval: BLEU, ROUGE-L, CIDEr equal pycocoevalcap on every fixture set a
   }
   WARN("largest |ours - pycocoevalcap| over all sets and examples: " << worst);
 }
+
+TEST_CASE("eval: Porter stemmer on the algorithm's published examples", "[eval]") {
+  ihn::eval::detail::PorterStemmer stem;
+  // Pairs from Porter (1980) and the reference implementation's vocabulary/output lists.
+  const std::vector<std::pair<std::string, std::string>> cases = {{"caresses", "caress"},
+                                                                  {"ponies", "poni"},
+                                                                  {"ties", "ti"},
+                                                                  {"cats", "cat"},
+                                                                  {"feed", "feed"},
+                                                                  {"agreed", "agre"},
+                                                                  {"plastered", "plaster"},
+                                                                  {"motoring", "motor"},
+                                                                  {"sing", "sing"},
+                                                                  {"conflated", "conflat"},
+                                                                  {"troubled", "troubl"},
+                                                                  {"sized", "size"},
+                                                                  {"hopping", "hop"},
+                                                                  {"falling", "fall"},
+                                                                  {"filing", "file"},
+                                                                  {"happy", "happi"},
+                                                                  {"relational", "relat"},
+                                                                  {"conditional", "condit"},
+                                                                  {"generalization", "gener"},
+                                                                  {"effusions", "effus"},
+                                                                  {"opacities", "opac"},
+                                                                  {"hopeful", "hope"},
+                                                                  {"goodness", "good"},
+                                                                  {"adjustment", "adjust"},
+                                                                  {"controll", "control"},
+                                                                  {"rate", "rate"},
+                                                                  {"is", "is"}};
+  for (const auto& [word, expected] : cases) {
+    INFO(word);
+    CHECK(stem(word) == expected);
+  }
+}
+
+namespace {
+MeteorOptions no_wordnet() {
+  MeteorOptions o;
+  o.synonyms = false;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("eval: METEOR statistics and score by hand", "[eval]") {
+  MeteorOptions options = no_wordnet();
+  options.function_words = false;  // every word a content word: the by-hand formulas stay short
+  const MeteorScorer scorer(options);
+  const double alpha = 0.85, beta = 0.20, gamma = 0.60;
+  auto fmean = [&](double p, double r) { return p * r / (alpha * p + (1 - alpha) * r); };
+
+  SECTION("identical sentences: one chunk, no penalty, score 1") {
+    const auto s = scorer.align("the heart is enlarged", "the heart is enlarged");
+    CHECK(s.chunks == 1);
+    CHECK(s.matches() == 4);
+    CHECK(scorer.score(s) == Approx(1.0).epsilon(1e-12));
+  }
+  SECTION("two chunks after a swap") {
+    // hyp "is enlarged the heart" vs ref "the heart is enlarged": chunks {is enlarged}, {the
+    // heart}; P = R = 1, frag = 2 / 4.
+    const auto s = scorer.align("is enlarged the heart", "the heart is enlarged");
+    CHECK(s.chunks == 2);
+    CHECK(s.matches() == 4);
+    const double expected = 1.0 * (1 - gamma * std::pow(2.0 / 4.0, beta));
+    CHECK(scorer.score(s) == Approx(expected).epsilon(1e-12));
+  }
+  SECTION("partial match with a stem match") {
+    // hyp "small effusions present" vs ref "small left effusion": exact "small", stem
+    // "effusions"~"effusion" (weight 0.6); 2 chunks? "small"(0->0), "effusions"(1->2): hyp
+    // adjacent but ref not -> 2 chunks.
+    const auto s = scorer.align("small effusions present", "small left effusion");
+    CHECK(s.test_content_matches[0] == 1);
+    CHECK(s.test_content_matches[1] == 1);
+    CHECK(s.chunks == 2);
+    const double delta = 0.75;
+    const double p = (1.0 * delta + 0.6 * delta) / (delta * 3);
+    const double r = p;  // both sides have 3 words and the same weighted matches
+    const double expected = fmean(p, r) * (1 - gamma * std::pow(2.0 / 2.0, beta));
+    CHECK(scorer.score(s) == Approx(expected).epsilon(1e-12));
+  }
+  SECTION("no match, empty hypothesis: 0") {
+    CHECK(scorer.score(scorer.align("pacemaker", "the lungs are clear")) == 0.0);
+    CHECK(scorer.score(scorer.align("", "the lungs are clear")) == 0.0);
+  }
+}
+
+TEST_CASE("eval: METEOR function-word weighting", "[eval]") {
+  const MeteorScorer scorer(no_wordnet());
+  // hyp "the effusion" vs ref "the small effusion": "the" is a function word on both sides.
+  const auto s = scorer.align("the effusion", "the small effusion");
+  CHECK(s.test_function_words == 1);
+  CHECK(s.reference_function_words == 1);
+  CHECK(s.test_function_matches[0] == 1);
+  CHECK(s.test_content_matches[0] == 1);
+  const double delta = 0.75, alpha = 0.85;
+  const double p = (delta * 1 + (1 - delta) * 1) / (delta * 1 + (1 - delta) * 1);
+  const double r = (delta * 1 + (1 - delta) * 1) / (delta * 2 + (1 - delta) * 1);
+  const double f = 1.0 / ((1 - alpha) / p + alpha / r);
+  const double expected = f * (1 - 0.6 * std::pow(2.0 / 2.0, 0.2));
+  CHECK(scorer.score(s) == Approx(expected).epsilon(1e-12));
+}
+
+TEST_CASE("eval: METEOR WordNet synonym stage", "[eval]") {
+  if (!std::filesystem::exists("/usr/share/wordnet/data.noun")) {
+    WARN("wordnet-base not installed: synonym stage not tested");
+    return;
+  }
+  MeteorOptions options;
+  options.function_words = false;
+  const MeteorScorer scorer(options);
+  // "big" and "large" share a WordNet adjective synset; "enlarged" and "large" do not stem alike.
+  const auto s = scorer.align("big heart", "large heart");
+  CHECK(s.test_content_matches[2] == 1);
+  CHECK(s.test_content_matches[0] == 1);
+  const auto none = scorer.align("pacemaker", "effusion");
+  CHECK(none.matches() == 0);
+  // Plural forms reach their synsets through WordNet's morphology.
+  CHECK(scorer.align("cars", "automobile").test_content_matches[2] == 1);
+  CHECK(meteor_variant_key(options) == "METEOR_esw");
+  CHECK(meteor_variant_key(no_wordnet()) == "METEOR_es");
+}
+
+TEST_CASE("eval: a missing WordNet folder fails clearly", "[eval]") {
+  MeteorOptions options;
+  options.wordnet_dir = "/nonexistent/wordnet";
+  try {
+    MeteorScorer scorer(options);
+    FAIL("no exception");
+  } catch (const EvalError& e) {
+    CHECK(std::string(e.what()).find("/nonexistent/wordnet/data.noun") != std::string::npos);
+    CHECK(std::string(e.what()).find("synonym") != std::string::npos);
+  }
+}

@@ -6,4 +6,5 @@
 #pragma once
 
 #include <ihn/eval/coco.hpp>
+#include <ihn/eval/meteor.hpp>
 #include <ihn/eval/text.hpp>
