@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <map>
 
 using namespace ihn::eval;
 
@@ -204,4 +205,201 @@ TEST_CASE("eval: a missing WordNet folder fails clearly", "[eval]") {
     CHECK(std::string(e.what()).find("/nonexistent/wordnet/data.noun") != std::string::npos);
     CHECK(std::string(e.what()).find("synonym") != std::string::npos);
   }
+}
+
+namespace {
+// Compact expectations: observation name -> label; every other observation must be blank.
+using Expect = std::map<std::string, Label>;
+constexpr Label P = Label::positive, N = Label::negative, U = Label::uncertain;
+
+void check_labels(const std::string& report, const Expect& expected) {
+  const auto labels = label_report(report);
+  for (int o = 0; o < kNumObservations; ++o) {
+    const auto it = expected.find(kObservations[o]);
+    const Label want = it == expected.end() ? Label::blank : it->second;
+    INFO(report << "\n  observation: " << kObservations[o]);
+    CHECK(std::string(label_name(labels[o])) == label_name(want));
+  }
+}
+}  // namespace
+
+TEST_CASE("eval: clinical labeller on IU X-Ray style phrasing", "[eval]") {
+  check_labels("the heart is enlarged .", {{"Cardiomegaly", P}});
+  check_labels("there is a small left pleural effusion .", {{"Pleural Effusion", P}});
+  check_labels("no pneumothorax .", {{"Pneumothorax", N}, {"No Finding", P}});
+  check_labels("the lungs are clear .", {{"Lung Opacity", N}, {"No Finding", P}});
+  check_labels("right upper lobe opacity .", {{"Lung Opacity", P}});
+  check_labels("a pacemaker is present .", {{"Support Devices", P}, {"No Finding", P}});
+  check_labels("healed rib fracture .", {{"Fracture", P}});
+  check_labels(
+      "the heart is normal in size . the mediastinum is unremarkable . the lungs are clear .",
+      {{"Cardiomegaly", N},
+       {"Enlarged Cardiomediastinum", N},
+       {"Lung Opacity", N},
+       {"No Finding", P}});
+  check_labels("the heart is not enlarged .", {{"Cardiomegaly", N}, {"No Finding", P}});
+  check_labels(
+      "mild cardiomegaly . no focal consolidation pneumothorax or large pleural effusion .",
+      {{"Cardiomegaly", P}, {"Consolidation", N}, {"Pneumothorax", N}, {"Pleural Effusion", N}});
+  check_labels("there is a nodule in the right upper lobe . mild pulmonary edema .",
+               {{"Lung Lesion", P}, {"Edema", P}});
+  check_labels("left lower lobe opacity may represent atelectasis or pneumonia .",
+               {{"Lung Opacity", P}, {"Atelectasis", U}, {"Pneumonia", U}});
+  check_labels("possible small right pleural effusion .", {{"Pleural Effusion", U}});
+  check_labels("a small effusion cannot be excluded .", {{"Pleural Effusion", U}});
+  check_labels("pneumothorax is not seen .", {{"Pneumothorax", N}, {"No Finding", P}});
+  check_labels("the previously seen effusion has resolved .",
+               {{"Pleural Effusion", N}, {"No Finding", P}});
+  check_labels("no pleural effusion but there is a small right pneumothorax .",
+               {{"Pleural Effusion", N}, {"Pneumothorax", P}});
+  check_labels("no effusion , possible atelectasis .",
+               {{"Pleural Effusion", N}, {"Atelectasis", U}});
+  check_labels("the lungs are clear without evidence of infiltrate .",
+               {{"Lung Opacity", N}, {"No Finding", P}});
+  check_labels("no pericardial effusion .", {{"No Finding", P}});
+  check_labels("no interval change in cardiomegaly .", {{"Cardiomegaly", P}});
+  check_labels("the cardiomediastinal silhouette is enlarged .",
+               {{"Enlarged Cardiomediastinum", P}});
+  check_labels("widened mediastinum .", {{"Enlarged Cardiomediastinum", P}});
+  check_labels("sternotomy wires and a right chest tube are present .",
+               {{"Support Devices", P}, {"No Finding", P}});
+  check_labels("free of focal airspace disease .", {{"Lung Opacity", N}, {"No Finding", P}});
+  check_labels("negative for pneumonia .", {{"Pneumonia", N}, {"No Finding", P}});
+  check_labels("apical pleural thickening .", {{"Pleural Other", P}});
+  check_labels("", {{"No Finding", P}});
+}
+
+// Real IU X-Ray test reports labelled by hand (by the author of the rules, reading each
+// sentence as a radiologist would; the id is the IU study). A disagreement here is a rule gap.
+TEST_CASE("eval: clinical labeller on hand-labelled IU X-Ray reports", "[eval][shared]") {
+  const auto annotation =
+      load_json(ihn_eval_test::shared_dir() / "data" / "iu_xray" / "annotation.json");
+  std::map<std::string, std::string> reports;
+  for (const auto& e : annotation.at("test")) reports[e.at("id")] = e.at("report");
+  const std::vector<std::pair<std::string, Expect>> cases = {
+      {"CXR1373_IM-0240",
+       {{"Lung Opacity", N},
+        {"Pleural Effusion", N},
+        {"Pneumothorax", N},
+        {"Cardiomegaly", N},
+        {"No Finding", P}}},
+      {"CXR1742_IM-0489",
+       {{"Cardiomegaly", P},
+        {"Consolidation", N},
+        {"Pleural Effusion", N},
+        {"Edema", N},
+        {"Pneumothorax", N}}},
+      {"CXR2088_IM-0719",
+       {{"Support Devices", N},
+        {"Cardiomegaly", P},
+        {"Lung Opacity", P},
+        {"Consolidation", N},
+        {"Pneumothorax", N},
+        {"Pleural Effusion", N}}},
+      {"CXR605_IM-2194",
+       {{"Cardiomegaly", N},
+        {"Enlarged Cardiomediastinum", N},
+        {"Lung Lesion", P},
+        {"Lung Opacity", U},
+        {"Pleural Effusion", N}}},
+      {"CXR3721_IM-1859",
+       {{"Lung Opacity", P},
+        {"Atelectasis", U},
+        {"Cardiomegaly", N},
+        {"Enlarged Cardiomediastinum", N},
+        {"Pneumothorax", N},
+        {"Pleural Effusion", N}}},
+      {"CXR3123_IM-1468",
+       {{"Cardiomegaly", P},
+        {"Support Devices", P},
+        {"Lung Opacity", N},
+        {"Pleural Other", U},
+        {"Pleural Effusion", U},
+        {"Pneumothorax", N}}},
+      {"CXR1347_IM-0225",
+       {{"Enlarged Cardiomediastinum", N},
+        {"Consolidation", N},
+        {"Pneumothorax", N},
+        {"Pleural Effusion", N},
+        {"Fracture", N},
+        {"No Finding", P}}},
+      {"CXR621_IM-2203",
+       {{"Cardiomegaly", N},
+        {"Enlarged Cardiomediastinum", N},
+        {"Pleural Effusion", N},
+        {"Pneumothorax", N},
+        {"Lung Opacity", N},
+        {"Pneumonia", N},
+        {"No Finding", P}}},
+      {"CXR1812_IM-0525",
+       {{"Consolidation", N},
+        {"Lung Opacity", N},
+        {"Pneumothorax", N},
+        {"Pleural Effusion", N},
+        {"Cardiomegaly", N},
+        {"No Finding", P}}},
+      {"CXR3810_IM-1920",
+       {{"Cardiomegaly", N},
+        {"Enlarged Cardiomediastinum", N},
+        {"Lung Opacity", N},
+        {"Pleural Effusion", N},
+        {"Pneumothorax", N},
+        {"Support Devices", P},
+        {"No Finding", P}}},
+      {"CXR1126_IM-0082",
+       {{"Support Devices", P},
+        {"Consolidation", N},
+        {"Atelectasis", P},
+        {"Lung Opacity", N},
+        {"Pneumothorax", N},
+        {"Pleural Effusion", N}}},
+      {"CXR3000_IM-1386-0001",
+       {{"Lung Lesion", P}, {"Pleural Effusion", N}, {"Pneumothorax", N}, {"Cardiomegaly", N}}},
+      {"CXR2197_IM-0807",
+       {{"Cardiomegaly", N}, {"Lung Opacity", P}, {"Pneumothorax", N}, {"Pleural Effusion", N}}},
+      {"CXR2916_IM-1318",
+       {{"Cardiomegaly", N},
+        {"Consolidation", N},
+        {"Pleural Effusion", N},
+        {"Edema", N},
+        {"Pneumothorax", N},
+        {"No Finding", P}}},
+      {"CXR43_IM-2070",
+       {{"Cardiomegaly", N},
+        {"Enlarged Cardiomediastinum", N},
+        {"Lung Opacity", N},
+        {"No Finding", P}}},
+  };
+  for (const auto& [id, expected] : cases) {
+    INFO("IU X-Ray " << id);
+    REQUIRE(reports.count(id) == 1);
+    check_labels(reports.at(id), expected);
+  }
+}
+
+TEST_CASE("eval: clinical precision/recall/F1, micro and macro", "[eval]") {
+  // Two reports, labels chosen so every count is known: observation Cardiomegaly has tp 1,
+  // fp 1; Pleural Effusion has fn 1; No Finding tp 0.
+  std::vector<ReportLabels> hyp(2), ref(2);
+  hyp[0][kCardiomegaly] = Label::positive;
+  ref[0][kCardiomegaly] = Label::positive;
+  hyp[1][kCardiomegaly] = Label::positive;
+  ref[1][kPleuralEffusion] = Label::positive;
+  hyp[1][kEdema] = Label::uncertain;
+  ref[1][kEdema] = Label::positive;
+  const auto s = clinical_scores(hyp, ref);
+  CHECK(s.per_observation[kCardiomegaly].tp == 1);
+  CHECK(s.per_observation[kCardiomegaly].fp == 1);
+  CHECK(s.per_observation[kPleuralEffusion].fn == 1);
+  CHECK(s.per_observation[kEdema].fn == 1);  // uncertain counts as negative by default
+  CHECK(s.micro.precision == Approx(1.0 / 2.0));
+  CHECK(s.micro.recall == Approx(1.0 / 3.0));
+  CHECK(s.micro.f1 == Approx(2 * 0.5 / 3.0 / (0.5 + 1.0 / 3.0)));
+  // Macro: only Cardiomegaly has non-zero values (P 0.5, R 1, F1 2/3); 14 observations.
+  CHECK(s.macro.precision == Approx(0.5 / 14));
+  CHECK(s.macro.recall == Approx(1.0 / 14));
+  CHECK(s.macro.f1 == Approx((2.0 / 3.0) / 14));
+  const auto u = clinical_scores(hyp, ref, /*uncertain_as_positive=*/true);
+  CHECK(u.per_observation[kEdema].tp == 1);
+  CHECK(u.micro.recall == Approx(2.0 / 3.0));
 }

@@ -5,6 +5,7 @@
 // Eigen; no LibTorch.
 #pragma once
 
+#include <ihn/eval/chexpert.hpp>
 #include <ihn/eval/coco.hpp>
 #include <ihn/eval/meteor.hpp>
 #include <ihn/eval/text.hpp>
