@@ -403,3 +403,221 @@ TEST_CASE("eval: clinical precision/recall/F1, micro and macro", "[eval]") {
   CHECK(u.per_observation[kEdema].tp == 1);
   CHECK(u.micro.recall == Approx(2.0 / 3.0));
 }
+
+TEST_CASE("eval: retrieval recall@K and median rank, pessimistic ties", "[eval]") {
+  // Three examples in 2-D. Images: e0, e1, e0+e1 direction; reports: matched except report 2,
+  // which points along e0 and so ties with report 0 for image 0.
+  Eigen::MatrixXd images(3, 2), reports(3, 2);
+  images << 1, 0, 0, 1, 1, 1;
+  reports << 2, 0, 0, 3, 1, 0;
+  const auto r = retrieval_scores(images, reports);
+  // image 0: sims (1, 0, 1) -> report 2 ties with the truth -> rank 2 (ties count against).
+  // image 1: sims (0, 1, 0) -> rank 1. image 2: sims (.707, .707, .707) -> rank 3.
+  CHECK(r.image_to_report.ranks == std::vector<long>{2, 1, 3});
+  CHECK(r.image_to_report.recall_at_1 == Approx(1.0 / 3.0));
+  CHECK(r.image_to_report.recall_at_5 == Approx(1.0));
+  CHECK(r.image_to_report.median_rank == Approx(2.0));
+  // report 2 as query: sims with images (1, 0, .707) -> image 0 beats the truth -> rank 2.
+  CHECK(r.report_to_image.ranks == std::vector<long>{1, 1, 2});
+  CHECK(r.report_to_image.median_rank == Approx(1.0));
+  // Collapsed reports: every candidate ties, every rank is n.
+  Eigen::MatrixXd same = Eigen::MatrixXd::Ones(4, 2);
+  const auto collapsed = retrieval_scores(images.topRows(2).replicate(2, 1), same);
+  CHECK(collapsed.image_to_report.recall_at_1 == 0.0);
+  CHECK(collapsed.image_to_report.median_rank == Approx(4.0));
+  CHECK_THROWS_AS(retrieval_scores(images, reports.leftCols(1)), EvalError);
+}
+
+TEST_CASE("eval: distinctness", "[eval]") {
+  const auto d = distinctness({"the heart is normal", "the heart is normal", "no effusion"});
+  CHECK(d.distinct_reports == Approx(2.0 / 3.0));
+  // unigrams: 10 tokens, distinct {the, heart, is, normal, no, effusion} = 6.
+  CHECK(d.distinct_1 == Approx(6.0 / 10.0));
+  // bigrams: 3 + 3 + 1 = 7, distinct = 4.
+  CHECK(d.distinct_2 == Approx(4.0 / 7.0));
+  CHECK(distinctness({}).distinct_reports == 0.0);
+}
+
+TEST_CASE("eval: bootstrap intervals are seeded, cover the estimate, and shrink with n", "[eval]") {
+  std::vector<double> small, large;
+  for (int i = 0; i < 40; ++i) small.push_back(i % 4);
+  for (int i = 0; i < 4000; ++i) large.push_back(i % 4);
+  BootstrapOptions o;
+  o.resamples = 500;
+  o.seed = 7;
+  const auto a = bootstrap_ci(small.size(), mean_of(small), o);
+  const auto b = bootstrap_ci(small.size(), mean_of(small), o);
+  CHECK(a.lower == b.lower);  // same seed, same interval
+  CHECK(a.upper == b.upper);
+  CHECK(a.estimate == Approx(1.5));
+  CHECK(a.lower < a.estimate);
+  CHECK(a.upper > a.estimate);
+  const auto wide = a.upper - a.lower;
+  const auto narrow = bootstrap_ci(large.size(), mean_of(large), o);
+  // sd of the mean scales as 1/sqrt(n): 100x the examples -> ~10x narrower; allow 5x-20x.
+  CHECK((narrow.upper - narrow.lower) < wide / 5);
+  CHECK((narrow.upper - narrow.lower) > wide / 20);
+  o.seed = 8;
+  const auto c = bootstrap_ci(small.size(), mean_of(small), o);
+  CHECK((c.lower != a.lower || c.upper != a.upper));
+  CHECK_THROWS_AS(bootstrap_ci(0, mean_of(small), o), EvalError);
+}
+
+TEST_CASE("eval: paired bootstrap tells different systems from equal ones", "[eval]") {
+  std::vector<double> a, b, a_copy;
+  for (int i = 0; i < 200; ++i) {
+    a.push_back((i * 37 % 100) / 100.0);
+    b.push_back((i * 37 % 100) / 100.0 - 0.1);  // B is worse by 0.1 on every example
+  }
+  a_copy = a;
+  BootstrapOptions o;
+  o.resamples = 1000;
+  o.seed = 3;
+  const auto diff = paired_bootstrap(a.size(), mean_of(a), mean_of(b), o);
+  CHECK(diff.difference == Approx(0.1));
+  CHECK(diff.lower == Approx(0.1));  // the per-example difference is constant
+  CHECK(diff.p_value == 0.0);
+  const auto same = paired_bootstrap(a.size(), mean_of(a), mean_of(a_copy), o);
+  CHECK(same.difference == 0.0);
+  CHECK(same.p_value == 1.0);
+}
+
+namespace {
+std::vector<Example> tiny_examples() {
+  return {{"a", "the heart is enlarged .", "the heart is enlarged ."},
+          {"b", "no pleural effusion .", "there is a small left pleural effusion ."},
+          {"c", "the lungs are clear .", "the lungs are clear . no pneumothorax ."}};
+}
+EvalOptions no_wordnet_eval() {
+  EvalOptions o;
+  o.meteor_options.synonyms = false;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("eval: evaluate() agrees with the individual metrics and writes JSON", "[eval]") {
+  auto options = no_wordnet_eval();
+  options.bootstrap.resamples = 200;
+  options.bootstrap.seed = 1;
+  const auto examples = tiny_examples();
+  const auto r = evaluate(examples, options);
+  std::vector<std::string> hyps, refs;
+  for (const auto& e : examples) {
+    hyps.push_back(e.hypothesis);
+    refs.push_back(e.reference);
+  }
+  const auto coco = coco_scores(hyps, refs);
+  CHECK(r.coco.bleu[3] == coco.bleu[3]);
+  CHECK(r.coco.cider == coco.cider);
+  REQUIRE(r.meteor);
+  CHECK(r.meteor->key == "METEOR_es");
+  REQUIRE(r.clinical);
+  // Hypothesis b says "no effusion" where the reference has one: a false negative.
+  CHECK(r.clinical->per_observation[kPleuralEffusion].fn == 1);
+  CHECK(r.clinical->per_observation[kCardiomegaly].tp == 1);
+  const auto j = to_json(r, /*per_example=*/true);
+  for (const char* key : {"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "ROUGE_L", "CIDEr", "METEOR_es"})
+    CHECK(j.contains(key));
+  CHECK(j.at("BLEU_4").get<double>() == coco.bleu[3]);
+  CHECK(j.at("clinical").at("uncertain_counted_as") == "negative");
+  CHECK(j.at("clinical").contains("micro"));
+  CHECK(j.at("clinical").contains("macro"));
+  CHECK(j.at("per_example").size() == 3);
+  CHECK(j.at("per_example")[1].at("labels_reference").at("Pleural Effusion") == "positive");
+  const auto& ci = j.at("confidence_intervals").at("BLEU_4");
+  CHECK(ci.at("lower").get<double>() <= ci.at("upper").get<double>());
+  CHECK(j.at("confidence_intervals").contains("clinical_micro_F1"));
+}
+
+TEST_CASE("eval: bad input gives defined behaviour or an error naming the example", "[eval]") {
+  const auto options = no_wordnet_eval();
+  SECTION("no examples") {
+    CHECK_THROWS_WITH(evaluate({}, options), Catch::Contains("no examples"));
+  }
+  SECTION("duplicate ids") {
+    auto ex = tiny_examples();
+    ex[2].id = "a";
+    CHECK_THROWS_WITH(evaluate(ex, options), Catch::Contains("duplicate id \"a\""));
+  }
+  SECTION("non-UTF-8 text") {
+    auto ex = tiny_examples();
+    ex[1].hypothesis = "no \xff effusion";
+    CHECK_THROWS_WITH(evaluate(ex, options), Catch::Contains("id \"b\"") &&
+                                                 Catch::Contains("hypothesis is not valid UTF-8"));
+    ex[1].hypothesis = "ok";
+    ex[2].reference = "\xc3\x28";  // a truncated two-byte sequence
+    CHECK_THROWS_WITH(evaluate(ex, options), Catch::Contains("reference is not valid UTF-8"));
+  }
+  SECTION("empty hypothesis: scored 0 as pycocoevalcap does, listed") {
+    auto ex = tiny_examples();
+    ex[0].hypothesis = "";
+    const auto r = evaluate(ex, options);
+    CHECK(r.coco.bleu_per_example[0][0] < 1e-9);
+    CHECK(r.coco.rouge_l_per_example[0] == 0.0);
+    CHECK(r.coco.cider_per_example[0] == 0.0);
+    CHECK(r.meteor->per_example[0] == 0.0);
+    CHECK(r.empty_hypotheses == std::vector<std::string>{"a"});
+  }
+  SECTION("empty reference: scored as pycocoevalcap does, listed; all empty is an error") {
+    auto ex = tiny_examples();
+    ex[1].reference = "";
+    const auto r = evaluate(ex, options);
+    CHECK(r.empty_references == std::vector<std::string>{"b"});
+    CHECK(r.coco.rouge_l_per_example[1] == 0.0);
+    for (auto& e : ex) e.reference = " ";
+    CHECK_THROWS_WITH(evaluate(ex, options), Catch::Contains("every reference is empty"));
+  }
+  SECTION("size mismatch in the metric functions") {
+    CHECK_THROWS_AS(coco_scores({"a"}, {}), EvalError);
+  }
+}
+
+TEST_CASE("eval: JSONL reading and matching by id name file, line and ids", "[eval]") {
+  const auto dir = ihn_eval_test::scratch_dir("eval_jsonl");
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name, std::ios::binary) << text;
+    return dir / name;
+  };
+  const auto good = write(
+      "good.jsonl", "{\"id\": \"x\", \"report\": \"a b\"}\n\n{\"id\": 7, \"report\": \"c\"}\n");
+  const auto reports = read_reports_jsonl(good);
+  REQUIRE(reports.size() == 2);
+  CHECK(reports[1].id == "7");
+  CHECK(reports[1].line == 3);
+
+  auto error_of = [](const std::filesystem::path& p) {
+    try {
+      read_reports_jsonl(p);
+    } catch (const EvalError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(error_of(write("bad.jsonl",
+                            "{\"id\": \"x\", \"report\": \"a\"}\n{\"id\": \"y\", \"report\": \n")),
+             Catch::Contains("bad.jsonl:2: malformed JSON"));
+  CHECK_THAT(error_of(write("noid.jsonl", "{\"report\": \"a\"}\n")),
+             Catch::Contains("noid.jsonl:1: missing \"id\""));
+  CHECK_THAT(error_of(write("norep.jsonl", "{\"id\": \"q\"}\n")),
+             Catch::Contains("norep.jsonl:1: missing \"report\" (id \"q\")"));
+  CHECK_THAT(error_of(write("type.jsonl", "{\"id\": \"q\", \"report\": 3}\n")),
+             Catch::Contains("\"report\" must be a string"));
+  CHECK_THAT(
+      error_of(write("dup.jsonl",
+                     "{\"id\": \"q\", \"report\": \"a\"}\n{\"id\": \"q\", \"report\": \"b\"}\n")),
+      Catch::Contains("dup.jsonl:2: duplicate id \"q\" (first on line 1)"));
+  CHECK_THAT(error_of(write("utf.jsonl", "{\"id\": \"q\", \"report\": \"caf\xe9\"}\n")),
+             Catch::Contains("utf.jsonl:1: byte 27 is not valid UTF-8"));
+  CHECK_THAT(error_of(write("empty.jsonl", "\n")), Catch::Contains("no reports"));
+  CHECK_THAT(error_of(dir / "absent.jsonl"), Catch::Contains("cannot open"));
+
+  const std::vector<Report> hyps = {{"1", "a", 1}, {"2", "b", 2}};
+  const std::vector<Report> refs = {{"2", "B", 1}, {"3", "C", 2}};
+  CHECK_THROWS_WITH(match_by_id(hyps, refs),
+                    Catch::Contains("1 in hypotheses but not in references (\"1\")") &&
+                        Catch::Contains("1 in references but not in hypotheses (\"3\")"));
+  const std::vector<Report> refs_ok = {{"2", "B", 1}, {"1", "A", 2}};
+  const auto matched = match_by_id(hyps, refs_ok);
+  CHECK(matched[0].reference == "A");  // hypotheses' order, references found by id
+  CHECK(matched[1].reference == "B");
+}

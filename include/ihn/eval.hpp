@@ -5,7 +5,11 @@
 // Eigen; no LibTorch.
 #pragma once
 
+#include <ihn/eval/bootstrap.hpp>
 #include <ihn/eval/chexpert.hpp>
 #include <ihn/eval/coco.hpp>
+#include <ihn/eval/evaluate.hpp>
+#include <ihn/eval/jsonl.hpp>
 #include <ihn/eval/meteor.hpp>
+#include <ihn/eval/retrieval.hpp>
 #include <ihn/eval/text.hpp>
