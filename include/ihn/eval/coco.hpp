@@ -123,12 +123,10 @@ class NgramIndex {
  private:
   static constexpr std::uint32_t kNoPrefix = 0xFFFFFFFFu;
   std::uint32_t intern(std::uint32_t prefix, std::uint32_t token) {
-    const std::uint64_t key = (static_cast<std::uint64_t>(prefix) << 32) | token;
-    auto [it, inserted] = keys_.emplace(key, static_cast<std::uint32_t>(keys_.size()));
-    return it->second;
+    return keys_.intern((static_cast<std::uint64_t>(prefix) << 32) | token);
   }
   TokenInterner tokens_;
-  std::unordered_map<std::uint64_t, std::uint32_t> keys_;
+  DenseIdTable keys_;
   std::vector<std::uint32_t> slot_;  // per n-gram id: 1 + position in the bag being built
 };
 

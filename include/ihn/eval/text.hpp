@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -118,14 +119,20 @@ inline std::vector<std::string_view> split_on_space(std::string_view s) {
   return tokens;
 }
 
-/// Maps each distinct token to a dense id, so that n-grams can be keyed by integers.
+/// Maps each distinct token to a dense id, so that n-grams can be keyed by integers. Lookups
+/// take string_views (no allocation); each distinct token is stored once.
 class TokenInterner {
  public:
+  TokenInterner() = default;
+  TokenInterner(const TokenInterner&) = delete;  // the map's keys view into storage_
+  TokenInterner& operator=(const TokenInterner&) = delete;
+
   std::uint32_t id(std::string_view token) {
-    auto it = ids_.find(std::string(token));
+    auto it = ids_.find(token);
     if (it != ids_.end()) return it->second;
-    const auto next = static_cast<std::uint32_t>(ids_.size());
-    ids_.emplace(std::string(token), next);
+    const auto next = static_cast<std::uint32_t>(storage_.size());
+    storage_.emplace_back(token);
+    ids_.emplace(std::string_view(storage_.back()), next);
     return next;
   }
   std::vector<std::uint32_t> ids(const std::vector<std::string_view>& tokens) {
@@ -134,10 +141,57 @@ class TokenInterner {
     for (auto t : tokens) out.push_back(id(t));
     return out;
   }
-  std::size_t size() const { return ids_.size(); }
+  std::size_t size() const { return storage_.size(); }
 
  private:
-  std::unordered_map<std::string, std::uint32_t> ids_;
+  std::deque<std::string> storage_;  // stable addresses for the views in ids_
+  std::unordered_map<std::string_view, std::uint32_t> ids_;
+};
+
+/// An open-addressing map from 64-bit keys to dense ids 0, 1, 2, ... in insertion order (the
+/// n-gram table: std::unordered_map's node allocations were most of BLEU's time).
+class DenseIdTable {
+ public:
+  /// The id of `key`, inserting it with the next id when new. `key` must not be ~0.
+  std::uint32_t intern(std::uint64_t key) {
+    if ((size_ + 1) * 2 > slots_.size()) grow();
+    std::size_t i = slot_of(key);
+    while (true) {
+      auto& s = slots_[i];
+      if (s.key == kEmpty) {
+        s.key = key;
+        s.id = static_cast<std::uint32_t>(size_++);
+        return s.id;
+      }
+      if (s.key == key) return s.id;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+  }
+  std::size_t size() const { return size_; }
+
+ private:
+  static constexpr std::uint64_t kEmpty = ~std::uint64_t{0};
+  struct Slot {
+    std::uint64_t key = kEmpty;
+    std::uint32_t id = 0;
+  };
+  std::size_t slot_of(std::uint64_t key) const {
+    std::uint64_t h = key * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing
+    h ^= h >> 29;
+    return static_cast<std::size_t>(h) & (slots_.size() - 1);
+  }
+  void grow() {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(old.empty() ? 1024 : old.size() * 2, Slot{});
+    for (const auto& s : old) {
+      if (s.key == kEmpty) continue;
+      std::size_t i = slot_of(s.key);
+      while (slots_[i].key != kEmpty) i = (i + 1) & (slots_.size() - 1);
+      slots_[i] = s;
+    }
+  }
+  std::vector<Slot> slots_;
+  std::size_t size_ = 0;
 };
 
 /// numpy's pairwise summation of doubles (what np.sum/np.mean do on a contiguous float64
