@@ -567,8 +567,19 @@ TEST_CASE("eval: bad input gives defined behaviour or an error naming the exampl
     for (auto& e : ex) e.reference = " ";
     CHECK_THROWS_WITH(evaluate(ex, options), Catch::Contains("every reference is empty"));
   }
-  SECTION("size mismatch in the metric functions") {
+  SECTION("size mismatches and bad bootstrap settings") {
     CHECK_THROWS_AS(coco_scores({"a"}, {}), EvalError);
+    CHECK_THROWS_AS(meteor_scores({"a"}, {}, MeteorScorer(no_wordnet())), EvalError);
+    CHECK_THROWS_AS(clinical_scores(std::vector<ReportLabels>(2), std::vector<ReportLabels>(1)),
+                    EvalError);
+    const std::vector<double> v = {1, 2, 3};
+    BootstrapOptions o;
+    o.resamples = 0;
+    CHECK_THROWS_WITH(bootstrap_ci(3, mean_of(v), o), Catch::Contains("resamples"));
+    o.resamples = 10;
+    o.level = 1.5;
+    CHECK_THROWS_WITH(bootstrap_ci(3, mean_of(v), o), Catch::Contains("level"));
+    CHECK_THROWS_WITH(paired_bootstrap(0, mean_of(v), mean_of(v)), Catch::Contains("no examples"));
   }
 }
 
@@ -608,6 +619,10 @@ TEST_CASE("eval: JSONL reading and matching by id name file, line and ids", "[ev
       Catch::Contains("dup.jsonl:2: duplicate id \"q\" (first on line 1)"));
   CHECK_THAT(error_of(write("utf.jsonl", "{\"id\": \"q\", \"report\": \"caf\xe9\"}\n")),
              Catch::Contains("utf.jsonl:1: byte 27 is not valid UTF-8"));
+  CHECK_THAT(error_of(write("idtype.jsonl", "{\"id\": [1], \"report\": \"a\"}\n")),
+             Catch::Contains("idtype.jsonl:1: \"id\" must be a string or an integer"));
+  CHECK_THAT(error_of(write("array.jsonl", "[1, 2]\n")),
+             Catch::Contains("array.jsonl:1: expected a JSON object"));
   CHECK_THAT(error_of(write("empty.jsonl", "\n")), Catch::Contains("no reports"));
   CHECK_THAT(error_of(dir / "absent.jsonl"), Catch::Contains("cannot open"));
 
