@@ -267,6 +267,23 @@ TEST_CASE("eval: clinical labeller on IU X-Ray style phrasing", "[eval]") {
   check_labels("negative for pneumonia .", {{"Pneumonia", N}, {"No Finding", P}});
   check_labels("apical pleural thickening .", {{"Pleural Other", P}});
   check_labels("", {{"No Finding", P}});
+  // Paraphrases a synthetic IU-style generator is likely to use.
+  check_labels("the cardiac silhouette is enlarged .", {{"Cardiomegaly", P}});
+  check_labels("normal heart size .", {{"Cardiomegaly", N}, {"No Finding", P}});
+  check_labels("the mediastinum is widened .", {{"Enlarged Cardiomediastinum", P}});
+  check_labels("there is a 1.5 cm nodule in the left lower lobe .", {{"Lung Lesion", P}});
+  check_labels("a left-sided pneumothorax is present .", {{"Pneumothorax", P}});
+  check_labels("old healed left rib fractures .", {{"Fracture", P}});
+  check_labels("the heart is enlarged and there is a small left pleural effusion .",
+               {{"Cardiomegaly", P}, {"Pleural Effusion", P}});
+  check_labels("the lungs are clear without focal consolidation , effusion , or pneumothorax .",
+               {{"Lung Opacity", N},
+                {"Consolidation", N},
+                {"Pleural Effusion", N},
+                {"Pneumothorax", N},
+                {"No Finding", P}});
+  check_labels("right lower lobe consolidation consistent with pneumonia .",
+               {{"Consolidation", P}, {"Pneumonia", P}});
 }
 
 // Real IU X-Ray test reports labelled by hand (by the author of the rules, reading each
