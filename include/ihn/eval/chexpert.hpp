@@ -496,7 +496,7 @@ inline void label_clause(const Words& w, ReportLabels& labels) {
     // "no change", "no interval change", "not changed": statements about time, not absence.
     if ((w[i] == "no" || w[i] == "not") && i + 1 < w.size() &&
         (w[i + 1] == "change" || w[i + 1] == "changed" || w[i + 1] == "interval" ||
-         w[i + 1] == "significant" && i + 2 < w.size() && w[i + 2] == "change"))
+         (w[i + 1] == "significant" && i + 2 < w.size() && w[i + 2] == "change")))
       continue;
     for (const auto& n : negation_cues()) {
       if (matches_at(w, i, n)) {
