@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <map>
+#include <random>
 
 using namespace ihn::eval;
 
@@ -652,4 +653,19 @@ TEST_CASE("eval: JSONL reading and matching by id name file, line and ids", "[ev
   const auto matched = match_by_id(hyps, refs_ok);
   CHECK(matched[0].reference == "A");  // hypotheses' order, references found by id
   CHECK(matched[1].reference == "B");
+}
+
+TEST_CASE("eval: bit-parallel LCS equals the dynamic programme", "[eval]") {
+  // Random sequences over small alphabets (many matches) and lengths crossing the 64-bit word
+  // boundaries; the DP is the textbook recurrence rouge.py uses.
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 400; ++trial) {
+    const std::size_t la = rng() % 200, lb = rng() % 200;
+    const std::uint32_t alphabet = 1 + static_cast<std::uint32_t>(rng() % 12);
+    std::vector<std::uint32_t> a(la), b(lb);
+    for (auto& x : a) x = static_cast<std::uint32_t>(rng() % alphabet);
+    for (auto& x : b) x = static_cast<std::uint32_t>(rng() % alphabet);
+    INFO("trial " << trial << " lengths " << la << ", " << lb);
+    CHECK(ihn::eval::detail::lcs_length(a, b) == ihn::eval::detail::lcs_length_dp(a, b));
+  }
 }

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -130,9 +131,10 @@ class NgramIndex {
   std::vector<std::uint32_t> slot_;  // per n-gram id: 1 + position in the bag being built
 };
 
-/// Length of the longest common subsequence of two token-id sequences.
-inline std::size_t lcs_length(const std::vector<std::uint32_t>& a,
-                              const std::vector<std::uint32_t>& b) {
+/// Length of the longest common subsequence by the textbook dynamic programme (one row);
+/// kept as the reference the bit-parallel version is tested against.
+inline std::size_t lcs_length_dp(const std::vector<std::uint32_t>& a,
+                                 const std::vector<std::uint32_t>& b) {
   const auto& longer = a.size() >= b.size() ? a : b;
   const auto& shorter = a.size() >= b.size() ? b : a;
   std::vector<std::uint32_t> row(shorter.size() + 1, 0);
@@ -145,6 +147,52 @@ inline std::size_t lcs_length(const std::vector<std::uint32_t>& a,
     }
   }
   return row[shorter.size()];
+}
+
+/// Length of the longest common subsequence, bit-parallel (Allison-Dix / Hyyro): one bit per
+/// position of the shorter sequence, 64 positions per machine word, so a report pair costs
+/// len(longer) * ceil(len(shorter) / 64) word operations instead of len(longer) * len(shorter).
+inline std::size_t lcs_length(const std::vector<std::uint32_t>& a,
+                              const std::vector<std::uint32_t>& b) {
+  const auto& longer = a.size() >= b.size() ? a : b;
+  const auto& shorter = a.size() >= b.size() ? b : a;
+  const std::size_t m = shorter.size();
+  if (m == 0) return 0;
+  const std::size_t words = (m + 63) / 64;
+  // Match masks per distinct token of the shorter sequence, found by binary search.
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> by_token(m);  // (token, position)
+  for (std::size_t j = 0; j < m; ++j) by_token[j] = {shorter[j], static_cast<std::uint32_t>(j)};
+  std::sort(by_token.begin(), by_token.end());
+  std::vector<std::uint32_t> tokens;
+  std::vector<std::uint64_t> masks;
+  for (const auto& [token, j] : by_token) {
+    if (tokens.empty() || tokens.back() != token) {
+      tokens.push_back(token);
+      masks.resize(masks.size() + words, 0);
+    }
+    masks[(tokens.size() - 1) * words + j / 64] |= std::uint64_t{1} << (j % 64);
+  }
+  std::vector<std::uint64_t> v(words, ~std::uint64_t{0});
+  for (const auto token : longer) {
+    const auto it = std::lower_bound(tokens.begin(), tokens.end(), token);
+    if (it == tokens.end() || *it != token) continue;
+    const std::uint64_t* match = &masks[static_cast<std::size_t>(it - tokens.begin()) * words];
+    std::uint64_t carry = 0;
+    for (std::size_t w = 0; w < words; ++w) {
+      const std::uint64_t u = v[w] & match[w];
+      const std::uint64_t sum1 = v[w] + u;
+      const std::uint64_t sum2 = sum1 + carry;
+      carry = (sum1 < v[w]) | (sum2 < sum1);
+      v[w] = sum2 | (v[w] & ~u);  // (V + U) | (V - U); V - U = V & ~U as U is a subset of V
+    }
+  }
+  std::size_t ones = 0;
+  for (std::size_t w = 0; w < words; ++w) {
+    std::uint64_t bits = v[w];
+    if (w == words - 1 && m % 64) bits &= (std::uint64_t{1} << (m % 64)) - 1;
+    ones += std::bitset<64>(bits).count();
+  }
+  return m - ones;  // the zero bits of V count the LCS
 }
 
 /// ROUGE-L of one example, rouge.py's calc_score with one reference.
