@@ -104,6 +104,22 @@ nlohmann::json compare_systems(const ihn::eval::EvalResult& a, const ihn::eval::
   put("CIDEr", mean_of(a.coco.cider_per_example), mean_of(b.coco.cider_per_example));
   if (a.meteor && b.meteor)
     put(a.meteor->key, mean_of(a.meteor->per_example), mean_of(b.meteor->per_example));
+  if (a.clinical && b.clinical) {
+    // Clinical F1 recomputed from the resampled labels of each system.
+    auto f1 = [](const ClinicalScores& c, bool micro) {
+      return [&c, micro](const std::vector<std::size_t>& idx) {
+        std::vector<ReportLabels> h, r;
+        for (auto i : idx) {
+          h.push_back(c.hypothesis_labels[i]);
+          r.push_back(c.reference_labels[i]);
+        }
+        const auto s = clinical_scores(h, r, c.uncertain_as_positive);
+        return micro ? s.micro.f1 : s.macro.f1;
+      };
+    };
+    put("clinical_micro_F1", f1(*a.clinical, true), f1(*b.clinical, true));
+    put("clinical_macro_F1", f1(*a.clinical, false), f1(*b.clinical, false));
+  }
   return out;
 }
 
@@ -130,7 +146,6 @@ void run_eval(const EvalArgs& a) {
       for (const auto& e : examples) ordered.push_back(other_examples.at(position.at(e.id)));
       EvalOptions other_options = options;
       other_options.bootstrap.resamples = 0;
-      other_options.clinical = false;
       const auto other = evaluate(ordered, other_options);
       warn_empty(other, a.compare, a.refs);
       BootstrapOptions b = options.bootstrap;
@@ -151,10 +166,19 @@ void run_eval(const EvalArgs& a) {
                     a.compare.c_str(), comparison.begin()->at("resamples").get<int>(),
                     static_cast<unsigned long long>(a.seed));
         std::printf("%-22s %12s    %-28s %8s\n", "metric", "difference", "95% CI", "p");
-        for (const auto& [name, c] : comparison.items())
-          std::printf("%-22s %12.6f    [%.6f, %.6f]   %8.4f\n", name.c_str(),
+        for (const auto& [name, c] : comparison.items()) {
+          // The p-value's resolution is 2 / resamples: say "<" rather than print a 0.
+          const double p = c.at("p_value").get<double>();
+          const double resolution = 2.0 / c.at("resamples").get<double>();
+          char p_text[32];
+          if (p == 0)
+            std::snprintf(p_text, sizeof p_text, "<%.4g", resolution);
+          else
+            std::snprintf(p_text, sizeof p_text, "%.4f", p);
+          std::printf("%-22s %12.6f    [%.6f, %.6f]   %8s\n", name.c_str(),
                       c.at("difference").get<double>(), c.at("lower").get<double>(),
-                      c.at("upper").get<double>(), c.at("p_value").get<double>());
+                      c.at("upper").get<double>(), p_text);
+        }
       }
     }
   } catch (const EvalError& e) {
