@@ -267,6 +267,9 @@ TEST_CASE("eval: clinical labeller on IU X-Ray style phrasing", "[eval]") {
   check_labels("free of focal airspace disease .", {{"Lung Opacity", N}, {"No Finding", P}});
   check_labels("negative for pneumonia .", {{"Pneumonia", N}, {"No Finding", P}});
   check_labels("apical pleural thickening .", {{"Pleural Other", P}});
+  // "upper limits of normal" is one borderline state: its "normal" must not win.
+  check_labels("the heart size is at the upper limits of normal .", {{"Cardiomegaly", U}});
+  check_labels("normal", {{"No Finding", P}});  // a state word alone mentions nothing
   check_labels("", {{"No Finding", P}});
   // Paraphrases a synthetic IU-style generator is likely to use.
   check_labels("the cardiac silhouette is enlarged .", {{"Cardiomegaly", P}});

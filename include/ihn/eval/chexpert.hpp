@@ -416,28 +416,30 @@ inline bool is_lung_word(const std::string& w) {
 inline void organ_state_mentions(const Words& w, std::vector<Mention>& out) {
   enum State { abnormal, normal, borderline };
   struct StateWord {
-    std::size_t pos, len;
+    std::size_t pos;
     State state;
   };
+  static const std::vector<Words> borderline_phrases = phrase_list(
+      {"upper limits of normal", "upper limit of normal", "top normal", "upper normal"});
   std::vector<StateWord> states;
   for (std::size_t i = 0; i < w.size(); ++i) {
-    if (matches_at(w, i, phrase_words("upper limits of normal")) ||
-        matches_at(w, i, phrase_words("upper limit of normal")) ||
-        matches_at(w, i, phrase_words("top normal")) ||
-        matches_at(w, i, phrase_words("upper normal"))) {
-      states.push_back({i, 1, borderline});
-      i += 2;
+    std::size_t phrase_length = 0;
+    for (const auto& p : borderline_phrases)
+      if (matches_at(w, i, p)) phrase_length = p.size();
+    if (phrase_length) {  // one borderline state; its "normal" is not a second state
+      states.push_back({i, borderline});
+      i += phrase_length - 1;
       continue;
     }
     const auto& x = w[i];
     if (x == "enlarged" || x == "enlargement" || x == "large" || x == "widened" ||
         x == "widening" || x == "prominent" || x == "prominence" || x == "increased" ||
         x == "cardiomegaly")
-      states.push_back({i, 1, abnormal});
+      states.push_back({i, abnormal});
     else if (x == "normal" || x == "unremarkable")
-      states.push_back({i, 1, normal});
+      states.push_back({i, normal});
     else if (x == "borderline")
-      states.push_back({i, 1, borderline});
+      states.push_back({i, borderline});
   }
   auto nearest_state = [&](std::size_t organ) -> const StateWord* {
     const StateWord* best = nullptr;
