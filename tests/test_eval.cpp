@@ -118,6 +118,8 @@ MeteorOptions no_wordnet() {
 }
 }  // namespace
 
+// METEOR expectations are the METEOR formulas written out by hand; they differ from the
+// scorer's arithmetic only in operation order, hence a relative 1e-12 (rounding is ~1e-16).
 TEST_CASE("eval: METEOR statistics and score by hand", "[eval]") {
   MeteorOptions options = no_wordnet();
   options.function_words = false;  // every word a content word: the by-hand formulas stay short
@@ -398,6 +400,9 @@ TEST_CASE("eval: clinical labeller on hand-labelled IU X-Ray reports", "[eval][s
   }
 }
 
+// Expected values here and in the retrieval/distinctness/bootstrap tests are small rationals;
+// Catch's default Approx (relative ~1.2e-5) only absorbs their floating-point rounding, while a
+// wrong count would change them by at least 1/20.
 TEST_CASE("eval: clinical precision/recall/F1, micro and macro", "[eval]") {
   // Two reports, labels chosen so every count is known: observation Cardiomegaly has tp 1,
   // fp 1; Pleural Effusion has fn 1; No Finding tp 0.
