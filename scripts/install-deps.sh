@@ -11,6 +11,10 @@ packages=(
   catch2                  # Catch2 v2 single header
   wordnet-base            # synonym stage of the METEOR variant
 )
+if [[ "${IHN_WITH_PLOTS:-0}" == 1 ]]; then
+  # Optional: loss/BLEU curves (PNG) from ihn train and ihn compare; without it they say so.
+  packages+=(gnuplot-nox)
+fi
 if [[ "${IHN_WITH_PYTHON:-0}" == 1 ]]; then
   # Only for the parity/benchmark scripts that run the official Python code.
   packages+=(python3-torch python3-torchvision)

@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# The README's main job: install packages, build, and run the main job on the embedded
-# default (until `ihn compare` lands: the minimal example, with and without ihn).
+# The README's main job: install packages, build the `ihn` tool, and run `ihn compare` on the
+# embedded synthetic data set with the CPU preset — 3 seeds x {without, with ihn}, two runs at
+# a time, ~10 minutes on 2 cores after the build — ending with the side-by-side table
+# (also in runs/compare/compare.md and compare.json). Extra arguments go to `ihn compare`
+# (e.g. `scripts/run.sh --seeds 1 --out runs/quick`).
+#
+# `scripts/run.sh minimal [ARGS]` runs the minimal plug-in example instead (two toy encoders,
+# with and without ihn; seconds).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bash "$root/scripts/build.sh" --target ihn_minimal
-"$root/build/bin/ihn_minimal" "$@"
+if [[ "${1:-}" == minimal ]]; then
+  shift
+  bash "$root/scripts/build.sh" --target ihn_minimal
+  exec "$root/build/bin/ihn_minimal" "$@"
+fi
+bash "$root/scripts/build.sh" --target ihn_tool
+cd "$root"
+exec "$root/build/bin/ihn" compare --preset cpu-small --out runs/compare "$@"

@@ -1,0 +1,89 @@
+// The recipe options shared by `ihn train` and `ihn compare`. A preset is applied first and
+// only the options a user actually gives override it, so each option is bound to a scratch
+// value and copied into the config after parsing when it was set.
+#pragma once
+
+#include "command.hpp"
+#include "train/train.hpp"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ihn::cli {
+
+class RecipeOptions {
+ public:
+  /// Adds --epochs, --lr-ve, ... to `cmd`; `with_ihn` adds --ihn and its options.
+  RecipeOptions(CLI::App* cmd, bool with_ihn) {
+    auto& s = scratch_;
+    using C = ihn_examples::train::TrainConfig;
+    add(cmd, "--epochs", s.epochs, "Training epochs (paper 100, cpu-small 10)", &C::epochs);
+    add(cmd, "--batch-size", s.batch_size, "Studies per batch (16)", &C::batch_size);
+    add(cmd, "--lr-ve", s.lr_ve, "Adam learning rate of the visual extractor (paper 5e-5)",
+        &C::lr_ve);
+    add(cmd, "--lr-ed", s.lr_ed, "Adam learning rate of everything else (paper 1e-4)", &C::lr_ed);
+    add(cmd, "--weight-decay", s.weight_decay, "Adam weight decay (5e-5)", &C::weight_decay);
+    add(cmd, "--lr-step", s.lr_step, "StepLR step size in epochs (50)", &C::lr_step);
+    add(cmd, "--lr-gamma", s.lr_gamma, "StepLR factor (0.1)", &C::lr_gamma);
+    add(cmd, "--grad-clip", s.grad_clip, "Clip gradients by value (0.1; 0 = off)", &C::grad_clip);
+    add(cmd, "--early-stop", s.early_stop,
+        "Stop after this many epochs without a better validation BLEU-4 (50)", &C::early_stop);
+    add(cmd, "--beam-size", s.beam_size, "Beam size for validation and test decoding (3)",
+        &C::beam_size);
+    add(cmd, "--max-seq-length", s.max_seq_length, "Tokens per report incl. BOS/EOS (60)",
+        &C::max_seq_length);
+    add(cmd, "--threshold", s.threshold, "Vocabulary: minimum count in train (3)", &C::threshold);
+    add(cmd, "--visual-depth", s.visual_depth, "ResNet depth: 18, 34, 50 or 101", &C::visual_depth);
+    add(cmd, "--d-model", s.d_model, "Transformer width (paper 512)", &C::d_model);
+    add(cmd, "--d-ff", s.d_ff, "Feed-forward width (paper 512)", &C::d_ff);
+    add(cmd, "--num-layers", s.num_layers, "Encoder and decoder layers (paper 3)", &C::num_layers);
+    add(cmd, "--num-heads", s.num_heads, "Attention heads (paper 8)", &C::num_heads);
+    add(cmd, "--rm-d-model", s.rm_d_model, "Relational memory width (paper 512)", &C::rm_d_model);
+    add(cmd, "--rm-num-heads", s.rm_num_heads, "Relational memory heads (paper 8)",
+        &C::rm_num_heads);
+    add(cmd, "--image-size", s.crop, "Image side fed to the network (crop; paper 224)", &C::crop);
+    add(cmd, "--resize", s.resize, "Train: shorter side before the random crop (paper 256)",
+        &C::resize);
+    add(cmd, "--synth-studies", s.synth_studies, "Synthetic set: studies (300)", &C::synth_studies);
+    add(cmd, "--synth-seed", s.synth_seed, "Synthetic set: seed (0)", &C::synth_seed);
+    add(cmd, "--synth-image-size", s.synth_image_size, "Synthetic set: rendered image side",
+        &C::synth_image_size);
+    add(cmd, "--bootstrap", s.bootstrap, "Resamples for the test-set intervals (1000)",
+        &C::bootstrap);
+    if (with_ihn) {
+      add(cmd, "--ihn", s.ihn, "Hard negatives: off, paper (official: not yet)", &C::ihn);
+    }
+    add(cmd, "--negatives", s.negatives, "ihn: hard negatives per sample K (4)", &C::negatives);
+    add(cmd, "--ihn-weight", s.ihn_weight, "ihn: weight of the alignment term (0.1)",
+        &C::ihn_weight);
+    add(cmd, "--temperature", s.temperature, "ihn: InfoNCE temperature (0.07)", &C::temperature);
+    add(cmd, "--schedule", s.schedule,
+        "ihn: hardness schedule exp:ALPHA | linear:RAMP | cosine:RAMP | const:LAMBDA "
+        "(paper exp:0.01, cpu-small exp:0.1)",
+        &C::schedule);
+    add(cmd, "--ascent-steps", s.ascent_steps, "ihn: gradient-ascent steps of the max step (5)",
+        &C::ascent_steps);
+  }
+
+  /// Copies the options that were given into `config`.
+  void apply(ihn_examples::train::TrainConfig& config) const {
+    for (const auto& a : appliers_) a(config);
+  }
+
+ private:
+  template <class T>
+  void add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
+           T ihn_examples::train::TrainConfig::*member) {
+    CLI::Option* opt = cmd->add_option(flag, target, help);
+    appliers_.push_back([opt, member, this](ihn_examples::train::TrainConfig& c) {
+      if (opt->count() > 0) c.*member = scratch_.*member;
+    });
+  }
+
+  ihn_examples::train::TrainConfig scratch_;
+  std::vector<std::function<void(ihn_examples::train::TrainConfig&)>> appliers_;
+};
+
+}  // namespace ihn::cli

@@ -1,0 +1,1182 @@
+// The trainer (train.hpp): one translation unit on purpose — every file that includes
+// <torch/torch.h> costs ~20 s and ~1 GB to compile, so the data, model, loop, checkpoints,
+// evaluation and comparison share this one.
+#include "train/train.hpp"
+
+#include <torch/torch.h>
+
+#include <ihn/eval.hpp>
+#include <ihn/hooks.hpp>
+#include <ihn/state.hpp>
+
+#include "data/annotation.hpp"
+#include "data/image.hpp"
+#include "data/loader.hpp"
+#include "data/synthetic.hpp"
+#include "data/tokenizer.hpp"
+#include "r2gen.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+namespace ihn_examples::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using r2gen::R2GenModel;
+using r2gen::R2GenOptions;
+
+// ------------------------------------------------------------------------------------------
+// Configuration
+
+// One list of fields drives to_json and config_from_json, so they cannot drift apart.
+#define IHN_TRAIN_FIELDS(X)                                                                        \
+  X(model)                                                                                         \
+  X(preset)                                                                                        \
+  X(data) X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) \
+      X(crop) X(threshold) X(max_seq_length) X(visual_depth) X(d_model) X(d_ff) X(num_heads)       \
+          X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model) X(dropout) X(drop_prob_lm)   \
+              X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay) X(amsgrad) X(lr_step)      \
+                  X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn) X(negatives)  \
+                      X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(out) X(device)    \
+                          X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label)            \
+                              X(bootstrap) X(wordnet)
+
+json to_json(const TrainConfig& c) {
+  json j;
+#define X(name) j[#name] = c.name;
+  IHN_TRAIN_FIELDS(X)
+#undef X
+  return j;
+}
+
+TrainConfig config_from_json(const json& j) {
+  TrainConfig c;
+  std::set<std::string> known;
+#define X(name)        \
+  known.insert(#name); \
+  if (j.contains(#name)) j.at(#name).get_to(c.name);
+  IHN_TRAIN_FIELDS(X)
+#undef X
+  for (const auto& item : j.items())
+    if (!known.count(item.key()))
+      throw TrainError("config: unknown key '" + item.key() +
+                       "' (written by a newer ihn? rebuild ihn from the same version)");
+  return c;
+}
+
+void apply_preset(TrainConfig& c, const std::string& name) {
+  if (name == "paper") {
+    // R2Gen's IU X-Ray run script (REFERENCE.md) and the paper's ihn defaults.
+    c.synth_image_size = 256;
+    c.resize = 256;
+    c.crop = 224;
+    c.visual_depth = 101;
+    c.d_model = c.d_ff = c.rm_d_model = 512;
+    c.num_heads = c.rm_num_heads = 8;
+    c.num_layers = 3;
+    c.epochs = 100;
+    c.lr_step = 50;
+    c.lr_gamma = 0.1;
+    c.early_stop = 50;
+    c.max_seq_length = 60;
+    c.beam_size = 3;
+    c.schedule = "exp:0.01";
+  } else if (name == "cpu-small") {
+    // Sized so `ihn compare` (3 seeds x 2 arms) finishes in minutes on 2 cores: ResNet-18 on
+    // 64 px views, one 128-wide layer. The hardness schedule is compressed so that the last
+    // epoch reaches the hardness the paper's schedule reaches after ~100 epochs (alpha * epochs
+    // ~ 1); with alpha = 0.01 negatives would stay at hardness < 0.1 for the whole run.
+    TrainConfig d;
+    c.synth_image_size = d.synth_image_size;
+    c.resize = d.resize;
+    c.crop = d.crop;
+    c.visual_depth = d.visual_depth;
+    c.d_model = d.d_model;
+    c.d_ff = d.d_ff;
+    c.rm_d_model = d.rm_d_model;
+    c.num_heads = d.num_heads;
+    c.rm_num_heads = d.rm_num_heads;
+    c.num_layers = d.num_layers;
+    c.epochs = d.epochs;
+    c.lr_step = d.lr_step;
+    c.lr_gamma = d.lr_gamma;
+    c.early_stop = d.early_stop;
+    c.max_seq_length = d.max_seq_length;
+    c.beam_size = d.beam_size;
+    c.lr_ve = 5e-4;  // from-scratch ResNet-18 on 12 epochs: 10x R2Gen's (which fine-tunes)
+    c.lr_ed = 1e-3;
+    c.schedule = "exp:0.1";
+  } else {
+    throw TrainError("unknown preset '" + name + "' (use paper or cpu-small)");
+  }
+  c.preset = name;
+}
+
+namespace {
+
+ihn::HardnessSchedule parse_schedule(const std::string& text) {
+  const auto colon = text.find(':');
+  const std::string kind = text.substr(0, colon);
+  double value = 0;
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument("no value");
+    size_t used = 0;
+    value = std::stod(text.substr(colon + 1), &used);
+    if (used != text.size() - colon - 1) throw std::invalid_argument("trailing text");
+  } catch (const std::exception&) {
+    throw TrainError("--schedule '" + text +
+                     "': expected exp:ALPHA, linear:RAMP, cosine:RAMP or const:LAMBDA "
+                     "(e.g. exp:0.01)");
+  }
+  ihn::HardnessSchedule s;
+  if (kind == "exp")
+    s = ihn::ExponentialHardness{value};
+  else if (kind == "linear")
+    s = ihn::LinearHardness{value};
+  else if (kind == "cosine")
+    s = ihn::CosineHardness{value};
+  else if (kind == "const")
+    s = ihn::ConstantHardness{value};
+  else
+    throw TrainError("--schedule '" + text + "': unknown kind '" + kind +
+                     "' (use exp, linear, cosine or const)");
+  try {
+    ihn::validate_schedule(s);
+  } catch (const std::exception& e) {
+    throw TrainError("--schedule '" + text + "': " + e.what());
+  }
+  return s;
+}
+
+}  // namespace
+
+void validate(const TrainConfig& c) {
+  auto positive = [](const char* name, double v) {
+    if (!(v > 0)) throw TrainError(std::string("--") + name + " must be > 0");
+  };
+  if (c.model != "r2gen")
+    throw TrainError("--model " + c.model + ": only r2gen is available in this build");
+  if (c.data != "synth" && c.data != "annotation")
+    throw TrainError("--data " + c.data + ": use synth, or give --ann and --images");
+  if (c.data == "annotation") {
+    if (c.ann.empty()) throw TrainError("--ann is required unless --data synth");
+    if (!fs::exists(c.ann))
+      throw TrainError(c.ann + ": annotation file not found (give R2Gen's annotation.json)");
+    if (c.images.empty() || !fs::is_directory(c.images))
+      throw TrainError("--images '" + c.images + "': not a folder (the image root of " + c.ann +
+                       ")");
+  }
+  if (c.dataset != "iu_xray" && c.dataset != "mimic_cxr")
+    throw TrainError("--dataset " + c.dataset + ": use iu_xray or mimic_cxr");
+  positive("epochs", c.epochs);
+  positive("batch-size", c.batch_size);
+  positive("lr-ve", c.lr_ve);
+  positive("lr-ed", c.lr_ed);
+  positive("max-seq-length", c.max_seq_length - 2);
+  positive("beam-size", c.beam_size);
+  positive("lr-step", c.lr_step);
+  if (c.crop <= 0 || c.resize < c.crop)
+    throw TrainError("--crop must be > 0 and --resize >= --crop");
+  if (c.ihn != "off" && c.ihn != "paper" && c.ihn != "official")
+    throw TrainError("--ihn " + c.ihn + ": use off, paper or official");
+  if (c.ihn == "official")
+    throw TrainError(
+        "--ihn official is not yet wired into the trainer (the loss itself is in "
+        "include/ihn/official.hpp); use --ihn paper");
+  if (c.ihn == "paper") {
+    if (c.negatives < 0) throw TrainError("--negatives must be >= 0");
+    if (!(c.ihn_weight >= 0)) throw TrainError("--ihn-weight must be >= 0");
+    positive("temperature", c.temperature);
+    if (c.ascent_steps < 0) throw TrainError("--ascent-steps must be >= 0");
+    parse_schedule(c.schedule);
+  }
+  if (c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
+    throw TrainError("--device " + c.device + ": use cpu or cuda");
+  if (c.out.empty()) throw TrainError("--out RUN_DIR is required");
+}
+
+// ------------------------------------------------------------------------------------------
+// Signals
+
+namespace {
+std::atomic<bool> g_stop{false};
+extern "C" void ihn_train_on_signal(int sig) {
+  g_stop.store(true);
+  std::signal(sig, SIG_DFL);  // a second Ctrl-C kills at once
+}
+}  // namespace
+
+void install_signal_handlers() {
+  std::signal(SIGINT, ihn_train_on_signal);
+  std::signal(SIGTERM, ihn_train_on_signal);
+}
+bool stop_requested() {
+  return g_stop.load();
+}
+
+// ------------------------------------------------------------------------------------------
+// Data, model and checkpoint pieces
+
+namespace {
+
+struct RunData {
+  ihn::data::Tokenizer tokenizer;
+  std::unique_ptr<ihn::data::ReportDataset> train, val, test;
+  std::unordered_map<std::string, int64_t> train_index;  // study id -> training-set index
+  std::vector<std::string> train_keys;                   // cleaned report per training index
+  int64_t views = 2;
+};
+
+RunData build_data(const TrainConfig& c) {
+  namespace d = ihn::data;
+  d::R2GenDataOptions o;
+  o.threshold = c.threshold;
+  o.max_seq_length = static_cast<size_t>(c.max_seq_length);
+  o.seed = c.seed;
+  o.train_transform = d::TransformOptions::r2gen_train();
+  o.train_transform.resize = c.resize;
+  o.train_transform.crop = c.crop;
+  o.eval_transform = d::TransformOptions::r2gen_eval();
+  o.eval_transform.resize = c.crop;
+  o.eval_transform.crop = c.crop;
+  std::optional<d::R2GenData> made;
+  if (c.data == "synth") {
+    d::SyntheticOptions so;
+    so.studies = c.synth_studies;
+    so.seed = c.synth_seed;
+    so.image_size = c.synth_image_size;
+    so.validate();
+    const auto studies = d::generate_synthetic(so);
+    made.emplace(d::make_r2gen_data(d::to_annotation(studies), d::images_by_split(studies), o));
+  } else {
+    d::AnnotationOptions ao;
+    ao.dataset = d::parse_dataset(c.dataset);
+    ao.image_root = c.images;
+    d::Annotation ann;
+    try {
+      ann = d::load_annotation(c.ann, ao);
+    } catch (const std::exception& e) {
+      throw TrainError(e.what());
+    }
+    made.emplace(d::make_r2gen_data(ann, c.images, o));
+  }
+  RunData r{made->tokenizer, std::make_unique<d::ReportDataset>(made->train),
+            std::make_unique<d::ReportDataset>(made->val),
+            std::make_unique<d::ReportDataset>(made->test)};
+  const size_t n = *r.train->size();
+  for (size_t i = 0; i < n; ++i) {
+    r.train_index.emplace(r.train->study(i).id, static_cast<int64_t>(i));
+    r.train_keys.push_back(r.tokenizer.clean(r.train->study(i).report));
+  }
+  r.views = c.dataset == "iu_xray" ? 2 : 1;
+  return r;
+}
+
+R2GenOptions model_options(const TrainConfig& c, int64_t vocab_size) {
+  return R2GenOptions(vocab_size)
+      .visual_depth(c.visual_depth)
+      .d_model(c.d_model)
+      .d_ff(c.d_ff)
+      .num_heads(c.num_heads)
+      .num_layers(c.num_layers)
+      .rm_num_slots(c.rm_num_slots)
+      .rm_num_heads(c.rm_num_heads)
+      .rm_d_model(c.rm_d_model)
+      .dropout(c.dropout)
+      .drop_prob_lm(c.drop_prob_lm)
+      .max_positions(std::max(c.max_seq_length + 1, 100));
+}
+
+at::Tensor bytes_tensor(const std::string& s) {
+  auto t = torch::empty({static_cast<int64_t>(s.size())}, torch::kUInt8);
+  if (!s.empty()) std::memcpy(t.data_ptr(), s.data(), s.size());
+  return t;
+}
+std::string tensor_bytes(const at::Tensor& t) {
+  auto c = t.contiguous().to(torch::kCPU);
+  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()));
+}
+at::Tensor scalar_tensor(double v) {
+  return torch::tensor({v}, torch::kFloat64);
+}
+double tensor_scalar(const ihn::StateDict& s, const std::string& key, const std::string& file) {
+  auto it = s.find(key);
+  if (it == s.end())
+    throw TrainError(file + ": no entry '" + key + "' (not an ihn train checkpoint)");
+  return it->second.to(torch::kFloat64).item<double>();
+}
+
+void put_model(ihn::StateDict& s, torch::nn::Module& model) {
+  for (const auto& p : model.named_parameters()) s["model." + p.key()] = p.value().detach();
+  for (const auto& b : model.named_buffers()) s["model." + b.key()] = b.value().detach();
+}
+
+void load_model(torch::nn::Module& model, const ihn::StateDict& s, const std::string& file) {
+  torch::NoGradGuard no_grad;
+  auto copy = [&](const std::string& name, at::Tensor& target) {
+    auto it = s.find("model." + name);
+    if (it == s.end())
+      throw TrainError(file + ": no weights for '" + name +
+                       "' (checkpoint of a different model/config?)");
+    if (it->second.sizes() != target.sizes())
+      throw TrainError(file + ": '" + name + "' has shape " + std::to_string(it->second.numel()) +
+                       " elements, the model expects " + std::to_string(target.numel()) +
+                       " (vocabulary or config differ from the checkpoint's)");
+    target.copy_(it->second);
+  };
+  for (auto& p : model.named_parameters()) copy(p.key(), p.value());
+  for (auto& b : model.named_buffers()) copy(b.key(), b.value());
+}
+
+std::string optimizer_bytes(torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream os;
+  archive.save_to(os);
+  return os.str();
+}
+void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
+  torch::serialize::InputArchive archive;
+  std::istringstream is(bytes);
+  archive.load_from(is);
+  optimizer.load(archive);
+}
+
+struct Checkpoint {
+  ihn::StateDict state;
+  TrainConfig config;
+  ihn::data::Tokenizer tokenizer;
+};
+
+Checkpoint read_checkpoint(const std::string& path) {
+  if (!fs::exists(path))
+    throw TrainError(path +
+                     ": checkpoint not found (train one with `ihn train --out RUN`; "
+                     "then use RUN/best.pt)");
+  ihn::StateDict s;
+  try {
+    s = ihn::load_state(path);
+  } catch (const std::exception& e) {
+    throw TrainError(std::string(e.what()) + " (pass a best.pt/last.pt written by ihn train)");
+  }
+  auto config_it = s.find("config.json");
+  auto vocab_it = s.find("vocab.json");
+  if (config_it == s.end() || vocab_it == s.end())
+    throw TrainError(path + ": not an ihn train checkpoint (no config/vocabulary entries)");
+  TrainConfig c = config_from_json(json::parse(tensor_bytes(config_it->second)));
+  auto tok = ihn::data::Tokenizer::from_json(tensor_bytes(vocab_it->second));
+  return {std::move(s), std::move(c), std::move(tok)};
+}
+
+torch::Device parse_device(const std::string& name) {
+  torch::Device device(name);
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw TrainError("--device " + name +
+                     ": CUDA is not available in this LibTorch build or machine (use cpu)");
+  return device;
+}
+
+std::vector<int64_t> row_ids(const at::Tensor& seq_row) {
+  auto r = seq_row.to(torch::kCPU).contiguous();
+  const int64_t* p = r.data_ptr<int64_t>();
+  return std::vector<int64_t>(p, p + r.numel());
+}
+
+struct Decoded {
+  std::vector<std::string> ids, hypotheses, references;
+  std::vector<std::vector<float>> image_features, report_features;
+};
+
+/// Beam-searches every study of `dataset`; with `features`, also the teacher-forced image and
+/// report features for retrieval.
+Decoded decode_split(R2GenModel& model, const ihn::data::ReportDataset& dataset,
+                     const ihn::data::Tokenizer& tok, const TrainConfig& c, int beam_size,
+                     torch::Device device, bool features) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  Decoded out;
+  ihn::data::ReportLoaderOptions lo;
+  lo.batch_size = static_cast<size_t>(c.batch_size);
+  auto loader = ihn::data::make_report_loader(dataset, lo);
+  size_t index = 0;
+  for (auto& batch : *loader) {
+    auto images = batch.images.to(device);
+    auto result = model->beam_search(
+        images, r2gen::BeamSearchOptions().beam_size(beam_size).max_length(c.max_seq_length));
+    for (int64_t b = 0; b < result.seq.size(0); ++b, ++index) {
+      out.ids.push_back(batch.ids[b]);
+      out.hypotheses.push_back(tok.decode(row_ids(result.seq[b])));
+      out.references.push_back(
+          tok.round_trip(dataset.study(index).report, static_cast<size_t>(c.max_seq_length)));
+    }
+    if (features) {
+      auto fwd =
+          model->forward(images, batch.reports_ids.to(device), batch.reports_masks.to(device));
+      auto add = [](std::vector<std::vector<float>>& rows, const at::Tensor& t) {
+        auto f = t.to(torch::kCPU, torch::kFloat32).contiguous();
+        for (int64_t b = 0; b < f.size(0); ++b) {
+          const float* p = f[b].data_ptr<float>();
+          rows.emplace_back(p, p + f.size(1));
+        }
+      };
+      add(out.image_features, fwd.image_features);
+      add(out.report_features, fwd.report_features);
+    }
+  }
+  return out;
+}
+
+Eigen::MatrixXd to_matrix(const std::vector<std::vector<float>>& rows) {
+  Eigen::MatrixXd m(static_cast<Eigen::Index>(rows.size()),
+                    rows.empty() ? 0 : static_cast<Eigen::Index>(rows[0].size()));
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (size_t j = 0; j < rows[i].size(); ++j) m(i, j) = rows[i][j];
+  return m;
+}
+
+void write_reports(const std::string& path, const Decoded& d) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream out(path);
+  if (!out) throw TrainError("cannot write " + path);
+  for (size_t i = 0; i < d.ids.size(); ++i)
+    out << json{{"id", d.ids[i]}, {"report", d.hypotheses[i]}, {"reference", d.references[i]}}
+               .dump()
+        << "\n";
+}
+
+std::string format_duration(double seconds) {
+  char buf[32];
+  const int s = static_cast<int>(std::lround(std::max(0.0, seconds)));
+  if (s >= 60)
+    std::snprintf(buf, sizeof buf, "%dm%02ds", s / 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ds", s);
+  return buf;
+}
+
+ihn::eval::MeteorOptions meteor_options(const std::string& wordnet, std::string* note) {
+  ihn::eval::MeteorOptions mo;
+  mo.wordnet_dir = wordnet;
+  if (wordnet.empty() || !fs::exists(fs::path(wordnet) / "data.noun")) {
+    mo.synonyms = false;
+    if (note)
+      *note = "WordNet not found at '" + wordnet +
+              "': METEOR without the synonym stage (apt-get install wordnet-base)";
+  }
+  return mo;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Training
+
+TrainResult train(TrainConfig config) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const fs::path out_dir = config.out;
+  const fs::path last_path = out_dir / "last.pt", best_path = out_dir / "best.pt";
+  ihn::StateDict resume_state;
+  if (config.resume) {
+    if (!fs::exists(last_path))
+      throw TrainError(last_path.string() +
+                       ": nothing to resume (no last.pt; start without --resume)");
+    auto ck = read_checkpoint(last_path.string());
+    // The recipe comes from the checkpoint; only runtime options and the epoch budget change.
+    TrainConfig merged = ck.config;
+    merged.epochs = config.epochs;
+    merged.out = config.out;
+    merged.device = config.device;
+    merged.threads = config.threads;
+    merged.quiet = config.quiet;
+    merged.stop_after = config.stop_after;
+    merged.plots = config.plots;
+    merged.label = config.label;
+    merged.resume = true;
+    config = merged;
+    resume_state = std::move(ck.state);
+  }
+  validate(config);
+  if (config.threads > 0) at::set_num_threads(config.threads);
+  const auto device = parse_device(config.device);
+  fs::create_directories(out_dir / "reports");
+
+  RunData data = build_data(config);
+  torch::manual_seed(config.seed);
+  R2GenModel model(model_options(config, data.tokenizer.vocab_size()));
+  model->to(device);
+
+  // Two parameter groups as R2Gen's build_optimizer: the visual extractor and the rest.
+  std::vector<at::Tensor> ve_params, ed_params;
+  for (const auto& p : model->named_parameters())
+    (p.key().rfind("visual_extractor.", 0) == 0 ? ve_params : ed_params).push_back(p.value());
+  auto adam = [&](double lr) {
+    return torch::optim::AdamOptions(lr).weight_decay(config.weight_decay).amsgrad(config.amsgrad);
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));
+  groups.emplace_back(ed_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+  torch::optim::Adam optimizer(std::move(groups), adam(config.lr_ed));
+
+  std::vector<std::shared_ptr<ihn::Callback>> callbacks;
+  if (config.ihn == "paper")
+    callbacks.push_back(std::make_shared<ihn::HardNegativeCallback<R2GenModel>>(
+        model,
+        ihn::Options{}
+            .negatives_per_sample(config.negatives)
+            .weight(config.ihn_weight)
+            .temperature(config.temperature)
+            .schedule(parse_schedule(config.schedule))
+            .ascent_steps(config.ascent_steps)
+            .seed(config.seed),
+        device));
+
+  // Trainer state (all of it goes into the checkpoint).
+  int64_t epoch_done = 0, batch_in_epoch = 0, global_step = 0, best_epoch = 0, bad_epochs = 0;
+  double best_bleu4 = -1, loss_sum = 0, loss_count = 0;
+  std::vector<double> epoch_losses;
+  std::map<std::string, double> log_sums;
+
+  if (config.resume) {
+    const std::string f = last_path.string();
+    load_model(*model, resume_state, f);
+    load_optimizer(optimizer, tensor_bytes(resume_state.at("optimizer")));
+    epoch_done = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.epoch", f));
+    batch_in_epoch = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.batch", f));
+    global_step = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.global_step", f));
+    best_epoch = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.best_epoch", f));
+    bad_epochs = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.bad_epochs", f));
+    best_bleu4 = tensor_scalar(resume_state, "trainer.best_bleu4", f);
+    loss_sum = tensor_scalar(resume_state, "trainer.loss_sum", f);
+    loss_count = tensor_scalar(resume_state, "trainer.loss_count", f);
+    auto el = resume_state.at("trainer.epoch_losses").to(torch::kFloat64).contiguous();
+    epoch_losses.assign(el.data_ptr<double>(), el.data_ptr<double>() + el.numel());
+    for (const auto& [k, v] : ihn::sub_state(resume_state, "trainer.logs"))
+      log_sums[k] = v.item<double>();
+    at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the global one
+    generator.set_state(resume_state.at("rng.cpu"));
+    for (auto& cb : callbacks) cb->on_load_checkpoint(resume_state);
+  }
+
+  auto checkpoint_state = [&]() {
+    ihn::StateDict s;
+    put_model(s, *model);
+    s["optimizer"] = bytes_tensor(optimizer_bytes(optimizer));
+    s["config.json"] = bytes_tensor(to_json(config).dump());
+    s["vocab.json"] = bytes_tensor(data.tokenizer.to_json());
+    s["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+    s["trainer.epoch"] = scalar_tensor(static_cast<double>(epoch_done));
+    s["trainer.batch"] = scalar_tensor(static_cast<double>(batch_in_epoch));
+    s["trainer.global_step"] = scalar_tensor(static_cast<double>(global_step));
+    s["trainer.best_epoch"] = scalar_tensor(static_cast<double>(best_epoch));
+    s["trainer.bad_epochs"] = scalar_tensor(static_cast<double>(bad_epochs));
+    s["trainer.best_bleu4"] = scalar_tensor(best_bleu4);
+    s["trainer.loss_sum"] = scalar_tensor(loss_sum);
+    s["trainer.loss_count"] = scalar_tensor(loss_count);
+    s["trainer.epoch_losses"] =
+        torch::tensor(epoch_losses.empty() ? std::vector<double>{} : epoch_losses, torch::kFloat64);
+    for (const auto& [k, v] : log_sums) s["trainer.logs." + k] = scalar_tensor(v);
+    for (const auto& cb : callbacks) cb->on_save_checkpoint(s);
+    return s;
+  };
+
+  std::ofstream log((out_dir / "log.jsonl").string(), std::ios::app);
+  if (!log) throw TrainError("cannot write " + (out_dir / "log.jsonl").string());
+  const bool tty = isatty(fileno(stdout)) && !config.quiet;
+  const std::string label = config.label.empty() ? "" : config.label + " ";
+  const int64_t n_train = static_cast<int64_t>(*data.train->size());
+  const int64_t batches = (n_train + config.batch_size - 1) / config.batch_size;
+  int64_t parameter_count = 0;
+  for (const auto& p : model->parameters()) parameter_count += p.numel();
+  if (!config.quiet && epoch_done == 0 && batch_in_epoch == 0)
+    std::printf(
+        "%strain: %lld studies (%lld batches/epoch), val %lld, test %lld, vocabulary %lld, "
+        "%lld parameters, ihn %s, %d epochs on %s\n",
+        label.c_str(), static_cast<long long>(n_train), static_cast<long long>(batches),
+        static_cast<long long>(*data.val->size()), static_cast<long long>(*data.test->size()),
+        static_cast<long long>(data.tokenizer.vocab_size()),
+        static_cast<long long>(parameter_count), config.ihn.c_str(), config.epochs,
+        device.str().c_str());
+  std::fflush(stdout);
+
+  TrainResult result;
+  int64_t steps_this_run = 0;
+  for (auto& cb : callbacks) cb->on_train_start();
+  double seconds_per_epoch = 0;
+  while (epoch_done < config.epochs && bad_epochs < config.early_stop) {
+    const int64_t epoch = epoch_done + 1;
+    const auto t_epoch = std::chrono::steady_clock::now();
+    // StepLR per epoch, computed from the epoch so resuming needs no scheduler object.
+    const double factor =
+        std::pow(config.lr_gamma, static_cast<double>((epoch - 1) / config.lr_step));
+    static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[0].options())
+        .lr(config.lr_ve * factor);
+    static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[1].options())
+        .lr(config.lr_ed * factor);
+    for (auto& cb : callbacks) cb->on_train_epoch_start(epoch);
+
+    model->train();
+    ihn::data::ReportLoaderOptions lo;
+    lo.batch_size = static_cast<size_t>(config.batch_size);
+    lo.shuffle = true;
+    auto train_set = data.train->with_epoch(epoch);
+    auto loader = ihn::data::make_report_loader(train_set, lo);
+    int64_t b = 0;
+    const int64_t skip = batch_in_epoch;  // batches done before an interruption
+    const auto t_steps = std::chrono::steady_clock::now();
+    bool stopped = false;
+    for (auto& batch : *loader) {
+      if (b < skip) {
+        ++b;
+        continue;
+      }
+      ihn::BatchContext ctx;
+      ctx.epoch = epoch;
+      ctx.global_step = global_step;
+      ctx.batch_index = b;
+      for (const auto& id : batch.ids) {
+        const int64_t i = data.train_index.at(id);
+        ctx.ids.push_back(i);
+        ctx.report_keys.push_back(data.train_keys[static_cast<size_t>(i)]);
+      }
+      for (auto& cb : callbacks) cb->on_train_batch_start(ctx);
+      auto ids = batch.reports_ids.to(device);
+      auto masks = batch.reports_masks.to(device);
+      auto out = model->forward(batch.images.to(device), ids, masks);
+      ctx.loss = r2gen::compute_loss(out.logprobs, ids, masks);
+      ctx.logs["gen_loss"] = ctx.loss.item<double>();
+      ctx.image_features = out.image_features;
+      ctx.report_features = out.report_features;
+      for (auto& cb : callbacks) cb->on_before_backward(ctx);
+      optimizer.zero_grad();
+      ctx.loss.backward();
+      for (auto& cb : callbacks) cb->on_after_backward(ctx);
+      if (config.grad_clip > 0)
+        torch::nn::utils::clip_grad_value_(model->parameters(), config.grad_clip);
+      for (auto& cb : callbacks) cb->on_before_optimizer_step(ctx);
+      optimizer.step();
+      ++global_step;
+      for (auto& cb : callbacks) cb->on_train_batch_end(ctx);
+      const double loss = ctx.loss.item<double>();
+      loss_sum += loss;
+      loss_count += 1;
+      for (const auto& [k, v] : ctx.logs) log_sums[k] += v;
+      ++b;
+      batch_in_epoch = b;
+      ++steps_this_run;
+      json step{{"type", "step"}, {"epoch", epoch}, {"step", global_step}, {"loss", loss}};
+      for (const auto& [k, v] : ctx.logs) step[k] = v;
+      log << step.dump() << "\n";
+      if (tty) {
+        const double el =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
+        const double its = static_cast<double>(b - skip) / std::max(el, 1e-9);
+        const int width = 24;
+        const int filled = static_cast<int>(width * b / batches);
+        std::printf("\r%sepoch %lld/%d [%s%s] %lld/%lld loss %.4f %.2f it/s ETA %s   ",
+                    label.c_str(), static_cast<long long>(epoch), config.epochs,
+                    std::string(static_cast<size_t>(filled), '#').c_str(),
+                    std::string(static_cast<size_t>(width - filled), '.').c_str(),
+                    static_cast<long long>(b), static_cast<long long>(batches),
+                    loss_sum / loss_count, its,
+                    format_duration(static_cast<double>(batches - b) / its).c_str());
+        std::fflush(stdout);
+      }
+      if (stop_requested() || (config.stop_after > 0 && steps_this_run >= config.stop_after)) {
+        stopped = true;
+        break;
+      }
+    }
+    if (tty) std::printf("\n");
+    if (stopped && batch_in_epoch < batches) {
+      log.flush();
+      ihn::save_state(checkpoint_state(), last_path);
+      if (!config.quiet)
+        std::printf("%sstopped in epoch %lld after step %lld; saved %s (continue with --resume)\n",
+                    label.c_str(), static_cast<long long>(epoch),
+                    static_cast<long long>(global_step), last_path.c_str());
+      result.interrupted = true;
+      break;
+    }
+    const double steps_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
+    for (auto& cb : callbacks) cb->on_train_epoch_end(epoch);
+
+    // Validation: beam search on the val split, selection on BLEU-4.
+    auto val =
+        decode_split(model, *data.val, data.tokenizer, config, config.beam_size, device, false);
+    write_reports(
+        (out_dir / "reports" / ("epoch_" + std::to_string(epoch) + "_val.jsonl")).string(), val);
+    const auto coco = ihn::eval::coco_scores(val.hypotheses, val.references);
+    std::map<std::string, double> metrics;
+    for (int k = 0; k < 4; ++k) metrics["val_BLEU_" + std::to_string(k + 1)] = coco.bleu[k];
+    metrics["val_ROUGE_L"] = coco.rouge_l;
+    metrics["val_CIDEr"] = coco.cider;
+    metrics["val_distinct_reports"] = ihn::eval::distinctness(val.hypotheses).distinct_reports;
+    for (auto& cb : callbacks) cb->on_validation_epoch_end(epoch, metrics);
+
+    const double mean_loss = loss_sum / std::max(loss_count, 1.0);
+    epoch_losses.push_back(mean_loss);
+    const double bleu4 = coco.bleu[3];
+    const bool improved = bleu4 > best_bleu4;
+    if (improved) {
+      best_bleu4 = bleu4;
+      best_epoch = epoch;
+      bad_epochs = 0;
+    } else {
+      ++bad_epochs;
+    }
+    json row{{"type", "epoch"},
+             {"epoch", epoch},
+             {"step", global_step},
+             {"train_loss", mean_loss},
+             {"lr_ve", config.lr_ve * factor},
+             {"lr_ed", config.lr_ed * factor},
+             {"train_seconds", steps_seconds},
+             {"it_per_s", static_cast<double>(b - skip) / std::max(steps_seconds, 1e-9)},
+             {"best_epoch", best_epoch}};
+    for (const auto& [k, v] : metrics) row[k] = v;
+    for (const auto& [k, v] : log_sums) row["train_" + k] = v / std::max(loss_count, 1.0);
+    log << row.dump() << "\n";
+    log.flush();
+
+    epoch_done = epoch;
+    batch_in_epoch = 0;
+    loss_sum = loss_count = 0;
+    log_sums.clear();
+    const auto state = checkpoint_state();
+    ihn::save_state(state, last_path);
+    if (improved) ihn::save_state(state, best_path);
+
+    const double epoch_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
+    seconds_per_epoch =
+        seconds_per_epoch == 0 ? epoch_seconds : 0.7 * seconds_per_epoch + 0.3 * epoch_seconds;
+    if (!config.quiet) {
+      std::string extra;
+      if (row.contains("train_ihn/alignment")) {
+        char buf[128];
+        std::snprintf(buf, sizeof buf, "  align %.3f hard %.2f",
+                      row["train_ihn/alignment"].get<double>(),
+                      row["train_ihn/hardness"].get<double>());
+        extra = buf;
+      }
+      std::printf(
+          "%sepoch %lld/%d  loss %.4f%s  %.2f it/s  val BLEU-4 %.4f (best %.4f @%lld)  %s  "
+          "ETA %s\n",
+          label.c_str(), static_cast<long long>(epoch), config.epochs, mean_loss, extra.c_str(),
+          row["it_per_s"].get<double>(), bleu4, best_bleu4, static_cast<long long>(best_epoch),
+          format_duration(epoch_seconds).c_str(),
+          format_duration(seconds_per_epoch * static_cast<double>(config.epochs - epoch)).c_str());
+      std::fflush(stdout);
+    }
+    if (stop_requested() || (config.stop_after > 0 && steps_this_run >= config.stop_after)) {
+      result.interrupted = epoch_done < config.epochs;
+      if (result.interrupted && !config.quiet)
+        std::printf("%sstopped after epoch %lld; saved %s (continue with --resume)\n",
+                    label.c_str(), static_cast<long long>(epoch), last_path.c_str());
+      break;
+    }
+  }
+  for (auto& cb : callbacks) cb->on_train_end();
+  log.close();
+
+  result.epochs_done = static_cast<int>(epoch_done);
+  result.best_epoch = static_cast<int>(best_epoch);
+  result.best_val_bleu4 = best_bleu4;
+  result.epoch_losses = epoch_losses;
+  if (!result.interrupted && fs::exists(best_path)) {
+    if (!config.quiet && bad_epochs >= config.early_stop && epoch_done < config.epochs)
+      std::printf("%searly stop: no better validation BLEU-4 for %d epochs\n", label.c_str(),
+                  config.early_stop);
+    EvaluateOptions eo;
+    eo.checkpoint = best_path.string();
+    eo.device = config.device;
+    eo.bootstrap = config.bootstrap;
+    eo.wordnet = config.wordnet;
+    eo.reports_out = (out_dir / "reports" / "test.jsonl").string();
+    result.test = evaluate_checkpoint(eo);
+    std::ofstream((out_dir / "test.json").string()) << result.test.dump(2) << "\n";
+    if (config.plots) {
+      const std::string note =
+          plot_runs({out_dir.string()}, {"train"}, (out_dir / "curves.png").string());
+      if (!config.quiet)
+        std::printf(
+            "%s%s\n", label.c_str(),
+            note.empty() ? ("plots: " + (out_dir / "curves.png").string()).c_str() : note.c_str());
+    }
+  }
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return result;
+}
+
+// ------------------------------------------------------------------------------------------
+// Evaluation and generation
+
+json evaluate_checkpoint(const EvaluateOptions& options) {
+  auto ck = read_checkpoint(options.checkpoint);
+  TrainConfig c = ck.config;
+  if (!options.ann.empty()) {
+    c.data = "annotation";
+    c.ann = options.ann;
+    c.images = options.images.empty() ? c.images : options.images;
+  }
+  c.out = "-";
+  validate(c);
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  const auto device = parse_device(options.device);
+  RunData data = build_data(c);
+  if (data.tokenizer.tokens() != ck.tokenizer.tokens())
+    throw TrainError(options.checkpoint + ": its vocabulary (" +
+                     std::to_string(ck.tokenizer.vocab_size()) +
+                     " tokens) differs from the one built from the data (" +
+                     std::to_string(data.tokenizer.vocab_size()) +
+                     " tokens): evaluate with the annotation the model was trained on");
+  R2GenModel model(model_options(c, ck.tokenizer.vocab_size()));
+  load_model(*model, ck.state, options.checkpoint);
+  model->to(device);
+  const ihn::data::ReportDataset* split = nullptr;
+  if (options.split == "test")
+    split = data.test.get();
+  else if (options.split == "val")
+    split = data.val.get();
+  else if (options.split == "train")
+    split = data.train.get();
+  else
+    throw TrainError("--split " + options.split + ": use train, val or test");
+  if (*split->size() == 0) throw TrainError("split '" + options.split + "' is empty");
+  const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
+  auto dec = decode_split(model, *split, ck.tokenizer, c, beam, device, true);
+  if (!options.reports_out.empty()) write_reports(options.reports_out, dec);
+
+  std::vector<ihn::eval::Example> examples;
+  for (size_t i = 0; i < dec.ids.size(); ++i)
+    examples.push_back({dec.ids[i], dec.hypotheses[i], dec.references[i]});
+  ihn::eval::EvalOptions eo;
+  std::string note;
+  eo.meteor_options = meteor_options(options.wordnet.empty() ? c.wordnet : options.wordnet, &note);
+  eo.bootstrap = {options.bootstrap, options.bootstrap_seed, 0.95};
+  const auto r = ihn::eval::evaluate(examples, eo);
+  json j = ihn::eval::to_json(r);
+  const auto ret =
+      ihn::eval::retrieval_scores(to_matrix(dec.image_features), to_matrix(dec.report_features));
+  j["retrieval"] = {{"image_to_report",
+                     {{"R@1", ret.image_to_report.recall_at_1},
+                      {"R@5", ret.image_to_report.recall_at_5},
+                      {"R@10", ret.image_to_report.recall_at_10},
+                      {"median_rank", ret.image_to_report.median_rank}}},
+                    {"report_to_image",
+                     {{"R@1", ret.report_to_image.recall_at_1},
+                      {"R@5", ret.report_to_image.recall_at_5},
+                      {"R@10", ret.report_to_image.recall_at_10},
+                      {"median_rank", ret.report_to_image.median_rank}}},
+                    {"features",
+                     "image: mean of R2Gen's encoder output; report: masked mean of the final "
+                     "decoder states on the reference (teacher forcing); cosine similarity"}};
+  j["checkpoint"] = options.checkpoint;
+  j["split"] = options.split;
+  j["beam_size"] = beam;
+  if (!note.empty()) j["notes"]["wordnet"] = note;
+  j["per_example_data"] = {{"ids", dec.ids},
+                           {"hypotheses", dec.hypotheses},
+                           {"references", dec.references},
+                           {"i2r_ranks", ret.image_to_report.ranks}};
+  return j;
+}
+
+std::string generate_report(const GenerateOptions& options) {
+  if (options.images.empty() || options.images.size() > 2)
+    throw TrainError("give one or two --image files (frontal, then lateral)");
+  auto ck = read_checkpoint(options.checkpoint);
+  const TrainConfig& c = ck.config;
+  if (!options.ann.empty())
+    throw TrainError(
+        "--ann (vocabulary of the authors' released checkpoints) is not yet "
+        "supported by ihn generate; use a checkpoint written by ihn train");
+  const auto device = parse_device(options.device);
+  ihn::data::TransformOptions t = ihn::data::TransformOptions::r2gen_eval();
+  t.resize = c.crop;
+  t.crop = c.crop;
+  ihn::data::ImageTransform transform(t);
+  std::mt19937_64 rng(0);  // unused by the eval transform
+  std::vector<at::Tensor> views;
+  for (const auto& path : options.images) {
+    if (!fs::exists(path)) throw TrainError(path + ": image not found");
+    ihn::data::Image img;
+    try {
+      img = ihn::data::load_image_rgb(path);
+    } catch (const std::exception& e) {
+      throw TrainError(path + ": cannot decode the image (" + e.what() +
+                       "); give a PNG or JPEG chest X-ray");
+    }
+    views.push_back(transform(img, rng));
+  }
+  const int64_t want = c.dataset == "iu_xray" ? 2 : 1;
+  while (static_cast<int64_t>(views.size()) < want) views.push_back(views.front());
+  views.resize(static_cast<size_t>(want));
+  auto images = torch::stack(views).unsqueeze(0).to(device);
+  R2GenModel model(model_options(c, ck.tokenizer.vocab_size()));
+  load_model(*model, ck.state, options.checkpoint);
+  model->to(device);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
+  auto res = model->beam_search(
+      images, r2gen::BeamSearchOptions().beam_size(beam).max_length(c.max_seq_length));
+  return ck.tokenizer.decode(row_ids(res.seq[0]));
+}
+
+// ------------------------------------------------------------------------------------------
+// Comparison
+
+namespace {
+
+struct SeedScores {
+  ihn::eval::EvalResult result;
+  std::vector<long> ranks;
+  std::vector<std::string> hypotheses;
+};
+
+using Metric = std::function<double(const SeedScores&, const std::vector<size_t>&)>;
+
+double mean_over(const std::vector<double>& v, const std::vector<size_t>& idx) {
+  double s = 0;
+  for (auto i : idx) s += v[i];
+  return idx.empty() ? 0 : s / static_cast<double>(idx.size());
+}
+
+double t_quantile_975(int df) {
+  static const double table[] = {0,     12.706, 4.303, 3.182, 2.776, 2.571, 2.447,
+                                 2.365, 2.306,  2.262, 2.228, 2.201, 2.179};
+  return df < 1 ? 0 : df <= 12 ? table[df] : 1.96 + 2.5 / df;
+}
+
+}  // namespace
+
+std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>& evals,
+                                            int resamples, uint64_t seed) {
+  if (evals.size() != 2 || evals[0].empty() || evals[0].size() != evals[1].size())
+    throw TrainError("compare: need the same number of runs with and without ihn");
+  const size_t seeds = evals[0].size();
+  ihn::eval::MeteorOptions mo = meteor_options("", nullptr);  // score() needs no WordNet
+  std::vector<std::vector<SeedScores>> scores(2);
+  std::string meteor_key = "METEOR";
+  for (int arm = 0; arm < 2; ++arm)
+    for (const auto& e : evals[arm]) {
+      const auto& d = e.at("per_example_data");
+      SeedScores s;
+      std::vector<ihn::eval::Example> ex;
+      const auto ids = d.at("ids").get<std::vector<std::string>>();
+      const auto hyps = d.at("hypotheses").get<std::vector<std::string>>();
+      const auto refs = d.at("references").get<std::vector<std::string>>();
+      for (size_t i = 0; i < ids.size(); ++i) ex.push_back({ids[i], hyps[i], refs[i]});
+      ihn::eval::EvalOptions eo;
+      eo.meteor_options = meteor_options(
+          fs::exists("/usr/share/wordnet/data.noun") ? "/usr/share/wordnet" : "", nullptr);
+      s.result = ihn::eval::evaluate(ex, eo);
+      meteor_key = s.result.meteor->key;
+      s.ranks = d.at("i2r_ranks").get<std::vector<long>>();
+      s.hypotheses = hyps;
+      scores[arm].push_back(std::move(s));
+    }
+  const ihn::eval::MeteorScorer scorer(mo);
+  auto labels = [](const std::vector<ihn::eval::ReportLabels>& all,
+                   const std::vector<size_t>& idx) {
+    std::vector<ihn::eval::ReportLabels> out;
+    for (auto i : idx) out.push_back(all[i]);
+    return out;
+  };
+  std::vector<std::pair<std::string, Metric>> metrics;
+  for (int k = 0; k < 4; ++k)
+    metrics.emplace_back("BLEU-" + std::to_string(k + 1),
+                         [k](const SeedScores& s, const std::vector<size_t>& idx) {
+                           return ihn::eval::corpus_bleu(s.result.coco.bleu_stats, idx)[k];
+                         });
+  metrics.emplace_back(meteor_key, [&scorer](const SeedScores& s, const std::vector<size_t>& idx) {
+    ihn::eval::MeteorStats total;
+    for (auto i : idx) total += s.result.meteor->stats[i];
+    return scorer.score(total);
+  });
+  metrics.emplace_back("ROUGE-L", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    return mean_over(s.result.coco.rouge_l_per_example, idx);
+  });
+  metrics.emplace_back("CIDEr", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    return mean_over(s.result.coco.cider_per_example, idx);
+  });
+  metrics.emplace_back("clinical F1 micro",
+                       [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
+                         const auto& c = *s.result.clinical;
+                         return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
+                                                           labels(c.reference_labels, idx))
+                             .micro.f1;
+                       });
+  metrics.emplace_back("clinical F1 macro",
+                       [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
+                         const auto& c = *s.result.clinical;
+                         return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
+                                                           labels(c.reference_labels, idx))
+                             .macro.f1;
+                       });
+  metrics.emplace_back("retrieval R@1", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    double hits = 0;
+    for (auto i : idx) hits += s.ranks[i] == 1;
+    return idx.empty() ? 0 : hits / static_cast<double>(idx.size());
+  });
+  metrics.emplace_back("distinct reports", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    std::set<size_t> unique_examples(idx.begin(), idx.end());
+    std::set<std::string> texts;
+    for (auto i : unique_examples) texts.insert(s.hypotheses[i]);
+    return unique_examples.empty()
+               ? 0
+               : static_cast<double>(texts.size()) / static_cast<double>(unique_examples.size());
+  });
+
+  // Examples of all seeds in one list, so the bootstrap resamples seeds x examples; the
+  // statistic is the mean over seeds of each seed's corpus metric on its resampled examples.
+  std::vector<size_t> offset(seeds + 1, 0);
+  for (size_t s = 0; s < seeds; ++s) {
+    const size_t n = scores[0][s].hypotheses.size();
+    if (scores[1][s].hypotheses.size() != n)
+      throw TrainError("compare: runs of seed " + std::to_string(s) + " have different test sets");
+    offset[s + 1] = offset[s] + n;
+  }
+  std::vector<CompareRow> rows;
+  for (const auto& [name, metric] : metrics) {
+    CompareRow row;
+    row.metric = name;
+    auto statistic = [&, m = metric](int arm) {
+      return [&, arm, m](const std::vector<size_t>& idx) {
+        std::vector<std::vector<size_t>> per(seeds);
+        for (auto i : idx) {
+          const size_t s = static_cast<size_t>(std::upper_bound(offset.begin(), offset.end(), i) -
+                                               offset.begin() - 1);
+          per[s].push_back(i - offset[s]);
+        }
+        double sum = 0;
+        int used = 0;
+        for (size_t s = 0; s < seeds; ++s)
+          if (!per[s].empty()) {
+            sum += m(scores[arm][s], per[s]);
+            ++used;
+          }
+        return used ? sum / used : 0.0;
+      };
+    };
+    for (int arm = 0; arm < 2; ++arm) {
+      std::vector<double> values;
+      for (size_t s = 0; s < seeds; ++s) {
+        std::vector<size_t> all(offset[s + 1] - offset[s]);
+        std::iota(all.begin(), all.end(), size_t{0});
+        values.push_back(metric(scores[arm][s], all));
+      }
+      const double mean = std::accumulate(values.begin(), values.end(), 0.0) / values.size();
+      double var = 0;
+      for (double v : values) var += (v - mean) * (v - mean);
+      const double half = values.size() > 1
+                              ? t_quantile_975(static_cast<int>(values.size()) - 1) *
+                                    std::sqrt(var / (values.size() - 1)) / std::sqrt(values.size())
+                              : 0.0;
+      (arm == 0 ? row.mean_off : row.mean_on) = mean;
+      (arm == 0 ? row.ci_off : row.ci_on) = half;
+    }
+    const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(1), statistic(0),
+                                                {resamples, seed, 0.95});
+    row.difference = pc.difference;
+    row.lower = pc.lower;
+    row.upper = pc.upper;
+    row.p_value = pc.p_value;
+    row.significant = pc.p_value < 0.05;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::string compare_markdown(const std::vector<CompareRow>& rows) {
+  std::ostringstream o;
+  o << "| metric | without ihn | with ihn | difference [95% CI] | p | significant |\n"
+    << "|---|---|---|---|---|---|\n";
+  char buf[256];
+  for (const auto& r : rows) {
+    std::snprintf(buf, sizeof buf,
+                  "| %s | %.4f ± %.4f | %.4f ± %.4f | %+.4f [%+.4f, %+.4f] | %.3f | %s |\n",
+                  r.metric.c_str(), r.mean_off, r.ci_off, r.mean_on, r.ci_on, r.difference, r.lower,
+                  r.upper, r.p_value, r.significant ? "yes" : "no");
+    o << buf;
+  }
+  return o.str();
+}
+
+json compare_json(const std::vector<CompareRow>& rows) {
+  json j = json::array();
+  for (const auto& r : rows)
+    j.push_back({{"metric", r.metric},
+                 {"without", {{"mean", r.mean_off}, {"ci95_half_width", r.ci_off}}},
+                 {"with", {{"mean", r.mean_on}, {"ci95_half_width", r.ci_on}}},
+                 {"difference", r.difference},
+                 {"difference_ci95", {r.lower, r.upper}},
+                 {"p_value", r.p_value},
+                 {"significant", r.significant}});
+  return j;
+}
+
+// ------------------------------------------------------------------------------------------
+// Plots
+
+std::string plot_runs(const std::vector<std::string>& run_dirs,
+                      const std::vector<std::string>& titles, const std::string& png) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
+    return "plots: gnuplot is not installed, no PNG written (apt-get install gnuplot-nox; "
+           "the numbers are in log.jsonl)";
+  const fs::path dir = fs::path(png).parent_path();
+  std::ostringstream script;
+  script << "set terminal png size 1000,400\nset output '" << png << "'\n"
+         << "set multiplot layout 1,2\nset key bottom right\nset xlabel 'epoch'\n";
+  std::vector<std::string> files;
+  for (size_t r = 0; r < run_dirs.size(); ++r) {
+    const std::string dat = (dir / ("curve_" + std::to_string(r) + ".dat")).string();
+    std::ifstream in((fs::path(run_dirs[r]) / "log.jsonl").string());
+    std::ofstream out(dat);
+    std::string line;
+    std::map<int, std::pair<double, double>> by_epoch;  // a resumed run may repeat an epoch
+    while (std::getline(in, line)) {
+      auto j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || j.value("type", "") != "epoch") continue;
+      by_epoch[j["epoch"].get<int>()] = {j["train_loss"].get<double>(),
+                                         j["val_BLEU_4"].get<double>()};
+    }
+    for (const auto& [e, v] : by_epoch) out << e << " " << v.first << " " << v.second << "\n";
+    files.push_back(dat);
+  }
+  auto plot = [&](const char* title, int column) {
+    script << "set title '" << title << "'\nplot ";
+    for (size_t r = 0; r < files.size(); ++r)
+      script << (r ? ", " : "") << "'" << files[r] << "' using 1:" << column
+             << " with linespoints title '" << titles[r] << "'";
+    script << "\n";
+  };
+  plot("training loss", 2);
+  plot("validation BLEU-4", 3);
+  script << "unset multiplot\n";
+  const std::string gp = (dir / "curves.gp").string();
+  std::ofstream(gp) << script.str();
+  if (std::system(("gnuplot '" + gp + "' >/dev/null 2>&1").c_str()) != 0)
+    return "plots: gnuplot failed on " + gp + " (png terminal missing?)";
+  return "";
+}
+
+}  // namespace ihn_examples::train

@@ -1,0 +1,154 @@
+// The trainer behind `ihn train | evaluate | generate | compare`: the upstream R2Gen recipe
+// (Adam with amsgrad, two learning rates, StepLR per epoch, gradient clipping by value, model
+// selection on validation BLEU-4, early stopping) with ihn plugged in through the library's
+// callback interface (ihn::HardNegativeCallback), exactly as a user's trainer would; atomic
+// checkpoints every epoch that resume bit-exactly; progress lines, a JSONL log, generated
+// reports and gnuplot plots.
+//
+// This header needs neither LibTorch nor Eigen, so the command-line front ends that include
+// it compile in seconds; everything heavy lives in train.cpp (one translation unit).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ihn_examples::train {
+
+/// A user-facing failure (bad file, bad option); the message names the file and the fix.
+struct TrainError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Everything a run depends on. Stored in every checkpoint, so evaluate/generate/resume rebuild
+/// the same model and data. Defaults are the `cpu-small` preset; apply_preset() sets others.
+struct TrainConfig {
+  std::string model = "r2gen";
+  std::string preset = "cpu-small";
+  // Data: "synth" (generated from synth_seed, nothing on disk) or "annotation" (ann + images).
+  std::string data = "synth";
+  std::string ann, images;
+  std::string dataset = "iu_xray";  ///< iu_xray | mimic_cxr (cleaning, views)
+  int synth_studies = 300;
+  uint64_t synth_seed = 0;
+  int synth_image_size = 64;  ///< rendered synthetic images, pixels per side
+  int resize = 72;            ///< train: shorter side before the random crop; eval: to crop
+  int crop = 64;
+  int threshold = 3;
+  int max_seq_length = 60;
+  // Model (R2GenOptions).
+  int visual_depth = 18;
+  int d_model = 128, d_ff = 128, num_heads = 4, num_layers = 1;
+  int rm_num_slots = 3, rm_num_heads = 4, rm_d_model = 128;
+  double dropout = 0.1, drop_prob_lm = 0.5;
+  // Optimisation (R2Gen's recipe).
+  int epochs = 10;
+  int batch_size = 16;
+  double lr_ve = 5e-5, lr_ed = 1e-4;
+  double weight_decay = 5e-5;
+  bool amsgrad = true;
+  int lr_step = 50;  ///< StepLR step_size in epochs
+  double lr_gamma = 0.1;
+  double grad_clip = 0.1;  ///< clip gradients by value; <= 0 disables
+  uint64_t seed = 9223;
+  int early_stop = 50;  ///< epochs without a better validation BLEU-4 before stopping
+  // Decoding for validation/test.
+  int beam_size = 3;
+  // ihn (HardNegativeCallback).
+  std::string ihn = "off";  ///< off | paper | official
+  int negatives = 4;
+  double ihn_weight = 0.1;
+  double temperature = 0.07;
+  std::string schedule = "exp:0.01";  ///< exp:ALPHA | linear:RAMP | cosine:RAMP | const:LAMBDA
+  int ascent_steps = 5;
+  // Runtime (not part of the recipe; may change on resume).
+  std::string out;
+  std::string device = "cpu";
+  int threads = 0;  ///< 0 = LibTorch's default
+  bool resume = false;
+  bool quiet = false;    ///< no per-epoch progress lines (tests)
+  int stop_after = 0;    ///< > 0: stop (as if interrupted) after this many steps of this run
+  bool plots = true;     ///< gnuplot plots when gnuplot is installed
+  std::string label;     ///< prefix of progress lines (compare: "[seed 1 ihn]")
+  int bootstrap = 1000;  ///< resamples for the test-set confidence intervals
+  std::string wordnet = "/usr/share/wordnet";
+};
+
+nlohmann::json to_json(const TrainConfig& config);
+/// Unknown keys are an error naming them (a checkpoint from a newer version).
+TrainConfig config_from_json(const nlohmann::json& json);
+/// Sets the recipe fields of `name` (paper | cpu-small); throws TrainError for other names.
+void apply_preset(TrainConfig& config, const std::string& name);
+/// Checks values and files; throws TrainError naming the option or file and the fix.
+void validate(const TrainConfig& config);
+
+struct TrainResult {
+  int epochs_done = 0;
+  int best_epoch = 0;
+  double best_val_bleu4 = 0;
+  bool interrupted = false;  ///< SIGINT/SIGTERM or stop_after: last.pt holds the state
+  double seconds = 0;
+  std::vector<double> epoch_losses;  ///< mean training loss per epoch, from epoch 1
+  nlohmann::json test;               ///< evaluate() of best.pt on the test split (when finished)
+};
+
+/// Trains (or resumes) into config.out: last.pt and best.pt every epoch, log.jsonl,
+/// reports/epoch_N_val.jsonl, test.json, reports/test.jsonl, plots. SIGINT/SIGTERM finish the
+/// current step, save last.pt and return with interrupted = true.
+TrainResult train(TrainConfig config);
+
+struct EvaluateOptions {
+  std::string checkpoint;
+  std::string split = "test";
+  std::string ann, images;  ///< override the checkpoint's data (annotation runs)
+  int beam_size = 0;        ///< 0 = the checkpoint's
+  int bootstrap = 1000;
+  uint64_t bootstrap_seed = 0;
+  std::string device = "cpu";
+  int threads = 0;
+  std::string wordnet;      ///< empty = the checkpoint's config; missing WordNet drops synonyms
+  std::string reports_out;  ///< JSONL of generated reports ("" = none)
+};
+
+/// All metrics on a split: ihn::eval::to_json(EvalResult) plus "retrieval" (R@1/5/10 both
+/// ways from the model's image and report features) and "per_example_data" used by compare.
+nlohmann::json evaluate_checkpoint(const EvaluateOptions& options);
+
+struct GenerateOptions {
+  std::string checkpoint;
+  std::vector<std::string> images;  ///< frontal [, lateral]; one image is used for every view
+  std::string ann;                  ///< rebuild the vocabulary of an authors' checkpoint
+  int beam_size = 0;
+  std::string device = "cpu";
+};
+std::string generate_report(const GenerateOptions& options);
+
+/// Table rows of `ihn compare`: one per metric, mean ± CI over seeds for each arm and the
+/// paired bootstrap over seeds x examples of (with − without).
+struct CompareRow {
+  std::string metric;
+  double mean_off = 0, ci_off = 0, mean_on = 0, ci_on = 0;  ///< ci = half-width, 95 %
+  double difference = 0, lower = 0, upper = 0, p_value = 1;
+  bool significant = false;
+};
+/// `evaluations[arm][seed]` = evaluate_checkpoint() JSON, arm 0 without ihn, 1 with.
+std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<nlohmann::json>>& evals,
+                                            int resamples, uint64_t seed);
+std::string compare_markdown(const std::vector<CompareRow>& rows);
+nlohmann::json compare_json(const std::vector<CompareRow>& rows);
+
+/// Installs SIGINT/SIGTERM handlers that ask train() to stop after the current step.
+void install_signal_handlers();
+bool stop_requested();
+
+/// Plots `log.jsonl` of each run dir into `png` with gnuplot; returns a note when gnuplot is
+/// missing or failed ("" on success).
+std::string plot_runs(const std::vector<std::string>& run_dirs,
+                      const std::vector<std::string>& titles, const std::string& png);
+
+}  // namespace ihn_examples::train
