@@ -371,6 +371,10 @@ TEST_CASE("r2gen: training mode, features and errors", "[r2gen]") {
   CHECK(torch::allclose(out.image_features, feats, 1e-5, 1e-6));
   CHECK(
       torch::allclose(model->report_features(images, ids, masks), out.report_features, 1e-5, 1e-6));
+  // The one-argument batch overloads that ihn::encoder_traits calls.
+  const ihn_examples::r2gen::R2GenBatch batch{images, ids, masks};
+  CHECK(torch::allclose(model->image_features(batch), feats, 1e-5, 1e-6));
+  CHECK(torch::allclose(model->report_features(batch), out.report_features, 1e-5, 1e-6));
   // Single-view (MIMIC-CXR) input gives half the visual tokens.
   auto single = model->forward(images.select(1, 0), ids, masks);
   CHECK(single.att_feats.size(1) * 2 == out.att_feats.size(1));
