@@ -234,6 +234,7 @@ TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][share
   auto all_seq = T(fx.outputs, "beam_all_seq");
   auto all_len = T(fx.outputs, "beam_all_len");
   auto all_sum = T(fx.outputs, "beam_all_logprob_sum");
+  auto all_unaug = T(fx.outputs, "beam_all_unaug_logprob_sum");
   REQUIRE(res.beams.size() == 2);
   for (int64_t b = 0; b < 2; ++b) {
     REQUIRE(res.beams[b].size() == 3);
@@ -245,6 +246,11 @@ TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][share
       CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
       // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
       CHECK(std::abs(beam.logprob_sum - all_sum[b][j].item<double>()) < 1e-4);
+      // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: checks every row
+      // of every final beam at once (~1.5e4 float32 terms of ~-7, so rtol 1e-5).
+      const double unaug = beam.logps.to(torch::kDouble).sum().item<double>();
+      const double ref_unaug = all_unaug[b][j].item<double>();
+      CHECK(std::abs(unaug - ref_unaug) <= 1e-5 * std::abs(ref_unaug));
     }
   }
 }
