@@ -572,3 +572,23 @@ TEST_CASE("io: the unpickler reads an OrderedDict with BUILD state and memo refe
   ihn::io::detail::Unpickler u2(truncated.data(), truncated.size(), nullptr);
   CHECK_THROWS_AS(u2.load(pos2), ihn::io::pth_error);
 }
+
+TEST_CASE("r2gen: parameter counts equal the official models' (small and paper configs)",
+          "[r2gen]") {
+  // n_params / n_params_ve / n_params_ed that shared/baselines recorded for the official
+  // R2GenModel with vocabulary 760 (results-2026-11-27.jsonl); written here so the test needs
+  // no shared folder.
+  auto count = [](const torch::nn::Module& m) {
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+  };
+  auto small = R2GenModel(R2GenOptions::small(760));
+  CHECK(count(*small->visual_extractor) == 11176512);
+  CHECK(count(*small->encoder_decoder) == 6443001);
+  CHECK(count(*small) == 17619513);
+  auto paper = R2GenModel(R2GenOptions(760));
+  CHECK(count(*paper->visual_extractor) == 42500160);
+  CHECK(count(*paper->encoder_decoder) == 35973369);
+  CHECK(count(*paper) == 78473529);
+}
