@@ -3,12 +3,16 @@
 // backward, clip_grad_value_(0.1), Adam amsgrad with the two learning-rate groups) and one
 // beam-3 / greedy decode of a batch of 16 IU X-Ray studies (two views), random weights.
 //
-//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS]
+//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [MALLOC]
 //     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
 //     WHAT  train | beam | greedy
+//     MALLOC glibc (default: glibc's defaults, as the Python baseline) | keep (mallopt: never mmap,
+//            never trim, so freed tensor buffers are reused instead of page-faulted back in; the
+//            same setting as the baseline's MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ experiment)
 // Prints one JSON line per run (median and all repetitions, seconds). The reports are random
 // ids with the baseline batch's shape (16 x 60, 617 mask tokens): the cost does not depend on
 // the ids, and the tokenizer is not needed.
+#include <malloc.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -50,6 +54,11 @@ int main(int argc, char** argv) {
   const int warmup = argc > 3 ? std::stoi(argv[3]) : 2;
   const int reps = argc > 4 ? std::stoi(argv[4]) : 5;
   const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
+  const std::string malloc_mode = argc > 6 ? argv[6] : "glibc";
+  if (malloc_mode == "keep") {
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
   torch::set_num_threads(threads);
   torch::manual_seed(9233);
 
@@ -116,9 +125,11 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"r2gen\", \"cfg\": \"%s\", "
-      "\"threads\": %d, \"warmup\": %d, \"reps\": %d, \"batch\": %ld, \"image\": %ld, "
+      "\"threads\": %d, \"malloc\": \"%s\", \"warmup\": %d, \"reps\": %d, \"batch\": %ld, "
+      "\"image\": %ld, "
       "\"loss\": %.6f, \"max_generated_len\": %ld, \"seconds\": %s}\n",
-      what.c_str(), cfg.c_str(), threads, warmup, reps, static_cast<long>(batch),
-      static_cast<long>(image), last_loss, static_cast<long>(generated), json_times(times).c_str());
+      what.c_str(), cfg.c_str(), threads, malloc_mode.c_str(), warmup, reps,
+      static_cast<long>(batch), static_cast<long>(image), last_loss, static_cast<long>(generated),
+      json_times(times).c_str());
   return 0;
 }

@@ -234,6 +234,7 @@ TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][share
   auto all_seq = T(fx.outputs, "beam_all_seq");
   auto all_len = T(fx.outputs, "beam_all_len");
   auto all_sum = T(fx.outputs, "beam_all_logprob_sum");
+  auto all_unaug = T(fx.outputs, "beam_all_unaug_logprob_sum");
   REQUIRE(res.beams.size() == 2);
   for (int64_t b = 0; b < 2; ++b) {
     REQUIRE(res.beams[b].size() == 3);
@@ -245,6 +246,11 @@ TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][share
       CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
       // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
       CHECK(std::abs(beam.logprob_sum - all_sum[b][j].item<double>()) < 1e-4);
+      // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: checks every row
+      // of every final beam at once (~1.5e4 float32 terms of ~-7, so rtol 1e-5).
+      const double unaug = beam.logps.to(torch::kDouble).sum().item<double>();
+      const double ref_unaug = all_unaug[b][j].item<double>();
+      CHECK(std::abs(unaug - ref_unaug) <= 1e-5 * std::abs(ref_unaug));
     }
   }
 }
@@ -371,6 +377,10 @@ TEST_CASE("r2gen: training mode, features and errors", "[r2gen]") {
   CHECK(torch::allclose(out.image_features, feats, 1e-5, 1e-6));
   CHECK(
       torch::allclose(model->report_features(images, ids, masks), out.report_features, 1e-5, 1e-6));
+  // The one-argument batch overloads that ihn::encoder_traits calls.
+  const ihn_examples::r2gen::R2GenBatch batch{images, ids, masks};
+  CHECK(torch::allclose(model->image_features(batch), feats, 1e-5, 1e-6));
+  CHECK(torch::allclose(model->report_features(batch), out.report_features, 1e-5, 1e-6));
   // Single-view (MIMIC-CXR) input gives half the visual tokens.
   auto single = model->forward(images.select(1, 0), ids, masks);
   CHECK(single.att_feats.size(1) * 2 == out.att_feats.size(1));
@@ -501,7 +511,7 @@ TEST_CASE("io: mismatches are reported by name; strict mode throws", "[io]") {
   for (const auto& p : source->named_parameters()) dict.insert(p.key(), p.value().detach());
   for (const auto& b : source->named_buffers()) dict.insert(b.key(), b.value());
   dict.insert("extra.weight", torch::ones({2}));
-  dict.erase("pe");
+  REQUIRE(dict.erase("pe") == 1);
   {
     auto bytes = torch::pickle_save(dict);
     std::ofstream(dir / "ckpt.pth", std::ios::binary).write(bytes.data(), bytes.size());
@@ -561,4 +571,24 @@ TEST_CASE("io: the unpickler reads an OrderedDict with BUILD state and memo refe
   size_t pos2 = 0;
   ihn::io::detail::Unpickler u2(truncated.data(), truncated.size(), nullptr);
   CHECK_THROWS_AS(u2.load(pos2), ihn::io::pth_error);
+}
+
+TEST_CASE("r2gen: parameter counts equal the official models' (small and paper configs)",
+          "[r2gen]") {
+  // n_params / n_params_ve / n_params_ed that shared/baselines recorded for the official
+  // R2GenModel with vocabulary 760 (results-2026-11-27.jsonl); written here so the test needs
+  // no shared folder.
+  auto count = [](const torch::nn::Module& m) {
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+  };
+  auto small = R2GenModel(R2GenOptions::small(760));
+  CHECK(count(*small->visual_extractor) == 11176512);
+  CHECK(count(*small->encoder_decoder) == 6443001);
+  CHECK(count(*small) == 17619513);
+  auto paper = R2GenModel(R2GenOptions(760));
+  CHECK(count(*paper->visual_extractor) == 42500160);
+  CHECK(count(*paper->encoder_decoder) == 35973369);
+  CHECK(count(*paper) == 78473529);
 }

@@ -183,6 +183,14 @@ struct R2GenOutput {
   EncoderDecoderOutput details;   ///< intermediates (fixture parity, analysis)
 };
 
+/// One batch as R2Gen's data loader yields it; the one-argument overloads below take it, so
+/// ihn::encoder_traits (which calls `model->image_features(batch)`) finds the features.
+struct R2GenBatch {
+  torch::Tensor images;         ///< (B, views, 3, H, W) or (B, 3, H, W)
+  torch::Tensor reports_ids;    ///< (B, T) int64
+  torch::Tensor reports_masks;  ///< (B, T) float, may be undefined
+};
+
 struct R2GenModelImpl : torch::nn::Module {
   explicit R2GenModelImpl(const R2GenOptions& options);
 
@@ -199,6 +207,13 @@ struct R2GenModelImpl : torch::nn::Module {
   torch::Tensor image_features(const torch::Tensor& images);
   torch::Tensor report_features(const torch::Tensor& images, const torch::Tensor& reports_ids,
                                 const torch::Tensor& reports_masks = {});
+  R2GenOutput forward(const R2GenBatch& batch) {
+    return forward(batch.images, batch.reports_ids, batch.reports_masks);
+  }
+  torch::Tensor image_features(const R2GenBatch& batch) { return image_features(batch.images); }
+  torch::Tensor report_features(const R2GenBatch& batch) {
+    return report_features(batch.images, batch.reports_ids, batch.reports_masks);
+  }
 
   /// Incremental decoder for a batch of images (encodes them once).
   std::unique_ptr<nn::IncrementalDecoder> make_decoder(const torch::Tensor& images);

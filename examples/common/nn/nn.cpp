@@ -325,7 +325,6 @@ BeamSearchResult beam_search(IncrementalDecoder& decoder, int64_t batch_size,
     ix = ix.narrow(1, 0, beam);
     auto beam_ix = ix.div(V, "floor");
     auto selected = ix.remainder(V);
-    auto state_ix = (beam_ix + batch_offsets * lp.size(1)).reshape(-1);
     if (t > 0) {
       beam_seq = beam_seq.gather(1, beam_ix.unsqueeze(-1).expand_as(beam_seq));
       beam_seq_logprobs = beam_seq_logprobs.gather(
@@ -341,7 +340,6 @@ BeamSearchResult beam_search(IncrementalDecoder& decoder, int64_t batch_size,
       auto rows = (beam_ix + batch_offsets * beam).reshape(-1);
       decoder.reorder(rows);
     }
-    (void)state_ix;
 
     auto last = beam_seq.select(2, t);
     auto is_end = last.eq(options.eos());
