@@ -5,7 +5,8 @@
 // docs/evaluation.md. What is kept exactly is the scoring of an alignment (MeteorScorer's
 // computeMetrics): weighted precision/recall with content/function weighting delta, Fmean with
 // alpha, fragmentation penalty gamma * (chunks / mean matches)^beta, the "identical" case with
-// no penalty, NaN -> 0, and the corpus score from summed sufficient statistics.
+// no penalty, NaN -> 0, and the corpus score from summed sufficient statistics (identical
+// segments adding no chunks, as MeteorStats.addStats does).
 //
 // Provides: porter_stem() (Porter 1980), WordNet (synsets read at runtime from Debian's
 // wordnet-base files, with WordNet's morphological base forms), MeteorScorer, meteor_scores().
@@ -435,12 +436,21 @@ struct MeteorStats {
       test_function_matches[s] += o.test_function_matches[s];
       reference_function_matches[s] += o.reference_function_matches[s];
     }
-    chunks += o.chunks;
+    // As METEOR's MeteorStats.addStats: a fully matched one-chunk segment adds no chunks, so a
+    // test set identical to its references scores 1 (no fragmentation penalty) in aggregate.
+    const bool identical = o.matches() == o.test_length &&
+                           o.reference_matches() == o.reference_length && o.chunks == 1;
+    if (!identical) chunks += o.chunks;
     return *this;
   }
-  long long matches() const {
+  long long matches() const {  ///< hypothesis words matched
     long long m = 0;
     for (int s = 0; s < 3; ++s) m += test_content_matches[s] + test_function_matches[s];
+    return m;
+  }
+  long long reference_matches() const {
+    long long m = 0;
+    for (int s = 0; s < 3; ++s) m += reference_content_matches[s] + reference_function_matches[s];
     return m;
   }
 };
