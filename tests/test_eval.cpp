@@ -157,6 +157,14 @@ TEST_CASE("eval: METEOR statistics and score by hand", "[eval]") {
     const double expected = fmean(p, r) * (1 - gamma * std::pow(2.0 / 2.0, beta));
     CHECK(scorer.score(s) == Approx(expected).epsilon(1e-12));
   }
+  SECTION("reordered sentences: one chunk per sentence") {
+    // A left-to-right nearest-position matcher pairs the first "no" with the reference's first
+    // "no" and makes 4 chunks here; the fewest possible is 2.
+    const auto s = scorer.align("no pleural effusion . no pneumothorax .",
+                                "no pneumothorax . no pleural effusion .");
+    CHECK(s.matches() == 7);
+    CHECK(s.chunks == 2);
+  }
   SECTION("corpus aggregation: identical segments add no chunks") {
     MeteorStats total;
     total += scorer.align("the heart is enlarged", "the heart is enlarged");
