@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 
 using namespace ihn::eval;
 
@@ -155,6 +156,23 @@ TEST_CASE("eval: METEOR statistics and score by hand", "[eval]") {
     const double r = p;  // both sides have 3 words and the same weighted matches
     const double expected = fmean(p, r) * (1 - gamma * std::pow(2.0 / 2.0, beta));
     CHECK(scorer.score(s) == Approx(expected).epsilon(1e-12));
+  }
+  SECTION("reordered sentences: one chunk per sentence") {
+    // A left-to-right nearest-position matcher pairs the first "no" with the reference's first
+    // "no" and makes 4 chunks here; the fewest possible is 2.
+    const auto s = scorer.align("no pleural effusion . no pneumothorax .",
+                                "no pneumothorax . no pleural effusion .");
+    CHECK(s.matches() == 7);
+    CHECK(s.chunks == 2);
+  }
+  SECTION("corpus aggregation: identical segments add no chunks") {
+    MeteorStats total;
+    total += scorer.align("the heart is enlarged", "the heart is enlarged");
+    CHECK(total.chunks == 0);
+    total += scorer.align("is enlarged the heart", "the heart is enlarged");
+    CHECK(total.chunks == 2);
+    // 8 matches on each side, 2 chunks: frag = 2 / 8, P = R = 1.
+    CHECK(scorer.score(total) == Approx(1 - gamma * std::pow(2.0 / 8.0, beta)).epsilon(1e-12));
   }
   SECTION("no match, empty hypothesis: 0") {
     CHECK(scorer.score(scorer.align("pacemaker", "the lungs are clear")) == 0.0);
@@ -676,4 +694,28 @@ TEST_CASE("eval: bit-parallel LCS equals the dynamic programme", "[eval]") {
     INFO("trial " << trial << " lengths " << la << ", " << lb);
     CHECK(ihn::eval::detail::lcs_length(a, b) == ihn::eval::detail::lcs_length_dp(a, b));
   }
+}
+
+// Properties on the fixture's "hypothesis = reference" set: every metric must say "perfect".
+TEST_CASE("eval: identical reports score perfectly on every metric", "[eval][shared]") {
+  const auto fixture = load_json(ihn_eval_test::fixtures_dir() / "metrics" / "metrics.json");
+  const auto refs = fixture.at("references").get<std::vector<std::string>>();
+  std::vector<Example> examples;
+  for (std::size_t i = 0; i < refs.size(); ++i)
+    examples.push_back({std::to_string(i), refs[i], refs[i]});
+  EvalOptions options;
+  options.meteor_options.synonyms = std::filesystem::exists("/usr/share/wordnet/data.noun");
+  const auto r = evaluate(examples, options);
+  REQUIRE(r.meteor);
+  for (double m : r.meteor->per_example) CHECK(m == 1.0);  // one chunk, no penalty: exactly 1
+  // METEOR's aggregation adds no chunks for identical segments: the corpus score is 1 too
+  // (summing their chunks would give ~0.70 here, the fragmentation penalty being concave).
+  CHECK(r.meteor->corpus == Approx(1.0).epsilon(1e-12));
+  REQUIRE(r.clinical);
+  CHECK(r.clinical->micro.f1 == 1.0);
+  CHECK(r.clinical->micro.tp > 0);
+  CHECK(r.clinical->micro.fp == 0);
+  CHECK(r.clinical->micro.fn == 0);
+  std::set<std::string> distinct(refs.begin(), refs.end());
+  CHECK(r.distinct.distinct_reports == Approx(static_cast<double>(distinct.size()) / refs.size()));
 }

@@ -5,7 +5,8 @@
 // docs/evaluation.md. What is kept exactly is the scoring of an alignment (MeteorScorer's
 // computeMetrics): weighted precision/recall with content/function weighting delta, Fmean with
 // alpha, fragmentation penalty gamma * (chunks / mean matches)^beta, the "identical" case with
-// no penalty, NaN -> 0, and the corpus score from summed sufficient statistics.
+// no penalty, NaN -> 0, and the corpus score from summed sufficient statistics (identical
+// segments adding no chunks, as MeteorStats.addStats does).
 //
 // Provides: porter_stem() (Porter 1980), WordNet (synsets read at runtime from Debian's
 // wordnet-base files, with WordNet's morphological base forms), MeteorScorer, meteor_scores().
@@ -22,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <queue>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -435,12 +437,21 @@ struct MeteorStats {
       test_function_matches[s] += o.test_function_matches[s];
       reference_function_matches[s] += o.reference_function_matches[s];
     }
-    chunks += o.chunks;
+    // As METEOR's MeteorStats.addStats: a fully matched one-chunk segment adds no chunks, so a
+    // test set identical to its references scores 1 (no fragmentation penalty) in aggregate.
+    const bool identical = o.matches() == o.test_length &&
+                           o.reference_matches() == o.reference_length && o.chunks == 1;
+    if (!identical) chunks += o.chunks;
     return *this;
   }
-  long long matches() const {
+  long long matches() const {  ///< hypothesis words matched
     long long m = 0;
     for (int s = 0; s < 3; ++s) m += test_content_matches[s] + test_function_matches[s];
+    return m;
+  }
+  long long reference_matches() const {
+    long long m = 0;
+    for (int s = 0; s < 3; ++s) m += reference_content_matches[s] + reference_function_matches[s];
     return m;
   }
 };
@@ -522,13 +533,21 @@ class MeteorScorer {
     std::vector<std::vector<std::uint32_t>> hyp_syn, ref_syn;
     for (int stage_index = 0; stage_index < stages; ++stage_index) {
       const int stage = stage_index == 0 ? 0 : (stage_index == 1 && options_.stem ? 1 : 2);
-      if (stage == 1) {
+      if (stage == 1) {  // only words still unmatched need their stems
         detail::PorterStemmer stemmer;
-        for (const auto& w : hyp) hyp_stem.push_back(stemmer(w));
-        for (const auto& w : ref) ref_stem.push_back(stemmer(w));
-      } else if (stage == 2) {
-        for (const auto& w : hyp) hyp_syn.push_back(wordnet_->synsets(w));
-        for (const auto& w : ref) ref_syn.push_back(wordnet_->synsets(w));
+        hyp_stem.resize(hyp.size());
+        ref_stem.resize(ref.size());
+        for (std::size_t i = 0; i < hyp.size(); ++i)
+          if (hyp_to_ref[i] < 0) hyp_stem[i] = stemmer(hyp[i]);
+        for (std::size_t j = 0; j < ref.size(); ++j)
+          if (ref_to_hyp[j] < 0) ref_stem[j] = stemmer(ref[j]);
+      } else if (stage == 2) {  // only words still unmatched need their synsets
+        hyp_syn.resize(hyp.size());
+        ref_syn.resize(ref.size());
+        for (std::size_t i = 0; i < hyp.size(); ++i)
+          if (hyp_to_ref[i] < 0) hyp_syn[i] = wordnet_->synsets(hyp[i]);
+        for (std::size_t j = 0; j < ref.size(); ++j)
+          if (ref_to_hyp[j] < 0) ref_syn[j] = wordnet_->synsets(ref[j]);
       }
       auto same = [&](std::size_t i, std::size_t j) {
         if (stage == 0) return hyp[i] == ref[j];
@@ -545,29 +564,57 @@ class MeteorScorer {
         }
         return false;
       };
-      // Greedy, left to right over the hypothesis: among the free reference words that match,
-      // take the one closest to where the previous match predicts (continuing its chunk), the
-      // earlier one on a tie. A deterministic stand-in for METEOR's beam search, which also
-      // prefers more matches, then fewer chunks, then smaller position distances.
-      for (std::size_t i = 0; i < hyp.size(); ++i) {
-        if (hyp_to_ref[i] >= 0) continue;
-        long expected = static_cast<long>(i);
-        for (long p = static_cast<long>(i) - 1; p >= 0; --p) {
-          if (hyp_to_ref[p] >= 0) {
-            expected = hyp_to_ref[p] + (static_cast<long>(i) - p);
-            break;
+      // Greedy tiling: repeatedly take the longest run of consecutive word pairs that match in
+      // this stage and are both still free (first in the hypothesis, then in the reference, on
+      // a tie), until no pair matches. Every word that can match still does (runs of one), so
+      // matches are maximal, and long runs become single chunks -- e.g. reordered sentences
+      // give one chunk per sentence. A deterministic stand-in for METEOR's beam search (most
+      // matches, then fewest chunks, then smallest distances).
+      const std::size_t n = hyp.size(), m = ref.size();
+      std::vector<char> match(n * m, 0);
+      for (std::size_t i = 0; i < n; ++i)
+        if (hyp_to_ref[i] < 0)
+          for (std::size_t j = 0; j < m; ++j)
+            if (ref_to_hyp[j] < 0) match[i * m + j] = same(i, j);
+      // Lazy greedy: the diagonal runs of matching pairs in a heap, longest first; a popped run
+      // that lost words to an accepted one is split into its free pieces and pushed back.
+      struct Run {
+        std::size_t length, i, j;
+      };
+      auto after = [](const Run& a, const Run& b) {
+        if (a.length != b.length) return a.length < b.length;
+        return a.i != b.i ? a.i > b.i : a.j > b.j;
+      };
+      std::priority_queue<Run, std::vector<Run>, decltype(after)> runs(after);
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < m; ++j)
+          if (match[i * m + j] && (i == 0 || j == 0 || !match[(i - 1) * m + j - 1])) {
+            std::size_t length = 0;
+            while (i + length < n && j + length < m && match[(i + length) * m + j + length])
+              ++length;
+            runs.push({length, i, j});
           }
+      while (!runs.empty()) {
+        const Run r = runs.top();
+        runs.pop();
+        auto is_free = [&](std::size_t k) {
+          return hyp_to_ref[r.i + k] < 0 && ref_to_hyp[r.j + k] < 0;
+        };
+        bool intact = true;
+        for (std::size_t k = 0; k < r.length && intact; ++k) intact = is_free(k);
+        if (intact) {
+          for (std::size_t k = 0; k < r.length; ++k) {
+            hyp_to_ref[r.i + k] = static_cast<int>(r.j + k);
+            ref_to_hyp[r.j + k] = static_cast<int>(r.i + k);
+            stage_of[r.i + k] = stage;
+          }
+          continue;
         }
-        long best = -1;
-        for (std::size_t j = 0; j < ref.size(); ++j) {
-          if (ref_to_hyp[j] >= 0 || !same(i, j)) continue;
-          if (best < 0 || std::labs(static_cast<long>(j) - expected) < std::labs(best - expected))
-            best = static_cast<long>(j);
-        }
-        if (best >= 0) {
-          hyp_to_ref[i] = static_cast<int>(best);
-          ref_to_hyp[best] = static_cast<int>(i);
-          stage_of[i] = stage;
+        for (std::size_t k = 0; k < r.length;) {
+          while (k < r.length && !is_free(k)) ++k;
+          const std::size_t start = k;
+          while (k < r.length && is_free(k)) ++k;
+          if (k > start) runs.push({k - start, r.i + start, r.j + start});
         }
       }
     }
