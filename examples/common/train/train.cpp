@@ -47,11 +47,12 @@ using r2gen::R2GenOptions;
 #define IHN_TRAIN_FIELDS(X)                                                                        \
   X(model)                                                                                         \
   X(preset)                                                                                        \
-  X(data) X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) \
-      X(crop) X(threshold) X(max_seq_length) X(visual_depth) X(d_model) X(d_ff) X(num_heads)       \
-          X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model) X(dropout) X(drop_prob_lm)   \
-              X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay) X(amsgrad) X(lr_step)      \
-                  X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn) X(negatives)  \
+  X(data)                                                                                          \
+  X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) X(crop) \
+      X(threshold) X(max_seq_length) X(visual_depth) X(d_model) X(d_ff) X(num_heads) X(num_layers) \
+          X(rm_num_slots) X(rm_num_heads) X(rm_d_model) X(dropout) X(drop_prob_lm) X(epochs)       \
+              X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay) X(amsgrad) X(lr_step) X(lr_gamma)    \
+                  X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn) X(negatives)              \
                       X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(out) X(device)    \
                           X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label)            \
                               X(bootstrap) X(wordnet)
@@ -1077,8 +1078,9 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
         return used ? sum / used : 0.0;
       };
     };
+    std::vector<std::vector<double>> per_seed(2);
     for (int arm = 0; arm < 2; ++arm) {
-      std::vector<double> values;
+      std::vector<double>& values = per_seed[arm];
       for (size_t s = 0; s < seeds; ++s) {
         std::vector<size_t> all(offset[s + 1] - offset[s]);
         std::iota(all.begin(), all.end(), size_t{0});
@@ -1094,6 +1096,10 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
       (arm == 0 ? row.mean_off : row.mean_on) = mean;
       (arm == 0 ? row.ci_off : row.ci_on) = half;
     }
+    for (size_t s = 0; s < seeds; ++s) {
+      const double d = per_seed[1][s] - per_seed[0][s];
+      (std::abs(d) < 1e-12 ? row.seeds_equal : d > 0 ? row.seeds_better : row.seeds_worse)++;
+    }
     const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(1), statistic(0),
                                                 {resamples, seed, 0.95});
     row.difference = pc.difference;
@@ -1108,14 +1114,17 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
 
 std::string compare_markdown(const std::vector<CompareRow>& rows) {
   std::ostringstream o;
-  o << "| metric | without ihn | with ihn | difference [95% CI] | p | significant |\n"
-    << "|---|---|---|---|---|---|\n";
+  o << "| metric | without ihn | with ihn | difference [95% CI] | p | significant | seeds +/=/- "
+       "|\n"
+    << "|---|---|---|---|---|---|---|\n";
   char buf[256];
   for (const auto& r : rows) {
     std::snprintf(buf, sizeof buf,
-                  "| %s | %.4f ± %.4f | %.4f ± %.4f | %+.4f [%+.4f, %+.4f] | %.3f | %s |\n",
+                  "| %s | %.4f ± %.4f | %.4f ± %.4f | %+.4f [%+.4f, %+.4f] | %.3f | %s | %d/%d/%d "
+                  "|\n",
                   r.metric.c_str(), r.mean_off, r.ci_off, r.mean_on, r.ci_on, r.difference, r.lower,
-                  r.upper, r.p_value, r.significant ? "yes" : "no");
+                  r.upper, r.p_value, r.significant ? "yes" : "no", r.seeds_better, r.seeds_equal,
+                  r.seeds_worse);
     o << buf;
   }
   return o.str();
@@ -1130,7 +1139,8 @@ json compare_json(const std::vector<CompareRow>& rows) {
                  {"difference", r.difference},
                  {"difference_ci95", {r.lower, r.upper}},
                  {"p_value", r.p_value},
-                 {"significant", r.significant}});
+                 {"significant", r.significant},
+                 {"seeds_better_equal_worse", {r.seeds_better, r.seeds_equal, r.seeds_worse}}});
   return j;
 }
 

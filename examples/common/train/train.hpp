@@ -135,6 +135,9 @@ struct CompareRow {
   double mean_off = 0, ci_off = 0, mean_on = 0, ci_on = 0;  ///< ci = half-width, 95 %
   double difference = 0, lower = 0, upper = 0, p_value = 1;
   bool significant = false;
+  /// Seeds where with > without, equal, with < without: the bootstrap resamples studies, so a
+  /// difference carried by one or two seeds shows here.
+  int seeds_better = 0, seeds_equal = 0, seeds_worse = 0;
 };
 /// `evaluations[arm][seed]` = evaluate_checkpoint() JSON, arm 0 without ihn, 1 with.
 std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<nlohmann::json>>& evals,
