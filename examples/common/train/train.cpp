@@ -48,7 +48,8 @@ using r2gen::R2GenOptions;
   X(model)                                                                                         \
   X(preset)                                                                                        \
   X(data)                                                                                          \
-  X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) X(crop) \
+  X(ann)                                                                                           \
+  X(images) X(dataset) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) X(crop)        \
       X(threshold) X(max_seq_length) X(visual_depth) X(d_model) X(d_ff) X(num_heads) X(num_layers) \
           X(rm_num_slots) X(rm_num_heads) X(rm_d_model) X(dropout) X(drop_prob_lm) X(epochs)       \
               X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay) X(amsgrad) X(lr_step) X(lr_gamma)    \
@@ -351,10 +352,11 @@ std::string optimizer_bytes(torch::optim::Optimizer& optimizer) {
   archive.save_to(os);
   return os.str();
 }
-void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
+void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes,
+                    torch::Device device) {
   torch::serialize::InputArchive archive;
   std::istringstream is(bytes);
-  archive.load_from(is);
+  archive.load_from(is, device);  // Adam's moments live where the parameters do
   optimizer.load(archive);
 }
 
@@ -555,7 +557,9 @@ TrainResult train(TrainConfig config) {
   if (config.resume) {
     const std::string f = last_path.string();
     load_model(*model, resume_state, f);
-    load_optimizer(optimizer, tensor_bytes(resume_state.at("optimizer")));
+    if (!resume_state.count("optimizer"))
+      throw TrainError(f + ": no optimiser state (not a training checkpoint of ihn train)");
+    load_optimizer(optimizer, tensor_bytes(resume_state.at("optimizer")), device);
     epoch_done = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.epoch", f));
     batch_in_epoch = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.batch", f));
     global_step = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.global_step", f));
