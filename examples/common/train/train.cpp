@@ -44,19 +44,16 @@ using r2gen::R2GenOptions;
 // Configuration
 
 // One list of fields drives to_json and config_from_json, so they cannot drift apart.
-#define IHN_TRAIN_FIELDS(X)                                                                        \
-  X(model)                                                                                         \
-  X(preset)                                                                                        \
-  X(data)                                                                                          \
-  X(ann)                                                                                           \
-  X(images) X(dataset) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) X(crop)        \
-      X(threshold) X(max_seq_length) X(visual_depth) X(d_model) X(d_ff) X(num_heads) X(num_layers) \
-          X(rm_num_slots) X(rm_num_heads) X(rm_d_model) X(dropout) X(drop_prob_lm) X(epochs)       \
-              X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay) X(amsgrad) X(lr_step) X(lr_gamma)    \
-                  X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn) X(negatives)              \
-                      X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(out) X(device)    \
-                          X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label)            \
-                              X(bootstrap) X(wordnet)
+// clang-format off
+#define IHN_TRAIN_FIELDS(X)                                                                      \
+  X(model) X(preset) X(data) X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed)          \
+  X(synth_image_size) X(resize) X(crop) X(threshold) X(max_seq_length) X(visual_depth)           \
+  X(d_model) X(d_ff) X(num_heads) X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model)    \
+  X(dropout) X(drop_prob_lm) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
+  X(amsgrad) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn)       \
+  X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(out) X(device)         \
+  X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label) X(bootstrap) X(wordnet)
+// clang-format on
 
 json to_json(const TrainConfig& c) {
   json j;
