@@ -45,7 +45,8 @@ TrainConfig tiny(const std::string& out) {
 ihn::StateDict model_entries(const std::filesystem::path& file) {
   ihn::StateDict out;
   for (auto& [k, v] : ihn::load_state(file))
-    if (k.rfind("model.", 0) == 0 || k.rfind("ihn.", 0) == 0) out.emplace(k, v);
+    if (k.rfind("model.", 0) == 0 || k.rfind("ihn.", 0) == 0 || k.rfind("official.", 0) == 0)
+      out.emplace(k, v);
   return out;
 }
 
@@ -102,6 +103,28 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   other.seed = 1;
   other.epochs = 1;
   REQUIRE(ihn_examples::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
+}
+
+TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[train]") {
+  const auto root = ihn_test::scratch_dir("train_official");
+  auto full = tiny((root / "full").string());
+  full.ihn = "official";
+  full.schedule = "exp:0.01";
+  const auto r_full = ihn_examples::train::train(full);
+  REQUIRE(r_full.epochs_done == 2);
+  auto half = full;
+  half.out = (root / "half").string();
+  half.epochs = 1;
+  ihn_examples::train::train(half);
+  half.epochs = 2;
+  half.resume = true;
+  REQUIRE(ihn_examples::train::train(half).epoch_losses == r_full.epoch_losses);
+  require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
+  // The heads and temperatures are in the checkpoint and were trained.
+  const auto state = ihn::load_state(root / "full" / "last.pt");
+  REQUIRE(state.count("official.temp_1"));
+  REQUIRE(state.at("official.temp_1").item<double>() != Approx(std::log(1 / 0.07)).epsilon(1e-9));
+  REQUIRE(state.count("official.image_proj.linear1.weight"));
 }
 
 TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
@@ -173,7 +196,12 @@ TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
 TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   auto c = tiny("unused");
   c.ihn = "official";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("not yet"));
+  c.schedule = "linear:10";
+  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("exp:ALPHA"));
+  c.schedule = "exp:0.01";
+  REQUIRE_NOTHROW(ihn_examples::train::validate(c));
+  c.ihn = "sometimes";
+  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--ihn sometimes"));
   c.ihn = "paper";
   c.schedule = "exp:";
   REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--schedule"));

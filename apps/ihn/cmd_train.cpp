@@ -126,6 +126,14 @@ void add_train_command(CLI::App& app) {
   = masked mean of the decoder states; ids = training-set indices; reports with the same
   cleaned text are never each other's negatives.
 
+  With --ihn official, the authors' released loss instead (include/ihn/official.hpp:
+  0.7 L_gen + 0.1 L_cp + 0.2 L_cs, harder negative synthesised in closed form with
+  lambda = exp(-alpha epoch), alpha from --schedule exp:ALPHA). It adds two projection heads
+  and two learned temperatures (a third optimiser group). The release retrieves one negative
+  (image, report) pair per sample offline and runs it through the network again; here the
+  negative pair is the closest other study of the batch (report features, different text),
+  from the same forward pass.
+
 PRESETS
   paper       ResNet-101, 224 px, d_model 512, 3 layers, 100 epochs, StepLR 50/0.1, exp:0.01
   cpu-small   ResNet-18, 64 px, d_model 128, 1 layer, 10 epochs, lr x10 (from scratch),

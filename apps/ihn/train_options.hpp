@@ -53,7 +53,9 @@ class RecipeOptions {
     add(cmd, "--bootstrap", s.bootstrap, "Resamples for the test-set intervals (1000)",
         &C::bootstrap);
     if (with_ihn) {
-      add(cmd, "--ihn", s.ihn, "Hard negatives: off, paper (official: not yet)", &C::ihn);
+      add(cmd, "--ihn", s.ihn,
+          "Hard negatives: off, paper or official (the released loss; see ihn train --help)",
+          &C::ihn);
     }
     add(cmd, "--negatives", s.negatives, "ihn: hard negatives per sample K (4)", &C::negatives);
     add(cmd, "--ihn-weight", s.ihn_weight, "ihn: weight of the alignment term (0.1)",

@@ -7,6 +7,7 @@
 
 #include <ihn/eval.hpp>
 #include <ihn/hooks.hpp>
+#include <ihn/official.hpp>
 #include <ihn/state.hpp>
 
 #include "data/annotation.hpp"
@@ -162,6 +163,13 @@ ihn::HardnessSchedule parse_schedule(const std::string& text) {
   return s;
 }
 
+void schedule_alpha_check(const std::string& schedule) {
+  parse_schedule(schedule);
+  if (schedule.rfind("exp:", 0) != 0)
+    throw TrainError("--ihn official follows the release's exp:ALPHA schedule; got --schedule " +
+                     schedule);
+}
+
 }  // namespace
 
 void validate(const TrainConfig& c) {
@@ -193,10 +201,7 @@ void validate(const TrainConfig& c) {
     throw TrainError("--crop must be > 0 and --resize >= --crop");
   if (c.ihn != "off" && c.ihn != "paper" && c.ihn != "official")
     throw TrainError("--ihn " + c.ihn + ": use off, paper or official");
-  if (c.ihn == "official")
-    throw TrainError(
-        "--ihn official is not yet wired into the trainer (the loss itself is in "
-        "include/ihn/official.hpp); use --ihn paper");
+  if (c.ihn == "official") schedule_alpha_check(c.schedule);
   if (c.ihn == "paper") {
     if (c.negatives < 0) throw TrainError("--negatives must be >= 0");
     if (!(c.ihn_weight >= 0)) throw TrainError("--ihn-weight must be >= 0");
@@ -484,6 +489,78 @@ ihn::eval::MeteorOptions meteor_options(const std::string& wordnet, std::string*
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
+// The official-compatible mode as a callback
+
+namespace {
+
+/// `--ihn official`: the authors' released loss (ihn::official_loss_terms) through the same
+/// callback interface. It adds weights — two projection heads and two learned temperatures —
+/// trained in a third optimiser group. The release feeds an offline-retrieved negative
+/// (image, report) pair through the network a second time; here each sample's negative pair is
+/// the batch's closest other study by report feature with a different report text (top-1
+/// retrieval within the batch), whose features come from the same forward pass.
+struct OfficialHeadsImpl : torch::nn::Module {
+  explicit OfficialHeadsImpl(int64_t d)
+      : image(register_module("image_proj", ihn::OfficialProjection(d, d))),
+        report(register_module("report_proj", ihn::OfficialProjection(d, d))),
+        log_temperature_pos(register_parameter("temp_1", torch::full({}, std::log(1 / 0.07)))),
+        log_temperature_hard(register_parameter("temp_3", torch::full({}, std::log(1 / 0.07)))) {}
+  ihn::OfficialProjection image, report;
+  torch::Tensor log_temperature_pos, log_temperature_hard;
+};
+TORCH_MODULE(OfficialHeads);
+
+class OfficialCallback : public ihn::Callback {
+ public:
+  OfficialCallback(OfficialHeads heads, double alpha) : heads_(std::move(heads)), alpha_(alpha) {}
+  void on_train_epoch_start(int64_t epoch) override { epoch_ = epoch; }
+  void on_before_backward(ihn::BatchContext& ctx) override {
+    const int64_t b = ctx.image_features.size(0);
+    auto z = heads_->image->forward(ctx.image_features);
+    auto u = heads_->report->forward(ctx.report_features);
+    // Closest other study with a different report (detached choice); itself when none.
+    auto sim = u.detach().matmul(u.detach().t());
+    std::vector<uint8_t> same(static_cast<size_t>(b * b), 0);
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t j = 0; j < b; ++j)
+        same[static_cast<size_t>(i * b + j)] =
+            i == j || (!ctx.report_keys.empty() && ctx.report_keys[i] == ctx.report_keys[j]);
+    auto blocked =
+        torch::from_blob(same.data(), {b, b}, torch::kUInt8).to(sim.device(), torch::kBool);
+    auto pick = sim.masked_fill(blocked, -1e9).argmax(1);
+    const double lambda = ihn::official_lambda(alpha_, epoch_);
+    auto terms = ihn::official_loss_terms(z, u, z.index_select(0, pick), u.index_select(0, pick),
+                                          heads_->log_temperature_pos, heads_->log_temperature_hard,
+                                          lambda, false);
+    ctx.loss = ihn::official_total_loss(ctx.loss, terms);
+    ctx.logs["ihn/l_cp"] = terms.l_cp.item<double>();
+    ctx.logs["ihn/l_cs"] = terms.l_cs.item<double>();
+    ctx.logs["ihn/hardness"] = 1 - lambda;
+  }
+  void on_save_checkpoint(ihn::StateDict& state) const override {
+    for (const auto& p : heads_->named_parameters()) state["official." + p.key()] = p.value();
+  }
+  void on_load_checkpoint(const ihn::StateDict& state) override {
+    torch::NoGradGuard no_grad;
+    for (auto& p : heads_->named_parameters()) p.value().copy_(state.at("official." + p.key()));
+  }
+
+ private:
+  OfficialHeads heads_;
+  double alpha_;
+  int64_t epoch_ = 1;
+};
+
+double schedule_alpha(const std::string& schedule) {
+  if (schedule.rfind("exp:", 0) != 0)
+    throw TrainError("--ihn official uses the release's exp:ALPHA schedule, not '" + schedule +
+                     "'");
+  return std::stod(schedule.substr(4));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
 // Training
 
 TrainResult train(TrainConfig config) {
@@ -530,6 +607,19 @@ TrainResult train(TrainConfig config) {
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));
   groups.emplace_back(ed_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+  OfficialHeads official_heads{nullptr};
+  if (config.ihn == "official") {
+    // The heads draw from their own seed and leave torch's generator where it was, so dropout
+    // sees the same draws as the run without ihn.
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    const auto saved = generator.get_state();
+    torch::manual_seed(config.seed + 1);
+    official_heads = OfficialHeads(config.d_model);
+    generator.set_state(saved);
+    official_heads->to(device);
+    groups.emplace_back(official_heads->parameters(),
+                        std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+  }
   torch::optim::Adam optimizer(std::move(groups), adam(config.lr_ed));
 
   std::vector<std::shared_ptr<ihn::Callback>> callbacks;
@@ -544,6 +634,9 @@ TrainResult train(TrainConfig config) {
             .ascent_steps(config.ascent_steps)
             .seed(config.seed),
         device));
+  if (config.ihn == "official")
+    callbacks.push_back(
+        std::make_shared<OfficialCallback>(official_heads, schedule_alpha(config.schedule)));
 
   // Trainer state (all of it goes into the checkpoint).
   int64_t epoch_done = 0, batch_in_epoch = 0, global_step = 0, best_epoch = 0, bad_epochs = 0;
@@ -627,8 +720,9 @@ TrainResult train(TrainConfig config) {
         std::pow(config.lr_gamma, static_cast<double>((epoch - 1) / config.lr_step));
     static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[0].options())
         .lr(config.lr_ve * factor);
-    static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[1].options())
-        .lr(config.lr_ed * factor);
+    for (size_t g = 1; g < optimizer.param_groups().size(); ++g)
+      static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[g].options())
+          .lr(config.lr_ed * factor);
     for (auto& cb : callbacks) cb->on_train_epoch_start(epoch);
 
     model->train();
