@@ -1,0 +1,135 @@
+// R2Gen port timings, the counterpart of shared/baselines/bench_train.py and bench_decode.py:
+// one training step as the official trainer's loop body (forward, compute_loss, zero_grad,
+// backward, clip_grad_value_(0.1), Adam amsgrad with the two learning-rate groups) and one
+// beam-3 / greedy decode of a batch of 16 IU X-Ray studies (two views), random weights.
+//
+//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [MALLOC]
+//     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
+//     WHAT  train | beam | greedy
+//     MALLOC glibc (default: glibc's defaults, as the Python baseline) | keep (mallopt: never mmap,
+//            never trim, so freed tensor buffers are reused instead of page-faulted back in; the
+//            same setting as the baseline's MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ experiment)
+// Prints one JSON line per run (median and all repetitions, seconds). The reports are random
+// ids with the baseline batch's shape (16 x 60, 617 mask tokens): the cost does not depend on
+// the ids, and the tokenizer is not needed.
+#include <malloc.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "r2gen.hpp"
+
+namespace r2 = ihn_examples::r2gen;
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string json_times(const std::vector<double>& t) {
+  auto s = t;
+  std::sort(s.begin(), s.end());
+  const double median =
+      s.size() % 2 ? s[s.size() / 2] : 0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]);
+  std::string all;
+  for (size_t i = 0; i < t.size(); ++i) all += (i ? ", " : "") + std::to_string(t[i]);
+  return "{\"median\": " + std::to_string(median) + ", \"min\": " + std::to_string(s.front()) +
+         ", \"max\": " + std::to_string(s.back()) + ", \"all\": [" + all + "]}";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::cerr << "usage: bench_r2gen small|paper train|beam|greedy [WARMUP REPS] [THREADS]\n";
+    return 2;
+  }
+  const std::string cfg = argv[1], what = argv[2];
+  const int warmup = argc > 3 ? std::stoi(argv[3]) : 2;
+  const int reps = argc > 4 ? std::stoi(argv[4]) : 5;
+  const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
+  const std::string malloc_mode = argc > 6 ? argv[6] : "glibc";
+  if (malloc_mode == "keep") {
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+  torch::set_num_threads(threads);
+  torch::manual_seed(9233);
+
+  const int64_t vocab = 760, batch = 16, max_len = 60;
+  auto options = cfg == "paper" ? r2::R2GenOptions(vocab) : r2::R2GenOptions::small(vocab);
+  const int64_t image = cfg == "paper" ? 224 : 128;
+  r2::R2GenModel model(options);
+
+  auto images = torch::randn({batch, 2, 3, image, image});
+  // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
+  auto ids = torch::zeros({batch, max_len}, torch::kLong);
+  auto masks = torch::zeros({batch, max_len});
+  std::vector<int64_t> lengths = {60, 60, 22, 35, 41, 28, 36, 45, 30, 33, 38, 40, 44, 50, 25, 30};
+  for (int64_t b = 0; b < batch; ++b) {
+    const auto len = lengths[b];
+    ids[b].narrow(0, 1, len - 2).copy_(torch::randint(1, vocab + 1, {len - 2}));
+    masks[b].narrow(0, 0, len).fill_(1);
+  }
+
+  std::vector<double> times;
+  int64_t generated = 0;
+  double last_loss = 0;
+  if (what == "train") {
+    model->train();
+    std::vector<torch::Tensor> ve, ed;
+    for (auto& p : model->visual_extractor->parameters()) ve.push_back(p);
+    for (auto& p : model->encoder_decoder->parameters()) ed.push_back(p);
+    // Official build_optimizer: Adam, amsgrad, weight decay 5e-5, lr_ve 5e-5 / lr_ed 1e-4.
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(ve, std::make_unique<torch::optim::AdamOptions>(
+                                torch::optim::AdamOptions(5e-5).weight_decay(5e-5).amsgrad(true)));
+    groups.emplace_back(ed, std::make_unique<torch::optim::AdamOptions>(
+                                torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true)));
+    torch::optim::Adam optimizer(std::move(groups),
+                                 torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true));
+    auto params = model->parameters();
+    for (int i = 0; i < warmup + reps; ++i) {
+      const double t0 = now();
+      auto out = model->forward(images, ids, masks);
+      auto loss = r2::compute_loss(out.logprobs, ids, masks);
+      last_loss = loss.item<double>();
+      optimizer.zero_grad();
+      loss.backward();
+      torch::nn::utils::clip_grad_value_(params, 0.1);
+      optimizer.step();
+      if (i >= warmup) times.push_back(now() - t0);
+    }
+  } else if (what == "beam" || what == "greedy") {
+    model->eval();
+    for (int i = 0; i < warmup + reps; ++i) {
+      const double t0 = now();
+      torch::Tensor seq;
+      if (what == "beam")
+        seq = model->beam_search(images, r2::BeamSearchOptions().beam_size(3).max_length(max_len))
+                  .seq;
+      else
+        seq = model->greedy(images, r2::GreedyOptions().max_length(max_len)).seq;
+      if (i >= warmup) times.push_back(now() - t0);
+      generated = seq.ne(0).sum(1).max().item<int64_t>();
+    }
+  } else {
+    std::cerr << "unknown WHAT " << what << "\n";
+    return 2;
+  }
+  std::printf(
+      "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"r2gen\", \"cfg\": \"%s\", "
+      "\"threads\": %d, \"malloc\": \"%s\", \"warmup\": %d, \"reps\": %d, \"batch\": %ld, "
+      "\"image\": %ld, "
+      "\"loss\": %.6f, \"max_generated_len\": %ld, \"seconds\": %s}\n",
+      what.c_str(), cfg.c_str(), threads, malloc_mode.c_str(), warmup, reps,
+      static_cast<long>(batch), static_cast<long>(image), last_loss, static_cast<long>(generated),
+      json_times(times).c_str());
+  return 0;
+}

@@ -1,0 +1,382 @@
+// Implementation of the shared blocks (transformer.hpp, resnet.hpp) and of the generic decoders
+// (decoding.hpp), in one translation unit: every TU that includes torch costs ~20 s to compile.
+#include "transformer.hpp"
+
+#include "decoding.hpp"
+#include "resnet.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace ihn_examples::nn {
+
+// ---------------------------------------------------------------------------------------------
+// Transformer blocks
+
+LayerNormImpl::LayerNormImpl(int64_t features, double eps_)
+    : gamma(register_parameter("gamma", torch::ones({features}))),
+      beta(register_parameter("beta", torch::zeros({features}))),
+      eps(eps_) {}
+
+std::pair<torch::Tensor, torch::Tensor> layer_norm_parts(const torch::Tensor& x, double eps) {
+  auto mean = x.mean(-1, /*keepdim=*/true);
+  auto std = x.std(-1, /*unbiased=*/true, /*keepdim=*/true);
+  return {x - mean, std + eps};
+}
+
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
+  auto [centered, denom] = layer_norm_parts(x, eps);
+  // Python's order: ((gamma * (x - mean)) / (std + eps)) + beta.
+  return gamma * centered / denom + beta;
+}
+
+MultiHeadedAttentionImpl::MultiHeadedAttentionImpl(const MultiHeadedAttentionOptions& options_)
+    : options(options_),
+      d_k(options_.d_model() / options_.heads()),
+      linears(register_module("linears", torch::nn::ModuleList())) {
+  if (options.d_model() % options.heads() != 0)
+    throw std::invalid_argument("MultiHeadedAttention: d_model " +
+                                std::to_string(options.d_model()) + " is not divisible by heads " +
+                                std::to_string(options.heads()));
+  for (int i = 0; i < 4; ++i)
+    linears->push_back(torch::nn::Linear(options.d_model(), options.d_model()));
+}
+
+torch::Tensor MultiHeadedAttentionImpl::project(int64_t i, const torch::Tensor& x) {
+  auto y = linears[i]->as<torch::nn::Linear>()->forward(x);
+  return y.view({x.size(0), -1, options.heads(), d_k}).transpose(1, 2);
+}
+
+torch::Tensor MultiHeadedAttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
+                                               const torch::Tensor& v, const torch::Tensor& mask) {
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(d_k));
+  if (mask.defined()) {
+    // (B, Lq, Lk) -> (B, 1, Lq, Lk): one mask for all heads.
+    auto m = mask.dim() == 3 ? mask.unsqueeze(1) : mask;
+    scores = scores.masked_fill(m.logical_not(), options.masked_fill());
+  }
+  auto p = torch::softmax(scores, -1);
+  if (options.dropout() > 0 && is_training()) p = torch::dropout(p, options.dropout(), true);
+  return torch::matmul(p, v);
+}
+
+torch::Tensor MultiHeadedAttentionImpl::merge(const torch::Tensor& heads) {
+  auto x = heads.transpose(1, 2).contiguous().view({heads.size(0), -1, options.heads() * d_k});
+  return linears[3]->as<torch::nn::Linear>()->forward(x);
+}
+
+torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query,
+                                                const torch::Tensor& key,
+                                                const torch::Tensor& value,
+                                                const torch::Tensor& mask) {
+  return merge(attend(project(0, query), project(1, key), project(2, value), mask));
+}
+
+PositionwiseFeedForwardImpl::PositionwiseFeedForwardImpl(int64_t d_model, int64_t d_ff,
+                                                         double dropout_)
+    : w_1(register_module("w_1", torch::nn::Linear(d_model, d_ff))),
+      w_2(register_module("w_2", torch::nn::Linear(d_ff, d_model))),
+      dropout(dropout_) {}
+
+torch::Tensor PositionwiseFeedForwardImpl::forward(const torch::Tensor& x) {
+  return w_2(torch::dropout(torch::relu(w_1(x)), dropout, is_training()));
+}
+
+EmbeddingsImpl::EmbeddingsImpl(int64_t d_model_, int64_t vocab)
+    : lut(register_module("lut", torch::nn::Embedding(vocab, d_model_))), d_model(d_model_) {}
+
+torch::Tensor EmbeddingsImpl::forward(const torch::Tensor& x) {
+  return lut(x) * std::sqrt(static_cast<double>(d_model));
+}
+
+torch::Tensor PositionalEncodingImpl::table(int64_t max_len, int64_t d_model) {
+  // Same float32 operations as the Python constructor.
+  auto pe = torch::zeros({max_len, d_model});
+  auto position = torch::arange(0, max_len).unsqueeze(1).to(torch::kFloat);
+  auto div_term = torch::exp(torch::arange(0, d_model, 2).to(torch::kFloat) *
+                             -(std::log(10000.0) / static_cast<double>(d_model)));
+  using torch::indexing::None;
+  using torch::indexing::Slice;
+  pe.index_put_({Slice(), Slice(0, None, 2)}, torch::sin(position * div_term));
+  pe.index_put_({Slice(), Slice(1, None, 2)}, torch::cos(position * div_term));
+  return pe.unsqueeze(0);
+}
+
+PositionalEncodingImpl::PositionalEncodingImpl(int64_t d_model, double dropout_, int64_t max_len)
+    : pe(register_buffer("pe", table(max_len, d_model))), dropout(dropout_) {}
+
+torch::Tensor PositionalEncodingImpl::forward(const torch::Tensor& x, int64_t offset) {
+  if (offset + x.size(1) > pe.size(1))
+    throw std::out_of_range("PositionalEncoding: positions up to " +
+                            std::to_string(offset + x.size(1)) + " exceed max_len " +
+                            std::to_string(pe.size(1)));
+  auto y = x + pe.narrow(1, offset, x.size(1));
+  return torch::dropout(y, dropout, is_training());
+}
+
+SublayerConnectionImpl::SublayerConnectionImpl(int64_t d_model, double dropout_)
+    : norm(register_module("norm", LayerNorm(d_model))), dropout(dropout_) {}
+
+torch::Tensor SublayerConnectionImpl::forward(
+    const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& sublayer) {
+  return x + torch::dropout(sublayer(norm(x)), dropout, is_training());
+}
+
+torch::Tensor subsequent_mask(int64_t size, const torch::Device& device) {
+  return torch::ones({1, size, size}, torch::TensorOptions().dtype(torch::kBool).device(device))
+      .tril();
+}
+
+// ---------------------------------------------------------------------------------------------
+// ResNet (torchvision layout)
+
+namespace {
+torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding) {
+  return torch::nn::Conv2d(
+      torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false));
+}
+}  // namespace
+
+ResNetBlockImpl::ResNetBlockImpl(bool bottleneck_, int64_t in_planes, int64_t planes,
+                                 int64_t stride)
+    : bottleneck(bottleneck_) {
+  const int64_t expansion = bottleneck ? 4 : 1;
+  if (bottleneck) {
+    conv1 = register_module("conv1", conv(in_planes, planes, 1, 1, 0));
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+    conv2 = register_module("conv2", conv(planes, planes, 3, stride, 1));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+    conv3 = register_module("conv3", conv(planes, planes * expansion, 1, 1, 0));
+    bn3 = register_module("bn3", torch::nn::BatchNorm2d(planes * expansion));
+  } else {
+    conv1 = register_module("conv1", conv(in_planes, planes, 3, stride, 1));
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(planes));
+    conv2 = register_module("conv2", conv(planes, planes, 3, 1, 1));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(planes));
+  }
+  if (stride != 1 || in_planes != planes * expansion) {
+    downsample = register_module(
+        "downsample", torch::nn::Sequential(conv(in_planes, planes * expansion, 1, stride, 0),
+                                            torch::nn::BatchNorm2d(planes * expansion)));
+  }
+}
+
+torch::Tensor ResNetBlockImpl::forward(const torch::Tensor& x) {
+  auto out = torch::relu(bn1(conv1(x)));
+  if (bottleneck) {
+    out = torch::relu(bn2(conv2(out)));
+    out = bn3(conv3(out));
+  } else {
+    out = bn2(conv2(out));
+  }
+  auto identity = downsample ? downsample->forward(x) : x;
+  return torch::relu(out + identity);
+}
+
+namespace {
+std::pair<bool, std::vector<int64_t>> resnet_layout(int64_t depth) {
+  switch (depth) {
+    case 18:
+      return {false, {2, 2, 2, 2}};
+    case 34:
+      return {false, {3, 4, 6, 3}};
+    case 50:
+      return {true, {3, 4, 6, 3}};
+    case 101:
+      return {true, {3, 4, 23, 3}};
+    case 152:
+      return {true, {3, 8, 36, 3}};
+    default:
+      throw std::invalid_argument("ResNet depth " + std::to_string(depth) +
+                                  " is not one of 18, 34, 50, 101, 152");
+  }
+}
+}  // namespace
+
+int64_t resnet_out_channels(int64_t depth) {
+  return resnet_layout(depth).first ? 2048 : 512;
+}
+
+torch::nn::Sequential make_resnet_trunk(int64_t depth) {
+  auto [bottleneck, blocks] = resnet_layout(depth);
+  const int64_t expansion = bottleneck ? 4 : 1;
+  torch::nn::Sequential trunk(
+      conv(3, 64, 7, 2, 3), torch::nn::BatchNorm2d(64), torch::nn::ReLU(),
+      torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(3).stride(2).padding(1)));
+  int64_t in_planes = 64;
+  for (int layer = 0; layer < 4; ++layer) {
+    const int64_t planes = 64 << layer;
+    ResNetStage stage;
+    for (int64_t b = 0; b < blocks[layer]; ++b) {
+      const int64_t stride = (b == 0 && layer > 0) ? 2 : 1;
+      stage->push_back(ResNetBlock(bottleneck, in_planes, planes, stride));
+      in_planes = planes * expansion;
+    }
+    trunk->push_back(stage);
+  }
+  // torchvision's init (kaiming fan_out for convs, BN weight 1 / bias 0); ImageNet weights are
+  // not available here, a checkpoint replaces these.
+  for (auto& m : trunk->modules(/*include_self=*/false)) {
+    if (auto* c = m->as<torch::nn::Conv2d>()) {
+      torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    }
+  }
+  return trunk;
+}
+
+VisualExtractorImpl::VisualExtractorImpl(const VisualExtractorOptions& options_)
+    : options(options_), model(register_module("model", make_resnet_trunk(options_.depth()))) {}
+
+VisualFeatures VisualExtractorImpl::forward(const torch::Tensor& images) {
+  if (images.dim() != 4 || images.size(1) != 3)
+    throw std::invalid_argument("VisualExtractor: images must be (B, 3, H, W), got " +
+                                c10::str(images.sizes()));
+  auto map = model->forward(images);  // (B, C, h, w)
+  const auto B = map.size(0), C = map.size(1);
+  // The official AvgPool2d(7) on the 7x7 map of a 224x224 input is the global average.
+  auto avg = map.mean({2, 3});
+  auto patch = map.reshape({B, C, -1}).permute({0, 2, 1});
+  return {patch, avg};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+GreedyResult greedy_decode(IncrementalDecoder& decoder, int64_t batch_size,
+                           const GreedyOptions& options, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  const auto T = options.max_length();
+  auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto seq = torch::full({batch_size, T}, 0, long_opts);  // pad_idx = 0
+  torch::Tensor seq_logprobs;
+  // Host copy of the chosen ids for the trigram bookkeeping (upstream reads them with .item()).
+  std::vector<std::vector<int64_t>> host(batch_size);
+  // Per row: (a, b) -> continuations seen after (a, b), with multiplicity (upstream appends
+  // to a list, and every entry adds one penalty unit).
+  std::vector<std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>>> trigrams(batch_size);
+  auto it = torch::full({batch_size}, options.bos(), long_opts);
+  torch::Tensor unfinished;
+  for (int64_t t = 0; t <= T; ++t) {
+    auto logprobs = decoder.step(it);
+    if (!seq_logprobs.defined())
+      seq_logprobs = torch::zeros({batch_size, T, logprobs.size(1)}, logprobs.options());
+    if (options.block_trigrams() && t >= 3) {
+      auto mask_cpu = torch::zeros(logprobs.sizes(), torch::kFloat);
+      auto m = mask_cpu.accessor<float, 2>();
+      for (int64_t i = 0; i < batch_size; ++i) {
+        const auto& s = host[i];
+        std::pair<int64_t, int64_t> prev_two{s[t - 3], s[t - 2]};
+        trigrams[i][prev_two].push_back(s[t - 1]);
+        std::pair<int64_t, int64_t> last_two{s[t - 2], s[t - 1]};
+        auto found = trigrams[i].find(last_two);
+        if (found != trigrams[i].end())
+          for (auto j : found->second) m[i][j] += 1;
+      }
+      // Same float32 operations as upstream: logprobs + (mask * -0.693 * alpha), alpha = 2.
+      logprobs = logprobs + (mask_cpu.to(logprobs.device()) * -0.693 * 2.0);
+    }
+    if (t == T) break;
+    auto [sample_logprobs, next] = logprobs.max(1);
+    (void)sample_logprobs;
+    if (t == 0) {
+      unfinished = next != options.eos();
+    } else {
+      next = next.masked_fill(unfinished.logical_not(), 0);
+      logprobs = logprobs * unfinished.unsqueeze(1).to(logprobs.dtype());
+      unfinished = unfinished.logical_and(next != options.eos());
+    }
+    seq.select(1, t).copy_(next);
+    seq_logprobs.select(1, t).copy_(logprobs);
+    auto next_cpu = next.cpu();
+    for (int64_t i = 0; i < batch_size; ++i) host[i].push_back(next_cpu[i].item<int64_t>());
+    if (unfinished.sum().item<int64_t>() == 0) break;
+    it = next;
+  }
+  return {seq, seq_logprobs};
+}
+
+BeamSearchResult beam_search(IncrementalDecoder& decoder, int64_t batch_size,
+                             const BeamSearchOptions& options, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  const int64_t beam = options.beam_size();
+  const int64_t T = options.max_length();
+  auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  // First step: BOS on one row per study, then every study gets `beam` identical rows.
+  auto logprobs = decoder.step(torch::full({batch_size}, options.bos(), long_opts));
+  const int64_t V = logprobs.size(1);
+  decoder.expand(beam);
+  auto beam_seq = torch::zeros({batch_size, beam, 0}, long_opts);
+  auto beam_seq_logprobs = torch::zeros({batch_size, beam, 0, V}, logprobs.options());
+  auto beam_logprobs_sum = torch::zeros({batch_size, beam}, logprobs.options());
+  std::vector<std::vector<Beam>> done(batch_size);
+  auto batch_offsets = torch::arange(batch_size, long_opts).unsqueeze(-1);
+
+  for (int64_t t = 0; t < T; ++t) {
+    // beam_step (caption_model.py): rows of logprobs are (study, beam) at t > 0, (study) at t = 0.
+    auto lp = logprobs.reshape({batch_size, -1, V});
+    auto sums = t == 0 ? beam_logprobs_sum.narrow(1, 0, 1) : beam_logprobs_sum;
+    auto candidates = sums.unsqueeze(-1) + lp;
+    auto [ys, ix] = torch::sort(candidates.reshape({batch_size, -1}), -1, /*descending=*/true);
+    ys = ys.narrow(1, 0, beam);
+    ix = ix.narrow(1, 0, beam);
+    auto beam_ix = ix.div(V, "floor");
+    auto selected = ix.remainder(V);
+    if (t > 0) {
+      beam_seq = beam_seq.gather(1, beam_ix.unsqueeze(-1).expand_as(beam_seq));
+      beam_seq_logprobs = beam_seq_logprobs.gather(
+          1, beam_ix.unsqueeze(-1).unsqueeze(-1).expand_as(beam_seq_logprobs));
+    }
+    beam_seq = torch::cat({beam_seq, selected.unsqueeze(-1)}, -1);
+    beam_logprobs_sum = sums.gather(1, beam_ix) + lp.reshape({batch_size, -1}).gather(1, ix);
+    auto beam_logprobs = lp.gather(1, beam_ix.unsqueeze(-1).expand({-1, -1, V}));
+    beam_seq_logprobs = torch::cat({beam_seq_logprobs, beam_logprobs.unsqueeze(2)}, 2);
+    // The decoder rows after expand() are (study, beam); at t = 0 every beam of a study holds the
+    // same state, so only later steps need a reorder.
+    if (t > 0) {
+      auto rows = (beam_ix + batch_offsets * beam).reshape(-1);
+      decoder.reorder(rows);
+    }
+
+    auto last = beam_seq.select(2, t);
+    auto is_end = last.eq(options.eos());
+    if (t == T - 1) is_end.fill_(true);
+    auto is_end_cpu = is_end.cpu();
+    auto sums_cpu = beam_logprobs_sum.to(torch::kCPU, torch::kDouble);
+    for (int64_t b = 0; b < batch_size; ++b) {
+      for (int64_t v = 0; v < beam; ++v) {
+        if (!is_end_cpu[b][v].item<bool>()) continue;
+        Beam fb;
+        fb.seq = beam_seq[b][v].clone();
+        fb.logps = beam_seq_logprobs[b][v].clone();
+        fb.logprob_sum = sums_cpu[b][v].item<double>();
+        done[b].push_back(std::move(fb));
+      }
+    }
+    // Upstream keeps finished beams alive with their sum lowered by 1000.
+    beam_logprobs_sum = beam_logprobs_sum - is_end.to(beam_logprobs_sum.dtype()) * 1000;
+    if (t == T - 1) break;  // upstream computes one more step whose result is never used
+    logprobs = decoder.step(last.reshape(-1));
+  }
+
+  BeamSearchResult result;
+  result.seq = torch::zeros({batch_size, T}, long_opts);
+  result.seq_logprobs = torch::zeros({batch_size, T, V}, logprobs.options());
+  for (int64_t b = 0; b < batch_size; ++b) {
+    auto& beams = done[b];
+    // Python's sorted() is stable: equal sums keep their order of completion.
+    std::stable_sort(beams.begin(), beams.end(),
+                     [](const Beam& x, const Beam& y) { return x.logprob_sum > y.logprob_sum; });
+    if (static_cast<int64_t>(beams.size()) > beam) beams.resize(beam);
+    const auto len = beams[0].seq.size(0);
+    result.seq[b].narrow(0, 0, len).copy_(beams[0].seq);
+    result.seq_logprobs[b].narrow(0, 0, len).copy_(beams[0].logps);
+  }
+  result.beams = std::move(done);
+  return result;
+}
+
+}  // namespace ihn_examples::nn

@@ -1,0 +1,111 @@
+// Building blocks of the "Annotated Transformer" as R2Gen and R2GenCMN use them, written once
+// for both ports: the custom LayerNorm (unbiased std, eps added to the std), multi-head
+// attention with a configurable masked-score fill (-1e9 in R2Gen, -inf in CMN), the position-wise
+// feed-forward block, token embeddings scaled by sqrt(d_model), the sinusoidal positional
+// encoding stored as buffer `pe`, and the pre-norm residual connection. Member names equal the
+// Python attribute names so that `named_parameters()` gives the official state_dict keys.
+//
+// Attention also exposes its pieces (project / attend / merge) so that incremental decoders can
+// cache the key/value projections of earlier positions instead of re-running the prefix.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <limits>
+
+namespace ihn_examples::nn {
+
+/// gamma * (x - mean) / (std + eps) + beta, std unbiased: this is NOT torch::nn::LayerNorm.
+struct LayerNormImpl : torch::nn::Module {
+  explicit LayerNormImpl(int64_t features, double eps = 1e-6);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor gamma, beta;
+  double eps;
+};
+TORCH_MODULE(LayerNorm);
+
+/// The normalised input (x - mean) / (std + eps) pieces, shared with the conditional LayerNorm.
+/// Returns {x - mean, std + eps} so callers keep Python's operation order for bitwise-close
+/// results.
+std::pair<torch::Tensor, torch::Tensor> layer_norm_parts(const torch::Tensor& x, double eps);
+
+struct MultiHeadedAttentionOptions {
+  MultiHeadedAttentionOptions(int64_t heads, int64_t d_model) : heads_(heads), d_model_(d_model) {}
+  TORCH_ARG(int64_t, heads);
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(double, dropout) = 0.1;
+  /// Score written where the mask is 0: R2Gen uses -1e9, R2GenCMN -inf.
+  TORCH_ARG(double, masked_fill) = -1e9;
+};
+
+struct MultiHeadedAttentionImpl : torch::nn::Module {
+  explicit MultiHeadedAttentionImpl(const MultiHeadedAttentionOptions& options);
+
+  /// query (B, Lq, d), key/value (B, Lk, d); mask broadcastable to (B, Lq, Lk) (0 = masked) or
+  /// undefined.
+  torch::Tensor forward(const torch::Tensor& query, const torch::Tensor& key,
+                        const torch::Tensor& value, const torch::Tensor& mask = {});
+
+  /// linears[i](x) split into heads: (B, L, d) -> (B, h, L, d_k).
+  torch::Tensor project(int64_t i, const torch::Tensor& x);
+  /// Scaled dot-product attention on projected heads; mask (B, Lq, Lk) or undefined.
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& mask = {});
+  /// (B, h, L, d_k) -> linears[3] of the concatenated heads, (B, L, d).
+  torch::Tensor merge(const torch::Tensor& heads);
+
+  MultiHeadedAttentionOptions options;
+  int64_t d_k;
+  torch::nn::ModuleList linears;
+};
+TORCH_MODULE(MultiHeadedAttention);
+
+struct PositionwiseFeedForwardImpl : torch::nn::Module {
+  PositionwiseFeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout = 0.1);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Linear w_1, w_2;
+  double dropout;
+};
+TORCH_MODULE(PositionwiseFeedForward);
+
+/// lut(x) * sqrt(d_model).
+struct EmbeddingsImpl : torch::nn::Module {
+  EmbeddingsImpl(int64_t d_model, int64_t vocab);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::nn::Embedding lut;
+  int64_t d_model;
+};
+TORCH_MODULE(Embeddings);
+
+/// x + pe[:, offset:offset+L], then dropout. `pe` is a registered buffer (1, max_len, d_model):
+/// it is part of the official state_dict, so a checkpoint (or the fixture fill) may overwrite it.
+struct PositionalEncodingImpl : torch::nn::Module {
+  PositionalEncodingImpl(int64_t d_model, double dropout, int64_t max_len = 5000);
+  torch::Tensor forward(const torch::Tensor& x, int64_t offset = 0);
+  /// The original sin/cos table (what the constructor stores in `pe`).
+  static torch::Tensor table(int64_t max_len, int64_t d_model);
+
+  torch::Tensor pe;
+  double dropout;
+};
+TORCH_MODULE(PositionalEncoding);
+
+/// Pre-norm residual: x + dropout(sublayer(norm(x))).
+struct SublayerConnectionImpl : torch::nn::Module {
+  SublayerConnectionImpl(int64_t d_model, double dropout);
+  torch::Tensor forward(const torch::Tensor& x,
+                        const std::function<torch::Tensor(const torch::Tensor&)>& sublayer);
+
+  LayerNorm norm;
+  double dropout;
+};
+TORCH_MODULE(SublayerConnection);
+
+/// Annotated-Transformer subsequent mask, (1, size, size) bool, true on and below the diagonal.
+torch::Tensor subsequent_mask(int64_t size, const torch::Device& device);
+
+}  // namespace ihn_examples::nn

@@ -1,0 +1,444 @@
+// R2Gen port: the model (r2gen.hpp) and its incremental decoder, one translation unit.
+#include "r2gen.hpp"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace ihn_examples::r2gen {
+
+R2GenOptions R2GenOptions::small(int64_t vocab_size) {
+  return R2GenOptions(vocab_size)
+      .visual_depth(18)
+      .d_model(256)
+      .d_ff(256)
+      .num_heads(4)
+      .num_layers(2)
+      .rm_num_slots(3)
+      .rm_num_heads(4)
+      .rm_d_model(256);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relational memory and MCLN
+
+RelationalMemoryImpl::RelationalMemoryImpl(int64_t num_slots_, int64_t d_model_, int64_t num_heads)
+    : num_slots(num_slots_),
+      d_model(d_model_),
+      attn(register_module(
+          "attn", nn::MultiHeadedAttention(nn::MultiHeadedAttentionOptions(num_heads, d_model_)))),
+      mlp(register_module(
+          "mlp", torch::nn::Sequential(torch::nn::Linear(d_model_, d_model_), torch::nn::ReLU(),
+                                       torch::nn::Linear(d_model_, d_model_), torch::nn::ReLU()))),
+      W(register_module("W", torch::nn::Linear(d_model_, 2 * d_model_))),
+      U(register_module("U", torch::nn::Linear(d_model_, 2 * d_model_))) {}
+
+torch::Tensor RelationalMemoryImpl::init_memory(int64_t batch_size,
+                                                const torch::TensorOptions& options) const {
+  auto memory = torch::zeros({batch_size, num_slots, d_model}, options);
+  const auto diag = std::min(num_slots, d_model);
+  memory.narrow(2, 0, diag)
+      .narrow(1, 0, diag)
+      .copy_(torch::eye(diag, options).unsqueeze(0).expand({batch_size, diag, diag}));
+  return memory.reshape({batch_size, num_slots * d_model});
+}
+
+torch::Tensor RelationalMemoryImpl::forward_step(const torch::Tensor& input,
+                                                 const torch::Tensor& memory_flat) {
+  auto memory = memory_flat.reshape({-1, num_slots, d_model});
+  auto kv = torch::cat({memory, input.unsqueeze(1)}, 1);
+  auto next = memory + attn(memory, kv, kv);
+  next = next + mlp->forward(next);
+  auto gates = W(input.unsqueeze(1)) + U(torch::tanh(memory));
+  auto parts = gates.split(d_model, 2);
+  auto input_gate = torch::sigmoid(parts[0]);
+  auto forget_gate = torch::sigmoid(parts[1]);
+  next = input_gate * torch::tanh(next) + forget_gate * memory;
+  return next.reshape({-1, num_slots * d_model});
+}
+
+torch::Tensor RelationalMemoryImpl::forward(const torch::Tensor& inputs, torch::Tensor memory) {
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(inputs.size(1));
+  for (int64_t i = 0; i < inputs.size(1); ++i) {
+    memory = forward_step(inputs.select(1, i), memory);
+    outputs.push_back(memory);
+  }
+  return torch::stack(outputs, 1);
+}
+
+namespace {
+// Linear -> ReLU -> Linear with xavier-uniform weights and bias 0.1, as ConditionalLayerNorm's
+// constructor does (the transformer builder then re-draws the weights, xavier again).
+torch::nn::Sequential mcln_mlp(int64_t in, int64_t hidden, int64_t out_in, int64_t out) {
+  torch::nn::Sequential mlp(torch::nn::Linear(in, hidden), torch::nn::ReLU(),
+                            torch::nn::Linear(out_in, out));
+  torch::NoGradGuard no_grad;
+  for (auto& p : mlp->named_parameters()) {
+    if (p.value().dim() > 1)
+      torch::nn::init::xavier_uniform_(p.value());
+    else
+      p.value().fill_(0.1);
+  }
+  return mlp;
+}
+}  // namespace
+
+ConditionalLayerNormImpl::ConditionalLayerNormImpl(int64_t d_model, int64_t rm_num_slots,
+                                                   int64_t rm_d_model, double eps_)
+    : gamma(register_parameter("gamma", torch::ones({d_model}))),
+      beta(register_parameter("beta", torch::zeros({d_model}))),
+      // Upstream: mlp_gamma's second Linear is (rm_d_model -> rm_d_model), mlp_beta's is
+      // (d_model -> d_model); they only agree when rm_d_model == d_model.
+      mlp_gamma(register_module(
+          "mlp_gamma", mcln_mlp(rm_num_slots * rm_d_model, d_model, rm_d_model, rm_d_model))),
+      mlp_beta(register_module("mlp_beta",
+                               mcln_mlp(rm_num_slots * rm_d_model, d_model, d_model, d_model))),
+      eps(eps_) {}
+
+torch::Tensor ConditionalLayerNormImpl::forward(const torch::Tensor& x,
+                                                const torch::Tensor& memory) {
+  auto [centered, denom] = nn::layer_norm_parts(x, eps);
+  auto gamma_hat = gamma + mlp_gamma->forward(memory);
+  auto beta_hat = beta + mlp_beta->forward(memory);
+  return gamma_hat * centered / denom + beta_hat;
+}
+
+ConditionalSublayerConnectionImpl::ConditionalSublayerConnectionImpl(int64_t d_model,
+                                                                     double dropout_,
+                                                                     int64_t rm_num_slots,
+                                                                     int64_t rm_d_model)
+    : norm(register_module("norm", ConditionalLayerNorm(d_model, rm_num_slots, rm_d_model))),
+      dropout(dropout_) {}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder / decoder stacks
+
+namespace {
+nn::MultiHeadedAttention make_attention(const R2GenOptions& o) {
+  return nn::MultiHeadedAttention(nn::MultiHeadedAttentionOptions(o.num_heads(), o.d_model())
+                                      .dropout(o.dropout())
+                                      .masked_fill(-1e9));
+}
+nn::PositionwiseFeedForward make_ff(const R2GenOptions& o) {
+  return nn::PositionwiseFeedForward(o.d_model(), o.d_ff(), o.dropout());
+}
+}  // namespace
+
+EncoderLayerImpl::EncoderLayerImpl(const R2GenOptions& o)
+    : self_attn(register_module("self_attn", make_attention(o))),
+      feed_forward(register_module("feed_forward", make_ff(o))),
+      sublayer(register_module("sublayer", torch::nn::ModuleList())) {
+  for (int i = 0; i < 2; ++i) sublayer->push_back(nn::SublayerConnection(o.d_model(), o.dropout()));
+}
+
+torch::Tensor EncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  auto s0 = sublayer[0]->as<nn::SublayerConnectionImpl>();
+  auto s1 = sublayer[1]->as<nn::SublayerConnectionImpl>();
+  auto y = s0->forward(x, [&](const torch::Tensor& n) { return self_attn(n, n, n, mask); });
+  return s1->forward(y, [&](const torch::Tensor& n) { return feed_forward(n); });
+}
+
+EncoderImpl::EncoderImpl(const R2GenOptions& o)
+    : layers(register_module("layers", torch::nn::ModuleList())),
+      norm(register_module("norm", nn::LayerNorm(o.d_model()))) {
+  for (int64_t i = 0; i < o.num_layers(); ++i) layers->push_back(EncoderLayer(o));
+}
+
+torch::Tensor EncoderImpl::forward(torch::Tensor x, const torch::Tensor& mask) {
+  for (const auto& layer : *layers) x = layer->as<EncoderLayerImpl>()->forward(x, mask);
+  return norm(x);
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const R2GenOptions& o)
+    : self_attn(register_module("self_attn", make_attention(o))),
+      src_attn(register_module("src_attn", make_attention(o))),
+      feed_forward(register_module("feed_forward", make_ff(o))),
+      sublayer(register_module("sublayer", torch::nn::ModuleList())) {
+  for (int i = 0; i < 3; ++i)
+    sublayer->push_back(
+        ConditionalSublayerConnection(o.d_model(), o.dropout(), o.rm_num_slots(), o.rm_d_model()));
+}
+
+ConditionalSublayerConnection DecoderLayerImpl::sub(int64_t i) {
+  return ConditionalSublayerConnection(
+      std::dynamic_pointer_cast<ConditionalSublayerConnectionImpl>(sublayer->ptr(i)));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& hidden_states,
+                                        const torch::Tensor& src_mask,
+                                        const torch::Tensor& tgt_mask,
+                                        const torch::Tensor& memory) {
+  const bool train = is_training();
+  auto residual = [&](int64_t i, const torch::Tensor& in, auto&& f) {
+    auto s = sub(i);
+    return in + torch::dropout(f(s->norm(in, memory)), s->dropout, train);
+  };
+  auto y = residual(0, x, [&](const torch::Tensor& n) { return self_attn(n, n, n, tgt_mask); });
+  y = residual(1, y, [&](const torch::Tensor& n) {
+    return src_attn(n, hidden_states, hidden_states, src_mask);
+  });
+  return residual(2, y, [&](const torch::Tensor& n) { return feed_forward(n); });
+}
+
+DecoderImpl::DecoderImpl(const R2GenOptions& o)
+    : layers(register_module("layers", torch::nn::ModuleList())),
+      norm(register_module("norm", nn::LayerNorm(o.d_model()))) {
+  for (int64_t i = 0; i < o.num_layers(); ++i) layers->push_back(DecoderLayer(o));
+}
+
+torch::Tensor DecoderImpl::forward(torch::Tensor x, const torch::Tensor& hidden_states,
+                                   const torch::Tensor& src_mask, const torch::Tensor& tgt_mask,
+                                   const torch::Tensor& memory) {
+  for (const auto& layer : *layers)
+    x = layer->as<DecoderLayerImpl>()->forward(x, hidden_states, src_mask, tgt_mask, memory);
+  return norm(x);
+}
+
+TransformerImpl::TransformerImpl(const R2GenOptions& o)
+    : encoder(register_module("encoder", Encoder(o))),
+      decoder(register_module("decoder", Decoder(o))),
+      embeddings(nn::Embeddings(o.d_model(), o.vocab_size() + 1)),
+      position(nn::PositionalEncoding(o.d_model(), o.dropout(), o.max_positions())),
+      tgt_embed(register_module("tgt_embed", torch::nn::Sequential(embeddings, position))),
+      rm(register_module("rm",
+                         RelationalMemory(o.rm_num_slots(), o.rm_d_model(), o.rm_num_heads()))) {
+  // make_model: xavier-uniform on every parameter with dim > 1 (rm, encoder, decoder, lut).
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters())
+    if (p.dim() > 1) torch::nn::init::xavier_uniform_(p);
+}
+
+torch::Tensor TransformerImpl::embed(const torch::Tensor& tokens, int64_t offset) {
+  return position->forward(embeddings->forward(tokens), offset);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EncoderDecoder
+
+EncoderDecoderImpl::EncoderDecoderImpl(const R2GenOptions& o)
+    : options(o),
+      att_embed(register_module(
+          "att_embed",
+          torch::nn::Sequential(torch::nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
+                                torch::nn::Dropout(o.drop_prob_lm())))),
+      model(register_module("model", Transformer(o))),
+      logit(register_module("logit", torch::nn::Linear(o.d_model(), o.vocab_size() + 1))) {
+  if (o.rm_d_model() != o.d_model())
+    throw std::invalid_argument("R2Gen: rm_d_model (" + std::to_string(o.rm_d_model()) +
+                                ") must equal d_model (" + std::to_string(o.d_model()) +
+                                "): the memory is fed the d_model-sized token embeddings");
+}
+
+std::pair<torch::Tensor, torch::Tensor> EncoderDecoderImpl::encode(const torch::Tensor& att_feats) {
+  if (att_feats.dim() != 3 || att_feats.size(2) != options.d_vf())
+    throw std::invalid_argument("R2Gen: att_feats must be (B, S, " +
+                                std::to_string(options.d_vf()) + "), got " +
+                                c10::str(att_feats.sizes()));
+  auto embedded = att_embed->forward(att_feats);
+  // All visual tokens are valid (att_masks is None upstream), so no source mask.
+  auto memory = model->encoder(embedded, torch::Tensor());
+  return {embedded, memory};
+}
+
+EncoderDecoderOutput EncoderDecoderImpl::forward(const torch::Tensor& att_feats,
+                                                 const torch::Tensor& reports_ids) {
+  if (reports_ids.dim() != 2 || reports_ids.size(1) < 2)
+    throw std::invalid_argument("R2Gen: reports_ids must be (B, T) with T >= 2, got " +
+                                c10::str(reports_ids.sizes()));
+  EncoderDecoderOutput out;
+  std::tie(out.att_embed_out, out.encoder_out) = encode(att_feats);
+  auto seq = reports_ids.narrow(1, 0, reports_ids.size(1) - 1);
+  // seq_mask = (seq > 0) with position 0 (BOS = 0) kept, AND the subsequent mask.
+  auto seq_mask = seq.gt(0);
+  seq_mask.select(1, 0).fill_(true);
+  auto tgt_mask =
+      seq_mask.unsqueeze(-2).logical_and(nn::subsequent_mask(seq.size(1), seq.device()));
+  // Upstream embeds the target twice (once for the memory, once for the decoder), so in training
+  // the two see independent dropout masks.
+  auto rm_in = model->embed(seq);
+  out.rm_memory = model->rm(rm_in, model->rm->init_memory(seq.size(0), out.encoder_out.options()));
+  out.decoder_in = model->embed(seq);
+  out.decoder_out =
+      model->decoder(out.decoder_in, out.encoder_out, torch::Tensor(), tgt_mask, out.rm_memory);
+  out.logprobs = torch::log_softmax(logit(out.decoder_out), -1);
+  return out;
+}
+
+namespace {
+
+/// R2Gen's incremental decoder: caches the relational memory and, per layer, the self-attention
+/// keys/values of earlier positions and the cross-attention keys/values of the visual memory.
+class R2GenStepper final : public nn::IncrementalDecoder {
+ public:
+  R2GenStepper(EncoderDecoderImpl& ed, const torch::Tensor& encoder_out) : ed_(ed) {
+    auto& tf = *ed_.model;
+    rm_state_ = tf.rm->init_memory(encoder_out.size(0), encoder_out.options());
+    for (const auto& layer_ptr : *tf.decoder->layers) {
+      auto* layer = layer_ptr->as<DecoderLayerImpl>();
+      cross_k_.push_back(layer->src_attn->project(1, encoder_out));
+      cross_v_.push_back(layer->src_attn->project(2, encoder_out));
+      self_k_.emplace_back();
+      self_v_.emplace_back();
+    }
+  }
+
+  torch::Tensor step(const torch::Tensor& tokens) override {
+    auto& tf = *ed_.model;
+    auto x = tf.embed(tokens.unsqueeze(1), position_);  // (N, 1, d)
+    rm_state_ = tf.rm->forward_step(x.select(1, 0), rm_state_);
+    auto memory = rm_state_.unsqueeze(1);  // (N, 1, slots*d)
+    const bool train = ed_.is_training();
+    size_t l = 0;
+    for (const auto& layer_ptr : *tf.decoder->layers) {
+      auto* layer = layer_ptr->as<DecoderLayerImpl>();
+      auto s0 = layer->sub(0), s1 = layer->sub(1), s2 = layer->sub(2);
+      // Self-attention over all positions so far: no mask needed (the new row is the last one).
+      auto n = s0->norm(x, memory);
+      auto& sa = *layer->self_attn;
+      auto k = sa.project(1, n), v = sa.project(2, n);
+      self_k_[l] = self_k_[l].defined() ? torch::cat({self_k_[l], k}, 2) : k;
+      self_v_[l] = self_v_[l].defined() ? torch::cat({self_v_[l], v}, 2) : v;
+      x = x + torch::dropout(sa.merge(sa.attend(sa.project(0, n), self_k_[l], self_v_[l])),
+                             s0->dropout, train);
+      n = s1->norm(x, memory);
+      auto& ca = *layer->src_attn;
+      x = x + torch::dropout(ca.merge(ca.attend(ca.project(0, n), cross_k_[l], cross_v_[l])),
+                             s1->dropout, train);
+      x = x + torch::dropout(layer->feed_forward(s2->norm(x, memory)), s2->dropout, train);
+      ++l;
+    }
+    ++position_;
+    auto out = tf.decoder->norm(x).select(1, 0);
+    return torch::log_softmax(ed_.logit(out), -1);
+  }
+
+  void expand(int64_t n) override {
+    auto rep = [n](torch::Tensor& t) {
+      if (t.defined()) t = t.repeat_interleave(n, 0);
+    };
+    rep(rm_state_);
+    for (auto& t : self_k_) rep(t);
+    for (auto& t : self_v_) rep(t);
+    for (auto& t : cross_k_) rep(t);
+    for (auto& t : cross_v_) rep(t);
+  }
+
+  void reorder(const torch::Tensor& rows) override {
+    // The visual keys/values are identical for all beams of a study: only the per-step state moves.
+    auto sel = [&rows](torch::Tensor& t) {
+      if (t.defined()) t = t.index_select(0, rows);
+    };
+    sel(rm_state_);
+    for (auto& t : self_k_) sel(t);
+    for (auto& t : self_v_) sel(t);
+  }
+
+ private:
+  EncoderDecoderImpl& ed_;
+  torch::Tensor rm_state_;
+  std::vector<torch::Tensor> self_k_, self_v_, cross_k_, cross_v_;
+  int64_t position_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<nn::IncrementalDecoder> EncoderDecoderImpl::make_decoder(
+    const torch::Tensor& encoder_out) {
+  return std::make_unique<R2GenStepper>(*this, encoder_out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// R2GenModel
+
+R2GenModelImpl::R2GenModelImpl(const R2GenOptions& o)
+    : options(o),
+      visual_extractor(register_module(
+          "visual_extractor",
+          nn::VisualExtractor(nn::VisualExtractorOptions().depth(o.visual_depth())))),
+      encoder_decoder(register_module("encoder_decoder", EncoderDecoder(o))) {}
+
+std::pair<torch::Tensor, torch::Tensor> R2GenModelImpl::visual_features(
+    const torch::Tensor& images) {
+  if (images.dim() == 4) {
+    auto f = visual_extractor(images);
+    return {f.patch, f.avg};
+  }
+  if (images.dim() != 5)
+    throw std::invalid_argument("R2Gen: images must be (B, views, 3, H, W) or (B, 3, H, W), got " +
+                                c10::str(images.sizes()));
+  std::vector<torch::Tensor> patches, avgs;
+  for (int64_t v = 0; v < images.size(1); ++v) {
+    auto f = visual_extractor(images.select(1, v));
+    patches.push_back(f.patch);
+    avgs.push_back(f.avg);
+  }
+  return {torch::cat(patches, 1), torch::cat(avgs, 1)};
+}
+
+torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask) {
+  auto m = mask.to(x.dtype()).unsqueeze(-1);
+  return (x * m).sum(1) / m.sum(1).clamp_min(1);
+}
+
+namespace {
+torch::Tensor input_mask(const torch::Tensor& reports_ids, const torch::Tensor& reports_masks) {
+  // The decoder input is ids[:, :-1]; its valid positions are masks[:, :-1].
+  const auto T = reports_ids.size(1) - 1;
+  if (reports_masks.defined()) return reports_masks.narrow(1, 0, T);
+  auto m = reports_ids.narrow(1, 0, T).gt(0);
+  m.select(1, 0).fill_(true);
+  return m;
+}
+}  // namespace
+
+R2GenOutput R2GenModelImpl::forward(const torch::Tensor& images, const torch::Tensor& reports_ids,
+                                    const torch::Tensor& reports_masks) {
+  R2GenOutput out;
+  std::tie(out.att_feats, out.fc_feats) = visual_features(images);
+  out.details = encoder_decoder->forward(out.att_feats, reports_ids);
+  out.logprobs = out.details.logprobs;
+  out.image_features = out.details.encoder_out.mean(1);
+  out.report_features =
+      masked_mean(out.details.decoder_out, input_mask(reports_ids, reports_masks));
+  return out;
+}
+
+torch::Tensor R2GenModelImpl::image_features(const torch::Tensor& images) {
+  return encoder_decoder->encode(visual_features(images).first).second.mean(1);
+}
+
+torch::Tensor R2GenModelImpl::report_features(const torch::Tensor& images,
+                                              const torch::Tensor& reports_ids,
+                                              const torch::Tensor& reports_masks) {
+  return forward(images, reports_ids, reports_masks).report_features;
+}
+
+std::unique_ptr<nn::IncrementalDecoder> R2GenModelImpl::make_decoder(const torch::Tensor& images) {
+  auto encoder_out = encoder_decoder->encode(visual_features(images).first).second;
+  return encoder_decoder->make_decoder(encoder_out);
+}
+
+GreedyResult R2GenModelImpl::greedy(const torch::Tensor& images, const GreedyOptions& options_) {
+  torch::NoGradGuard no_grad;
+  auto decoder = make_decoder(images);
+  return nn::greedy_decode(*decoder, images.size(0), options_, images.device());
+}
+
+BeamSearchResult R2GenModelImpl::beam_search(const torch::Tensor& images,
+                                             const BeamSearchOptions& options_) {
+  torch::NoGradGuard no_grad;
+  auto decoder = make_decoder(images);
+  return nn::beam_search(*decoder, images.size(0), options_, images.device());
+}
+
+torch::Tensor compute_loss(const torch::Tensor& logprobs, const torch::Tensor& reports_ids,
+                           const torch::Tensor& reports_masks) {
+  const auto T = logprobs.size(1);
+  auto target = reports_ids.narrow(1, 1, T);
+  auto mask = reports_masks.narrow(1, 1, T).to(logprobs.dtype());
+  auto nll = -logprobs.gather(2, target.unsqueeze(2)).squeeze(2) * mask;
+  return nll.sum() / mask.sum();
+}
+
+}  // namespace ihn_examples::r2gen
