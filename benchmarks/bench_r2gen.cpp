@@ -5,7 +5,8 @@
 //
 //   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [MALLOC]
 //     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
-//     WHAT  train | beam | greedy
+//     WHAT  train | beam | greedy | ihn_share (plain and ihn training steps interleaved in one
+//           process, and the augmenter's own time inside the ihn step: its share of a step)
 //     MALLOC glibc (default: glibc's defaults, as the Python baseline) | keep (mallopt: never mmap,
 //            never trim, so freed tensor buffers are reused instead of page-faulted back in; the
 //            same setting as the baseline's MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ experiment)
@@ -21,6 +22,8 @@
 #include <iostream>
 #include <string>
 #include <vector>
+
+#include <ihn/augmenter.hpp>
 
 #include "r2gen.hpp"
 
@@ -81,7 +84,8 @@ int main(int argc, char** argv) {
   std::vector<double> times;
   int64_t generated = 0;
   double last_loss = 0;
-  if (what == "train") {
+  std::vector<double> ihn_times, augmenter_times;
+  if (what == "train" || what == "ihn_share") {
     model->train();
     std::vector<torch::Tensor> ve, ed;
     for (auto& p : model->visual_extractor->parameters()) ve.push_back(p);
@@ -95,16 +99,41 @@ int main(int argc, char** argv) {
     torch::optim::Adam optimizer(std::move(groups),
                                  torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true));
     auto params = model->parameters();
-    for (int i = 0; i < warmup + reps; ++i) {
+    // ihn at its defaults (K 4, 5 ascent steps) with a full bank of IU X-Ray's 2,069 training
+    // reports, filled before timing as after the first epoch.
+    ihn::HardNegativeAugmenter<r2::R2GenModel> augmenter(model, ihn::Options{});
+    if (what == "ihn_share") {
+      torch::NoGradGuard no_grad;
+      ihn::StateDict state = augmenter.state_dict();
+      state["bank.ids"] = torch::arange(2069, torch::kLong);
+      state["bank.features"] =
+          torch::nn::functional::normalize(torch::randn({2069, options.d_model()}),
+                                           torch::nn::functional::NormalizeFuncOptions().dim(1));
+      state["bank.key_hashes"] = torch::arange(2069, torch::kLong) % 700;
+      augmenter.load_state_dict(state);
+    }
+    auto step = [&](bool with_ihn, int i) {
       const double t0 = now();
       auto out = model->forward(images, ids, masks);
       auto loss = r2::compute_loss(out.logprobs, ids, masks);
+      if (with_ihn) {
+        const double a0 = now();
+        std::vector<int64_t> sample_ids;
+        for (int64_t b = 0; b < batch; ++b) sample_ids.push_back((i * batch + b * 131) % 2069);
+        loss = loss + augmenter.loss(out.image_features, out.report_features, sample_ids);
+        if (i >= warmup) augmenter_times.push_back(now() - a0);
+      }
       last_loss = loss.item<double>();
       optimizer.zero_grad();
       loss.backward();
       torch::nn::utils::clip_grad_value_(params, 0.1);
       optimizer.step();
-      if (i >= warmup) times.push_back(now() - t0);
+      if (with_ihn) augmenter.step();
+      if (i >= warmup) (with_ihn ? ihn_times : times).push_back(now() - t0);
+    };
+    for (int i = 0; i < warmup + reps; ++i) {
+      step(false, i);
+      if (what == "ihn_share") step(true, i);
     }
   } else if (what == "beam" || what == "greedy") {
     model->eval();
@@ -122,6 +151,14 @@ int main(int argc, char** argv) {
   } else {
     std::cerr << "unknown WHAT " << what << "\n";
     return 2;
+  }
+  if (what == "ihn_share") {
+    std::printf(
+        "RESULT {\"bench\": \"ihn_share\", \"cfg\": \"%s\", \"threads\": %d, "
+        "\"plain_step\": %s, \"ihn_step\": %s, \"augmenter\": %s}\n",
+        cfg.c_str(), threads, json_times(times).c_str(), json_times(ihn_times).c_str(),
+        json_times(augmenter_times).c_str());
+    return 0;
   }
   std::printf(
       "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"r2gen\", \"cfg\": \"%s\", "

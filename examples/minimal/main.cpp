@@ -24,9 +24,10 @@ struct Studies {
   std::vector<std::string> keys;
 };
 
-// Defaults of the three optional arguments: `ihn_minimal [fine_amplitude noise epochs]`.
+// Defaults of the optional arguments: `ihn_minimal [fine_amplitude noise epochs seed]`.
 double fine_amplitude = 0.2, noise_level = 0.3;
 int64_t epochs = 4;
+uint64_t model_seed = 1;
 
 Studies make_studies(int64_t count, const at::Tensor& coarse_pattern,
                      const at::Tensor& fine_pattern, uint64_t seed) {
@@ -77,7 +78,7 @@ double recall_at_1(ToyGenerator& model, const Studies& test) {
 }
 
 double train(const Studies& train_set, const Studies& test_set, int64_t negatives, bool align) {
-  torch::manual_seed(1);
+  torch::manual_seed(model_seed);
   ToyGenerator model;
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(3e-3));
   ihn::HardNegativeAugmenter<ToyGenerator> augmenter(
@@ -115,13 +116,15 @@ int main(int argc, char** argv) {
   if (argc > 1) fine_amplitude = std::atof(argv[1]);
   if (argc > 2) noise_level = std::atof(argv[2]);
   if (argc > 3) epochs = std::atoi(argv[3]);
+  if (argc > 4) model_seed = std::strtoull(argv[4], nullptr, 10);
   auto gen = at::detail::createCPUGenerator(2023);
   auto coarse_pattern = at::randn({kCoarse, kImageDim}, gen, at::kFloat);
   auto fine_pattern = at::randn({kFine, kImageDim}, gen, at::kFloat);
   auto train_set = make_studies(4096, coarse_pattern, fine_pattern, 11);
   auto test_set = make_studies(512, coarse_pattern, fine_pattern, 12);
-  std::printf("ihn %s minimal example: 4096 training / 512 test studies, %lld epochs, seed 1\n",
-              ihn::version_string, static_cast<long long>(epochs));
+  std::printf("ihn %s minimal example: 4096 training / 512 test studies, %lld epochs, seed %llu\n",
+              ihn::version_string, static_cast<long long>(epochs),
+              static_cast<unsigned long long>(model_seed));
   std::printf("image->report recall@1 on the test studies (chance %.3f):\n",
               1.0 / (kCoarse * kFine));
   const double generation_only = train(train_set, test_set, 0, false);

@@ -1,10 +1,28 @@
-// Built against the installed package only; fails to compile or run if the install is broken.
+// Built against the installed package only: fails to configure, compile, link or run if the
+// install (headers, targets, dependencies) is incomplete.
 #include <ihn/augmenter.hpp>
 #include <ihn/ihn.hpp>
 
+#include <cmath>
 #include <iostream>
 
+namespace {
+struct UserModel {};  // features are passed directly; encoder_traits is not needed
+}  // namespace
+
 int main() {
-  std::cout << "ihn " << ihn::version_string << " found through find_package\n";
+  UserModel model;
+  ihn::HardNegativeAugmenter<UserModel> augmenter(model, ihn::Options{}.negatives_per_sample(2));
+  auto images = at::randn({4, 8}).requires_grad_(true);
+  auto reports = at::randn({4, 8}).requires_grad_(true);
+  auto loss = augmenter.loss(images, reports, {0, 1, 2, 3});
+  loss.backward();
+  const double value = loss.item<double>();
+  if (!std::isfinite(value) || !images.grad().defined()) {
+    std::cerr << "consumer: unexpected loss " << value << "\n";
+    return 1;
+  }
+  std::cout << "ihn " << ihn::version_string << " found through find_package; loss " << value
+            << "\n";
   return 0;
 }
