@@ -203,7 +203,8 @@ TABLE
   worse, and shows when a difference rests on one or two seeds.
 
 OUTPUT (in --out)
-  seed_S/without, seed_S/with_ihn   each a full `ihn train` run folder
+  seed_S/without, seed_S/with_ihn   each a full `ihn train` run folder (replaced when they
+                                    already hold a run: compare always trains afresh)
   compare.md, compare.json          the table
   curves.png                        training loss and validation BLEU-4 of every run (gnuplot)
 
