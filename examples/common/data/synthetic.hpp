@@ -16,6 +16,8 @@
 #include "data/annotation.hpp"
 #include "data/image.hpp"
 
+#include <ihn/eval/chexpert.hpp>
+
 #include <array>
 #include <cstdint>
 #include <map>
@@ -24,15 +26,9 @@
 
 namespace ihn::data {
 
-/// The 14 CheXpert observations, in CheXpert's order.
-constexpr std::array<const char*, 14> kChexpertObservations = {
-    "No Finding",       "Enlarged Cardiomediastinum",
-    "Cardiomegaly",     "Lung Opacity",
-    "Lung Lesion",      "Edema",
-    "Consolidation",    "Pneumonia",
-    "Atelectasis",      "Pneumothorax",
-    "Pleural Effusion", "Pleural Other",
-    "Fracture",         "Support Devices"};
+/// The 14 CheXpert observations, in CheXpert's order: the clinical-efficacy labeller's list,
+/// so the ground truth and the labeller can never disagree on names or order.
+inline constexpr const auto& kChexpertObservations = ihn::eval::kObservations;
 
 enum class FindingType {
   cardiomegaly,         // Cardiomegaly
