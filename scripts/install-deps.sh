@@ -16,8 +16,9 @@ if [[ "${IHN_WITH_PLOTS:-0}" == 1 ]]; then
   packages+=(gnuplot-nox)
 fi
 if [[ "${IHN_WITH_PYTHON:-0}" == 1 ]]; then
-  # Only for the parity/benchmark scripts that run the official Python code.
-  packages+=(python3-torch python3-torchvision)
+  # The tests that read Python-written checkpoints and compare with Pillow (scripts/test.sh
+  # sets this), and the parity/benchmark scripts that run the official Python code.
+  packages+=(python3-torch python3-torchvision python3-pil)
 fi
 
 missing=()

@@ -401,10 +401,7 @@ TEST_CASE("image: resize equals Pillow's bilinear as torchvision uses it", "[dat
   // bilinear without antialiasing (at::upsample_bilinear2d) is measured alongside to show why
   // Pillow's filter support matters for downscaling.
   const char* python = "/usr/bin/python3";
-  if (std::system((std::string(python) + " -c 'import PIL' 2>/dev/null").c_str()) != 0) {
-    WARN("skipped: Pillow (python3-pil) is not installed");
-    return;
-  }
+  if (!ihn_test::python_available("PIL")) return;
   const auto dir = ihn_test::scratch_dir("pil_resize");
   std::mt19937 rng(7);
   Image source = Image::blank(517, 433, 1);

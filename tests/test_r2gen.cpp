@@ -448,10 +448,6 @@ torch.save({'state_dict': collections.OrderedDict(('module.' + k, v) for k, v in
 torch.save({k: v.clone().contiguous() for k, v in sd.items()}, out + '/expected.pt')
 )PY";
 
-bool python_torch_available() {
-  return std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") == 0;
-}
-
 void check_probe_equals(PthProbe& probe, const c10::Dict<c10::IValue, c10::IValue>& expected) {
   size_t n = 0;
   for (const auto& p : probe->named_parameters()) {
@@ -470,10 +466,7 @@ void check_probe_equals(PthProbe& probe, const c10::Dict<c10::IValue, c10::IValu
 }  // namespace
 
 TEST_CASE("io: checkpoints written by Python torch.save load by name, zip and legacy", "[io]") {
-  if (!python_torch_available()) {
-    WARN("/usr/bin/python3 with torch not found: Python-written checkpoints not tested");
-    return;
-  }
+  if (!ihn_test::python_available("torch")) return;
   auto dir = ihn_test::scratch_dir("pth");
   { std::ofstream(dir / "make.py") << kMakeCheckpoints; }
   const auto cmd = "/usr/bin/python3 " + (dir / "make.py").string() + " " + dir.string();
