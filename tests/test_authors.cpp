@@ -15,8 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 namespace {
@@ -120,7 +122,7 @@ TEST_CASE("authors: R2Gen keys are recognised and every size inferred", "[author
                            .d_ff(80)
                            .num_layers(2)
                            .rm_num_slots(2)
-                           .rm_d_model(24)
+                           .rm_d_model(48)  // R2Gen's memory takes the d_model-sized embeddings
                            .max_positions(300);
   const auto shapes = r2gen_shapes(options);
   CHECK(authors::detect_architecture(shapes, "r.pth") == Architecture::r2gen);
@@ -135,7 +137,7 @@ TEST_CASE("authors: R2Gen keys are recognised and every size inferred", "[author
   CHECK(c.vocab_size == 37);
   CHECK(c.max_positions == 300);
   CHECK(c.rm_num_slots == 2);
-  CHECK(c.rm_d_model == 24);
+  CHECK(c.rm_d_model == 48);
   CHECK(c.num_heads == 8);  // not in the shapes: the official default
   CHECK(c.num_heads_from_default);
   CHECK(c.rm_num_heads == 8);
@@ -330,7 +332,7 @@ TEST_CASE("authors: the evaluation images get R2Gen's test transform", "[authors
   t.crop = c.crop;
   std::mt19937_64 rng(0);
   const auto got = ihn::data::ImageTransform(t)(image, rng);
-  const auto resized = ihn::data::resize_bilinear(image, 224, 224);
+  auto resized = ihn::data::resize_bilinear(image, 224, 224);
   auto expected = torch::from_blob(resized.pixels.data(), {224, 224, 3}, torch::kUInt8)
                       .permute({2, 0, 1})
                       .to(torch::kFloat32)
@@ -487,7 +489,7 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
                            .d_ff(48)
                            .num_layers(2)
                            .rm_num_slots(2)
-                           .rm_d_model(16)
+                           .rm_d_model(32)
                            .max_positions(120);
   {
     R2GenModel model(options);
@@ -521,7 +523,7 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
     CHECK(c.d_ff == 48);
     CHECK(c.num_layers == 2);
     CHECK(c.rm_num_slots == 2);
-    CHECK(c.rm_d_model == 16);
+    CHECK(c.rm_d_model == 32);
     CHECK(c.num_heads == 8);
     CHECK(c.rm_num_heads == 8);
     CHECK(c.vocab_size == tok.vocab_size());

@@ -251,6 +251,10 @@ AuthorsConfig infer_config(const ShapeMap& shapes, const std::string& file,
       keys.fail("the conditional layer norm reads " + std::to_string(memory) +
                 " memory values, not a multiple of rm_d_model " + std::to_string(c.rm_d_model));
     c.rm_num_slots = memory / c.rm_d_model;
+    if (c.rm_d_model != c.d_model)
+      keys.fail("the relational memory is " + std::to_string(c.rm_d_model) +
+                " wide but d_model is " + std::to_string(c.d_model) +
+                "; R2Gen feeds it the token embeddings, so they must agree");
     c.rm_num_heads =
         head_count(overrides.rm_num_heads, kDefaultRmNumHeads, &c.rm_num_heads_from_default);
     if (c.rm_d_model % c.rm_num_heads != 0)
