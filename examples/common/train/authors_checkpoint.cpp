@@ -363,8 +363,9 @@ LoadedModel load_authors_checkpoint(const std::string& path, const std::string& 
   const AuthorsConfig config = infer_config(shapes, path, overrides);
 
   // The model per architecture. R2GenCMN and ITHN (CMN plus training-only heads) decode with
-  // the CMN port: build it here from `config` (cmm_size, cmm_dim, topk) and drop
-  // config.training_only_keys from `state` before loading, as below.
+  // the CMN port (examples/cmn): build cmn::CMNOptions(config.vocab_size) with the same fields
+  // as below plus .topk/.cmm_size/.cmm_dim(config.*), erase config.training_only_keys from
+  // `state`, and load it exactly as the R2Gen model is loaded.
   if (config.architecture != Architecture::r2gen)
     throw TrainError(path + ": an " + std::string(architecture_name(config.architecture)) +
                      " checkpoint (d_model " + std::to_string(config.d_model) + ", " +
