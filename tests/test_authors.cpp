@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <sstream>
 
 namespace {
@@ -276,6 +277,20 @@ TEST_CASE("authors: the official fixtures' key sets infer their run configuratio
     } else {
       CHECK(c.rm_num_slots == args["rm_num_slots"].get<int>());
       CHECK(c.rm_d_model == args["rm_d_model"].get<int>());
+      // The model built from the inferred config has exactly the official entries and shapes,
+      // so the official weights load with nothing missing, unexpected or mis-shaped.
+      const auto built = r2gen_shapes(R2GenOptions(c.vocab_size)
+                                          .visual_depth(c.visual_depth)
+                                          .d_model(c.d_model)
+                                          .d_ff(c.d_ff)
+                                          .num_heads(args["num_heads"].get<int>())
+                                          .num_layers(c.num_layers)
+                                          .rm_num_slots(c.rm_num_slots)
+                                          .rm_num_heads(args["rm_num_heads"].get<int>())
+                                          .rm_d_model(c.rm_d_model)
+                                          .max_positions(c.max_positions));
+      CHECK(std::map<std::string, std::vector<int64_t>>(built.begin(), built.end()) ==
+            std::map<std::string, std::vector<int64_t>>(shapes.begin(), shapes.end()));
     }
   }
 }
