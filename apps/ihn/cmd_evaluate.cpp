@@ -66,12 +66,24 @@ void run_evaluate(EvaluateArgs& a) {
 void add_evaluate_command(CLI::App& app) {
   auto args = std::make_shared<EvaluateArgs>();
   auto* cmd = app.add_subcommand("evaluate", "All metrics of a trained checkpoint on a split");
-  cmd->add_option("--checkpoint", args->options.checkpoint, "RUN/best.pt written by ihn train")
+  cmd->add_option("--checkpoint", args->options.checkpoint,
+                  "RUN/best.pt written by ihn train, or an authors' .pth (official R2Gen)")
       ->required();
   cmd->add_option("--split", args->options.split, "train, val or test")->capture_default_str();
   cmd->add_option("--ann", args->options.ann,
                   "Evaluate on this annotation instead of the checkpoint's data (same vocabulary)");
   cmd->add_option("--images", args->options.images, "Image root for --ann");
+  auto& authors = args->options.authors;
+  cmd->add_option("--dataset", authors.dataset, "Authors' .pth: iu_xray or mimic_cxr")
+      ->capture_default_str();
+  cmd->add_option("--threshold", authors.threshold,
+                  "Authors' .pth: vocabulary cut-off (default: iu_xray 3, mimic_cxr 10)");
+  cmd->add_option("--max-seq-length", authors.max_seq_length,
+                  "Authors' .pth: longest report in tokens (default: iu_xray 60, mimic_cxr 100)");
+  cmd->add_option("--num-heads", authors.num_heads, "Authors' .pth: attention heads (default 8)");
+  cmd->add_option("--rm-num-heads", authors.rm_num_heads,
+                  "Authors' R2Gen .pth: relational-memory heads (default 8)");
+  cmd->add_option("--topk", authors.topk, "Authors' R2GenCMN .pth: memory top-k (default 32)");
   cmd->add_option("--beam-size", args->options.beam_size, "Beam size (default: the run's)");
   cmd->add_option("--bootstrap", args->options.bootstrap, "Bootstrap resamples (0 = none)")
       ->capture_default_str();
@@ -95,13 +107,21 @@ METRICS
   of how discriminative they are), share of distinct reports. 95% percentile bootstrap
   intervals over studies.
 
+AUTHORS' CHECKPOINTS
+  A .pth of the official R2Gen trainer is evaluated as R2Gen's test does: give the annotation
+  it was trained on (--ann, which rebuilds the vocabulary), the image root (--images) and
+  --dataset; sizes are inferred from the weights, heads default to the official 8, images get
+  Resize((224, 224)) and ImageNet normalisation, beam size 3. See docs/authors_checkpoints.md.
+
 ERRORS
   A missing or foreign checkpoint, a vocabulary that differs from the data's, or a bad split
   stop with exit status 1 and a message naming the file.
 
 EXAMPLES
   ihn evaluate --checkpoint runs/ihn/best.pt
-  ihn evaluate --checkpoint runs/ihn/best.pt --split val --json)");
+  ihn evaluate --checkpoint runs/ihn/best.pt --split val --json
+  ihn evaluate --checkpoint model_iu_xray.pth --ann data/iu_xray/annotation.json \
+      --images data/iu_xray/images --dataset iu_xray --reports test_reports.jsonl)");
   cmd->callback([args] { run_evaluate(*args); });
 }
 

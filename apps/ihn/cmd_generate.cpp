@@ -1,4 +1,5 @@
-// `ihn generate`: one report for one study (frontal and optionally lateral image).
+// `ihn generate`: one report for one study (frontal and optionally lateral image), from a
+// checkpoint written by ihn train or from the authors' released .pth (official R2Gen code).
 #include "command.hpp"
 #include "train/train.hpp"
 
@@ -9,22 +10,53 @@ namespace {
 
 void add_generate_command(CLI::App& app) {
   auto options = std::make_shared<ihn_examples::train::GenerateOptions>();
+  auto& authors = options->authors;
   auto* cmd = app.add_subcommand("generate", "Write a report for one study's images");
-  cmd->add_option("--checkpoint", options->checkpoint, "A checkpoint written by ihn train")
+  cmd->add_option("--checkpoint", options->checkpoint,
+                  "RUN/best.pt written by ihn train, or an authors' .pth (official R2Gen)")
       ->required();
   cmd->add_option("--image", options->images, "Frontal image, then optionally the lateral")
       ->required();
-  cmd->add_option("--beam-size", options->beam_size, "Beam size (default: the run's)");
+  cmd->add_option("--beam-size", options->beam_size, "Beam size (default: the run's; 3)");
   cmd->add_option("--device", options->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--ann", options->ann,
-                  "Rebuild R2Gen's vocabulary for an authors' checkpoint (not yet supported)");
+                  "Authors' .pth: the annotation.json it was trained on (rebuilds the vocabulary)");
+  cmd->add_option("--dataset", authors.dataset, "Authors' .pth: iu_xray or mimic_cxr")
+      ->capture_default_str();
+  cmd->add_option("--threshold", authors.threshold,
+                  "Authors' .pth: vocabulary cut-off (default: iu_xray 3, mimic_cxr 10)");
+  cmd->add_option("--max-seq-length", authors.max_seq_length,
+                  "Authors' .pth: longest report in tokens (default: iu_xray 60, mimic_cxr 100)");
+  cmd->add_option("--num-heads", authors.num_heads, "Authors' .pth: attention heads (default 8)");
+  cmd->add_option("--rm-num-heads", authors.rm_num_heads,
+                  "Authors' R2Gen .pth: relational-memory heads (default 8)");
+  cmd->add_option("--topk", authors.topk, "Authors' R2GenCMN .pth: memory top-k (default 32)");
   cmd->footer(R"(DESCRIPTION
   Loads the image(s) (PNG or JPEG, gray or RGB), applies the run's evaluation transform
   (resize to the training size, ImageNet normalisation) and beam-searches a report. A model
   trained on two views (IU X-Ray) given one image uses it for both views.
 
+AUTHORS' CHECKPOINTS
+  A .pth saved by the official R2Gen trainer (torch.save of epoch, state_dict, optimizer,
+  monitor_best; zip or legacy format, DataParallel keys accepted) is recognised by content.
+  The architecture and every size (ResNet depth, d_model, d_ff, layers, memory slots, vocabulary,
+  positions) are read from the tensor shapes; head counts cannot be and default to the official
+  8 (--num-heads, --rm-num-heads). The vocabulary is rebuilt from --ann as R2Gen does (train
+  reports, --dataset's cleaning, --threshold) and must match the checkpoint's logit rows. Images
+  get R2Gen's test transform: Resize((224, 224)), ImageNet normalisation. R2GenCMN and ITHN
+  checkpoints are recognised but need the CMN model, not in this build yet.
+  See docs/authors_checkpoints.md.
+
+ERRORS
+  A file that is neither an ihn checkpoint nor a torch.save file, an unknown architecture, a
+  missing --ann, a vocabulary size that differs from the checkpoint's, or weights that do not fit
+  (missing/unexpected keys, shape mismatches, named) stop with exit status 1.
+
 EXAMPLES
-  ihn generate --checkpoint runs/ihn/best.pt --image study/0.png --image study/1.png)");
+  ihn generate --checkpoint runs/ihn/best.pt --image study/0.png --image study/1.png
+  ihn generate --checkpoint model_iu_xray.pth --ann data/iu_xray/annotation.json \
+      --image data/iu_xray/images/CXR2384_IM-0942/0.png \
+      --image data/iu_xray/images/CXR2384_IM-0942/1.png)");
   cmd->callback(
       [options] { std::printf("%s\n", ihn_examples::train::generate_report(*options).c_str()); });
 }

@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include "train/authors_checkpoint.hpp"
+
 #include <ihn/eval.hpp>
 #include <ihn/hooks.hpp>
 #include <ihn/official.hpp>
@@ -386,6 +388,29 @@ Checkpoint read_checkpoint(const std::string& path) {
   TrainConfig c = config_from_json(json::parse(tensor_bytes(config_it->second)));
   auto tok = ihn::data::Tokenizer::from_json(tensor_bytes(vocab_it->second));
   return {std::move(s), std::move(c), std::move(tok)};
+}
+
+/// A checkpoint's run config, vocabulary and loaded model, from a checkpoint written by ihn train
+/// or from an authors' .pth of the official code (authors_checkpoint.hpp; told apart by content,
+/// `ann` rebuilds its vocabulary).
+struct ModelCheckpoint {
+  TrainConfig config;
+  ihn::data::Tokenizer tokenizer;
+  R2GenModel model;
+  bool authors = false;
+};
+
+ModelCheckpoint load_model_checkpoint(const std::string& path, const std::string& ann,
+                                      const std::string& images,
+                                      const AuthorsCheckpointOptions& authors_options) {
+  if (authors::sniff_checkpoint(path) == authors::CheckpointFormat::pytorch) {
+    auto a = authors::load_authors_checkpoint(path, ann, images, authors_options);
+    return {a.train_config, a.tokenizer, a.model, true};
+  }
+  auto ck = read_checkpoint(path);
+  R2GenModel model(model_options(ck.config, ck.tokenizer.vocab_size()));
+  load_model(*model, ck.state, path);
+  return {ck.config, ck.tokenizer, model, false};
 }
 
 torch::Device parse_device(const std::string& name) {
@@ -925,7 +950,7 @@ TrainResult train(TrainConfig config) {
 // Evaluation and generation
 
 json evaluate_checkpoint(const EvaluateOptions& options) {
-  auto ck = read_checkpoint(options.checkpoint);
+  auto ck = load_model_checkpoint(options.checkpoint, options.ann, options.images, options.authors);
   TrainConfig c = ck.config;
   if (!options.ann.empty()) {
     c.data = "annotation";
@@ -943,8 +968,7 @@ json evaluate_checkpoint(const EvaluateOptions& options) {
                      " tokens) differs from the one built from the data (" +
                      std::to_string(data.tokenizer.vocab_size()) +
                      " tokens): evaluate with the annotation the model was trained on");
-  R2GenModel model(model_options(c, ck.tokenizer.vocab_size()));
-  load_model(*model, ck.state, options.checkpoint);
+  R2GenModel model = ck.model;
   model->to(device);
   const ihn::data::ReportDataset* split = nullptr;
   if (options.split == "test")
@@ -998,12 +1022,11 @@ json evaluate_checkpoint(const EvaluateOptions& options) {
 std::string generate_report(const GenerateOptions& options) {
   if (options.images.empty() || options.images.size() > 2)
     throw TrainError("give one or two --image files (frontal, then lateral)");
-  auto ck = read_checkpoint(options.checkpoint);
+  auto ck = load_model_checkpoint(options.checkpoint, options.ann, "", options.authors);
   const TrainConfig& c = ck.config;
-  if (!options.ann.empty())
-    throw TrainError(
-        "--ann (vocabulary of the authors' released checkpoints) is not yet "
-        "supported by ihn generate; use a checkpoint written by ihn train");
+  if (!options.ann.empty() && !ck.authors)
+    throw TrainError("--ann rebuilds the vocabulary of an authors' .pth; " + options.checkpoint +
+                     " was written by ihn train and carries its own: leave --ann out");
   const auto device = parse_device(options.device);
   ihn::data::TransformOptions t = ihn::data::TransformOptions::r2gen_eval();
   t.resize = c.crop;
@@ -1026,8 +1049,7 @@ std::string generate_report(const GenerateOptions& options) {
   while (static_cast<int64_t>(views.size()) < want) views.push_back(views.front());
   views.resize(static_cast<size_t>(want));
   auto images = torch::stack(views).unsqueeze(0).to(device);
-  R2GenModel model(model_options(c, ck.tokenizer.vocab_size()));
-  load_model(*model, ck.state, options.checkpoint);
+  R2GenModel model = ck.model;
   model->to(device);
   model->eval();
   torch::NoGradGuard no_grad;

@@ -102,6 +102,18 @@ struct TrainResult {
 /// current step, save last.pt and return with interrupted = true.
 TrainResult train(TrainConfig config);
 
+/// What an authors' checkpoint (a .pth of the official R2Gen / R2GenCMN / ITHN trainers,
+/// docs/authors_checkpoints.md) cannot tell: the dataset (vocabulary cleaning, threshold, views),
+/// and the head counts and top-k, which tensor shapes do not determine. 0 = the official value.
+struct AuthorsCheckpointOptions {
+  std::string dataset = "iu_xray";
+  int threshold = 0;       ///< vocabulary cut-off: 0 = the dataset's (iu_xray 3, mimic_cxr 10)
+  int max_seq_length = 0;  ///< decoding length: 0 = the dataset's (60, 100)
+  int num_heads = 0;       ///< 0 = 8
+  int rm_num_heads = 0;    ///< 0 = 8 (R2Gen's relational memory)
+  int topk = 0;            ///< 0 = 32 (R2GenCMN's memory)
+};
+
 struct EvaluateOptions {
   std::string checkpoint;
   std::string split = "test";
@@ -113,6 +125,7 @@ struct EvaluateOptions {
   int threads = 0;
   std::string wordnet;      ///< empty = the checkpoint's config; missing WordNet drops synonyms
   std::string reports_out;  ///< JSONL of generated reports ("" = none)
+  AuthorsCheckpointOptions authors;  ///< an authors' .pth (then --ann and --images are needed)
 };
 
 /// All metrics on a split: ihn::eval::to_json(EvalResult) plus "retrieval" (R@1/5/10 both
@@ -125,6 +138,7 @@ struct GenerateOptions {
   std::string ann;                  ///< rebuild the vocabulary of an authors' checkpoint
   int beam_size = 0;
   std::string device = "cpu";
+  AuthorsCheckpointOptions authors;  ///< an authors' .pth (then `ann` is needed)
 };
 std::string generate_report(const GenerateOptions& options);
 
