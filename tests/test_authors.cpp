@@ -400,16 +400,7 @@ missing = collections.OrderedDict((k, v) for k, v in sd.items() if k != 'encoder
 torch.save({'epoch': 1, 'state_dict': missing, 'optimizer': {}, 'monitor_best': 0.0}, out + '/model_missing.pth')
 )PY";
 
-/// Debian's interpreter, where python3-torch installs; IHN_PYTHON overrides it (the ctest entry
-/// test_authors_require_python points it at nothing to check that IHN_REQUIRE_PYTHON=1 fails).
-std::string python() {
-  const char* p = std::getenv("IHN_PYTHON");
-  return p && *p ? p : "/usr/bin/python3";
-}
-
-bool python_torch_available() {
-  return std::system((python() + " -c 'import torch' > /dev/null 2>&1").c_str()) == 0;
-}
+using ihn_test::python;
 
 /// Reports that repeat enough words for the IU X-Ray threshold 3.
 const char* const kReports[] = {
@@ -488,14 +479,7 @@ std::string run_capture(const std::string& command, int* status) {
 
 TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the same weights",
           "[authors][python]") {
-  if (!python_torch_available()) {
-    const char* require = std::getenv("IHN_REQUIRE_PYTHON");
-    if (require && std::string(require) == "1")
-      FAIL("IHN_REQUIRE_PYTHON=1 but " + python() +
-           " cannot import torch (apt-get install python3-torch)");
-    WARN(python() + " with torch not found: authors' .pth generation not tested");
-    return;
-  }
+  if (!ihn_test::python_available("torch")) return;
   const auto dir = ihn_test::scratch_dir("authors_pth");
   write_annotation(dir);
   const auto ann = (dir / "annotation.json").string();

@@ -400,7 +400,7 @@ TEST_CASE("image: resize equals Pillow's bilinear as torchvision uses it", "[dat
   // Measured against the real Pillow (Debian python3-pil) when it is installed; the naive
   // bilinear without antialiasing (at::upsample_bilinear2d) is measured alongside to show why
   // Pillow's filter support matters for downscaling.
-  const char* python = "/usr/bin/python3";
+  const std::string python = ihn_test::python();
   if (!ihn_test::python_available("PIL")) return;
   const auto dir = ihn_test::scratch_dir("pil_resize");
   std::mt19937 rng(7);

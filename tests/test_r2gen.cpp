@@ -469,7 +469,7 @@ TEST_CASE("io: checkpoints written by Python torch.save load by name, zip and le
   if (!ihn_test::python_available("torch")) return;
   auto dir = ihn_test::scratch_dir("pth");
   { std::ofstream(dir / "make.py") << kMakeCheckpoints; }
-  const auto cmd = "/usr/bin/python3 " + (dir / "make.py").string() + " " + dir.string();
+  const auto cmd = ihn_test::python() + " " + (dir / "make.py").string() + " " + dir.string();
   REQUIRE(std::system(cmd.c_str()) == 0);
   auto expected = load_pt(dir / "expected.pt");
   for (const char* file : {"zip.pth", "legacy.pth", "dataparallel.pth"}) {
