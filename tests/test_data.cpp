@@ -8,11 +8,14 @@
 #include <data/annotation.hpp>
 #include <data/image.hpp>
 #include <data/loader.hpp>
+#include <data/negatives.hpp>
 #include <data/synthetic.hpp>
 #include <data/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -905,4 +908,147 @@ TEST_CASE("the CheXpert-style labeller reproduces the synthetic labels exactly",
     }
   }
   CHECK(mismatched_reports == 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// Offline negatives (ihn data negatives, --ihn official)
+
+namespace {
+
+// The documented method written out densely: every pair, no index, no pruning.
+std::pair<std::vector<int64_t>, std::vector<double>> brute_force_negatives(
+    const std::vector<std::string>& texts) {
+  const size_t n = texts.size();
+  std::map<std::string, size_t> vocabulary;
+  std::vector<std::map<size_t, double>> tf(n);
+  for (size_t i = 0; i < n; ++i)
+    for (const auto& token : split_whitespace(texts[i]))
+      tf[i][vocabulary.emplace(token, vocabulary.size()).first->second] += 1;
+  std::vector<double> df(vocabulary.size(), 0);
+  for (const auto& row : tf)
+    for (const auto& [t, c] : row) df[t] += 1;
+  std::vector<std::vector<double>> dense(n, std::vector<double>(vocabulary.size(), 0));
+  for (size_t i = 0; i < n; ++i) {
+    double norm = 0;
+    for (const auto& [t, c] : tf[i]) {
+      dense[i][t] = c * (std::log((1.0 + n) / (1.0 + df[t])) + 1);
+      norm += dense[i][t] * dense[i][t];
+    }
+    for (auto& v : dense[i]) v /= std::sqrt(norm);
+  }
+  std::vector<int64_t> best(n, -1);
+  std::vector<double> score(n, -1);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j) {
+      if (texts[j] == texts[i]) continue;
+      double s = 0;
+      for (size_t t = 0; t < vocabulary.size(); ++t) s += dense[i][t] * dense[j][t];
+      if (s > score[i] + 1e-12) {  // ascending j: ties keep the lowest index
+        score[i] = s;
+        best[i] = static_cast<int64_t>(j);
+      }
+    }
+  return {best, score};
+}
+
+}  // namespace
+
+TEST_CASE("negatives: sparse TF-IDF retrieval equals brute force, never the same text", "[data]") {
+  SyntheticOptions so;
+  so.studies = 160;
+  so.seed = 5;
+  const auto studies = to_annotation(generate_synthetic(so, false)).train;
+  std::vector<std::string> texts;
+  for (const auto& s : studies) texts.push_back(clean_report_iu_xray(s.report));
+  // Synthetic normals repeat a handful of templates: identical texts must be skipped.
+  std::set<std::string> distinct(texts.begin(), texts.end());
+  REQUIRE(distinct.size() < texts.size());
+  const auto got = closest_different(texts);
+  const auto [want_index, want_score] = brute_force_negatives(texts);
+  REQUIRE(got.index.size() == texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    INFO("study " << i << ": " << texts[i]);
+    CHECK(got.index[i] == want_index[i]);
+    CHECK(got.similarity[i] == Approx(want_score[i]).margin(1e-12));
+    CHECK(texts[static_cast<size_t>(got.index[i])] != texts[i]);
+  }
+  // Deterministic: a second run gives the same pairs bit for bit.
+  const auto again = closest_different(texts);
+  CHECK(again.index == got.index);
+  CHECK(again.similarity == got.similarity);
+}
+
+TEST_CASE("negatives: exclusion, ties, no shared term, and a hand-checked cosine", "[data]") {
+  // 0 and 2 are identical; 1 and 3 tie for 0 (same text "a b c" twice): the lowest index, 1.
+  const std::vector<std::string> texts = {"a b", "a b c", "a b", "a b c", "z"};
+  const auto r = closest_different(texts);
+  CHECK(r.index[0] == 1);
+  CHECK(r.index[2] == 1);
+  CHECK(r.index[1] == 0);
+  CHECK(r.index[3] == 0);
+  CHECK(r.index[4] == 0);  // shares no term: lowest-index different text, similarity 0
+  CHECK(r.similarity[4] == 0.0);
+  // By hand: N = 5, df(a) = df(b) = 4, df(c) = 2: idf = ln(6/5)+1, ln(6/3)+1.
+  const double ia = std::log(6.0 / 5.0) + 1, ic = std::log(2.0) + 1;
+  const double cosine = 2 * ia * ia / (std::sqrt(2 * ia * ia) * std::sqrt(2 * ia * ia + ic * ic));
+  CHECK(r.similarity[0] == Approx(cosine).epsilon(1e-12));
+  // Nothing different to pick: -1 from the retrieval, a clear error from the miner.
+  CHECK(closest_different({"same", "same"}).index == std::vector<int64_t>{-1, -1});
+  std::vector<Study> same(3, Study{"x", "Same report.", {"0.png", "1.png"}, "train"});
+  for (size_t i = 0; i < same.size(); ++i) same[i].id = "s" + std::to_string(i);
+  CHECK_THROWS_WITH(mine_negatives(same, Dataset::iu_xray, "mine.json"),
+                    Catch::Contains("mine.json") && Catch::Contains("fewer than two distinct"));
+}
+
+TEST_CASE("negatives: the file round-trips and bad files are named", "[data]") {
+  const auto dir = ihn_test::scratch_dir("negatives");
+  SyntheticOptions so;
+  so.studies = 40;
+  so.seed = 3;
+  const auto train = to_annotation(generate_synthetic(so, false)).train;
+  const auto mined = mine_negatives(train, Dataset::iu_xray, "synth");
+  const auto path = (dir / "negatives.json").string();
+  save_negatives(mined, path);
+  const auto loaded = load_negatives(path);
+  CHECK(loaded.method == "tfidf-cosine");
+  CHECK(loaded.version == 1);
+  const auto map = loaded.by_id();
+  REQUIRE(map.size() == train.size());
+  for (size_t i = 0; i < mined.ids.size(); ++i)
+    CHECK(map.at(mined.ids[i]) == mined.negative_ids[i]);
+  auto write = [&](const std::string& name, const std::string& text) {
+    const auto p = (dir / name).string();
+    std::ofstream(p) << text;
+    return p;
+  };
+  const auto broken = write("broken.json", "{\"method\": ");
+  CHECK_THROWS_WITH(load_negatives(broken),
+                    Catch::Contains("broken.json") && Catch::Contains("not valid JSON"));
+  const auto entry = write(
+      "entry.json", R"({"method":"tfidf-cosine","version":1,"negatives":{"a":{"negative":3}}})");
+  CHECK_THROWS_WITH(load_negatives(entry),
+                    Catch::Contains("entry.json") && Catch::Contains("entry 'a'"));
+  const auto newer = write("newer.json", R"({"method":"x","version":2,"negatives":{}})");
+  CHECK_THROWS_WITH(load_negatives(newer),
+                    Catch::Contains("newer.json") && Catch::Contains("newer"));
+  CHECK_THROWS_WITH(load_negatives((dir / "absent.json").string()),
+                    Catch::Contains("absent.json") && Catch::Contains("not found"));
+}
+
+TEST_CASE("negatives: the real IU X-Ray training split in well under a second", "[data][shared]") {
+  const auto ann = ihn_test::shared_dir() / "data" / "iu_xray" / "annotation.json";
+  const auto train = load_annotation(ann.string()).train;
+  const auto start = std::chrono::steady_clock::now();
+  const auto mined = mine_negatives(train, Dataset::iu_xray, ann.string());
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(mined.ids.size() == train.size());
+  CHECK(seconds < 2.0);  // ~2k studies; the dense O(N^2) double loop alone is ~4M cosines
+  // Spot-check against brute force on the first 300 studies (a different N changes the idf,
+  // so the subset is mined on its own).
+  std::vector<std::string> texts;
+  for (size_t i = 0; i < 300; ++i) texts.push_back(clean_report_iu_xray(train[i].report));
+  const auto got = closest_different(texts);
+  const auto want = brute_force_negatives(texts);
+  CHECK(got.index == want.first);
 }

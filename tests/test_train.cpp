@@ -5,7 +5,10 @@
 
 #include <data/annotation.hpp>
 #include <data/image.hpp>
+#include <data/negatives.hpp>
 #include <data/synthetic.hpp>
+#include <train/models.hpp>
+#include <train/official_step.hpp>
 #include <train/train.hpp>
 
 #include <nlohmann/json.hpp>
@@ -112,6 +115,8 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
   full.schedule = "exp:0.01";
   const auto r_full = ihn_examples::train::train(full);
   REQUIRE(r_full.epochs_done == 2);
+  REQUIRE(std::isfinite(r_full.epoch_losses[1]));
+  // Whole epochs: one, then --resume to two.
   auto half = full;
   half.out = (root / "half").string();
   half.epochs = 1;
@@ -120,11 +125,147 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
   half.resume = true;
   REQUIRE(ihn_examples::train::train(half).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
-  // The heads and temperatures are in the checkpoint and were trained.
+  // Mid-epoch (4 steps per epoch): stopped after 3 steps, then resumed.
+  auto part = full;
+  part.out = (root / "part").string();
+  part.stop_after = 3;
+  REQUIRE(ihn_examples::train::train(part).interrupted);
+  part.stop_after = 0;
+  part.resume = true;
+  REQUIRE(ihn_examples::train::train(part).epoch_losses == r_full.epoch_losses);
+  require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
+  // The heads (release names and shapes: fc_feats of one ResNet-18 view -> d_model) and the
+  // temperatures are in the checkpoint and were trained.
   const auto state = ihn::load_state(root / "full" / "last.pt");
   REQUIRE(state.count("official.temp_1"));
   REQUIRE(state.at("official.temp_1").item<double>() != Approx(std::log(1 / 0.07)).epsilon(1e-9));
-  REQUIRE(state.count("official.image_proj.linear1.weight"));
+  REQUIRE(state.at("official.img_projection.linear1.weight").sizes() ==
+          torch::IntArrayRef({32, 512}));
+  REQUIRE(state.at("official.text_projection.linear1.weight").sizes() ==
+          torch::IntArrayRef({32, 32}));
+  // The log has the released terms.
+  std::ifstream log(root / "full" / "log.jsonl");
+  std::string line;
+  std::getline(log, line);
+  const auto step = nlohmann::json::parse(line);
+  REQUIRE(step.contains("ihn/l_cp"));
+  REQUIRE(step.contains("ihn/l_cs"));
+  REQUIRE(step["ihn/hardness"].get<double>() == Approx(1 - std::exp(-0.01)));
+
+  // A negatives file written by `ihn data negatives` gives the same run as mining at start-up.
+  ihn::data::SyntheticOptions so;
+  so.studies = full.synth_studies;
+  so.seed = full.synth_seed;
+  const auto train_studies =
+      ihn::data::to_annotation(ihn::data::generate_synthetic(so, false)).train;
+  const auto file = (root / "negatives.json").string();
+  ihn::data::save_negatives(
+      ihn::data::mine_negatives(train_studies, ihn::data::Dataset::iu_xray, "synth"), file);
+  auto from_file = full;
+  from_file.out = (root / "file").string();
+  from_file.epochs = 1;
+  from_file.negatives_file = file;
+  REQUIRE(ihn_examples::train::train(from_file).epoch_losses[0] == r_full.epoch_losses[0]);
+  // Two views and the legacy projection train differently (the options do something).
+  auto two = from_file;
+  two.out = (root / "two").string();
+  two.views = 2;
+  REQUIRE(ihn_examples::train::train(two).epoch_losses[0] != r_full.epoch_losses[0]);
+  REQUIRE(ihn::load_state(root / "two" / "last.pt")
+              .at("official.img_projection.linear1.weight")
+              .size(1) == 1024);
+  auto legacy = from_file;
+  legacy.out = (root / "legacy").string();
+  legacy.official_legacy = true;
+  REQUIRE(ihn_examples::train::train(legacy).epoch_losses[0] != r_full.epoch_losses[0]);
+  // A file for another data set is refused with its name.
+  const auto other = (root / "other.json").string();
+  std::ofstream(other)
+      << R"({"method":"tfidf-cosine","version":1,"negatives":{"a":{"negative":"b","similarity":0.5}}})";
+  auto bad = from_file;
+  bad.out = (root / "bad").string();
+  bad.negatives_file = other;
+  REQUIRE_THROWS_WITH(ihn_examples::train::train(bad),
+                      Catch::Contains("other.json") && Catch::Contains("no negative"));
+}
+
+TEST_CASE("train: the official step is the released loss on two passes, by hand", "[train]") {
+  namespace tr = ihn_examples::train;
+  torch::manual_seed(3);
+  tr::TrainConfig c = tiny("unused");
+  const int64_t vocab = 30, batch = 4, length = 9;
+  const auto options = tr::R2GenTraits::options(c, vocab);
+  tr::R2GenTraits::Model model(options);
+  tr::OfficialHeads heads(tr::R2GenTraits::official_image_dim(options, 1),
+                          tr::R2GenTraits::official_report_dim(options), c.d_model);
+  auto make_batch = [&] {
+    auto ids = torch::randint(1, vocab + 1, {batch, length}, torch::kLong);
+    ids.select(1, 0).zero_();
+    auto masks = torch::ones({batch, length});
+    masks.narrow(1, length - 3, 3).select(0, 1).zero_();  // one shorter report (padding)
+    ids.narrow(1, length - 3, 3).select(0, 1).zero_();
+    return tr::StepBatch{torch::rand({batch, 1, 3, 32, 32}), ids, masks};
+  };
+  const auto positive = make_batch(), negative = make_batch();
+  const double lambda = ihn::official_lambda(0.3, 2);
+  for (const bool legacy : {false, true}) {
+    INFO("legacy " << legacy);
+    ihn::OfficialLossOptions lo;
+    lo.legacy_batch_mixing(legacy);
+    torch::manual_seed(11);  // the same dropout draws for the step and the hand computation
+    const auto step =
+        tr::official_step<tr::R2GenTraits>(model, heads, positive, negative, lambda, lo);
+    torch::manual_seed(11);
+    torch::NoGradGuard no_grad;
+    auto pos = model->forward(positive.images, positive.ids, positive.masks);
+    auto neg = model->forward(negative.images, negative.ids, negative.masks);
+    // models.py forward_cxr: heads on fc_feats and on the unmasked mean of the decoder states.
+    auto project = [](const at::Tensor& x, const at::Tensor& w) {
+      auto y = x.matmul(w.t());
+      return y / y.norm(2, 1, true);
+    };
+    const auto wi = heads->image->linear1->weight, wt = heads->report->linear1->weight;
+    auto z = project(pos.fc_feats, wi), z_neg = project(neg.fc_feats, wi);
+    auto u = project(pos.details.decoder_out.mean(1), wt);
+    auto u_neg = project(neg.details.decoder_out.mean(1), wt);
+    auto zi = z - u_neg, ui = u - u_neg;
+    auto direction = ui / ui.norm(2, -1, true);
+    auto p = legacy ? u_neg + zi.matmul(ui.t()).matmul(direction)
+                    : u_neg + (zi * direction).sum(-1, true) * direction;
+    auto h = lambda * u_neg + (1 - lambda) * p;
+    auto t1 = heads->log_temperature_pos.exp(), t3 = heads->log_temperature_hard.exp();
+    auto s = (t1 * z.matmul(u.t()) + t1 * z_neg.matmul(u_neg.t()) -
+              torch::diag(torch::diagonal(t3 * z.matmul(h.t())))) /
+             3;
+    auto target = torch::arange(batch);
+    const double l_cp = ((torch::nn::functional::cross_entropy(s, target) +
+                          torch::nn::functional::cross_entropy(s.t(), target)) /
+                         2)
+                            .item<double>();
+    const double l_cs = torch::cosine_similarity(z, z_neg, 1).abs().mean().item<double>();
+    // modules/loss.py: masked NLL of ids[:, 1:].
+    auto target_ids = positive.ids.narrow(1, 1, length - 1);
+    auto target_mask = positive.masks.narrow(1, 1, length - 1);
+    const double gen =
+        (-(pos.logprobs.gather(2, target_ids.unsqueeze(2)).squeeze(2) * target_mask).sum() /
+         target_mask.sum())
+            .item<double>();
+    CHECK(step.generation_loss.item<double>() == Approx(gen).epsilon(1e-6));
+    CHECK(step.terms.l_cp.item<double>() == Approx(l_cp).epsilon(1e-5));
+    CHECK(step.terms.l_cs.item<double>() == Approx(l_cs).epsilon(1e-5));
+    CHECK(step.loss.item<double>() == Approx(0.7 * gen + 0.1 * l_cp + 0.2 * l_cs).epsilon(1e-5));
+    // And the library's total on the hand-made features is the same number.
+    const auto terms = ihn::official_loss_terms(z, u, z_neg, u_neg, heads->log_temperature_pos,
+                                                heads->log_temperature_hard, lambda, legacy);
+    CHECK(step.loss.item<double>() ==
+          Approx(ihn::official_total_loss(step.generation_loss.detach(), terms).item<double>())
+              .epsilon(1e-6));
+    // The negative pass matters: a different negative batch changes the loss.
+    torch::manual_seed(11);
+    const auto other =
+        tr::official_step<tr::R2GenTraits>(model, heads, positive, make_batch(), lambda, lo);
+    CHECK(other.loss.item<double>() != Approx(step.loss.item<double>()).epsilon(1e-6));
+  }
 }
 
 TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
@@ -200,6 +341,22 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("exp:ALPHA"));
   c.schedule = "exp:0.01";
   REQUIRE_NOTHROW(ihn_examples::train::validate(c));
+  REQUIRE(ihn_examples::train::views_of(c) == 1);  // the release's single-view IU protocol
+  c.views = 3;
+  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--views"));
+  c.views = 0;
+  c.negatives_file = "nowhere/negatives.json";
+  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("nowhere/negatives.json") &&
+                                                            Catch::Contains("ihn data negatives"));
+  c.negatives_file.clear();
+  c.ihn = "paper";
+  REQUIRE(ihn_examples::train::views_of(c) == 2);
+  c.official_legacy = true;
+  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--official-legacy"));
+  c.official_legacy = false;
+  c.model = "gpt";
+  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--model gpt"));
+  c.model = "r2gen";
   c.ihn = "sometimes";
   REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--ihn sometimes"));
   c.ihn = "paper";
@@ -247,16 +404,33 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   REQUIRE(rows.size() == 11);
   for (const auto& r : rows) {
     INFO(r.metric);
+    REQUIRE(r.arms.size() == 1);
     if (r.metric == "distinct reports") continue;
-    REQUIRE(r.difference > 0);
-    REQUIRE(r.significant);
+    REQUIRE(r.arms[0].difference > 0);
+    REQUIRE(r.arms[0].significant);
   }
-  evals[1] = evals[0];
+  // Three arms: each is compared with off on its own; a copy of off differs by nothing, and
+  // the better arm keeps exactly the two-arm result.
+  const auto two_arm = rows;
+  evals.push_back(evals[0]);
   rows = ihn_examples::train::compare_evaluations(evals, 200, 0);
-  for (const auto& r : rows) {
-    REQUIRE(r.difference == 0);
-    REQUIRE_FALSE(r.significant);
+  for (size_t m = 0; m < rows.size(); ++m) {
+    const auto& r = rows[m];
+    INFO(r.metric);
+    REQUIRE(r.arms.size() == 2);
+    REQUIRE(r.arms[0].difference == two_arm[m].arms[0].difference);
+    REQUIRE(r.arms[0].p_value == two_arm[m].arms[0].p_value);
+    REQUIRE(r.arms[1].difference == 0);
+    REQUIRE(r.arms[1].mean == r.mean_off);
+    REQUIRE_FALSE(r.arms[1].significant);
   }
-  const auto md = ihn_examples::train::compare_markdown(rows);
+  const auto md = ihn_examples::train::compare_markdown(rows, {"off", "paper", "official"});
   REQUIRE(md.find("| BLEU-4 |") != std::string::npos);
+  REQUIRE(md.find("official − off") != std::string::npos);
+  const auto j = ihn_examples::train::compare_json(rows, {"off", "paper", "official"});
+  REQUIRE(j[0].contains("official"));
+  REQUIRE(j[0]["paper"]["significant"].get<bool>());
+  REQUIRE_THROWS_AS(ihn_examples::train::compare_markdown(rows, {"off", "paper"}), TrainError);
+  evals[2].pop_back();
+  REQUIRE_THROWS_AS(ihn_examples::train::compare_evaluations(evals, 200, 0), TrainError);
 }

@@ -1,11 +1,13 @@
-// `ihn compare`: trains the same model without and with ihn from the same seeds, evaluates
-// both on the test split and prints one side-by-side table with significance.
+// `ihn compare`: trains the same model without ihn and with each chosen ihn mode (paper,
+// official) from the same seeds, evaluates every run on the test split and prints one
+// side-by-side table, each arm against the run without ihn, with significance.
 #include "command.hpp"
 #include "train_options.hpp"
 
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -29,6 +31,7 @@ struct CompareArgs {
   int resamples = 1000;
   int jobs = 2;
   bool table_only = false;
+  std::string arms = "off,paper";
   std::shared_ptr<ihn::cli::RecipeOptions> recipe;
 };
 
@@ -52,8 +55,37 @@ pid_t spawn_run(const std::string& config_file) {
   return pid;
 }
 
+// "off,paper,official" -> {"off", "paper", "official"}; off first, no repeats.
+std::vector<std::string> parse_arms(const std::string& text) {
+  std::vector<std::string> arms;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string arm = text.substr(start, comma - start);
+    if (arm != "off" && arm != "paper" && arm != "official")
+      throw ihn::cli::CommandError("--arms: unknown arm '" + arm + "' (use off, paper, official)",
+                                   2);
+    if (std::find(arms.begin(), arms.end(), arm) != arms.end())
+      throw ihn::cli::CommandError("--arms: '" + arm + "' given twice", 2);
+    arms.push_back(arm);
+    start = comma + 1;
+  }
+  if (arms.size() < 2 || arms[0] != "off")
+    throw ihn::cli::CommandError(
+        "--arms must start with off (the baseline every arm is compared against) and name at "
+        "least one ihn arm, e.g. off,paper or off,paper,official",
+        2);
+  return arms;
+}
+
+// Run folder and progress label of an arm (the two-arm layout keeps its historic names).
+std::string arm_folder(const std::string& arm) {
+  return arm == "off" ? "without" : arm == "paper" ? "with_ihn" : arm;
+}
+
 void run_compare(CompareArgs& a) {
   if (a.seeds < 1) throw ihn::cli::CommandError("--seeds must be >= 1");
+  const auto arms = parse_arms(a.arms);
   if (a.jobs < 1) throw ihn::cli::CommandError("--jobs must be >= 1");
   // Children get SIGINT from the terminal too; they save and exit, and so do we.
   std::signal(SIGINT, SIG_IGN);
@@ -69,26 +101,32 @@ void run_compare(CompareArgs& a) {
   };
   std::vector<Run> runs;
   for (int s = 0; s < a.seeds; ++s)
-    for (int arm = 0; arm < 2; ++arm) {
+    for (int arm = 0; arm < static_cast<int>(arms.size()); ++arm) {
       TrainConfig c;
       ihn_examples::train::apply_preset(c, a.preset);
       a.recipe->apply(c);
-      c.ihn = arm == 0 ? "off" : "paper";
+      c.ihn = arms[static_cast<size_t>(arm)];
+      if (c.ihn != "official") {  // official-only options leave the other arms alone
+        c.negatives_file.clear();
+        c.official_legacy = false;
+      }
       c.seed = a.first_seed + static_cast<uint64_t>(s);
       c.device = a.device;
       c.threads = a.threads > 0 ? a.threads : (a.jobs > 1 ? 1 : 0);
-      c.out = a.out + "/seed_" + std::to_string(c.seed) + (arm == 0 ? "/without" : "/with_ihn");
+      c.out = a.out + "/seed_" + std::to_string(c.seed) + "/" + arm_folder(c.ihn);
       c.plots = false;
-      c.label = "[seed " + std::to_string(c.seed) + (arm == 0 ? " without]" : " ihn]    ");
+      c.label = "[seed " + std::to_string(c.seed) + " " +
+                (c.ihn == "off"     ? "without"
+                 : c.ihn == "paper" ? "ihn"
+                                    : "official") +
+                "]";
       c.bootstrap = 0;  // the comparison bootstraps itself
       ihn_examples::train::validate(c);
       runs.push_back({c, arm, 0});
     }
   if (!a.table_only)
-    std::printf(
-        "ihn compare: %d seed(s) x {without, with ihn}, preset %s, %d run(s) at a time, "
-        "output %s\n",
-        a.seeds, a.preset.c_str(), a.jobs, a.out.c_str());
+    std::printf("ihn compare: %d seed(s) x {%s}, preset %s, %d run(s) at a time, output %s\n",
+                a.seeds, a.arms.c_str(), a.preset.c_str(), a.jobs, a.out.c_str());
   std::fflush(stdout);
   size_t next = a.table_only ? runs.size() : 0, done = a.table_only ? runs.size() : 0;
   int running = 0;
@@ -135,7 +173,7 @@ void run_compare(CompareArgs& a) {
   }
   if (failed || done < runs.size())
     throw ihn::cli::CommandError("not every run finished; results so far are in " + a.out, 130);
-  std::vector<std::vector<nlohmann::json>> evals(2);
+  std::vector<std::vector<nlohmann::json>> evals(arms.size());
   std::vector<std::string> dirs, titles;
   for (const auto& r : runs) {
     evals[r.arm].push_back(read_json(r.config.out + "/test.json"));
@@ -143,31 +181,36 @@ void run_compare(CompareArgs& a) {
     titles.push_back(r.config.label);
   }
   const auto rows = ihn_examples::train::compare_evaluations(evals, a.resamples, 0);
-  const std::string md = ihn_examples::train::compare_markdown(rows);
+  const std::string md = ihn_examples::train::compare_markdown(rows, arms);
   std::printf(
-      "\nTest split, %d seed(s); mean ± 95%% CI over seeds (t); difference = with − "
-      "without, paired bootstrap over seeds x studies (%d resamples); significant = "
-      "p < 0.05\n\n%s",
+      "\nTest split, %d seed(s); mean ± 95%% CI over seeds (t); difference = arm − off, "
+      "paired bootstrap over seeds x studies (%d resamples); significant = p < 0.05\n\n%s",
       a.seeds, a.resamples, md.c_str());
   std::ofstream(a.out + "/compare.md") << md;
   nlohmann::json j;
   j["seeds"] = a.seeds;
   j["first_seed"] = a.first_seed;
   j["preset"] = a.preset;
+  j["arms"] = arms;
   j["seconds"] = elapsed();
-  j["rows"] = ihn_examples::train::compare_json(rows);
+  j["rows"] = ihn_examples::train::compare_json(rows, arms);
   std::ofstream(a.out + "/compare.json") << j.dump(2) << "\n";
   const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
-  int better = 0, worse = 0;
-  for (const auto& r : rows)
-    if (r.significant) (r.difference > 0 ? better : worse)++;
+  std::printf("\n");
+  for (size_t arm = 1; arm < arms.size(); ++arm) {
+    int better = 0, worse = 0;
+    for (const auto& r : rows)
+      if (r.arms[arm - 1].significant) (r.arms[arm - 1].difference > 0 ? better : worse)++;
+    std::printf(
+        "%s vs off: significantly better on %d metric(s), worse on %d, no significant "
+        "difference on %d\n",
+        arms[arm].c_str(), better, worse, static_cast<int>(rows.size()) - better - worse);
+  }
   std::printf(
-      "\nihn significantly better on %d metric(s), worse on %d, no significant "
-      "difference on %d (per study; see 'seeds +/=/-' for how many seeds carry each "
-      "difference).\nwritten: %s/compare.md, %s/compare.json%s\n%s%stotal %.0f s\n",
-      better, worse, static_cast<int>(rows.size()) - better - worse, a.out.c_str(), a.out.c_str(),
-      note.empty() ? (", " + a.out + "/curves.png").c_str() : "", note.c_str(),
-      note.empty() ? "" : "\n", elapsed());
+      "(per study; see 'seeds +/=/-' for how many seeds carry each difference)\nwritten: "
+      "%s/compare.md, %s/compare.json%s\n%s%stotal %.0f s\n",
+      a.out.c_str(), a.out.c_str(), note.empty() ? (", " + a.out + "/curves.png").c_str() : "",
+      note.c_str(), note.empty() ? "" : "\n", elapsed());
 }
 
 void add_compare_command(CLI::App& app) {
@@ -187,24 +230,31 @@ void add_compare_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--resamples", args->resamples, "Paired bootstrap resamples")
       ->capture_default_str();
+  cmd->add_option("--arms", args->arms,
+                  "Arms, off first: off,paper | off,official | off,paper,official")
+      ->capture_default_str();
   args->recipe = std::make_shared<ihn::cli::RecipeOptions>(cmd, false);
   cmd->footer(R"(DESCRIPTION
-  For each seed, trains the model twice on the built-in synthetic data set — without ihn and
-  with --ihn paper — with the same initialisation, data order and augmentation, selects each
-  run's best epoch on validation BLEU-4 and evaluates it on the test split.
+  For each seed, trains the model once per arm on the built-in synthetic data set — without
+  ihn (off), with --ihn paper, and with --arms ...,official also with --ihn official (the
+  authors' released recipe; one view unless --views is given, mined negatives unless
+  --negatives-file is) — with the same initialisation, data order and augmentation, selects
+  each run's best epoch on validation BLEU-4 and evaluates it on the test split. Give
+  --views 2 (or 1) to feed every arm the same views.
 
 TABLE
   BLEU-1..4, METEOR variant, ROUGE-L, CIDEr, clinical F1 micro/macro, retrieval R@1
   (image -> report, from the model's features) and the share of distinct reports: the mean
-  over seeds ± the 95% t interval over seeds for each arm, and the difference (with − without)
-  with a paired bootstrap over seeds x test studies: its 95% interval and two-sided p-value.
+  over seeds ± the 95% t interval over seeds for each arm, and for each arm the difference
+  (arm − off) with a paired bootstrap over seeds x test studies: its 95% interval and
+  two-sided p-value.
   "significant" means p < 0.05 (no correction for the 11 metrics tested). The bootstrap
   resamples studies, not seeds: "seeds +/=/-" counts the seeds where ihn is better, equal or
   worse, and shows when a difference rests on one or two seeds.
 
 OUTPUT (in --out)
-  seed_S/without, seed_S/with_ihn   each a full `ihn train` run folder (replaced when they
-                                    already hold a run: compare always trains afresh)
+  seed_S/without, seed_S/with_ihn,  each a full `ihn train` run folder (replaced when they
+  seed_S/official                   already hold a run: compare always trains afresh)
   compare.md, compare.json          the table
   curves.png                        training loss and validation BLEU-4 of every run (gnuplot)
 
@@ -212,6 +262,7 @@ EXAMPLES
   ihn compare
   ihn compare --seeds 5 --epochs 20 --out runs/cmp5
   ihn compare --negatives 8 --schedule linear:10
+  ihn compare --arms off,paper,official --views 2
   ihn compare --table-only --out runs/compare)");
   cmd->callback([args] { run_compare(*args); });
 }

@@ -1,9 +1,11 @@
-// `ihn data`: inspect an R2Gen annotation (`ihn data stats`) and write the synthetic data set
-// (`ihn data synth`). Both use ihn::data, the same code the training ports load data with.
+// `ihn data`: inspect an R2Gen annotation (`ihn data stats`), write the synthetic data set
+// (`ihn data synth`) and mine the offline negatives of the official-compatible mode
+// (`ihn data negatives`). All use ihn::data, the same code the training ports load data with.
 #include "command.hpp"
 
 #include <data/annotation.hpp>
 #include <data/image.hpp>
+#include <data/negatives.hpp>
 #include <data/synthetic.hpp>
 #include <data/tokenizer.hpp>
 
@@ -12,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <numeric>
@@ -177,6 +180,65 @@ void run_synth(const SynthArgs& args) {
   }
 }
 
+struct NegativesArgs {
+  std::string data = "synth";
+  std::string annotation;
+  std::string dataset = "iu_xray";
+  ihn::data::SyntheticOptions synth;
+  std::string out;
+};
+
+// The training split of the annotation (or of the synthetic set `ihn train --data synth`
+// generates with the same --studies/--seed), mined with the code the trainer runs at start-up.
+void run_negatives(NegativesArgs args) {
+  using namespace ihn::data;
+  std::vector<Study> train;
+  std::string source;
+  Dataset dataset = Dataset::iu_xray;
+  if (!args.annotation.empty()) args.data = "annotation";
+  if (args.data == "synth") {
+    try {
+      args.synth.validate();
+    } catch (const std::invalid_argument& e) {
+      throw ihn::cli::CommandError(e.what(), 2);
+    }
+    train = to_annotation(generate_synthetic(args.synth, /*render_images=*/false)).train;
+    source = "synth:studies=" + std::to_string(args.synth.studies) +
+             ",seed=" + std::to_string(args.synth.seed);
+  } else if (args.data == "annotation") {
+    try {
+      dataset = parse_dataset(args.dataset);
+    } catch (const std::invalid_argument& e) {
+      throw ihn::cli::CommandError(e.what(), 2);
+    }
+    AnnotationOptions options;
+    options.dataset = dataset;
+    try {
+      train = load_annotation(args.annotation, options).train;
+    } catch (const std::exception& e) {
+      throw ihn::cli::CommandError(e.what());
+    }
+    source = args.annotation;
+  } else {
+    throw ihn::cli::CommandError("--data " + args.data + ": use synth, or give --ann FILE", 2);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  Negatives negatives;
+  try {
+    negatives = mine_negatives(train, dataset, source);
+    save_negatives(negatives, args.out);
+  } catch (const NegativesError& e) {
+    throw ihn::cli::CommandError(e.what());
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double mean = 0;
+  for (double s : negatives.similarity) mean += s;
+  mean /= std::max<size_t>(negatives.similarity.size(), 1);
+  std::printf("wrote %s: %zu training studies, mean TF-IDF cosine to the negative %.3f (%.2f s)\n",
+              args.out.c_str(), negatives.ids.size(), mean, seconds);
+}
+
 void add_data_command(CLI::App& app) {
   auto* data = app.add_subcommand("data", "Inspect report data sets and write the synthetic one");
   data->require_subcommand(1);
@@ -225,6 +287,28 @@ void add_data_command(CLI::App& app) {
       ->add_option("--contact-studies", synth_args->contact_studies, "Studies on the contact sheet")
       ->capture_default_str();
   synth->callback([synth_args] { run_synth(*synth_args); });
+
+  auto negatives_args = std::make_shared<NegativesArgs>();
+  negatives_args->synth.studies = 300;  // ihn train --data synth's defaults
+  negatives_args->synth.image_size = 64;
+  auto* negatives = data->add_subcommand(
+      "negatives",
+      "Per training study, the closest different training report (TF-IDF cosine): the "
+      "offline negatives of --ihn official");
+  negatives->add_option("--data", negatives_args->data, "synth or annotation")
+      ->check(CLI::IsMember({"synth", "annotation"}))
+      ->capture_default_str();
+  negatives->add_option("--ann", negatives_args->annotation,
+                        "R2Gen annotation.json (implies --data annotation; images not needed)");
+  negatives->add_option("--dataset", negatives_args->dataset, "iu_xray or mimic_cxr (cleaner)")
+      ->check(CLI::IsMember({"iu_xray", "mimic_cxr"}))
+      ->capture_default_str();
+  negatives->add_option("--studies", negatives_args->synth.studies, "Synthetic studies")
+      ->capture_default_str();
+  negatives->add_option("--seed", negatives_args->synth.seed, "Synthetic seed")
+      ->capture_default_str();
+  negatives->add_option("--out", negatives_args->out, "Output JSON")->required();
+  negatives->callback([negatives_args] { run_negatives(*negatives_args); });
 }
 
 }  // namespace

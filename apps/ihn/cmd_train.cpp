@@ -126,13 +126,16 @@ void add_train_command(CLI::App& app) {
   = masked mean of the decoder states; ids = training-set indices; reports with the same
   cleaned text are never each other's negatives.
 
-  With --ihn official, the authors' released loss instead (include/ihn/official.hpp:
-  0.7 L_gen + 0.1 L_cp + 0.2 L_cs, harder negative synthesised in closed form with
-  lambda = exp(-alpha epoch), alpha from --schedule exp:ALPHA). It adds two projection heads
-  and two learned temperatures (a third optimiser group). The release retrieves one negative
-  (image, report) pair per sample offline and runs it through the network again; here the
-  negative pair is the closest other study of the batch (report features, different text),
-  from the same forward pass.
+  With --ihn official, the authors' released recipe instead: each sample's negative
+  (image, report) pair — the closest different training report by TF-IDF cosine, from
+  --negatives-file (`ihn data negatives`) or mined at start-up — is loaded and run through the
+  model in a second pass; pooled image features and mean decoder states of both passes go
+  through two projection heads with learned temperatures (the weights this mode adds, printed
+  at start, a third optimiser group); a harder negative is synthesised in closed form with
+  lambda = exp(-alpha epoch) (alpha from --schedule exp:ALPHA) and the loss is
+  0.7 L_gen + 0.1 L_cp + 0.2 L_cs (include/ihn/official.hpp). By default one view (frontal),
+  as the release trains on IU X-Ray; --views 2 feeds both. --official-legacy reproduces the
+  release's B x B projection bit for bit.
 
 PRESETS
   paper       ResNet-101, 224 px, d_model 512, 3 layers, 100 epochs, StepLR 50/0.1, exp:0.01
@@ -154,6 +157,9 @@ SIGNALS
 EXAMPLES
   ihn train --data synth --out runs/base
   ihn train --data synth --ihn paper --out runs/ihn --seed 1
+  ihn data negatives --ann iu_xray/annotation.json --out iu_negatives.json
+  ihn train --ann iu_xray/annotation.json --images iu_xray/images --preset paper \
+            --ihn official --negatives-file iu_negatives.json --out runs/official
   ihn train --out runs/ihn --resume --epochs 20
   ihn train --ann iu_xray/annotation.json --images iu_xray/images --preset paper --out runs/iu)");
   cmd->callback([args] { run_train(*args); });

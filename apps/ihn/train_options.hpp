@@ -43,6 +43,13 @@ class RecipeOptions {
     add(cmd, "--rm-d-model", s.rm_d_model, "Relational memory width (paper 512)", &C::rm_d_model);
     add(cmd, "--rm-num-heads", s.rm_num_heads, "Relational memory heads (paper 8)",
         &C::rm_num_heads);
+    add(cmd, "--topk", s.topk, "CMN: memory slots each query reads (paper 32)", &C::topk);
+    add(cmd, "--cmm-size", s.cmm_size, "CMN: cross-modal memory slots (paper 2048)", &C::cmm_size);
+    add(cmd, "--cmm-dim", s.cmm_dim, "CMN: cross-modal memory width (paper 512)", &C::cmm_dim);
+    add(cmd, "--views", s.views,
+        "Views fed to the model: 1 (frontal) or 2 (frontal + lateral); default 1 with --ihn "
+        "official (the release's IU X-Ray protocol) and for MIMIC-CXR, else 2",
+        &C::views);
     add(cmd, "--image-size", s.crop, "Image side fed to the network (crop; paper 224)", &C::crop);
     add(cmd, "--resize", s.resize, "Train: shorter side before the random crop (paper 256)",
         &C::resize);
@@ -67,6 +74,16 @@ class RecipeOptions {
         &C::schedule);
     add(cmd, "--ascent-steps", s.ascent_steps, "ihn: gradient-ascent steps of the max step (5)",
         &C::ascent_steps);
+    add(cmd, "--negatives-file", s.negatives_file,
+        "ihn official: negative pairs from `ihn data negatives` (default: mined at start-up "
+        "with the same code)",
+        &C::negatives_file);
+    CLI::Option* legacy = cmd->add_flag(
+        "--official-legacy", scratch_.official_legacy,
+        "ihn official: the release's B x B projection that mixes every sample with all others");
+    appliers_.push_back([legacy](ihn_examples::train::TrainConfig& c) {
+      if (legacy->count() > 0) c.official_legacy = true;
+    });
   }
 
   /// Copies the options that were given into `config`.

@@ -15,9 +15,11 @@
 #include "data/annotation.hpp"
 #include "data/image.hpp"
 #include "data/loader.hpp"
+#include "data/negatives.hpp"
 #include "data/synthetic.hpp"
 #include "data/tokenizer.hpp"
-#include "r2gen.hpp"
+#include "train/models.hpp"
+#include "train/official_step.hpp"
 
 #include <unistd.h>
 
@@ -40,8 +42,6 @@ namespace ihn_examples::train {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using r2gen::R2GenModel;
-using r2gen::R2GenOptions;
 
 // ------------------------------------------------------------------------------------------
 // Configuration
@@ -52,9 +52,9 @@ using r2gen::R2GenOptions;
   X(model) X(preset) X(data) X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed)          \
   X(synth_image_size) X(resize) X(crop) X(threshold) X(max_seq_length) X(visual_depth)           \
   X(d_model) X(d_ff) X(num_heads) X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model)    \
-  X(dropout) X(drop_prob_lm) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
+  X(dropout) X(drop_prob_lm) X(topk) X(cmm_size) X(cmm_dim) X(views) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
   X(amsgrad) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn)       \
-  X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(out) X(device)         \
+  X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(negatives_file) X(official_legacy) X(out) X(device)         \
   X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label) X(bootstrap) X(wordnet)
 // clang-format on
 
@@ -89,6 +89,9 @@ void apply_preset(TrainConfig& c, const std::string& name) {
     c.crop = 224;
     c.visual_depth = 101;
     c.d_model = c.d_ff = c.rm_d_model = 512;
+    c.topk = 32;  // R2GenCMN's IU X-Ray script
+    c.cmm_size = 2048;
+    c.cmm_dim = 512;
     c.num_heads = c.rm_num_heads = 8;
     c.num_layers = 3;
     c.epochs = 100;
@@ -114,6 +117,9 @@ void apply_preset(TrainConfig& c, const std::string& name) {
     c.num_heads = d.num_heads;
     c.rm_num_heads = d.rm_num_heads;
     c.num_layers = d.num_layers;
+    c.topk = d.topk;
+    c.cmm_size = d.cmm_size;
+    c.cmm_dim = d.cmm_dim;
     c.epochs = d.epochs;
     c.lr_step = d.lr_step;
     c.lr_gamma = d.lr_gamma;
@@ -178,8 +184,7 @@ void validate(const TrainConfig& c) {
   auto positive = [](const char* name, double v) {
     if (!(v > 0)) throw TrainError(std::string("--") + name + " must be > 0");
   };
-  if (c.model != "r2gen")
-    throw TrainError("--model " + c.model + ": only r2gen is available in this build");
+  dispatch_model(c.model, [](auto) { return 0; });  // throws for an unknown model
   if (c.data != "synth" && c.data != "annotation")
     throw TrainError("--data " + c.data + ": use synth, or give --ann and --images");
   if (c.data == "annotation") {
@@ -204,6 +209,16 @@ void validate(const TrainConfig& c) {
   if (c.ihn != "off" && c.ihn != "paper" && c.ihn != "official")
     throw TrainError("--ihn " + c.ihn + ": use off, paper or official");
   if (c.ihn == "official") schedule_alpha_check(c.schedule);
+  if (c.ihn != "official" && (c.official_legacy || !c.negatives_file.empty()))
+    throw TrainError(std::string(c.official_legacy ? "--official-legacy" : "--negatives-file") +
+                     " belongs to --ihn official (got --ihn " + c.ihn + ")");
+  if (!c.negatives_file.empty() && !fs::exists(c.negatives_file))
+    throw TrainError(c.negatives_file +
+                     ": negatives file not found (write it with `ihn data negatives`, or leave "
+                     "--negatives-file out to mine them at start-up)");
+  if (c.views < 0 || c.views > 2) throw TrainError("--views must be 1 or 2");
+  if (c.views == 2 && c.dataset == "mimic_cxr")
+    throw TrainError("--views 2: MIMIC-CXR studies are single-view in R2Gen's protocol");
   if (c.ihn == "paper") {
     if (c.negatives < 0) throw TrainError("--negatives must be >= 0");
     if (!(c.ihn_weight >= 0)) throw TrainError("--ihn-weight must be >= 0");
@@ -214,6 +229,11 @@ void validate(const TrainConfig& c) {
   if (c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
     throw TrainError("--device " + c.device + ": use cpu or cuda");
   if (c.out.empty()) throw TrainError("--out RUN_DIR is required");
+}
+
+int views_of(const TrainConfig& c) {
+  if (c.views > 0) return c.views;
+  return c.dataset == "mimic_cxr" || c.ihn == "official" ? 1 : 2;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -289,23 +309,66 @@ RunData build_data(const TrainConfig& c) {
     r.train_index.emplace(r.train->study(i).id, static_cast<int64_t>(i));
     r.train_keys.push_back(r.tokenizer.clean(r.train->study(i).report));
   }
-  r.views = c.dataset == "iu_xray" ? 2 : 1;
+  r.views = views_of(c);
   return r;
 }
 
-R2GenOptions model_options(const TrainConfig& c, int64_t vocab_size) {
-  return R2GenOptions(vocab_size)
-      .visual_depth(c.visual_depth)
-      .d_model(c.d_model)
-      .d_ff(c.d_ff)
-      .num_heads(c.num_heads)
-      .num_layers(c.num_layers)
-      .rm_num_slots(c.rm_num_slots)
-      .rm_num_heads(c.rm_num_heads)
-      .rm_d_model(c.rm_d_model)
-      .dropout(c.dropout)
-      .drop_prob_lm(c.drop_prob_lm)
-      .max_positions(std::max(c.max_seq_length + 1, 100));
+/// The first `views` views of a batch (B, V, 3, H, W): the loader yields every view the data
+/// set has; the single-view protocol keeps the frontal one (image_path[0]).
+at::Tensor select_views(const at::Tensor& images, int64_t views) {
+  return images.size(1) > views ? images.narrow(1, 0, views) : images;
+}
+
+/// "synth:studies=N,seed=S" or the annotation path: the source `ihn data negatives` records.
+std::string data_source(const TrainConfig& c) {
+  return c.data == "synth" ? "synth:studies=" + std::to_string(c.synth_studies) +
+                                 ",seed=" + std::to_string(c.synth_seed)
+                           : c.ann;
+}
+
+/// Training index -> training index of its offline negative (--ihn official), from
+/// --negatives-file or mined at start-up with the same code as `ihn data negatives`.
+std::vector<int64_t> official_negatives(const TrainConfig& c, const RunData& data,
+                                        std::string* description) {
+  std::vector<ihn::data::Study> studies;
+  const size_t n = *data.train->size();
+  for (size_t i = 0; i < n; ++i) studies.push_back(data.train->study(i));
+  ihn::data::Negatives negatives;
+  std::string where = c.negatives_file;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    if (c.negatives_file.empty()) {
+      negatives =
+          ihn::data::mine_negatives(studies, ihn::data::parse_dataset(c.dataset), data_source(c));
+      where = "mined at start-up";
+    } else {
+      negatives = ihn::data::load_negatives(c.negatives_file);
+    }
+  } catch (const ihn::data::NegativesError& e) {
+    throw TrainError(e.what());
+  }
+  const auto map = negatives.by_id();
+  std::vector<int64_t> out(n);
+  double mean = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& id = studies[i].id;
+    auto it = map.find(id);
+    if (it == map.end())
+      throw TrainError(where + ": no negative for training study '" + id +
+                       "' (written for another data set? rerun `ihn data negatives` on this one)");
+    auto neg = data.train_index.find(it->second);
+    if (neg == data.train_index.end())
+      throw TrainError(where + ": the negative '" + it->second + "' of '" + id +
+                       "' is not a training study of this data set");
+    out[i] = neg->second;
+  }
+  for (double s : negatives.similarity) mean += s;
+  mean /= std::max<size_t>(negatives.similarity.size(), 1);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%s, mean TF-IDF cosine %.3f, %.2f s", negatives.method.c_str(),
+                mean, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (description) *description = where + " (" + buf + ")";
+  return out;
 }
 
 at::Tensor bytes_tensor(const std::string& s) {
@@ -393,24 +456,32 @@ Checkpoint read_checkpoint(const std::string& path) {
 /// A checkpoint's run config, vocabulary and loaded model, from a checkpoint written by ihn train
 /// or from an authors' .pth of the official code (authors_checkpoint.hpp; told apart by content,
 /// `ann` rebuilds its vocabulary).
-struct ModelCheckpoint {
+template <class Model>
+struct LoadedCheckpoint {
   TrainConfig config;
   ihn::data::Tokenizer tokenizer;
-  R2GenModel model;
+  Model model;
   bool authors = false;
 };
 
-ModelCheckpoint load_model_checkpoint(const std::string& path, const std::string& ann,
-                                      const std::string& images,
-                                      const AuthorsCheckpointOptions& authors_options) {
+/// Loads `path` and calls fn(traits, LoadedCheckpoint<Traits::Model>) for the model it holds.
+template <class F>
+decltype(auto) with_checkpoint_model(const std::string& path, const std::string& ann,
+                                     const std::string& images,
+                                     const AuthorsCheckpointOptions& authors_options, F&& fn) {
   if (authors::sniff_checkpoint(path) == authors::CheckpointFormat::pytorch) {
     auto a = authors::load_authors_checkpoint(path, ann, images, authors_options);
-    return {a.train_config, a.tokenizer, a.model, true};
+    return fn(R2GenTraits{},
+              LoadedCheckpoint<r2gen::R2GenModel>{a.train_config, a.tokenizer, a.model, true});
   }
   auto ck = read_checkpoint(path);
-  R2GenModel model(model_options(ck.config, ck.tokenizer.vocab_size()));
-  load_model(*model, ck.state, path);
-  return {ck.config, ck.tokenizer, model, false};
+  return dispatch_model(ck.config.model, [&](auto traits) {
+    using Traits = decltype(traits);
+    typename Traits::Model model(Traits::options(ck.config, ck.tokenizer.vocab_size()));
+    load_model(*model, ck.state, path);
+    return fn(traits,
+              LoadedCheckpoint<typename Traits::Model>{ck.config, ck.tokenizer, model, false});
+  });
 }
 
 torch::Device parse_device(const std::string& name) {
@@ -434,7 +505,8 @@ struct Decoded {
 
 /// Beam-searches every study of `dataset`; with `features`, also the teacher-forced image and
 /// report features for retrieval.
-Decoded decode_split(R2GenModel& model, const ihn::data::ReportDataset& dataset,
+template <class Model>
+Decoded decode_split(Model& model, const ihn::data::ReportDataset& dataset,
                      const ihn::data::Tokenizer& tok, const TrainConfig& c, int beam_size,
                      torch::Device device, bool features) {
   torch::NoGradGuard no_grad;
@@ -445,9 +517,9 @@ Decoded decode_split(R2GenModel& model, const ihn::data::ReportDataset& dataset,
   auto loader = ihn::data::make_report_loader(dataset, lo);
   size_t index = 0;
   for (auto& batch : *loader) {
-    auto images = batch.images.to(device);
+    auto images = select_views(batch.images, views_of(c)).to(device);
     auto result = model->beam_search(
-        images, r2gen::BeamSearchOptions().beam_size(beam_size).max_length(c.max_seq_length));
+        images, nn::BeamSearchOptions().beam_size(beam_size).max_length(c.max_seq_length));
     for (int64_t b = 0; b < result.seq.size(0); ++b, ++index) {
       out.ids.push_back(batch.ids[b]);
       out.hypotheses.push_back(tok.decode(row_ids(result.seq[b])));
@@ -514,67 +586,9 @@ ihn::eval::MeteorOptions meteor_options(const std::string& wordnet, std::string*
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
-// The official-compatible mode as a callback
+// Training
 
 namespace {
-
-/// `--ihn official`: the authors' released loss (ihn::official_loss_terms) through the same
-/// callback interface. It adds weights — two projection heads and two learned temperatures —
-/// trained in a third optimiser group. The release feeds an offline-retrieved negative
-/// (image, report) pair through the network a second time; here each sample's negative pair is
-/// the batch's closest other study by report feature with a different report text (top-1
-/// retrieval within the batch), whose features come from the same forward pass.
-struct OfficialHeadsImpl : torch::nn::Module {
-  explicit OfficialHeadsImpl(int64_t d)
-      : image(register_module("image_proj", ihn::OfficialProjection(d, d))),
-        report(register_module("report_proj", ihn::OfficialProjection(d, d))),
-        log_temperature_pos(register_parameter("temp_1", torch::full({}, std::log(1 / 0.07)))),
-        log_temperature_hard(register_parameter("temp_3", torch::full({}, std::log(1 / 0.07)))) {}
-  ihn::OfficialProjection image, report;
-  torch::Tensor log_temperature_pos, log_temperature_hard;
-};
-TORCH_MODULE(OfficialHeads);
-
-class OfficialCallback : public ihn::Callback {
- public:
-  OfficialCallback(OfficialHeads heads, double alpha) : heads_(std::move(heads)), alpha_(alpha) {}
-  void on_train_epoch_start(int64_t epoch) override { epoch_ = epoch; }
-  void on_before_backward(ihn::BatchContext& ctx) override {
-    const int64_t b = ctx.image_features.size(0);
-    auto z = heads_->image->forward(ctx.image_features);
-    auto u = heads_->report->forward(ctx.report_features);
-    // Closest other study with a different report (detached choice); itself when none.
-    auto sim = u.detach().matmul(u.detach().t());
-    std::vector<uint8_t> same(static_cast<size_t>(b * b), 0);
-    for (int64_t i = 0; i < b; ++i)
-      for (int64_t j = 0; j < b; ++j)
-        same[static_cast<size_t>(i * b + j)] =
-            i == j || (!ctx.report_keys.empty() && ctx.report_keys[i] == ctx.report_keys[j]);
-    auto blocked =
-        torch::from_blob(same.data(), {b, b}, torch::kUInt8).to(sim.device(), torch::kBool);
-    auto pick = sim.masked_fill(blocked, -1e9).argmax(1);
-    const double lambda = ihn::official_lambda(alpha_, epoch_);
-    auto terms = ihn::official_loss_terms(z, u, z.index_select(0, pick), u.index_select(0, pick),
-                                          heads_->log_temperature_pos, heads_->log_temperature_hard,
-                                          lambda, false);
-    ctx.loss = ihn::official_total_loss(ctx.loss, terms);
-    ctx.logs["ihn/l_cp"] = terms.l_cp.item<double>();
-    ctx.logs["ihn/l_cs"] = terms.l_cs.item<double>();
-    ctx.logs["ihn/hardness"] = 1 - lambda;
-  }
-  void on_save_checkpoint(ihn::StateDict& state) const override {
-    for (const auto& p : heads_->named_parameters()) state["official." + p.key()] = p.value();
-  }
-  void on_load_checkpoint(const ihn::StateDict& state) override {
-    torch::NoGradGuard no_grad;
-    for (auto& p : heads_->named_parameters()) p.value().copy_(state.at("official." + p.key()));
-  }
-
- private:
-  OfficialHeads heads_;
-  double alpha_;
-  int64_t epoch_ = 1;
-};
 
 double schedule_alpha(const std::string& schedule) {
   if (schedule.rfind("exp:", 0) != 0)
@@ -583,15 +597,20 @@ double schedule_alpha(const std::string& schedule) {
   return std::stod(schedule.substr(4));
 }
 
-}  // namespace
+// The negative pair's augmentation comes from this epoch offset, so it is drawn independently
+// of the crop/flip the same study gets as a positive in that epoch (the release transforms the
+// negative image separately too).
+constexpr int64_t kNegativeEpochOffset = 1000003;
 
-// ------------------------------------------------------------------------------------------
-// Training
+template <class Traits>
+TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
+                        std::chrono::steady_clock::time_point t_start);
+
+}  // namespace
 
 TrainResult train(TrainConfig config) {
   const auto t_start = std::chrono::steady_clock::now();
-  const fs::path out_dir = config.out;
-  const fs::path last_path = out_dir / "last.pt", best_path = out_dir / "best.pt";
+  const fs::path last_path = fs::path(config.out) / "last.pt";
   ihn::StateDict resume_state;
   if (config.resume) {
     if (!fs::exists(last_path))
@@ -613,19 +632,37 @@ TrainResult train(TrainConfig config) {
     resume_state = std::move(ck.state);
   }
   validate(config);
+  return dispatch_model(config.model, [&](auto traits) {
+    return train_model<decltype(traits)>(std::move(config), std::move(resume_state), t_start);
+  });
+}
+
+namespace {
+
+template <class Traits>
+TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
+                        std::chrono::steady_clock::time_point t_start) {
+  using Model = typename Traits::Model;
+  const fs::path out_dir = config.out;
+  const fs::path last_path = out_dir / "last.pt", best_path = out_dir / "best.pt";
   if (config.threads > 0) at::set_num_threads(config.threads);
   const auto device = parse_device(config.device);
   fs::create_directories(out_dir / "reports");
 
   RunData data = build_data(config);
   torch::manual_seed(config.seed);
-  R2GenModel model(model_options(config, data.tokenizer.vocab_size()));
+  const auto options = Traits::options(config, data.tokenizer.vocab_size());
+  Model model(options);
   model->to(device);
+  const bool official = config.ihn == "official";
+  const int64_t views = data.views;
 
   // Two parameter groups as R2Gen's build_optimizer: the visual extractor and the rest.
-  std::vector<at::Tensor> ve_params, ed_params;
-  for (const auto& p : model->named_parameters())
-    (p.key().rfind("visual_extractor.", 0) == 0 ? ve_params : ed_params).push_back(p.value());
+  std::vector<at::Tensor> ve_params, ed_params, clipped;
+  for (const auto& [name, p] : Traits::named_parameters(model))
+    (Traits::is_visual_parameter(name) ? ve_params : ed_params).push_back(p);
+  clipped = ve_params;
+  clipped.insert(clipped.end(), ed_params.begin(), ed_params.end());
   auto adam = [&](double lr) {
     return torch::optim::AdamOptions(lr).weight_decay(config.weight_decay).amsgrad(config.amsgrad);
   };
@@ -633,23 +670,37 @@ TrainResult train(TrainConfig config) {
   groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));
   groups.emplace_back(ed_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
   OfficialHeads official_heads{nullptr};
-  if (config.ihn == "official") {
+  std::vector<int64_t> negative_of;  // --ihn official: training index -> its negative's
+  std::string negatives_note;
+  ihn::OfficialLossOptions official_options;
+  double official_alpha = 0;
+  int64_t official_parameters = 0;
+  if (official) {
     // The heads draw from their own seed and leave torch's generator where it was, so dropout
-    // sees the same draws as the run without ihn.
+    // sees the same draws as the run without ihn. They learn at lr_ed, as the release's
+    // build_optimizer gives every non-visual parameter, in a third group of their own.
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     const auto saved = generator.get_state();
     torch::manual_seed(config.seed + 1);
-    official_heads = OfficialHeads(config.d_model);
+    official_heads = OfficialHeads(Traits::official_image_dim(options, views),
+                                   Traits::official_report_dim(options), config.d_model);
     generator.set_state(saved);
     official_heads->to(device);
+    for (const auto& p : official_heads->parameters()) {
+      official_parameters += p.numel();
+      clipped.push_back(p);  // the release clips model.parameters(), heads included
+    }
     groups.emplace_back(official_heads->parameters(),
                         std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+    negative_of = official_negatives(config, data, &negatives_note);
+    official_alpha = schedule_alpha(config.schedule);
+    official_options.alpha(official_alpha).legacy_batch_mixing(config.official_legacy);
   }
   torch::optim::Adam optimizer(std::move(groups), adam(config.lr_ed));
 
   std::vector<std::shared_ptr<ihn::Callback>> callbacks;
   if (config.ihn == "paper")
-    callbacks.push_back(std::make_shared<ihn::HardNegativeCallback<R2GenModel>>(
+    callbacks.push_back(std::make_shared<ihn::HardNegativeCallback<Model>>(
         model,
         ihn::Options{}
             .negatives_per_sample(config.negatives)
@@ -659,9 +710,6 @@ TrainResult train(TrainConfig config) {
             .ascent_steps(config.ascent_steps)
             .seed(config.seed),
         device));
-  if (config.ihn == "official")
-    callbacks.push_back(
-        std::make_shared<OfficialCallback>(official_heads, schedule_alpha(config.schedule)));
 
   // Trainer state (all of it goes into the checkpoint).
   int64_t epoch_done = 0, batch_in_epoch = 0, global_step = 0, best_epoch = 0, bad_epochs = 0;
@@ -686,10 +734,20 @@ TrainResult train(TrainConfig config) {
     auto el = resume_state.at("trainer.epoch_losses").to(torch::kFloat64).contiguous();
     epoch_losses.assign(el.data_ptr<double>(), el.data_ptr<double>() + el.numel());
     for (const auto& [k, v] : ihn::sub_state(resume_state, "trainer.logs"))
-      log_sums[k] = v.item<double>();
+      log_sums[k] = v.template item<double>();
     at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the global one
     generator.set_state(resume_state.at("rng.cpu"));
     for (auto& cb : callbacks) cb->on_load_checkpoint(resume_state);
+    if (official) {
+      torch::NoGradGuard no_grad;
+      for (auto& p : official_heads->named_parameters()) {
+        auto it = resume_state.find("official." + p.key());
+        if (it == resume_state.end())
+          throw TrainError(f + ": no official-mode head '" + p.key() +
+                           "' (the checkpoint was not written by --ihn official)");
+        p.value().copy_(it->second);
+      }
+    }
   }
 
   auto checkpoint_state = [&]() {
@@ -711,6 +769,9 @@ TrainResult train(TrainConfig config) {
         torch::tensor(epoch_losses.empty() ? std::vector<double>{} : epoch_losses, torch::kFloat64);
     for (const auto& [k, v] : log_sums) s["trainer.logs." + k] = scalar_tensor(v);
     for (const auto& cb : callbacks) cb->on_save_checkpoint(s);
+    if (official)
+      for (const auto& p : official_heads->named_parameters())
+        s["official." + p.key()] = p.value().detach();
     return s;
   };
 
@@ -721,7 +782,7 @@ TrainResult train(TrainConfig config) {
   const int64_t n_train = static_cast<int64_t>(*data.train->size());
   const int64_t batches = (n_train + config.batch_size - 1) / config.batch_size;
   int64_t parameter_count = 0;
-  for (const auto& p : model->parameters()) parameter_count += p.numel();
+  for (const auto& [name, p] : Traits::named_parameters(model)) parameter_count += p.numel();
   if (!config.quiet && epoch_done == 0 && batch_in_epoch == 0)
     std::printf(
         "%strain: %lld studies (%lld batches/epoch), val %lld, test %lld, vocabulary %lld, "
@@ -731,6 +792,18 @@ TrainResult train(TrainConfig config) {
         static_cast<long long>(data.tokenizer.vocab_size()),
         static_cast<long long>(parameter_count), config.ihn.c_str(), config.epochs,
         device.str().c_str());
+  if (!config.quiet && official) {
+    std::printf(
+        "%sihn official: adds %lld parameters (image head %lldx%lld, report head %lldx%lld, two "
+        "temperatures); %lld view(s); negatives %s; lambda = exp(-%g*epoch)%s\n",
+        label.c_str(), static_cast<long long>(official_parameters),
+        static_cast<long long>(config.d_model),
+        static_cast<long long>(Traits::official_image_dim(options, views)),
+        static_cast<long long>(config.d_model),
+        static_cast<long long>(Traits::official_report_dim(options)), static_cast<long long>(views),
+        negatives_note.c_str(), official_alpha,
+        config.official_legacy ? ", legacy B x B batch mixing" : "");
+  }
   std::fflush(stdout);
 
   TrainResult result;
@@ -755,6 +828,8 @@ TrainResult train(TrainConfig config) {
     lo.batch_size = static_cast<size_t>(config.batch_size);
     lo.shuffle = true;
     auto train_set = data.train->with_epoch(epoch);
+    auto negative_set = data.train->with_epoch(epoch + kNegativeEpochOffset);
+    const double lambda = ihn::official_lambda(official_alpha, epoch);
     auto loader = ihn::data::make_report_loader(train_set, lo);
     int64_t b = 0;
     const int64_t skip = batch_in_epoch;  // batches done before an interruption
@@ -775,19 +850,39 @@ TrainResult train(TrainConfig config) {
         ctx.report_keys.push_back(data.train_keys[static_cast<size_t>(i)]);
       }
       for (auto& cb : callbacks) cb->on_train_batch_start(ctx);
-      auto ids = batch.reports_ids.to(device);
-      auto masks = batch.reports_masks.to(device);
-      auto out = model->forward(batch.images.to(device), ids, masks);
-      ctx.loss = r2gen::compute_loss(out.logprobs, ids, masks);
-      ctx.logs["gen_loss"] = ctx.loss.item<double>();
-      ctx.image_features = out.image_features;
-      ctx.report_features = out.report_features;
+      const StepBatch positive{select_views(batch.images, views).to(device),
+                               batch.reports_ids.to(device), batch.reports_masks.to(device)};
+      if (official) {
+        // The release's step: the negative pairs (their images and reports, loaded like the
+        // batch) through the model in a second pass, then heads and the released loss.
+        std::vector<ihn::data::ReportExample> negatives;
+        for (int64_t i : ctx.ids)
+          negatives.push_back(
+              negative_set.example(static_cast<size_t>(negative_of[static_cast<size_t>(i)])));
+        auto neg = ihn::data::collate_reports(std::move(negatives));
+        const StepBatch negative{select_views(neg.images, views).to(device),
+                                 neg.reports_ids.to(device), neg.reports_masks.to(device)};
+        auto r = official_step<Traits>(model, official_heads, positive, negative, lambda,
+                                       official_options);
+        ctx.loss = r.loss;
+        ctx.logs["gen_loss"] = r.generation_loss.template item<double>();
+        ctx.logs["ihn/l_cp"] = r.terms.l_cp.template item<double>();
+        ctx.logs["ihn/l_cs"] = r.terms.l_cs.template item<double>();
+        ctx.logs["ihn/hardness"] = 1 - lambda;
+        ctx.image_features = r.image_features;
+        ctx.report_features = r.report_features;
+      } else {
+        auto out = model->forward(positive.images, positive.ids, positive.masks);
+        ctx.loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
+        ctx.logs["gen_loss"] = ctx.loss.item<double>();
+        ctx.image_features = out.image_features;
+        ctx.report_features = out.report_features;
+      }
       for (auto& cb : callbacks) cb->on_before_backward(ctx);
       optimizer.zero_grad();
       ctx.loss.backward();
       for (auto& cb : callbacks) cb->on_after_backward(ctx);
-      if (config.grad_clip > 0)
-        torch::nn::utils::clip_grad_value_(model->parameters(), config.grad_clip);
+      if (config.grad_clip > 0) torch::nn::utils::clip_grad_value_(clipped, config.grad_clip);
       for (auto& cb : callbacks) cb->on_before_optimizer_step(ctx);
       optimizer.step();
       ++global_step;
@@ -895,6 +990,12 @@ TrainResult train(TrainConfig config) {
                       row["train_ihn/alignment"].get<double>(),
                       row["train_ihn/hardness"].get<double>());
         extra = buf;
+      } else if (row.contains("train_ihn/l_cp")) {
+        char buf[128];
+        std::snprintf(buf, sizeof buf, "  l_cp %.3f l_cs %.3f hard %.2f",
+                      row["train_ihn/l_cp"].get<double>(), row["train_ihn/l_cs"].get<double>(),
+                      row["train_ihn/hardness"].get<double>());
+        extra = buf;
       }
       std::printf(
           "%sepoch %lld/%d  loss %.4f%s  %.2f it/s  val BLEU-4 %.4f (best %.4f @%lld)  %s  "
@@ -946,11 +1047,15 @@ TrainResult train(TrainConfig config) {
   return result;
 }
 
+}  // namespace
+
 // ------------------------------------------------------------------------------------------
 // Evaluation and generation
 
-json evaluate_checkpoint(const EvaluateOptions& options) {
-  auto ck = load_model_checkpoint(options.checkpoint, options.ann, options.images, options.authors);
+namespace {
+
+template <class Model>
+json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model>& ck) {
   TrainConfig c = ck.config;
   if (!options.ann.empty()) {
     c.data = "annotation";
@@ -968,7 +1073,7 @@ json evaluate_checkpoint(const EvaluateOptions& options) {
                      " tokens) differs from the one built from the data (" +
                      std::to_string(data.tokenizer.vocab_size()) +
                      " tokens): evaluate with the annotation the model was trained on");
-  R2GenModel model = ck.model;
+  Model model = ck.model;
   model->to(device);
   const ihn::data::ReportDataset* split = nullptr;
   if (options.split == "test")
@@ -1019,10 +1124,8 @@ json evaluate_checkpoint(const EvaluateOptions& options) {
   return j;
 }
 
-std::string generate_report(const GenerateOptions& options) {
-  if (options.images.empty() || options.images.size() > 2)
-    throw TrainError("give one or two --image files (frontal, then lateral)");
-  auto ck = load_model_checkpoint(options.checkpoint, options.ann, "", options.authors);
+template <class Model>
+std::string generate_with_model(const GenerateOptions& options, const LoadedCheckpoint<Model>& ck) {
   const TrainConfig& c = ck.config;
   if (!options.ann.empty() && !ck.authors)
     throw TrainError("--ann rebuilds the vocabulary of an authors' .pth; " + options.checkpoint +
@@ -1045,18 +1148,33 @@ std::string generate_report(const GenerateOptions& options) {
     }
     views.push_back(transform(img, rng));
   }
-  const int64_t want = c.dataset == "iu_xray" ? 2 : 1;
+  const int64_t want = views_of(c);
   while (static_cast<int64_t>(views.size()) < want) views.push_back(views.front());
   views.resize(static_cast<size_t>(want));
   auto images = torch::stack(views).unsqueeze(0).to(device);
-  R2GenModel model = ck.model;
+  Model model = ck.model;
   model->to(device);
   model->eval();
   torch::NoGradGuard no_grad;
   const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
   auto res = model->beam_search(
-      images, r2gen::BeamSearchOptions().beam_size(beam).max_length(c.max_seq_length));
+      images, nn::BeamSearchOptions().beam_size(beam).max_length(c.max_seq_length));
   return ck.tokenizer.decode(row_ids(res.seq[0]));
+}
+
+}  // namespace
+
+json evaluate_checkpoint(const EvaluateOptions& options) {
+  return with_checkpoint_model(options.checkpoint, options.ann, options.images, options.authors,
+                               [&](auto, const auto& ck) { return evaluate_model(options, ck); });
+}
+
+std::string generate_report(const GenerateOptions& options) {
+  if (options.images.empty() || options.images.size() > 2)
+    throw TrainError("give one or two --image files (frontal, then lateral)");
+  return with_checkpoint_model(
+      options.checkpoint, options.ann, "", options.authors,
+      [&](auto, const auto& ck) { return generate_with_model(options, ck); });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1088,13 +1206,17 @@ double t_quantile_975(int df) {
 
 std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>& evals,
                                             int resamples, uint64_t seed) {
-  if (evals.size() != 2 || evals[0].empty() || evals[0].size() != evals[1].size())
-    throw TrainError("compare: need the same number of runs with and without ihn");
+  const size_t arms = evals.size();
+  if (arms < 2 || evals[0].empty())
+    throw TrainError("compare: need runs without ihn and at least one arm with it");
+  for (const auto& arm : evals)
+    if (arm.size() != evals[0].size())
+      throw TrainError("compare: every arm needs the same number of seeds");
   const size_t seeds = evals[0].size();
   ihn::eval::MeteorOptions mo = meteor_options("", nullptr);  // score() needs no WordNet
-  std::vector<std::vector<SeedScores>> scores(2);
+  std::vector<std::vector<SeedScores>> scores(arms);
   std::string meteor_key = "METEOR";
-  for (int arm = 0; arm < 2; ++arm)
+  for (size_t arm = 0; arm < arms; ++arm)
     for (const auto& e : evals[arm]) {
       const auto& d = e.at("per_example_data");
       SeedScores s;
@@ -1169,15 +1291,17 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
   std::vector<size_t> offset(seeds + 1, 0);
   for (size_t s = 0; s < seeds; ++s) {
     const size_t n = scores[0][s].hypotheses.size();
-    if (scores[1][s].hypotheses.size() != n)
-      throw TrainError("compare: runs of seed " + std::to_string(s) + " have different test sets");
+    for (size_t arm = 1; arm < arms; ++arm)
+      if (scores[arm][s].hypotheses.size() != n)
+        throw TrainError("compare: runs of seed " + std::to_string(s) +
+                         " have different test sets");
     offset[s + 1] = offset[s] + n;
   }
   std::vector<CompareRow> rows;
   for (const auto& [name, metric] : metrics) {
     CompareRow row;
     row.metric = name;
-    auto statistic = [&, m = metric](int arm) {
+    auto statistic = [&, m = metric](size_t arm) {
       return [&, arm, m](const std::vector<size_t>& idx) {
         std::vector<std::vector<size_t>> per(seeds);
         for (auto i : idx) {
@@ -1195,8 +1319,9 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
         return used ? sum / used : 0.0;
       };
     };
-    std::vector<std::vector<double>> per_seed(2);
-    for (int arm = 0; arm < 2; ++arm) {
+    std::vector<std::vector<double>> per_seed(arms);
+    row.arms.resize(arms - 1);
+    for (size_t arm = 0; arm < arms; ++arm) {
       std::vector<double>& values = per_seed[arm];
       for (size_t s = 0; s < seeds; ++s) {
         std::vector<size_t> all(offset[s + 1] - offset[s]);
@@ -1210,54 +1335,81 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
                               ? t_quantile_975(static_cast<int>(values.size()) - 1) *
                                     std::sqrt(var / (values.size() - 1)) / std::sqrt(values.size())
                               : 0.0;
-      (arm == 0 ? row.mean_off : row.mean_on) = mean;
-      (arm == 0 ? row.ci_off : row.ci_on) = half;
+      (arm == 0 ? row.mean_off : row.arms[arm - 1].mean) = mean;
+      (arm == 0 ? row.ci_off : row.arms[arm - 1].ci) = half;
     }
-    for (size_t s = 0; s < seeds; ++s) {
-      const double d = per_seed[1][s] - per_seed[0][s];
-      (std::abs(d) < 1e-12 ? row.seeds_equal : d > 0 ? row.seeds_better : row.seeds_worse)++;
+    for (size_t arm = 1; arm < arms; ++arm) {
+      auto& a = row.arms[arm - 1];
+      for (size_t s = 0; s < seeds; ++s) {
+        const double d = per_seed[arm][s] - per_seed[0][s];
+        (std::abs(d) < 1e-12 ? a.seeds_equal : d > 0 ? a.seeds_better : a.seeds_worse)++;
+      }
+      // The same resample seed for every arm: each arm's interval is the two-arm comparison
+      // it would be on its own.
+      const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(arm), statistic(0),
+                                                  {resamples, seed, 0.95});
+      a.difference = pc.difference;
+      a.lower = pc.lower;
+      a.upper = pc.upper;
+      a.p_value = pc.p_value;
+      a.significant = pc.p_value < 0.05;
     }
-    const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(1), statistic(0),
-                                                {resamples, seed, 0.95});
-    row.difference = pc.difference;
-    row.lower = pc.lower;
-    row.upper = pc.upper;
-    row.p_value = pc.p_value;
-    row.significant = pc.p_value < 0.05;
     rows.push_back(row);
   }
   return rows;
 }
 
-std::string compare_markdown(const std::vector<CompareRow>& rows) {
+std::string compare_markdown(const std::vector<CompareRow>& rows,
+                             const std::vector<std::string>& names) {
+  if (!rows.empty() && names.size() != rows[0].arms.size() + 1)
+    throw TrainError("compare: " + std::to_string(names.size()) + " arm names for " +
+                     std::to_string(rows[0].arms.size() + 1) + " arms");
   std::ostringstream o;
-  o << "| metric | without ihn | with ihn | difference [95% CI] | p | significant | seeds +/=/- "
-       "|\n"
-    << "|---|---|---|---|---|---|---|\n";
+  o << "| metric | " << names[0];
+  for (size_t a = 1; a < names.size(); ++a) o << " | " << names[a];
+  for (size_t a = 1; a < names.size(); ++a)
+    o << " | " << names[a] << " − " << names[0] << " [95% CI] | p | significant | seeds +/=/-";
+  o << " |\n|---";
+  for (size_t a = 0; a < names.size(); ++a) o << "|---";
+  for (size_t a = 1; a < names.size(); ++a) o << "|---|---|---|---";
+  o << "|\n";
   char buf[256];
   for (const auto& r : rows) {
-    std::snprintf(buf, sizeof buf,
-                  "| %s | %.4f ± %.4f | %.4f ± %.4f | %+.4f [%+.4f, %+.4f] | %.3f | %s | %d/%d/%d "
-                  "|\n",
-                  r.metric.c_str(), r.mean_off, r.ci_off, r.mean_on, r.ci_on, r.difference, r.lower,
-                  r.upper, r.p_value, r.significant ? "yes" : "no", r.seeds_better, r.seeds_equal,
-                  r.seeds_worse);
+    std::snprintf(buf, sizeof buf, "| %s | %.4f ± %.4f", r.metric.c_str(), r.mean_off, r.ci_off);
     o << buf;
+    for (const auto& a : r.arms) {
+      std::snprintf(buf, sizeof buf, " | %.4f ± %.4f", a.mean, a.ci);
+      o << buf;
+    }
+    for (const auto& a : r.arms) {
+      std::snprintf(buf, sizeof buf, " | %+.4f [%+.4f, %+.4f] | %.3f | %s | %d/%d/%d", a.difference,
+                    a.lower, a.upper, a.p_value, a.significant ? "yes" : "no", a.seeds_better,
+                    a.seeds_equal, a.seeds_worse);
+      o << buf;
+    }
+    o << " |\n";
   }
   return o.str();
 }
 
-json compare_json(const std::vector<CompareRow>& rows) {
+json compare_json(const std::vector<CompareRow>& rows, const std::vector<std::string>& names) {
   json j = json::array();
-  for (const auto& r : rows)
-    j.push_back({{"metric", r.metric},
-                 {"without", {{"mean", r.mean_off}, {"ci95_half_width", r.ci_off}}},
-                 {"with", {{"mean", r.mean_on}, {"ci95_half_width", r.ci_on}}},
-                 {"difference", r.difference},
-                 {"difference_ci95", {r.lower, r.upper}},
-                 {"p_value", r.p_value},
-                 {"significant", r.significant},
-                 {"seeds_better_equal_worse", {r.seeds_better, r.seeds_equal, r.seeds_worse}}});
+  for (const auto& r : rows) {
+    json row{{"metric", r.metric},
+             {names.at(0), {{"mean", r.mean_off}, {"ci95_half_width", r.ci_off}}}};
+    for (size_t a = 0; a < r.arms.size(); ++a) {
+      const auto& d = r.arms[a];
+      row[names.at(a + 1)] = {
+          {"mean", d.mean},
+          {"ci95_half_width", d.ci},
+          {"difference", d.difference},
+          {"difference_ci95", {d.lower, d.upper}},
+          {"p_value", d.p_value},
+          {"significant", d.significant},
+          {"seeds_better_equal_worse", {d.seeds_better, d.seeds_equal, d.seeds_worse}}};
+    }
+    j.push_back(row);
+  }
   return j;
 }
 

@@ -46,6 +46,11 @@ struct TrainConfig {
   int d_model = 128, d_ff = 128, num_heads = 4, num_layers = 1;
   int rm_num_slots = 3, rm_num_heads = 4, rm_d_model = 128;
   double dropout = 0.1, drop_prob_lm = 0.5;
+  // R2GenCMN's cross-modal memory (used by --model cmn; per preset like the widths).
+  int topk = 16, cmm_size = 256, cmm_dim = 128;
+  /// Views fed to the model: 1 (frontal only) or 2 (IU X-Ray frontal + lateral); 0 = the
+  /// default: 1 for MIMIC-CXR and for --ihn official (the release's IU X-Ray protocol), else 2.
+  int views = 0;
   // Optimisation (R2Gen's recipe).
   int epochs = 10;
   int batch_size = 16;
@@ -66,6 +71,10 @@ struct TrainConfig {
   double temperature = 0.07;
   std::string schedule = "exp:0.01";  ///< exp:ALPHA | linear:RAMP | cosine:RAMP | const:LAMBDA
   int ascent_steps = 5;
+  /// --ihn official: `ihn data negatives` output; empty = mine the same pairs at start-up.
+  std::string negatives_file;
+  /// --ihn official: the release's B x B projection (mixes every sample with all others).
+  bool official_legacy = false;
   // Runtime (not part of the recipe; may change on resume).
   std::string out;
   std::string device = "cpu";
@@ -86,6 +95,8 @@ TrainConfig config_from_json(const nlohmann::json& json);
 void apply_preset(TrainConfig& config, const std::string& name);
 /// Checks values and files; throws TrainError naming the option or file and the fix.
 void validate(const TrainConfig& config);
+/// The views a run feeds its model (resolves TrainConfig::views == 0).
+int views_of(const TrainConfig& config);
 
 struct TrainResult {
   int epochs_done = 0;
@@ -142,22 +153,31 @@ struct GenerateOptions {
 };
 std::string generate_report(const GenerateOptions& options);
 
-/// Table rows of `ihn compare`: one per metric, mean ± CI over seeds for each arm and the
-/// paired bootstrap over seeds x examples of (with − without).
-struct CompareRow {
-  std::string metric;
-  double mean_off = 0, ci_off = 0, mean_on = 0, ci_on = 0;  ///< ci = half-width, 95 %
+/// One arm against the `off` arm (arm 0) on one metric: the paired bootstrap over seeds x
+/// examples of (arm − off).
+struct ArmDifference {
+  double mean = 0, ci = 0;  ///< the arm's mean over seeds and 95 % t half-width
   double difference = 0, lower = 0, upper = 0, p_value = 1;
   bool significant = false;
-  /// Seeds where with > without, equal, with < without: the bootstrap resamples studies, so a
+  /// Seeds where arm > off, equal, arm < off: the bootstrap resamples studies, so a
   /// difference carried by one or two seeds shows here.
   int seeds_better = 0, seeds_equal = 0, seeds_worse = 0;
 };
-/// `evaluations[arm][seed]` = evaluate_checkpoint() JSON, arm 0 without ihn, 1 with.
+/// Table rows of `ihn compare`: one per metric, mean ± CI over seeds of the `off` arm and, for
+/// every other arm, its mean ± CI and its difference from `off`.
+struct CompareRow {
+  std::string metric;
+  double mean_off = 0, ci_off = 0;  ///< ci = half-width, 95 %
+  std::vector<ArmDifference> arms;  ///< arms 1.. in the order given
+};
+/// `evals[arm][seed]` = evaluate_checkpoint() JSON; arm 0 is without ihn, every other arm is
+/// compared against it. `names[arm]` labels the arms (e.g. off, paper, official).
 std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<nlohmann::json>>& evals,
                                             int resamples, uint64_t seed);
-std::string compare_markdown(const std::vector<CompareRow>& rows);
-nlohmann::json compare_json(const std::vector<CompareRow>& rows);
+std::string compare_markdown(const std::vector<CompareRow>& rows,
+                             const std::vector<std::string>& names);
+nlohmann::json compare_json(const std::vector<CompareRow>& rows,
+                            const std::vector<std::string>& names);
 
 /// Installs SIGINT/SIGTERM handlers that ask train() to stop after the current step.
 void install_signal_handlers();
