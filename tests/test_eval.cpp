@@ -524,6 +524,14 @@ TEST_CASE("eval: paired bootstrap tells different systems from equal ones", "[ev
   const auto same = paired_bootstrap(a.size(), mean_of(a), mean_of(a_copy), o);
   CHECK(same.difference == 0.0);
   CHECK(same.p_value == 1.0);
+  // Equal scores that differ by rounding only (here a relative 1e-15, always the same sign, as
+  // a different summation order can give) are a tie (p = 1), not a "significant" difference.
+  const ResampleStatistic rounded = [&a](const std::vector<std::size_t>& idx) {
+    return mean_of(a)(idx) * (1 - 1e-15);
+  };
+  const auto rounding = paired_bootstrap(a.size(), mean_of(a), rounded, o);
+  CHECK(rounding.difference > 0.0);
+  CHECK(rounding.p_value == 1.0);
 }
 
 namespace {

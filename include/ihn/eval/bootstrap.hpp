@@ -135,10 +135,14 @@ inline PairedComparison paired_bootstrap(std::size_t n, const ResampleStatistic&
   long long at_most_zero = 0, at_least_zero = 0;
   for (int r = 0; r < options.resamples; ++r) {
     for (auto& i : idx) i = detail::uniform_index(rng, n);
-    const double d = a(idx) - b(idx);
+    const double value_a = a(idx), value_b = b(idx);
+    const double d = value_a - value_b;
     diffs.push_back(d);
-    at_most_zero += d <= 0;
-    at_least_zero += d >= 0;
+    // Equal systems can differ by rounding (the same scores summed in another order); such a
+    // difference is a tie, not evidence, or a constant 1e-17 would read as p = 0.
+    const double tie = 1e-12 * std::max({1.0, std::abs(value_a), std::abs(value_b)});
+    at_most_zero += d <= tie;
+    at_least_zero += d >= -tie;
   }
   std::sort(diffs.begin(), diffs.end());
   const double tail = (1 - options.level) / 2;
