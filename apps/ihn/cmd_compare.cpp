@@ -24,6 +24,7 @@ using ihn_examples::train::TrainConfig;
 struct CompareArgs {
   int seeds = 3;
   uint64_t first_seed = 1;
+  std::string model = "r2gen";
   std::string preset = "cpu-small";
   std::string out = "runs/compare";
   std::string device = "cpu";
@@ -103,6 +104,7 @@ void run_compare(CompareArgs& a) {
   for (int s = 0; s < a.seeds; ++s)
     for (int arm = 0; arm < static_cast<int>(arms.size()); ++arm) {
       TrainConfig c;
+      c.model = a.model;  // before the preset: the optimiser recipe is per model
       ihn_examples::train::apply_preset(c, a.preset);
       a.recipe->apply(c);
       c.ihn = arms[static_cast<size_t>(arm)];
@@ -219,6 +221,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--seeds", args->seeds, "Number of seeds")->capture_default_str();
   cmd->add_option("--first-seed", args->first_seed, "Seeds are first-seed, first-seed+1, ...")
       ->capture_default_str();
+  cmd->add_option("--model", args->model, "Generator: r2gen or cmn")->capture_default_str();
   cmd->add_option("--preset", args->preset, "Recipe: cpu-small or paper")->capture_default_str();
   cmd->add_option("--out", args->out, "Output folder")->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();

@@ -37,6 +37,7 @@ void run_train(TrainArgs& a) {
   if (!a.config_file.empty()) {
     c = read_config_file(a.config_file);  // the whole recipe, e.g. written by ihn compare
   } else {
+    c.model = a.config.model;  // before the preset: the optimiser recipe is per model
     ihn_examples::train::apply_preset(c, a.preset);
   }
   a.recipe->apply(c);
@@ -90,7 +91,7 @@ void add_train_command(CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train a report generator (optionally with ihn)");
   args->config.plots = false;
-  cmd->add_option("--model", args->config.model, "Generator: r2gen")->capture_default_str();
+  cmd->add_option("--model", args->config.model, "Generator: r2gen or cmn")->capture_default_str();
   cmd->add_option("--data", args->data, "Built-in data set: synth (the default without --ann)");
   cmd->add_option("--ann", args->config.ann, "R2Gen annotation.json (real data)");
   cmd->add_option("--images", args->config.images, "Image root of the annotation");

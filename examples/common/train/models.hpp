@@ -37,6 +37,10 @@ struct ModelTraitsBase {
   static bool is_visual_parameter(const std::string& name) {
     return name.rfind("visual_extractor.", 0) == 0;
   }
+  /// Rows of the positional-encoding table: the config's, or just enough for the reports.
+  static int64_t max_positions(const TrainConfig& c) {
+    return c.max_positions > 0 ? c.max_positions : std::max(c.max_seq_length + 1, 100);
+  }
   template <class Output>
   static at::Tensor official_image_input(const Output& out) {
     return out.fc_feats;
@@ -63,7 +67,7 @@ struct R2GenTraits : ModelTraitsBase {
         .rm_d_model(c.rm_d_model)
         .dropout(c.dropout)
         .drop_prob_lm(c.drop_prob_lm)
-        .max_positions(std::max(c.max_seq_length + 1, 100));
+        .max_positions(max_positions(c));
   }
   /// Width of official_image_input for `views` views (fc_feats concatenates the views).
   static int64_t official_image_dim(const Options& o, int64_t views) { return views * o.d_vf(); }

@@ -53,7 +53,7 @@ using json = nlohmann::json;
   X(synth_image_size) X(resize) X(crop) X(threshold) X(max_seq_length) X(visual_depth)           \
   X(d_model) X(d_ff) X(num_heads) X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model)    \
   X(dropout) X(drop_prob_lm) X(topk) X(cmm_size) X(cmm_dim) X(views) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
-  X(amsgrad) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn)       \
+  X(amsgrad) X(adam_beta1) X(adam_beta2) X(adam_eps) X(max_positions) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn)       \
   X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(negatives_file) X(official_legacy) X(out) X(device)         \
   X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label) X(bootstrap) X(wordnet)
 // clang-format on
@@ -131,6 +131,28 @@ void apply_preset(TrainConfig& c, const std::string& name) {
     c.schedule = "exp:0.1";
   } else {
     throw TrainError("unknown preset '" + name + "' (use paper or cpu-small)");
+  }
+  // The optimiser of each model's official code (REFERENCE.md): R2Gen clips gradients by value
+  // 0.1 with PyTorch's Adam defaults; R2GenCMN does not clip and uses betas (0.9, 0.98), eps
+  // 1e-9, and its IU X-Ray script's learning rates, StepLR(10, 0.8) and seed.
+  if (c.model == "cmn") {
+    c.grad_clip = 0;
+    c.adam_beta1 = 0.9;
+    c.adam_beta2 = 0.98;
+    c.adam_eps = 1e-9;
+    if (name == "paper") {
+      c.lr_ve = 1e-4;
+      c.lr_ed = 5e-4;
+      c.lr_step = 10;
+      c.lr_gamma = 0.8;
+      c.seed = 7580;
+    }
+  } else {
+    TrainConfig d;
+    c.grad_clip = d.grad_clip;
+    c.adam_beta1 = d.adam_beta1;
+    c.adam_beta2 = d.adam_beta2;
+    c.adam_eps = d.adam_eps;
   }
   c.preset = name;
 }
@@ -664,7 +686,11 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
   clipped = ve_params;
   clipped.insert(clipped.end(), ed_params.begin(), ed_params.end());
   auto adam = [&](double lr) {
-    return torch::optim::AdamOptions(lr).weight_decay(config.weight_decay).amsgrad(config.amsgrad);
+    return torch::optim::AdamOptions(lr)
+        .betas({config.adam_beta1, config.adam_beta2})
+        .eps(config.adam_eps)
+        .weight_decay(config.weight_decay)
+        .amsgrad(config.amsgrad);
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));

@@ -46,6 +46,9 @@ struct TrainConfig {
   int d_model = 128, d_ff = 128, num_heads = 4, num_layers = 1;
   int rm_num_slots = 3, rm_num_heads = 4, rm_d_model = 128;
   double dropout = 0.1, drop_prob_lm = 0.5;
+  /// Rows of the positional-encoding table (a state-dict buffer; 5000 upstream); 0 = just
+  /// enough for max_seq_length (at least 100).
+  int max_positions = 0;
   // R2GenCMN's cross-modal memory (used by --model cmn; per preset like the widths).
   int topk = 16, cmm_size = 256, cmm_dim = 128;
   /// Views fed to the model: 1 (frontal only) or 2 (IU X-Ray frontal + lateral); 0 = the
@@ -57,6 +60,8 @@ struct TrainConfig {
   double lr_ve = 5e-5, lr_ed = 1e-4;
   double weight_decay = 5e-5;
   bool amsgrad = true;
+  /// Adam's betas and epsilon: PyTorch's defaults for R2Gen; R2GenCMN uses (0.9, 0.98), 1e-9.
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   int lr_step = 50;  ///< StepLR step_size in epochs
   double lr_gamma = 0.1;
   double grad_clip = 0.1;  ///< clip gradients by value; <= 0 disables
