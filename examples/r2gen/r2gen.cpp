@@ -360,37 +360,8 @@ R2GenModelImpl::R2GenModelImpl(const R2GenOptions& o)
 
 std::pair<torch::Tensor, torch::Tensor> R2GenModelImpl::visual_features(
     const torch::Tensor& images) {
-  if (images.dim() == 4) {
-    auto f = visual_extractor(images);
-    return {f.patch, f.avg};
-  }
-  if (images.dim() != 5)
-    throw std::invalid_argument("R2Gen: images must be (B, views, 3, H, W) or (B, 3, H, W), got " +
-                                c10::str(images.sizes()));
-  std::vector<torch::Tensor> patches, avgs;
-  for (int64_t v = 0; v < images.size(1); ++v) {
-    auto f = visual_extractor(images.select(1, v));
-    patches.push_back(f.patch);
-    avgs.push_back(f.avg);
-  }
-  return {torch::cat(patches, 1), torch::cat(avgs, 1)};
+  return nn::multiview_features(*visual_extractor, images, "R2Gen");
 }
-
-torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask) {
-  auto m = mask.to(x.dtype()).unsqueeze(-1);
-  return (x * m).sum(1) / m.sum(1).clamp_min(1);
-}
-
-namespace {
-torch::Tensor input_mask(const torch::Tensor& reports_ids, const torch::Tensor& reports_masks) {
-  // The decoder input is ids[:, :-1]; its valid positions are masks[:, :-1].
-  const auto T = reports_ids.size(1) - 1;
-  if (reports_masks.defined()) return reports_masks.narrow(1, 0, T);
-  auto m = reports_ids.narrow(1, 0, T).gt(0);
-  m.select(1, 0).fill_(true);
-  return m;
-}
-}  // namespace
 
 R2GenOutput R2GenModelImpl::forward(const torch::Tensor& images, const torch::Tensor& reports_ids,
                                     const torch::Tensor& reports_masks) {
@@ -400,7 +371,7 @@ R2GenOutput R2GenModelImpl::forward(const torch::Tensor& images, const torch::Te
   out.logprobs = out.details.logprobs;
   out.image_features = out.details.encoder_out.mean(1);
   out.report_features =
-      masked_mean(out.details.decoder_out, input_mask(reports_ids, reports_masks));
+      masked_mean(out.details.decoder_out, nn::decoder_input_mask(reports_ids, reports_masks));
   return out;
 }
 
@@ -430,15 +401,6 @@ BeamSearchResult R2GenModelImpl::beam_search(const torch::Tensor& images,
   torch::NoGradGuard no_grad;
   auto decoder = make_decoder(images);
   return nn::beam_search(*decoder, images.size(0), options_, images.device());
-}
-
-torch::Tensor compute_loss(const torch::Tensor& logprobs, const torch::Tensor& reports_ids,
-                           const torch::Tensor& reports_masks) {
-  const auto T = logprobs.size(1);
-  auto target = reports_ids.narrow(1, 1, T);
-  auto mask = reports_masks.narrow(1, 1, T).to(logprobs.dtype());
-  auto nll = -logprobs.gather(2, target.unsqueeze(2)).squeeze(2) * mask;
-  return nll.sum() / mask.sum();
 }
 
 }  // namespace ihn_examples::r2gen

@@ -19,7 +19,9 @@
 #include <memory>
 
 #include "nn/decoding.hpp"
+#include "nn/multiview.hpp"
 #include "nn/resnet.hpp"
+#include "nn/training.hpp"
 #include "nn/transformer.hpp"
 
 namespace ihn_examples::r2gen {
@@ -226,12 +228,9 @@ struct R2GenModelImpl : torch::nn::Module {
 };
 TORCH_MODULE(R2GenModel);
 
-/// modules/loss.py compute_loss: masked NLL of logprobs (B, T-1, V+1) against ids[:, 1:] with
-/// masks[:, 1:], summed over tokens and divided by the mask sum.
-torch::Tensor compute_loss(const torch::Tensor& logprobs, const torch::Tensor& reports_ids,
-                           const torch::Tensor& reports_masks);
-
-/// Masked mean over dim 1: x (B, T, d), mask (B, T) -> (B, d).
-torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask);
+/// modules/loss.py compute_loss and the masked mean of the report features, shared with
+/// R2GenCMN (nn/training.hpp).
+using nn::compute_loss;
+using nn::masked_mean;
 
 }  // namespace ihn_examples::r2gen
