@@ -125,31 +125,6 @@ nn::PositionwiseFeedForward make_ff(const R2GenOptions& o) {
 }
 }  // namespace
 
-EncoderLayerImpl::EncoderLayerImpl(const R2GenOptions& o)
-    : self_attn(register_module("self_attn", make_attention(o))),
-      feed_forward(register_module("feed_forward", make_ff(o))),
-      sublayer(register_module("sublayer", torch::nn::ModuleList())) {
-  for (int i = 0; i < 2; ++i) sublayer->push_back(nn::SublayerConnection(o.d_model(), o.dropout()));
-}
-
-torch::Tensor EncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
-  auto s0 = sublayer[0]->as<nn::SublayerConnectionImpl>();
-  auto s1 = sublayer[1]->as<nn::SublayerConnectionImpl>();
-  auto y = s0->forward(x, [&](const torch::Tensor& n) { return self_attn(n, n, n, mask); });
-  return s1->forward(y, [&](const torch::Tensor& n) { return feed_forward(n); });
-}
-
-EncoderImpl::EncoderImpl(const R2GenOptions& o)
-    : layers(register_module("layers", torch::nn::ModuleList())),
-      norm(register_module("norm", nn::LayerNorm(o.d_model()))) {
-  for (int64_t i = 0; i < o.num_layers(); ++i) layers->push_back(EncoderLayer(o));
-}
-
-torch::Tensor EncoderImpl::forward(torch::Tensor x, const torch::Tensor& mask) {
-  for (const auto& layer : *layers) x = layer->as<EncoderLayerImpl>()->forward(x, mask);
-  return norm(x);
-}
-
 DecoderLayerImpl::DecoderLayerImpl(const R2GenOptions& o)
     : self_attn(register_module("self_attn", make_attention(o))),
       src_attn(register_module("src_attn", make_attention(o))),
@@ -196,7 +171,11 @@ torch::Tensor DecoderImpl::forward(torch::Tensor x, const torch::Tensor& hidden_
 }
 
 TransformerImpl::TransformerImpl(const R2GenOptions& o)
-    : encoder(register_module("encoder", Encoder(o))),
+    : encoder(register_module(
+          "encoder", nn::Encoder(nn::TransformerStackOptions(o.d_model(), o.d_ff(), o.num_heads(),
+                                                             o.num_layers())
+                                     .dropout(o.dropout())
+                                     .masked_fill(-1e9)))),
       decoder(register_module("decoder", Decoder(o))),
       embeddings(nn::Embeddings(o.d_model(), o.vocab_size() + 1)),
       position(nn::PositionalEncoding(o.d_model(), o.dropout(), o.max_positions())),

@@ -95,23 +95,6 @@ struct ConditionalSublayerConnectionImpl : torch::nn::Module {
 };
 TORCH_MODULE(ConditionalSublayerConnection);
 
-struct EncoderLayerImpl : torch::nn::Module {
-  EncoderLayerImpl(const R2GenOptions& o);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
-  nn::MultiHeadedAttention self_attn;
-  nn::PositionwiseFeedForward feed_forward;
-  torch::nn::ModuleList sublayer;
-};
-TORCH_MODULE(EncoderLayer);
-
-struct EncoderImpl : torch::nn::Module {
-  EncoderImpl(const R2GenOptions& o);
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask);
-  torch::nn::ModuleList layers;
-  nn::LayerNorm norm;
-};
-TORCH_MODULE(Encoder);
-
 struct DecoderLayerImpl : torch::nn::Module {
   DecoderLayerImpl(const R2GenOptions& o);
   /// Teacher forcing over all positions. memory: the RM output per position (B, T, slots*d).
@@ -139,7 +122,7 @@ TORCH_MODULE(Decoder);
 /// src_embed is the identity in R2Gen (no positional encoding on visual tokens).
 struct TransformerImpl : torch::nn::Module {
   TransformerImpl(const R2GenOptions& o);
-  Encoder encoder;
+  nn::Encoder encoder;  // the Annotated Transformer encoder shared with R2GenCMN
   Decoder decoder;
   nn::Embeddings embeddings;        // tgt_embed.0
   nn::PositionalEncoding position;  // tgt_embed.1
