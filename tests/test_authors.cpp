@@ -6,11 +6,13 @@
 
 #include <ihn/io/pth.hpp>
 
+#include "cmn.hpp"
 #include "data/annotation.hpp"
 #include "data/image.hpp"
 #include "data/tokenizer.hpp"
 #include "r2gen.hpp"
 #include "train/authors_checkpoint.hpp"
+#include "train/models.hpp"
 #include "train/train.hpp"
 
 #include <nlohmann/json.hpp>
@@ -443,10 +445,13 @@ void write_annotation(const fs::path& dir) {
 
 /// What generation must give: the file loaded straight into our port (ihn::io), R2Gen's test
 /// transform, beam search 3, length 60, decoded with the vocabulary built from the annotation.
-std::string direct_report(const R2GenOptions& options, const std::string& pth,
-                          const ihn::data::Tokenizer& tok, const std::vector<std::string>& images) {
-  R2GenModel model(options);
-  const auto report = ihn::io::load_pth(*model, pth);
+/// Our model built from `options`, loaded from `pth` directly (ihn::io), decoding the images.
+template <class Model, class Options>
+std::string direct_report(const Options& options, const std::string& pth,
+                          const ihn::data::Tokenizer& tok, const std::vector<std::string>& images,
+                          const ihn::io::LoadOptions& load = {}) {
+  Model model(options);
+  const auto report = ihn::io::load_pth(*model, pth, load);
   REQUIRE(report.ok());
   model->eval();
   torch::NoGradGuard no_grad;
@@ -461,8 +466,8 @@ std::string direct_report(const R2GenOptions& options, const std::string& pth,
       model->beam_search(torch::stack(views).unsqueeze(0),
                          ihn_examples::r2gen::BeamSearchOptions().beam_size(3).max_length(60));
   auto seq = res.seq[0].contiguous();
-  return tok.decode(
-      std::vector<int64_t>(seq.data_ptr<int64_t>(), seq.data_ptr<int64_t>() + seq.numel()));
+  const int64_t* ids = seq.template data_ptr<int64_t>();
+  return tok.decode(std::vector<int64_t>(ids, ids + seq.numel()));
 }
 
 std::string run_capture(const std::string& command, int* status) {
@@ -515,11 +520,11 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
   const auto zip = (dir / "model_best.pth").string();
   const auto study = dir / "images" / "test_0";
   const std::vector<std::string> images = {(study / "0.png").string(), (study / "1.png").string()};
-  const auto expected = direct_report(options, zip, tok, images);
+  const auto expected = direct_report<R2GenModel>(options, zip, tok, images);
   CHECK(expected.size() > 20);
 
   SECTION("inference from the file") {
-    auto loaded = authors::load_authors_checkpoint(zip, ann, "", {});
+    auto loaded = authors::read_authors_checkpoint(zip, ann, "", {});
     const auto& c = loaded.config;
     CHECK(c.architecture == Architecture::r2gen);
     CHECK(c.visual_depth == 18);
@@ -534,8 +539,12 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
     CHECK(c.vocab_size == tok.vocab_size());
     CHECK(c.max_positions == 120);
     CHECK(loaded.tokenizer.tokens() == tok.tokens());
-    CHECK(loaded.report.ok());
-    CHECK(loaded.report.loaded == r2gen_shapes(options).size());
+    CHECK(loaded.train_config.model == "r2gen");
+    R2GenModel model(ihn_examples::train::R2GenTraits::options(loaded.train_config,
+                                                               loaded.tokenizer.vocab_size()));
+    const auto report = authors::load_authors_weights(*model, loaded.state, c, zip);
+    CHECK(report.ok());
+    CHECK(report.loaded == r2gen_shapes(options).size());
   }
 
   SECTION("generate: library, every file layout, and the CLI") {
@@ -601,4 +610,128 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
                 &status);
     CHECK(status != 0);  // no --ann
   }
+}
+
+namespace {
+
+/// Fills the keys our CMN port exports the way a trained upstream state_dict looks: the memory
+/// attention's two names hold one tensor; the ITHN file adds the paper's training heads.
+const char* kMakeCmnCheckpoints = R"PY(
+import collections, json, math, sys, torch
+out = sys.argv[1]
+spec = json.load(open(out + '/keys.json'))
+g = torch.Generator().manual_seed(77)
+sd = collections.OrderedDict()
+for e in spec:
+    name, shape = e['name'], e['shape']
+    if e['dtype'] == 'int64':
+        sd[name] = torch.tensor(3, dtype=torch.int64)
+    elif name.endswith('running_var'):
+        sd[name] = 0.5 + torch.rand(shape, generator=g)
+    elif len(shape) >= 2:
+        sd[name] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+    else:
+        t = 0.1 * torch.randn(shape, generator=g)
+        if name.endswith('.a_2') or (name.startswith('visual_extractor') and name.endswith('.weight')):
+            t = t + 1.0
+        sd[name] = t
+alias = 'encoder_decoder.model.cmn.'
+for k in list(sd):
+    if k.startswith(alias):
+        sd[k] = sd['encoder_decoder.cmn.' + k[len(alias):]]
+# Logits driven by the decoder state rather than the bias, so that reports depend on the image
+# and on every weight (a random bias alone decodes one word over and over); EOS kept unlikely.
+sd['encoder_decoder.logit.weight'] *= 12.0
+sd['encoder_decoder.logit.bias'].zero_()
+sd['encoder_decoder.logit.bias'][0] = -30.0
+torch.save({'epoch': 5, 'state_dict': sd, 'optimizer': {}, 'monitor_best': 0.1}, out + '/cmn.pth')
+ithn = collections.OrderedDict(sd)
+d = sd['encoder_decoder.logit.weight'].shape[1]
+d_vf = sd['encoder_decoder.att_embed.0.weight'].shape[1]
+ithn['img_projection.linear1.weight'] = torch.randn(d, d_vf, generator=g)
+ithn['text_projection.linear1.weight'] = torch.randn(d, d, generator=g)
+ithn['temp_1'] = torch.tensor(math.log(1 / 0.07))
+ithn['temp_3'] = torch.tensor(math.log(1 / 0.07))
+torch.save({'epoch': 5, 'state_dict': ithn, 'optimizer': {}, 'monitor_best': 0.1}, out + '/ithn.pth')
+)PY";
+
+}  // namespace
+
+TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN port",
+          "[authors][python]") {
+  if (!ihn_test::python_available("torch")) return;
+  using ihn_examples::cmn::CMNModel;
+  using ihn_examples::cmn::CMNOptions;
+  const auto dir = ihn_test::scratch_dir("authors_cmn_pth");
+  write_annotation(dir);
+  const auto ann = (dir / "annotation.json").string();
+  const auto tok = ihn::data::Tokenizer::build(ihn::data::load_annotation(ann).train_reports(),
+                                               ihn::data::Dataset::iu_xray, 3);
+  // Heads and top-k are the official defaults (8, 32): nothing to override.
+  const auto options = CMNOptions(tok.vocab_size())
+                           .visual_depth(18)
+                           .d_model(32)
+                           .d_ff(48)
+                           .num_layers(2)
+                           .topk(32)
+                           .cmm_size(40)
+                           .cmm_dim(32)
+                           .max_positions(120);
+  {
+    CMNModel model(options);
+    nlohmann::json keys = nlohmann::json::array();
+    auto add = [&](const std::string& name, const at::Tensor& t) {
+      keys.push_back({{"name", name},
+                      {"shape", t.sizes().vec()},
+                      {"dtype", t.scalar_type() == torch::kLong ? "int64" : "float32"}});
+    };
+    for (const auto& p : model->named_parameters()) add(p.key(), p.value());
+    for (const auto& b : model->named_buffers()) add(b.key(), b.value());
+    std::ofstream(dir / "keys.json") << keys.dump();
+  }
+  { std::ofstream(dir / "make.py") << kMakeCmnCheckpoints; }
+  REQUIRE(std::system((python() + " " + (dir / "make.py").string() + " " + dir.string()).c_str()) ==
+          0);
+  const auto study = dir / "images" / "test_0";
+  const std::vector<std::string> images = {(study / "0.png").string(), (study / "1.png").string()};
+  const auto cmn_file = (dir / "cmn.pth").string();
+  const auto expected = direct_report<CMNModel>(options, cmn_file, tok, images);
+  CHECK(expected.size() > 20);
+
+  for (const auto& [file, architecture] :
+       {std::pair{cmn_file, Architecture::r2gencmn},
+        std::pair{(dir / "ithn.pth").string(), Architecture::ithn}}) {
+    INFO(file);
+    const auto loaded = authors::read_authors_checkpoint(file, ann, "", {});
+    CHECK(loaded.config.architecture == architecture);
+    CHECK(loaded.train_config.model == "cmn");
+    CHECK(loaded.config.topk == 32);
+    CHECK(loaded.config.cmm_size == 40);
+    CHECK(loaded.config.cmm_dim == 32);
+    CHECK(std::none_of(loaded.state.begin(), loaded.state.end(), [](const auto& entry) {
+      return entry.first.find("projection.") != std::string::npos;  // training-only heads
+    }));
+    ihn_examples::train::GenerateOptions g;
+    g.checkpoint = file;
+    g.images = images;
+    g.ann = ann;
+    CHECK(ihn_examples::train::generate_report(g) == expected);
+  }
+  // The CLI, on the ITHN file.
+  int status = 0;
+  const auto out = run_capture(
+      std::string(IHN_TOOL) + " generate --checkpoint " + (dir / "ithn.pth").string() + " --ann " +
+          ann + " --dataset iu_xray --image " + images[0] + " --image " + images[1],
+      &status);
+  CHECK(status == 0);
+  CHECK(out == expected + "\n");
+  // What the shapes cannot tell comes from the official defaults or the user's override.
+  authors::Overrides overrides;
+  overrides.topk = 4;
+  overrides.num_heads = 4;
+  const auto overridden = authors::read_authors_checkpoint(cmn_file, ann, "", overrides);
+  CHECK(overridden.train_config.topk == 4);
+  CHECK(overridden.train_config.num_heads == 4);
+  CHECK(ihn_examples::train::CMNTraits::options(overridden.train_config, tok.vocab_size()).topk() ==
+        4);
 }

@@ -125,31 +125,6 @@ nn::PositionwiseFeedForward make_ff(const R2GenOptions& o) {
 }
 }  // namespace
 
-EncoderLayerImpl::EncoderLayerImpl(const R2GenOptions& o)
-    : self_attn(register_module("self_attn", make_attention(o))),
-      feed_forward(register_module("feed_forward", make_ff(o))),
-      sublayer(register_module("sublayer", torch::nn::ModuleList())) {
-  for (int i = 0; i < 2; ++i) sublayer->push_back(nn::SublayerConnection(o.d_model(), o.dropout()));
-}
-
-torch::Tensor EncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
-  auto s0 = sublayer[0]->as<nn::SublayerConnectionImpl>();
-  auto s1 = sublayer[1]->as<nn::SublayerConnectionImpl>();
-  auto y = s0->forward(x, [&](const torch::Tensor& n) { return self_attn(n, n, n, mask); });
-  return s1->forward(y, [&](const torch::Tensor& n) { return feed_forward(n); });
-}
-
-EncoderImpl::EncoderImpl(const R2GenOptions& o)
-    : layers(register_module("layers", torch::nn::ModuleList())),
-      norm(register_module("norm", nn::LayerNorm(o.d_model()))) {
-  for (int64_t i = 0; i < o.num_layers(); ++i) layers->push_back(EncoderLayer(o));
-}
-
-torch::Tensor EncoderImpl::forward(torch::Tensor x, const torch::Tensor& mask) {
-  for (const auto& layer : *layers) x = layer->as<EncoderLayerImpl>()->forward(x, mask);
-  return norm(x);
-}
-
 DecoderLayerImpl::DecoderLayerImpl(const R2GenOptions& o)
     : self_attn(register_module("self_attn", make_attention(o))),
       src_attn(register_module("src_attn", make_attention(o))),
@@ -196,7 +171,11 @@ torch::Tensor DecoderImpl::forward(torch::Tensor x, const torch::Tensor& hidden_
 }
 
 TransformerImpl::TransformerImpl(const R2GenOptions& o)
-    : encoder(register_module("encoder", Encoder(o))),
+    : encoder(register_module(
+          "encoder", nn::Encoder(nn::TransformerStackOptions(o.d_model(), o.d_ff(), o.num_heads(),
+                                                             o.num_layers())
+                                     .dropout(o.dropout())
+                                     .masked_fill(-1e9)))),
       decoder(register_module("decoder", Decoder(o))),
       embeddings(nn::Embeddings(o.d_model(), o.vocab_size() + 1)),
       position(nn::PositionalEncoding(o.d_model(), o.dropout(), o.max_positions())),
@@ -360,37 +339,8 @@ R2GenModelImpl::R2GenModelImpl(const R2GenOptions& o)
 
 std::pair<torch::Tensor, torch::Tensor> R2GenModelImpl::visual_features(
     const torch::Tensor& images) {
-  if (images.dim() == 4) {
-    auto f = visual_extractor(images);
-    return {f.patch, f.avg};
-  }
-  if (images.dim() != 5)
-    throw std::invalid_argument("R2Gen: images must be (B, views, 3, H, W) or (B, 3, H, W), got " +
-                                c10::str(images.sizes()));
-  std::vector<torch::Tensor> patches, avgs;
-  for (int64_t v = 0; v < images.size(1); ++v) {
-    auto f = visual_extractor(images.select(1, v));
-    patches.push_back(f.patch);
-    avgs.push_back(f.avg);
-  }
-  return {torch::cat(patches, 1), torch::cat(avgs, 1)};
+  return nn::multiview_features(*visual_extractor, images, "R2Gen");
 }
-
-torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask) {
-  auto m = mask.to(x.dtype()).unsqueeze(-1);
-  return (x * m).sum(1) / m.sum(1).clamp_min(1);
-}
-
-namespace {
-torch::Tensor input_mask(const torch::Tensor& reports_ids, const torch::Tensor& reports_masks) {
-  // The decoder input is ids[:, :-1]; its valid positions are masks[:, :-1].
-  const auto T = reports_ids.size(1) - 1;
-  if (reports_masks.defined()) return reports_masks.narrow(1, 0, T);
-  auto m = reports_ids.narrow(1, 0, T).gt(0);
-  m.select(1, 0).fill_(true);
-  return m;
-}
-}  // namespace
 
 R2GenOutput R2GenModelImpl::forward(const torch::Tensor& images, const torch::Tensor& reports_ids,
                                     const torch::Tensor& reports_masks) {
@@ -400,7 +350,7 @@ R2GenOutput R2GenModelImpl::forward(const torch::Tensor& images, const torch::Te
   out.logprobs = out.details.logprobs;
   out.image_features = out.details.encoder_out.mean(1);
   out.report_features =
-      masked_mean(out.details.decoder_out, input_mask(reports_ids, reports_masks));
+      masked_mean(out.details.decoder_out, nn::decoder_input_mask(reports_ids, reports_masks));
   return out;
 }
 
@@ -430,15 +380,6 @@ BeamSearchResult R2GenModelImpl::beam_search(const torch::Tensor& images,
   torch::NoGradGuard no_grad;
   auto decoder = make_decoder(images);
   return nn::beam_search(*decoder, images.size(0), options_, images.device());
-}
-
-torch::Tensor compute_loss(const torch::Tensor& logprobs, const torch::Tensor& reports_ids,
-                           const torch::Tensor& reports_masks) {
-  const auto T = logprobs.size(1);
-  auto target = reports_ids.narrow(1, 1, T);
-  auto mask = reports_masks.narrow(1, 1, T).to(logprobs.dtype());
-  auto nll = -logprobs.gather(2, target.unsqueeze(2)).squeeze(2) * mask;
-  return nll.sum() / mask.sum();
 }
 
 }  // namespace ihn_examples::r2gen

@@ -19,7 +19,9 @@
 #include <memory>
 
 #include "nn/decoding.hpp"
+#include "nn/multiview.hpp"
 #include "nn/resnet.hpp"
+#include "nn/training.hpp"
 #include "nn/transformer.hpp"
 
 namespace ihn_examples::r2gen {
@@ -93,23 +95,6 @@ struct ConditionalSublayerConnectionImpl : torch::nn::Module {
 };
 TORCH_MODULE(ConditionalSublayerConnection);
 
-struct EncoderLayerImpl : torch::nn::Module {
-  EncoderLayerImpl(const R2GenOptions& o);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
-  nn::MultiHeadedAttention self_attn;
-  nn::PositionwiseFeedForward feed_forward;
-  torch::nn::ModuleList sublayer;
-};
-TORCH_MODULE(EncoderLayer);
-
-struct EncoderImpl : torch::nn::Module {
-  EncoderImpl(const R2GenOptions& o);
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask);
-  torch::nn::ModuleList layers;
-  nn::LayerNorm norm;
-};
-TORCH_MODULE(Encoder);
-
 struct DecoderLayerImpl : torch::nn::Module {
   DecoderLayerImpl(const R2GenOptions& o);
   /// Teacher forcing over all positions. memory: the RM output per position (B, T, slots*d).
@@ -137,7 +122,7 @@ TORCH_MODULE(Decoder);
 /// src_embed is the identity in R2Gen (no positional encoding on visual tokens).
 struct TransformerImpl : torch::nn::Module {
   TransformerImpl(const R2GenOptions& o);
-  Encoder encoder;
+  nn::Encoder encoder;  // the Annotated Transformer encoder shared with R2GenCMN
   Decoder decoder;
   nn::Embeddings embeddings;        // tgt_embed.0
   nn::PositionalEncoding position;  // tgt_embed.1
@@ -226,12 +211,9 @@ struct R2GenModelImpl : torch::nn::Module {
 };
 TORCH_MODULE(R2GenModel);
 
-/// modules/loss.py compute_loss: masked NLL of logprobs (B, T-1, V+1) against ids[:, 1:] with
-/// masks[:, 1:], summed over tokens and divided by the mask sum.
-torch::Tensor compute_loss(const torch::Tensor& logprobs, const torch::Tensor& reports_ids,
-                           const torch::Tensor& reports_masks);
-
-/// Masked mean over dim 1: x (B, T, d), mask (B, T) -> (B, d).
-torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask);
+/// modules/loss.py compute_loss and the masked mean of the report features, shared with
+/// R2GenCMN (nn/training.hpp).
+using nn::compute_loss;
+using nn::masked_mean;
 
 }  // namespace ihn_examples::r2gen

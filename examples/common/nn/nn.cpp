@@ -1,13 +1,17 @@
-// Implementation of the shared blocks (transformer.hpp, resnet.hpp) and of the generic decoders
-// (decoding.hpp), in one translation unit: every TU that includes torch costs ~20 s to compile.
+// Implementation of the shared blocks (transformer.hpp, resnet.hpp), the generic decoders
+// (decoding.hpp) and the training helpers (training.hpp), in one translation unit: every TU that
+// includes torch costs ~20 s to compile.
 #include "transformer.hpp"
 
 #include "decoding.hpp"
+#include "multiview.hpp"
 #include "resnet.hpp"
+#include "training.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -17,9 +21,9 @@ namespace ihn_examples::nn {
 // ---------------------------------------------------------------------------------------------
 // Transformer blocks
 
-LayerNormImpl::LayerNormImpl(int64_t features, double eps_)
-    : gamma(register_parameter("gamma", torch::ones({features}))),
-      beta(register_parameter("beta", torch::zeros({features}))),
+LayerNormImpl::LayerNormImpl(int64_t features, double eps_, const LayerNormNames& names)
+    : gamma(register_parameter(names.weight, torch::ones({features}))),
+      beta(register_parameter(names.bias, torch::zeros({features}))),
       eps(eps_) {}
 
 std::pair<torch::Tensor, torch::Tensor> layer_norm_parts(const torch::Tensor& x, double eps) {
@@ -118,12 +122,84 @@ torch::Tensor PositionalEncodingImpl::forward(const torch::Tensor& x, int64_t of
   return torch::dropout(y, dropout, is_training());
 }
 
-SublayerConnectionImpl::SublayerConnectionImpl(int64_t d_model, double dropout_)
-    : norm(register_module("norm", LayerNorm(d_model))), dropout(dropout_) {}
+SublayerConnectionImpl::SublayerConnectionImpl(int64_t d_model, double dropout_,
+                                               const LayerNormNames& names)
+    : norm(register_module("norm", LayerNorm(d_model, 1e-6, names))), dropout(dropout_) {}
 
 torch::Tensor SublayerConnectionImpl::forward(
     const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& sublayer) {
   return x + torch::dropout(sublayer(norm(x)), dropout, is_training());
+}
+
+namespace {
+MultiHeadedAttention make_attention(const TransformerStackOptions& o) {
+  return MultiHeadedAttention(MultiHeadedAttentionOptions(o.heads(), o.d_model())
+                                  .dropout(o.dropout())
+                                  .masked_fill(o.masked_fill()));
+}
+}  // namespace
+
+EncoderLayerImpl::EncoderLayerImpl(const TransformerStackOptions& o)
+    : self_attn(register_module("self_attn", make_attention(o))),
+      feed_forward(register_module("feed_forward",
+                                   PositionwiseFeedForward(o.d_model(), o.d_ff(), o.dropout()))),
+      sublayer(register_module("sublayer", torch::nn::ModuleList())) {
+  for (int i = 0; i < 2; ++i)
+    sublayer->push_back(SublayerConnection(o.d_model(), o.dropout(), o.norm_names()));
+}
+
+torch::Tensor EncoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  auto y = sublayer[0]->as<SublayerConnectionImpl>()->forward(
+      x, [&](const torch::Tensor& n) { return self_attn(n, n, n, mask); });
+  return sublayer[1]->as<SublayerConnectionImpl>()->forward(
+      y, [&](const torch::Tensor& n) { return feed_forward(n); });
+}
+
+EncoderImpl::EncoderImpl(const TransformerStackOptions& o)
+    : layers(register_module("layers", torch::nn::ModuleList())),
+      norm(register_module("norm", LayerNorm(o.d_model(), 1e-6, o.norm_names()))) {
+  for (int64_t i = 0; i < o.layers(); ++i) layers->push_back(EncoderLayer(o));
+}
+
+torch::Tensor EncoderImpl::forward(torch::Tensor x, const torch::Tensor& mask) {
+  for (const auto& layer : *layers) x = layer->as<EncoderLayerImpl>()->forward(x, mask);
+  return norm(x);
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const TransformerStackOptions& o)
+    : self_attn(register_module("self_attn", make_attention(o))),
+      src_attn(register_module("src_attn", make_attention(o))),
+      feed_forward(register_module("feed_forward",
+                                   PositionwiseFeedForward(o.d_model(), o.d_ff(), o.dropout()))),
+      sublayer(register_module("sublayer", torch::nn::ModuleList())) {
+  for (int i = 0; i < 3; ++i)
+    sublayer->push_back(SublayerConnection(o.d_model(), o.dropout(), o.norm_names()));
+}
+
+SublayerConnectionImpl& DecoderLayerImpl::sub(int64_t i) {
+  return *sublayer[i]->as<SublayerConnectionImpl>();
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& memory,
+                                        const torch::Tensor& src_mask,
+                                        const torch::Tensor& tgt_mask) {
+  auto y = sub(0).forward(x, [&](const torch::Tensor& n) { return self_attn(n, n, n, tgt_mask); });
+  y = sub(1).forward(y,
+                     [&](const torch::Tensor& n) { return src_attn(n, memory, memory, src_mask); });
+  return sub(2).forward(y, [&](const torch::Tensor& n) { return feed_forward(n); });
+}
+
+DecoderImpl::DecoderImpl(const TransformerStackOptions& o)
+    : layers(register_module("layers", torch::nn::ModuleList())),
+      norm(register_module("norm", LayerNorm(o.d_model(), 1e-6, o.norm_names()))) {
+  for (int64_t i = 0; i < o.layers(); ++i) layers->push_back(DecoderLayer(o));
+}
+
+torch::Tensor DecoderImpl::forward(torch::Tensor x, const torch::Tensor& memory,
+                                   const torch::Tensor& src_mask, const torch::Tensor& tgt_mask) {
+  for (const auto& layer : *layers)
+    x = layer->as<DecoderLayerImpl>()->forward(x, memory, src_mask, tgt_mask);
+  return norm(x);
 }
 
 torch::Tensor subsequent_mask(int64_t size, const torch::Device& device) {
@@ -377,6 +453,75 @@ BeamSearchResult beam_search(IncrementalDecoder& decoder, int64_t batch_size,
   }
   result.beams = std::move(done);
   return result;
+}
+
+}  // namespace ihn_examples::nn
+
+// ---------------------------------------------------------------------------------------------
+// Training helpers (training.hpp)
+
+namespace ihn_examples::nn {
+
+torch::Tensor compute_loss(const torch::Tensor& logprobs, const torch::Tensor& reports_ids,
+                           const torch::Tensor& reports_masks) {
+  const auto T = logprobs.size(1);
+  auto target = reports_ids.narrow(1, 1, T);
+  auto mask = reports_masks.narrow(1, 1, T).to(logprobs.dtype());
+  auto nll = -logprobs.gather(2, target.unsqueeze(2)).squeeze(2) * mask;
+  return nll.sum() / mask.sum();
+}
+
+torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask) {
+  auto m = mask.to(x.dtype()).unsqueeze(-1);
+  return (x * m).sum(1) / m.sum(1).clamp_min(1);
+}
+
+torch::Tensor decoder_input_mask(const torch::Tensor& reports_ids,
+                                 const torch::Tensor& reports_masks) {
+  const auto T = reports_ids.size(1) - 1;
+  if (reports_masks.defined()) return reports_masks.narrow(1, 0, T);
+  auto m = reports_ids.narrow(1, 0, T).gt(0);
+  m.select(1, 0).fill_(true);
+  return m;
+}
+
+torch::OrderedDict<std::string, torch::Tensor> unique_named_parameters(
+    const torch::nn::Module& module) {
+  torch::OrderedDict<std::string, torch::Tensor> unique;
+  std::set<const c10::TensorImpl*> seen;
+  for (const auto& p : module.named_parameters(/*recurse=*/true))
+    if (seen.insert(p.value().unsafeGetTensorImpl()).second) unique.insert(p.key(), p.value());
+  return unique;
+}
+
+std::vector<torch::Tensor> unique_parameters(const torch::nn::Module& module) {
+  return unique_named_parameters(module).values();
+}
+
+}  // namespace ihn_examples::nn
+
+// ---------------------------------------------------------------------------------------------
+// Multi-view visual features (multiview.hpp)
+
+namespace ihn_examples::nn {
+
+std::pair<torch::Tensor, torch::Tensor> multiview_features(VisualExtractorImpl& extractor,
+                                                           const torch::Tensor& images,
+                                                           const std::string& who) {
+  if (images.dim() == 4) {
+    auto f = extractor.forward(images);
+    return {f.patch, f.avg};
+  }
+  if (images.dim() != 5)
+    throw std::invalid_argument(who + ": images must be (B, views, 3, H, W) or (B, 3, H, W), got " +
+                                c10::str(images.sizes()));
+  std::vector<torch::Tensor> patches, avgs;
+  for (int64_t v = 0; v < images.size(1); ++v) {
+    auto f = extractor.forward(images.select(1, v));
+    patches.push_back(f.patch);
+    avgs.push_back(f.avg);
+  }
+  return {torch::cat(patches, 1), torch::cat(avgs, 1)};
 }
 
 }  // namespace ihn_examples::nn

@@ -13,12 +13,21 @@
 
 #include <functional>
 #include <limits>
+#include <string>
 
 namespace ihn_examples::nn {
 
+/// State_dict names of the LayerNorm scale and shift: R2Gen calls them gamma/beta, R2GenCMN (the
+/// Annotated Transformer's names) a_2/b_2. The C++ members are `gamma`/`beta` either way.
+struct LayerNormNames {
+  std::string weight = "gamma";
+  std::string bias = "beta";
+  static LayerNormNames annotated() { return {"a_2", "b_2"}; }
+};
+
 /// gamma * (x - mean) / (std + eps) + beta, std unbiased: this is NOT torch::nn::LayerNorm.
 struct LayerNormImpl : torch::nn::Module {
-  explicit LayerNormImpl(int64_t features, double eps = 1e-6);
+  explicit LayerNormImpl(int64_t features, double eps = 1e-6, const LayerNormNames& names = {});
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::Tensor gamma, beta;
@@ -96,7 +105,7 @@ TORCH_MODULE(PositionalEncoding);
 
 /// Pre-norm residual: x + dropout(sublayer(norm(x))).
 struct SublayerConnectionImpl : torch::nn::Module {
-  SublayerConnectionImpl(int64_t d_model, double dropout);
+  SublayerConnectionImpl(int64_t d_model, double dropout, const LayerNormNames& names = {});
   torch::Tensor forward(const torch::Tensor& x,
                         const std::function<torch::Tensor(const torch::Tensor&)>& sublayer);
 
@@ -104,6 +113,64 @@ struct SublayerConnectionImpl : torch::nn::Module {
   double dropout;
 };
 TORCH_MODULE(SublayerConnection);
+
+/// Sizes of the Annotated Transformer's encoder and decoder stacks.
+struct TransformerStackOptions {
+  TransformerStackOptions(int64_t d_model, int64_t d_ff, int64_t heads, int64_t layers)
+      : d_model_(d_model), d_ff_(d_ff), heads_(heads), layers_(layers) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_ff);
+  TORCH_ARG(int64_t, heads);
+  TORCH_ARG(int64_t, layers);
+  TORCH_ARG(double, dropout) = 0.1;
+  /// Attention score where the mask is 0 (MultiHeadedAttentionOptions::masked_fill).
+  TORCH_ARG(double, masked_fill) = -1e9;
+  TORCH_ARG(LayerNormNames, norm_names) = {};
+};
+
+/// Pre-norm encoder layer: self-attention, then the feed-forward block, each in a
+/// SublayerConnection (`sublayer.0`, `sublayer.1`).
+struct EncoderLayerImpl : torch::nn::Module {
+  explicit EncoderLayerImpl(const TransformerStackOptions& o);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+  MultiHeadedAttention self_attn;
+  PositionwiseFeedForward feed_forward;
+  torch::nn::ModuleList sublayer;
+};
+TORCH_MODULE(EncoderLayer);
+
+/// `layers.N` then the final LayerNorm `norm`.
+struct EncoderImpl : torch::nn::Module {
+  explicit EncoderImpl(const TransformerStackOptions& o);
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask);
+  torch::nn::ModuleList layers;
+  LayerNorm norm;
+};
+TORCH_MODULE(Encoder);
+
+/// Plain pre-norm decoder layer (self-attention, source attention, feed-forward, each in a
+/// SublayerConnection). R2Gen's layer differs (memory-conditioned norms) and has its own.
+struct DecoderLayerImpl : torch::nn::Module {
+  explicit DecoderLayerImpl(const TransformerStackOptions& o);
+  /// Teacher forcing over all positions; memory (B, S, d) is the encoder output.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory,
+                        const torch::Tensor& src_mask, const torch::Tensor& tgt_mask);
+  /// sublayer[i] as its module type.
+  SublayerConnectionImpl& sub(int64_t i);
+  MultiHeadedAttention self_attn, src_attn;
+  PositionwiseFeedForward feed_forward;
+  torch::nn::ModuleList sublayer;
+};
+TORCH_MODULE(DecoderLayer);
+
+struct DecoderImpl : torch::nn::Module {
+  explicit DecoderImpl(const TransformerStackOptions& o);
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& memory, const torch::Tensor& src_mask,
+                        const torch::Tensor& tgt_mask);
+  torch::nn::ModuleList layers;
+  LayerNorm norm;
+};
+TORCH_MODULE(Decoder);
 
 /// Annotated-Transformer subsequent mask, (1, size, size) bool, true on and below the diagonal.
 torch::Tensor subsequent_mask(int64_t size, const torch::Device& device);

@@ -9,7 +9,7 @@
 
 #include "data/annotation.hpp"
 #include "data/tokenizer.hpp"
-#include "r2gen.hpp"
+#include "nn/resnet.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -288,7 +288,7 @@ int effective_max_seq_length(const Overrides& overrides) {
 TrainConfig to_train_config(const AuthorsConfig& config, const Overrides& overrides,
                             const std::string& ann, const std::string& images) {
   TrainConfig c;
-  c.model = "r2gen";
+  c.model = config.architecture == Architecture::r2gen ? "r2gen" : "cmn";
   c.preset = "paper";
   c.data = "annotation";
   c.ann = ann;
@@ -308,6 +308,10 @@ TrainConfig to_train_config(const AuthorsConfig& config, const Overrides& overri
   c.rm_num_slots = config.rm_num_slots;
   c.rm_num_heads = config.rm_num_heads;
   c.rm_d_model = config.rm_d_model;
+  c.topk = config.topk;
+  c.cmm_size = config.cmm_size;
+  c.cmm_dim = config.cmm_dim;
+  c.max_positions = config.max_positions;
   c.beam_size = 3;
   c.batch_size = 16;
   c.out = "-";
@@ -349,8 +353,8 @@ ihn::data::Tokenizer rebuild_vocabulary(const std::string& ann, const Overrides&
   return tokenizer;
 }
 
-LoadedModel load_authors_checkpoint(const std::string& path, const std::string& ann,
-                                    const std::string& images, const Overrides& overrides) {
+AuthorsCheckpoint read_authors_checkpoint(const std::string& path, const std::string& ann,
+                                          const std::string& images, const Overrides& overrides) {
   ihn::io::StateDict state;
   try {
     state = ihn::io::read_state_dict(path);
@@ -360,41 +364,34 @@ LoadedModel load_authors_checkpoint(const std::string& path, const std::string& 
   ShapeMap shapes;
   shapes.reserve(state.size());
   for (const auto& [name, tensor] : state) shapes.emplace_back(name, tensor.sizes().vec());
-  const AuthorsConfig config = infer_config(shapes, path, overrides);
-
-  // The model per architecture. R2GenCMN and ITHN (CMN plus training-only heads) decode with
-  // the CMN port (examples/cmn): build cmn::CMNOptions(config.vocab_size) with the same fields
-  // as below plus .topk/.cmm_size/.cmm_dim(config.*), erase config.training_only_keys from
-  // `state`, and load it exactly as the R2Gen model is loaded.
-  if (config.architecture != Architecture::r2gen)
-    throw TrainError(path + ": an " + std::string(architecture_name(config.architecture)) +
-                     " checkpoint (d_model " + std::to_string(config.d_model) + ", " +
-                     std::to_string(config.num_layers) + " layers, cmm " +
-                     std::to_string(config.cmm_size) + "x" + std::to_string(config.cmm_dim) +
-                     "): generating from it needs the R2GenCMN model, which this build does "
-                     "not include yet; authors' R2Gen checkpoints are supported");
-
+  AuthorsConfig config = infer_config(shapes, path, overrides);
+  // ITHN's contrastive heads only shape the training loss; generation does not use them.
+  const std::string parallel = "module.";
+  auto training_only = [&](const std::pair<std::string, torch::Tensor>& entry) {
+    const auto& keys = config.training_only_keys;
+    const std::string bare =
+        entry.first.rfind(parallel, 0) == 0 ? entry.first.substr(parallel.size()) : entry.first;
+    return std::find(keys.begin(), keys.end(), entry.first) != keys.end() ||
+           std::find(keys.begin(), keys.end(), bare) != keys.end() ||
+           std::find(keys.begin(), keys.end(), parallel + bare) != keys.end();
+  };
+  state.erase(std::remove_if(state.begin(), state.end(), training_only), state.end());
   auto tokenizer = rebuild_vocabulary(ann, overrides, config.vocab_size, path);
-  r2gen::R2GenModel model(r2gen::R2GenOptions(config.vocab_size)
-                              .visual_depth(config.visual_depth)
-                              .d_model(config.d_model)
-                              .d_ff(config.d_ff)
-                              .num_heads(config.num_heads)
-                              .num_layers(config.num_layers)
-                              .rm_num_slots(config.rm_num_slots)
-                              .rm_num_heads(config.rm_num_heads)
-                              .rm_d_model(config.rm_d_model)
-                              .max_positions(config.max_positions));
+  auto train_config = to_train_config(config, overrides, ann, images);
+  return {std::move(config), std::move(train_config), std::move(tokenizer), std::move(state)};
+}
+
+ihn::io::LoadReport load_authors_weights(torch::nn::Module& model, ihn::io::StateDict state,
+                                         const AuthorsConfig& config, const std::string& path) {
   auto report =
-      ihn::io::load_state_dict(*model, std::move(state), ihn::io::LoadOptions().strict(false));
+      ihn::io::load_state_dict(model, std::move(state), ihn::io::LoadOptions().strict(false));
   if (!report.ok())
     throw TrainError(path + ": the weights do not fit the " +
                      std::string(architecture_name(config.architecture)) +
                      " model inferred from them: " + report.summary() +
                      " (a checkpoint of modified official code?)");
-  model->eval();
-  return {config, to_train_config(config, overrides, ann, images), std::move(tokenizer),
-          std::move(model), std::move(report)};
+  model.eval();
+  return report;
 }
 
 }  // namespace ihn_examples::train::authors

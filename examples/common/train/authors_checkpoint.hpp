@@ -16,8 +16,8 @@
 
 #include <ihn/io/pth.hpp>
 
+#include <torch/nn/module.h>
 #include "data/tokenizer.hpp"
-#include "r2gen.hpp"
 
 #include <cstdint>
 #include <string>
@@ -93,21 +93,22 @@ TrainConfig to_train_config(const AuthorsConfig& config, const Overrides& overri
 ihn::data::Tokenizer rebuild_vocabulary(const std::string& ann, const Overrides& overrides,
                                         int64_t vocab_size, const std::string& checkpoint);
 
-/// An authors' checkpoint, built and loaded, ready to decode.
-struct LoadedModel {
+/// An authors' checkpoint read and checked, before a model is built from it.
+struct AuthorsCheckpoint {
   AuthorsConfig config;
-  TrainConfig train_config;  ///< to_train_config()
+  TrainConfig train_config;  ///< to_train_config(); model "r2gen" or "cmn" (CMN and ITHN)
   ihn::data::Tokenizer tokenizer;
-  r2gen::R2GenModel model;     ///< on the CPU, eval mode
-  ihn::io::LoadReport report;  ///< what loaded (everything, or loading threw)
+  ihn::io::StateDict state;  ///< the weights, ITHN's training-only heads removed
 };
 
-/// Reads `path`, infers the configuration, rebuilds the vocabulary from `ann` and loads the
-/// weights into our port by name. Every failure is a TrainError naming the file: unreadable
-/// file, unknown architecture, vocabulary mismatch, missing/unexpected keys or shape
-/// mismatches (by key). R2GenCMN/ITHN checkpoints are recognised and their configuration
-/// inferred, but need the CMN port to run (a TrainError says so).
-LoadedModel load_authors_checkpoint(const std::string& path, const std::string& ann,
-                                    const std::string& images, const Overrides& overrides);
+/// Reads `path`, infers the configuration and rebuilds the vocabulary from `ann`. Every failure
+/// is a TrainError naming the file: unreadable file, unknown architecture, vocabulary mismatch.
+AuthorsCheckpoint read_authors_checkpoint(const std::string& path, const std::string& ann,
+                                          const std::string& images, const Overrides& overrides);
+
+/// Loads `state` into `model` (our port of `config.architecture`) by name and sets eval mode.
+/// Missing/unexpected keys and shape mismatches throw a TrainError naming `path` and the keys.
+ihn::io::LoadReport load_authors_weights(torch::nn::Module& model, ihn::io::StateDict state,
+                                         const AuthorsConfig& config, const std::string& path);
 
 }  // namespace ihn_examples::train::authors

@@ -14,6 +14,7 @@
 //     optimiser (must list each tensor once).
 #pragma once
 
+#include "cmn.hpp"
 #include "r2gen.hpp"
 #include "train/train.hpp"
 
@@ -79,11 +80,41 @@ struct R2GenTraits : ModelTraitsBase {
   }
 };
 
+/// R2GenCMN (examples/cmn). Its memory attention is registered under two names as upstream, so
+/// the optimiser takes the de-duplicated parameter list.
+struct CMNTraits : ModelTraitsBase {
+  using Model = cmn::CMNModel;
+  using Options = cmn::CMNOptions;
+  static constexpr const char* name = "cmn";
+  static Options options(const TrainConfig& c, int64_t vocab_size) {
+    return Options(vocab_size)
+        .visual_depth(c.visual_depth)
+        .d_model(c.d_model)
+        .d_ff(c.d_ff)
+        .num_heads(c.num_heads)
+        .num_layers(c.num_layers)
+        .dropout(c.dropout)
+        .drop_prob_lm(c.drop_prob_lm)
+        .topk(c.topk)
+        .cmm_size(c.cmm_size)
+        .cmm_dim(c.cmm_dim)
+        .max_positions(max_positions(c));
+  }
+  static int64_t official_image_dim(const Options& o, int64_t views) { return views * o.d_vf(); }
+  static int64_t official_report_dim(const Options& o) { return o.d_model(); }
+  static std::vector<std::pair<std::string, at::Tensor>> named_parameters(Model& model) {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& p : model->unique_named_parameters()) out.emplace_back(p.key(), p.value());
+    return out;
+  }
+};
+
 /// Calls `f(Traits{})` with the traits of config.model; the one place that lists the models.
 template <class F>
 decltype(auto) dispatch_model(const std::string& model, F&& f) {
   if (model == R2GenTraits::name) return f(R2GenTraits{});
-  throw TrainError("--model " + model + ": only r2gen is available in this build");
+  if (model == CMNTraits::name) return f(CMNTraits{});
+  throw TrainError("--model " + model + ": use r2gen or cmn");
 }
 
 }  // namespace ihn_examples::train

@@ -492,9 +492,14 @@ decltype(auto) with_checkpoint_model(const std::string& path, const std::string&
                                      const std::string& images,
                                      const AuthorsCheckpointOptions& authors_options, F&& fn) {
   if (authors::sniff_checkpoint(path) == authors::CheckpointFormat::pytorch) {
-    auto a = authors::load_authors_checkpoint(path, ann, images, authors_options);
-    return fn(R2GenTraits{},
-              LoadedCheckpoint<r2gen::R2GenModel>{a.train_config, a.tokenizer, a.model, true});
+    auto a = authors::read_authors_checkpoint(path, ann, images, authors_options);
+    return dispatch_model(a.train_config.model, [&](auto traits) {
+      using Traits = decltype(traits);
+      typename Traits::Model model(Traits::options(a.train_config, a.tokenizer.vocab_size()));
+      authors::load_authors_weights(*model, std::move(a.state), a.config, path);
+      return fn(traits,
+                LoadedCheckpoint<typename Traits::Model>{a.train_config, a.tokenizer, model, true});
+    });
   }
   auto ck = read_checkpoint(path);
   return dispatch_model(ck.config.model, [&](auto traits) {

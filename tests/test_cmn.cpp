@@ -1,0 +1,584 @@
+// The R2GenCMN port: parity with the official code's outputs (fixtures/cmn_tiny, tagged [shared]),
+// the deterministic weight fill with the aliased memory-attention keys, the index-gather top-k
+// against upstream's expanded form, the de-duplicated parameter list, incremental decoding, and
+// the hard-negative features.
+//
+// Tolerances (fixtures/README.md, "Caveats" and cmn_tiny's float32-vs-float64 cross-check): the
+// reference itself moves by 7.5e-7 (visual features, values up to 2.6) and 2.1e-6 (log-probs)
+// between float32 and float64, so a float32 port with a different summation order gets visual
+// features atol 1e-3, log-probs and the model's intermediates atol 1e-4, losses rtol 1e-5,
+// gradient norms rtol 1e-3; token ids exactly (the smallest greedy top1-top2 margin is 0.0053,
+// three orders of magnitude above the float32 noise).
+#include "test_common.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "cmn.hpp"
+#include "nn/deterministic_fill.hpp"
+
+using ihn_examples::cmn::CMNBatch;
+using ihn_examples::cmn::CMNModel;
+using ihn_examples::cmn::CMNOptions;
+using ihn_examples::cmn::compute_loss;
+namespace enn = ihn_examples::nn;
+
+namespace {
+
+c10::Dict<c10::IValue, c10::IValue> load_pt(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  REQUIRE(f.good());
+  std::vector<char> buf((std::istreambuf_iterator<char>(f)), {});
+  return torch::pickle_load(buf).toGenericDict();
+}
+
+torch::Tensor T(const c10::Dict<c10::IValue, c10::IValue>& d, const std::string& key) {
+  return d.at(key).toTensor();
+}
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+/// The tiny config of fixtures/cmn_tiny/config.json.
+CMNOptions tiny_options() {
+  return CMNOptions(760)
+      .visual_depth(101)
+      .d_model(64)
+      .d_ff(128)
+      .num_heads(4)
+      .num_layers(2)
+      .topk(8)
+      .cmm_size(128)
+      .cmm_dim(64);
+}
+
+/// images.flatten()[i] = float32(0.5 * sin(0.011 * i)), shape [2, 2, 3, 224, 224].
+torch::Tensor fixture_images() {
+  auto images = torch::empty({2, 2, 3, 224, 224}, torch::kFloat);
+  float* p = images.data_ptr<float>();
+  for (int64_t i = 0; i < images.numel(); ++i)
+    p[i] = static_cast<float>(0.5 * std::sin(0.011 * static_cast<double>(i) + 0.0));
+  return images;
+}
+
+/// sum_i v_i and sum_i v_i * ((i mod 97) + 1) in double, as the fixture's checksums.
+std::pair<double, double> checksums(const torch::Tensor& t) {
+  auto flat = t.detach().flatten().to(torch::kDouble).contiguous();
+  auto weights = torch::arange(flat.numel(), torch::kLong).remainder(97).add(1).to(torch::kDouble);
+  return {flat.sum().item<double>(), (flat * weights).sum().item<double>()};
+}
+
+/// Built once: the filled tiny model, the fixture's inputs and outputs.
+struct Fixture {
+  std::filesystem::path dir = ihn_test::fixtures_dir() / "cmn_tiny";
+  CMNModel model{tiny_options()};
+  std::vector<enn::FilledEntry> filled;
+  c10::Dict<c10::IValue, c10::IValue> inputs = load_pt(dir / "inputs.pt");
+  c10::Dict<c10::IValue, c10::IValue> outputs = load_pt(dir / "outputs.pt");
+  torch::Tensor images = fixture_images();
+
+  Fixture() {
+    torch::set_num_threads(2);
+    filled = enn::deterministic_fill(*model, enn::FillRuleset::B);
+    model->eval();  // the fixture ran everything in eval()
+  }
+  static Fixture& get() {
+    static Fixture fixture;
+    return fixture;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cmn: state_dict keys, aliases and the deterministic fill match the fixture per key",
+          "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  std::ifstream f(fx.dir / "weights_fill.json");
+  auto json = nlohmann::json::parse(f);
+  const auto& keys = json.at("keys");
+  REQUIRE(keys.size() == 632);
+  REQUIRE(fx.filled.size() == keys.size());
+  // The final tensors: an aliased key holds what its later alias wrote (value_from_k).
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& p : fx.model->named_parameters()) tensors[p.key()] = p.value();
+  for (const auto& b : fx.model->named_buffers()) tensors[b.key()] = b.value();
+  int aliased = 0;
+  for (size_t k = 0; k < keys.size(); ++k) {
+    const auto& ref = keys[k];
+    const auto& got = fx.filled[k];
+    INFO("k=" << k << " key " << got.key);
+    REQUIRE(got.key == ref.at("key").get<std::string>());
+    CHECK(got.rule == ref.at("rule").get<std::string>());
+    REQUIRE(tensors.count(got.key) == 1);
+    const auto [sum, wsum] = checksums(tensors[got.key]);
+    // rtol 1e-12: the same float32 values summed in double (README: worst 6e-14).
+    const double c = ref.at("checksum").get<double>(), w = ref.at("wchecksum").get<double>();
+    CHECK(std::abs(sum - c) <= 1e-12 * std::max(1.0, std::abs(c)));
+    CHECK(std::abs(wsum - w) <= 1e-12 * std::max(1.0, std::abs(w)));
+    if (ref.contains("aliases")) {
+      ++aliased;
+      for (const auto& alias : ref.at("aliases")) {
+        // The same storage under both names, not two copies.
+        REQUIRE(tensors.count(alias.get<std::string>()) == 1);
+        CHECK(tensors[alias.get<std::string>()].data_ptr() == tensors[got.key].data_ptr());
+      }
+    } else {
+      // Unaliased keys keep what the fill wrote at their own k.
+      CHECK(std::abs(got.checksum - c) <= 1e-12 * std::max(1.0, std::abs(c)));
+    }
+  }
+  CHECK(aliased == 16);
+  std::set<std::string> skipped;
+  for (const auto& b : fx.model->named_buffers())
+    if (!b.value().is_floating_point()) skipped.insert(b.key());
+  std::set<std::string> ref_skipped;
+  for (const auto& s : json.at("skipped_integer_keys")) ref_skipped.insert(s.get<std::string>());
+  CHECK(skipped == ref_skipped);
+  // README: "Parameters: 42,921,977" (Python counts the shared tensors once).
+  int64_t n = 0;
+  for (const auto& p : fx.model->unique_parameters()) n += p.numel();
+  CHECK(n == 42921977);
+}
+
+TEST_CASE("cmn: generated images match the fixture's checksums", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  const auto [sum, wsum] = checksums(fx.images);
+  CHECK(std::abs(sum - fx.inputs.at("images_sum").toDouble()) < 1e-6 * std::abs(sum) + 1e-6);
+  CHECK(std::abs(wsum - fx.inputs.at("images_wsum").toDouble()) < 1e-9 * std::abs(wsum) + 1e-6);
+  CHECK(torch::equal(fx.images.flatten().narrow(0, 0, 64), T(fx.inputs, "images_head")));
+  CHECK(torch::equal(fx.images.flatten().narrow(0, fx.images.numel() - 64, 64),
+                     T(fx.inputs, "images_tail")));
+}
+
+TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  torch::NoGradGuard no_grad;
+  auto [att, fc] = fx.model->visual_features(fx.images);
+  auto patch0 = att.narrow(1, 0, 49);
+  // Rule B: values up to ~2.6, float32 vs float64 of the reference differs by 7.5e-7.
+  CHECK(max_abs_diff(patch0, T(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
+  CHECK(max_abs_diff(fc.narrow(1, 0, 2048), T(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
+  CHECK(max_abs_diff(fc.narrow(1, 2048, 2048), T(fx.outputs, "ve_avg_feats_view1")) < 1e-3);
+  // The two studies differ by up to 8.6e-3, so this also catches a batch mix-up.
+  CHECK(max_abs_diff(patch0[0], patch0[1]) > 1e-3);
+}
+
+TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  torch::NoGradGuard no_grad;
+  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto out = fx.model->forward(fx.images, ids, masks);
+  CHECK(max_abs_diff(out.details.att_embed_out, T(fx.outputs, "tf_att_embed_out")) < 1e-4);
+  CHECK(max_abs_diff(out.details.encoder_in, T(fx.outputs, "tf_encoder_in")) < 1e-4);
+  CHECK(max_abs_diff(out.details.encoder_out, T(fx.outputs, "tf_encoder_out")) < 1e-4);
+  CHECK(max_abs_diff(out.details.decoder_in, T(fx.outputs, "tf_decoder_in")) < 1e-4);
+  CHECK(max_abs_diff(out.details.decoder_out, T(fx.outputs, "tf_decoder_out")) < 1e-4);
+  CHECK(max_abs_diff(out.logprobs, T(fx.outputs, "tf_logprobs")) < 1e-4);
+  // The memory response is a real part of encoder_in / decoder_in (not ~0): encoder_in differs
+  // from att_embed_out + pe by far more than the tolerance.
+  auto pe = fx.model->encoder_decoder->model->src_position->pe.narrow(1, 0, 98);
+  CHECK(max_abs_diff(out.details.encoder_in, out.details.att_embed_out + pe) > 1e-2);
+  const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
+  const double ref = fx.outputs.at("tf_loss_float").toDouble();
+  CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
+  // Features for the hard-negative library: means of the same pass.
+  CHECK(out.image_features.sizes() == torch::IntArrayRef({2, 64}));
+  CHECK(torch::allclose(out.image_features, T(fx.outputs, "tf_encoder_out").mean(1), 1e-4, 1e-4));
+  auto m = masks.narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
+  auto ref_report = (T(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
+  CHECK(torch::allclose(out.report_features, ref_report, 1e-4, 1e-4));
+}
+
+TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  torch::NoGradGuard no_grad;
+  auto ids = T(fx.outputs, "pad_reports_ids"), masks = T(fx.outputs, "pad_reports_masks");
+  REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
+  auto images = fx.images.narrow(0, 0, ids.size(0));
+  auto out = fx.model->forward(images, ids, masks);
+  CHECK(max_abs_diff(out.logprobs, T(fx.outputs, "pad_tf_logprobs")) < 1e-4);
+  const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
+  const double ref = T(fx.outputs, "pad_tf_loss").item<double>();
+  CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
+}
+
+TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ref_names = fx.outputs.at("grad_norm_names").toList();
+  auto ref_norms = T(fx.outputs, "grad_norms");
+  REQUIRE(ref_names.size() == 414);
+  fx.model->zero_grad();
+  auto out = fx.model->forward(fx.images, ids, masks);
+  auto loss = compute_loss(out.logprobs, ids, masks);
+  loss.backward();
+  // Aliased tensors once, under Python's (first) name: exactly the fixture's 414 names.
+  std::map<std::string, double> norms;
+  for (const auto& p : fx.model->unique_named_parameters())
+    if (p.value().grad().defined())
+      norms[p.key()] = p.value().grad().to(torch::kDouble).norm().item<double>();
+  CHECK(norms.size() == ref_names.size());
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < ref_names.size(); ++i) {
+    const auto name = ref_names.get(i).toStringRef();
+    INFO("parameter " << name);
+    REQUIRE(norms.count(name) == 1);
+    const double r = ref_norms[i].item<double>();
+    // rtol 1e-3; an absolute floor for gradients that are zero upstream too.
+    const bool ok = std::abs(norms[name] - r) <= 1e-3 * std::abs(r) + 1e-9;
+    if (!ok) ++bad;
+    CHECK(ok);
+    if (r > 0) worst = std::max(worst, std::abs(norms[name] - r) / r);
+  }
+  CHECK(bad == 0);
+  CHECK(worst < 1e-3);  // the largest relative deviation, for the record
+  // The memory matrix and the memory attention do receive gradient.
+  CHECK(norms.at("encoder_decoder.memory_matrix") > 0);
+  CHECK(norms.at("encoder_decoder.cmn.linears.1.weight") > 0);
+  fx.model->zero_grad();
+}
+
+TEST_CASE("cmn: greedy decoding with and without trigram blocking matches", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  auto on = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20).block_trigrams(true));
+  CHECK(torch::equal(on.seq, T(fx.outputs, "greedy_seq")));
+  CHECK(max_abs_diff(on.seq_logprobs, T(fx.outputs, "greedy_seq_logprobs")) < 1e-4);
+  auto off = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20).block_trigrams(false));
+  CHECK(torch::equal(off.seq, T(fx.outputs, "greedy_notrigram_seq")));
+  CHECK(max_abs_diff(off.seq_logprobs, T(fx.outputs, "greedy_notrigram_seq_logprobs")) < 1e-4);
+  // The fixture is only a test of blocking if blocking changes the output.
+  CHECK_FALSE(torch::equal(on.seq, off.seq));
+}
+
+TEST_CASE("cmn: beam-3 search matches ids, lengths and scores", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  auto res = fx.model->beam_search(fx.images, enn::BeamSearchOptions().beam_size(3).max_length(20));
+  CHECK(torch::equal(res.seq, T(fx.outputs, "beam_seq")));
+  CHECK(max_abs_diff(res.seq_logprobs, T(fx.outputs, "beam_seq_logprobs")) < 1e-4);
+  auto all_seq = T(fx.outputs, "beam_all_seq");
+  auto all_len = T(fx.outputs, "beam_all_len");
+  auto all_sum = T(fx.outputs, "beam_all_logprob_sum");
+  auto all_unaug = T(fx.outputs, "beam_all_unaug_logprob_sum");
+  REQUIRE(res.beams.size() == 2);
+  for (int64_t b = 0; b < 2; ++b) {
+    REQUIRE(res.beams[b].size() == 3);
+    for (int64_t j = 0; j < 3; ++j) {
+      INFO("study " << b << " beam " << j);
+      const auto& beam = res.beams[b][j];
+      const auto len = all_len[b][j].item<int64_t>();
+      REQUIRE(beam.seq.size(0) == len);
+      CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
+      // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
+      CHECK(std::abs(beam.logprob_sum - all_sum[b][j].item<double>()) < 1e-4);
+      // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: every row of every
+      // final beam at once (~1.5e4 float32 terms of ~-7, so rtol 1e-5).
+      const double unaug = beam.logps.to(torch::kDouble).sum().item<double>();
+      const double ref_unaug = all_unaug[b][j].item<double>();
+      CHECK(std::abs(unaug - ref_unaug) <= 1e-5 * std::abs(ref_unaug));
+    }
+  }
+  const auto best = T(fx.outputs, "beam_best_seq_logprob");
+  for (int64_t b = 0; b < 2; ++b)
+    CHECK(std::abs(res.beams[b][0].logprob_sum - best[b].item<double>()) < 1e-4);
+}
+
+TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][shared]") {
+  auto& fx = Fixture::get();
+  auto& tf = *fx.model->encoder_decoder->model;
+  std::vector<torch::Tensor*> tables = {&tf.src_position->pe, &tf.position->pe};
+  std::vector<torch::Tensor> saved;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto* pe : tables) {
+      saved.push_back(pe->clone());
+      pe->copy_(enn::PositionalEncodingImpl::table(pe->size(1), pe->size(2)));
+    }
+  }
+  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  torch::Tensor logprobs;
+  {
+    torch::NoGradGuard no_grad;
+    logprobs = fx.model->forward(fx.images, ids, masks).logprobs;
+  }
+  auto greedy = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20));
+  auto beam = fx.model->beam_search(fx.images, enn::BeamSearchOptions().max_length(20));
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < tables.size(); ++i) tables[i]->copy_(saved[i]);
+  }
+  CHECK(max_abs_diff(logprobs, T(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
+  const double loss = compute_loss(logprobs, ids, masks).item<double>();
+  const double ref = T(fx.outputs, "alt_pe_tf_loss").item<double>();
+  CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
+  CHECK(torch::equal(greedy.seq, T(fx.outputs, "alt_pe_greedy_seq")));
+  CHECK(torch::equal(beam.seq, T(fx.outputs, "alt_pe_beam_seq")));
+  auto sums = T(fx.outputs, "alt_pe_beam_all_logprob_sum");
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t j = 0; j < 3; ++j)
+      CHECK(std::abs(beam.beams[b][j].logprob_sum - sums[b][j].item<double>()) < 1e-4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Without the fixtures: properties of the port.
+
+namespace {
+CMNOptions small_test_options(int64_t vocab = 30) {
+  return CMNOptions(vocab)
+      .visual_depth(18)
+      .d_model(32)
+      .d_ff(48)
+      .num_heads(4)
+      .num_layers(2)
+      .topk(6)
+      .cmm_size(40)
+      .cmm_dim(32)
+      .max_positions(64);
+}
+
+CMNModel small_random_model(bool naive = false, int64_t vocab = 30) {
+  torch::manual_seed(7);
+  auto model = CMNModel(small_test_options(vocab).naive_topk(naive));
+  // Rule B gives a sharper, image-dependent model than the default init (CPU-cheap check).
+  enn::deterministic_fill(*model, enn::FillRuleset::B);
+  model->eval();
+  return model;
+}
+}  // namespace
+
+TEST_CASE("cmn: index-gather top-k equals upstream's expanded form, outputs and gradients",
+          "[cmn]") {
+  auto gather = small_random_model(false);
+  auto naive = small_random_model(true);
+  auto images = torch::rand({3, 2, 3, 64, 64});
+  auto ids =
+      torch::tensor({{0, 5, 6, 7, 9, 0}, {0, 8, 9, 0, 0, 0}, {0, 3, 3, 4, 0, 0}}, torch::kLong);
+  auto masks = (ids > 0).to(torch::kFloat);
+  masks.select(1, 0).fill_(1);
+  masks.index_put_({0, 5}, 1);
+  masks.index_put_({1, 3}, 1);
+  masks.index_put_({2, 4}, 1);
+  auto run = [&](CMNModel& m) {
+    m->zero_grad();
+    auto out = m->forward(images, ids, masks);
+    compute_loss(out.logprobs, ids, masks).backward();
+    return out;
+  };
+  auto a = run(gather), b = run(naive);
+  CHECK(max_abs_diff(a.details.encoder_in, b.details.encoder_in) < 1e-5);
+  CHECK(max_abs_diff(a.details.decoder_in, b.details.decoder_in) < 1e-5);
+  CHECK(max_abs_diff(a.logprobs, b.logprobs) < 1e-5);
+  auto pa = gather->unique_named_parameters(), pb = naive->unique_named_parameters();
+  REQUIRE(pa.size() == pb.size());
+  int compared = 0;
+  for (const auto& p : pa) {
+    INFO(p.key());
+    const auto& ga = p.value().grad();
+    const auto& gb = pb[p.key()].grad();
+    REQUIRE(ga.defined() == gb.defined());
+    if (!ga.defined()) continue;
+    // Same arithmetic, different grouping of the sums: relative to the gradient's scale, with a
+    // floor for the key bias, whose gradient is zero up to rounding (a bias shared by all keys
+    // shifts every score of a query equally, and softmax ignores that).
+    const double scale = gb.abs().max().item<double>();
+    CHECK(max_abs_diff(ga, gb) <= 1e-4 * scale + 1e-8);
+    ++compared;
+  }
+  CHECK(compared == static_cast<int>(pa.size()));
+  CHECK(gather->encoder_decoder->memory_matrix.grad().abs().sum().item<double>() > 0);
+  // Decoding through either form gives the same ids.
+  auto ga = gather->greedy(images, enn::GreedyOptions().max_length(10));
+  auto gb = naive->greedy(images, enn::GreedyOptions().max_length(10));
+  CHECK(torch::equal(ga.seq, gb.seq));
+}
+
+TEST_CASE("cmn: the memory attention keeps only the top-k slots per head", "[cmn]") {
+  // Reference: plain multi-head attention over all slots with every score below the k-th largest
+  // (per head and query) masked out.
+  torch::manual_seed(3);
+  const int64_t heads = 4, d = 16, slots = 10;
+  auto memory = torch::randn({slots, d});
+  auto query = torch::randn({2, 5, d});
+  for (int64_t k : {slots, int64_t{3}}) {
+    INFO("topk " << k);
+    ihn_examples::cmn::MultiThreadMemory cmn(heads, d, k, /*dropout=*/0.0);
+    cmn->eval();
+    auto lin = [&](int64_t i, const torch::Tensor& x) {
+      return cmn->linears[i]->as<torch::nn::Linear>()->forward(x);
+    };
+    auto split = [&](const torch::Tensor& x) {
+      return x.view({x.size(0), -1, heads, d / heads}).transpose(1, 2);
+    };
+    torch::NoGradGuard no_grad;
+    auto q = split(lin(0, query));
+    auto kk = split(lin(1, memory.unsqueeze(0))), v = split(lin(2, memory.unsqueeze(0)));
+    auto scores =
+        torch::matmul(q, kk.transpose(-2, -1)) / std::sqrt(static_cast<double>(d / heads));
+    auto kth = std::get<0>(scores.topk(k, -1)).narrow(-1, k - 1, 1);
+    auto p = torch::softmax(scores.masked_fill(scores < kth, -INFINITY), -1);
+    auto ref = lin(3, torch::matmul(p, v).transpose(1, 2).reshape({2, 5, d}));
+    CHECK(max_abs_diff(cmn->forward(query, memory), ref) < 1e-5);
+    // Dropping slots changes the response (else the test would not see top-k at all).
+    if (k < slots) {
+      auto full =
+          lin(3, torch::matmul(torch::softmax(scores, -1), v).transpose(1, 2).reshape({2, 5, d}));
+      CHECK(max_abs_diff(full, ref) > 1e-3);
+    }
+  }
+}
+
+TEST_CASE("cmn: aliased memory attention, de-duplicated parameters for optimisers", "[cmn]") {
+  auto model = CMNModel(small_test_options());
+  auto all = model->named_parameters();
+  auto unique = model->unique_named_parameters();
+  // Both official names exist and are the same tensors; parameters() lists them twice.
+  CHECK(all.size() == unique.size() + 8);
+  CHECK(model->parameters().size() == all.size());
+  CHECK(model->unique_parameters().size() == unique.size());
+  for (const char* name : {"linears.0.weight", "linears.3.bias"}) {
+    const std::string a = std::string("encoder_decoder.cmn.") + name;
+    const std::string b = std::string("encoder_decoder.model.cmn.") + name;
+    REQUIRE(all.contains(a));
+    REQUIRE(all.contains(b));
+    CHECK(all[a].unsafeGetTensorImpl() == all[b].unsafeGetTensorImpl());
+    CHECK(unique.contains(a));  // the first name, as Python's named_parameters()
+    CHECK_FALSE(unique.contains(b));
+  }
+  std::set<const c10::TensorImpl*> impls;
+  for (const auto& p : unique) impls.insert(p.value().unsafeGetTensorImpl());
+  CHECK(impls.size() == unique.size());
+
+  // Why it matters: Adam's first step moves every parameter by ~lr (m / sqrt(v) = sign(g)); with
+  // parameters() the shared tensors are stepped twice.
+  auto images = torch::rand({2, 2, 3, 64, 64});
+  auto ids = torch::tensor({{0, 5, 6, 7, 0}, {0, 8, 9, 0, 0}}, torch::kLong);
+  auto masks = torch::tensor({{1, 1, 1, 1, 1}, {1, 1, 1, 1, 0}}, torch::kFloat);
+  const double lr = 1e-3;
+  auto max_step = [&](bool deduplicated) {
+    torch::manual_seed(11);
+    auto m = CMNModel(small_test_options());
+    m->eval();
+    auto shared = m->encoder_decoder->cmn->linears[0]->as<torch::nn::Linear>()->weight;
+    auto before = shared.detach().clone();
+    auto chosen = deduplicated ? m->unique_parameters() : m->parameters();
+    torch::optim::Adam adam(chosen, torch::optim::AdamOptions(lr));
+    auto out = m->forward(images, ids, masks);
+    compute_loss(out.logprobs, ids, masks).backward();
+    adam.step();
+    return (shared.detach() - before).abs().max().item<double>();
+  };
+  const double once = max_step(true);
+  const double twice = max_step(false);
+  CHECK(once <= lr * 1.01);
+  CHECK(once >= lr * 0.5);
+  CHECK(twice > lr * 1.5);
+}
+
+TEST_CASE("cmn: incremental decoding equals teacher forcing on the decoded prefix", "[cmn]") {
+  auto model = small_random_model();
+  auto images = torch::rand({3, 2, 3, 64, 64});
+  auto greedy = model->greedy(images, enn::GreedyOptions().max_length(12).block_trigrams(false));
+  auto ids = torch::cat({torch::zeros({3, 1}, torch::kLong), greedy.seq}, 1);
+  torch::NoGradGuard no_grad;
+  auto tf = model->forward(images, ids).logprobs;  // (3, 12, V+1)
+  int checked = 0;
+  for (int64_t b = 0; b < 3; ++b) {
+    for (int64_t t = 0; t < 12; ++t) {
+      if (greedy.seq_logprobs[b][t].abs().sum().item<double>() == 0) break;  // finished row
+      INFO("study " << b << " step " << t);
+      CHECK(max_abs_diff(greedy.seq_logprobs[b][t], tf[b][t]) < 1e-4);
+      ++checked;
+    }
+  }
+  CHECK(checked >= 3);
+  // Beam 1 is greedy without blocking; beams come sorted by score.
+  auto b1 = model->beam_search(images, enn::BeamSearchOptions().beam_size(1).max_length(12));
+  CHECK(torch::equal(b1.seq, greedy.seq));
+  auto b3 = model->beam_search(images, enn::BeamSearchOptions().beam_size(3).max_length(12));
+  for (const auto& beams : b3.beams)
+    for (size_t j = 1; j < beams.size(); ++j)
+      CHECK(beams[j - 1].logprob_sum >= beams[j].logprob_sum);
+}
+
+TEST_CASE("cmn: names, features, encoder_traits, training mode and errors", "[cmn]") {
+  auto model = small_random_model();
+  std::set<std::string> names;
+  for (const auto& p : model->named_parameters()) names.insert(p.key());
+  for (const auto& b : model->named_buffers()) names.insert(b.key());
+  for (const char* key :
+       {"visual_extractor.model.0.weight", "encoder_decoder.att_embed.0.weight",
+        "encoder_decoder.memory_matrix", "encoder_decoder.cmn.linears.2.bias",
+        "encoder_decoder.model.cmn.linears.2.bias", "encoder_decoder.logit.weight",
+        "encoder_decoder.model.encoder.layers.1.sublayer.1.norm.a_2",
+        "encoder_decoder.model.decoder.layers.0.sublayer.2.norm.b_2",
+        "encoder_decoder.model.decoder.layers.1.src_attn.linears.3.weight",
+        "encoder_decoder.model.decoder.norm.a_2", "encoder_decoder.model.src_embed.0.pe",
+        "encoder_decoder.model.tgt_embed.0.lut.weight", "encoder_decoder.model.tgt_embed.1.pe"}) {
+    INFO(key);
+    CHECK(names.count(key) == 1);
+  }
+  auto images = torch::rand({2, 2, 3, 64, 64});
+  auto ids = torch::tensor({{0, 5, 6, 7, 0}, {0, 8, 9, 0, 0}}, torch::kLong);
+  auto masks = torch::tensor({{1, 1, 1, 1, 1}, {1, 1, 1, 1, 0}}, torch::kFloat);
+  auto feats = model->image_features(images);
+  CHECK(feats.sizes() == torch::IntArrayRef({2, 32}));
+  auto out = model->forward(images, ids, masks);
+  CHECK(torch::allclose(out.image_features, feats, 1e-5, 1e-6));
+  CHECK(
+      torch::allclose(model->report_features(images, ids, masks), out.report_features, 1e-5, 1e-6));
+  // What the hard-negative augmenter calls.
+  const CMNBatch batch{images, ids, masks};
+  CHECK(torch::allclose(ihn::encoder_traits<CMNModel>::image_features(model, batch), feats, 1e-5,
+                        1e-6));
+  CHECK(torch::allclose(ihn::encoder_traits<CMNModel>::report_features(model, batch),
+                        out.report_features, 1e-5, 1e-6));
+  // Padding after the EOS does not change the report features.
+  auto pad = [](const torch::Tensor& x, int64_t n) {
+    return torch::cat({x, torch::zeros({x.size(0), n}, x.options())}, 1);
+  };
+  CHECK(torch::allclose(model->report_features(images, pad(ids, 3), pad(masks, 3)),
+                        model->report_features(images, pad(ids, 1), pad(masks, 1)), 1e-5, 1e-6));
+  // Single-view (MIMIC-CXR) input gives half the visual tokens.
+  auto single = model->forward(images.select(1, 0), ids, masks);
+  CHECK(single.att_feats.size(1) * 2 == out.att_feats.size(1));
+  // Dropout is active in training mode.
+  model->train();
+  auto a = model->forward(images, ids, masks).logprobs;
+  auto b = model->forward(images, ids, masks).logprobs;
+  CHECK_FALSE(torch::allclose(a, b));
+  model->eval();
+  CHECK_THROWS_AS(model->forward(torch::rand({2, 3, 64}), ids, masks), std::invalid_argument);
+  CHECK_THROWS_AS(model->forward(images, ids.narrow(1, 0, 1), masks), std::invalid_argument);
+  CHECK_THROWS_AS(model->forward(images, ids.narrow(0, 0, 1), masks), std::invalid_argument);
+  CHECK_THROWS_AS(model->encoder_decoder->encode(torch::rand({2, 5, 7})), std::invalid_argument);
+  CHECK_THROWS_AS(CMNModel(CMNOptions(10).cmm_dim(64).d_model(32)), std::invalid_argument);
+  CHECK_THROWS_AS(CMNModel(small_test_options().topk(41)), std::invalid_argument);
+  CHECK_THROWS_AS(CMNModel(small_test_options().visual_depth(42)), std::invalid_argument);
+  CHECK_THROWS_AS(CMNModel(small_test_options().num_heads(5)), std::invalid_argument);
+}
+
+TEST_CASE("cmn: parameter counts equal the official models' (small and paper configs)", "[cmn]") {
+  // n_params / n_params_ve / n_params_ed that shared/baselines recorded for the official
+  // BaseCMNModel with vocabulary 760 (shared tensors counted once, as Python does).
+  auto count = [](const std::vector<torch::Tensor>& params) {
+    int64_t n = 0;
+    for (const auto& p : params) n += p.numel();
+    return n;
+  };
+  auto small = CMNModel(CMNOptions::small(760));
+  CHECK(count(enn::unique_parameters(*small->visual_extractor)) == 11176512);
+  CHECK(count(enn::unique_parameters(*small->encoder_decoder)) == 3027449);
+  CHECK(count(small->unique_parameters()) == 14203961);
+  auto paper = CMNModel(CMNOptions(760));
+  CHECK(count(enn::unique_parameters(*paper->encoder_decoder)) == 16553209);
+  CHECK(count(paper->unique_parameters()) == 59053369);
+  // Upstream's initialisation of the memory: normal(0, 1/cmm_dim).
+  const double std = paper->encoder_decoder->memory_matrix.std().item<double>();
+  CHECK(std::abs(std - 1.0 / 512) < 0.05 / 512);
+}
