@@ -231,11 +231,17 @@ TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
     INFO("parameter " << name);
     REQUIRE(norms.count(name) == 1);
     const double r = ref_norms[i].item<double>();
-    // rtol 1e-3; an absolute floor for gradients that are zero upstream too.
-    const bool ok = std::abs(norms[name] - r) <= 1e-3 * std::abs(r) + 1e-9;
+    // A key projection's bias (`linears.1.bias` of every attention and of the memory attention)
+    // shifts all scores of a query equally, which softmax and top-k ignore: its gradient is zero,
+    // and both sides hold rounding noise (1.7e-10 .. 2.4e-9 upstream). Everything else: rtol 1e-3.
+    const std::string suffix = "linears.1.bias";
+    const bool key_bias = name.size() >= suffix.size() &&
+                          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    const bool ok = key_bias ? (norms[name] < 1e-7 && r < 1e-7)
+                             : std::abs(norms[name] - r) <= 1e-3 * std::abs(r) + 1e-9;
     if (!ok) ++bad;
     CHECK(ok);
-    if (r > 0) worst = std::max(worst, std::abs(norms[name] - r) / r);
+    if (!key_bias) worst = std::max(worst, std::abs(norms[name] - r) / r);
   }
   CHECK(bad == 0);
   CHECK(worst < 1e-3);  // the largest relative deviation, for the record

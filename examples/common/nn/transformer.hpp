@@ -2,8 +2,10 @@
 // for both ports: the custom LayerNorm (unbiased std, eps added to the std), multi-head
 // attention with a configurable masked-score fill (-1e9 in R2Gen, -inf in CMN), the position-wise
 // feed-forward block, token embeddings scaled by sqrt(d_model), the sinusoidal positional
-// encoding stored as buffer `pe`, and the pre-norm residual connection. Member names equal the
-// Python attribute names so that `named_parameters()` gives the official state_dict keys.
+// encoding stored as buffer `pe`, the pre-norm residual connection, and the encoder / plain
+// decoder stacks built from them (R2Gen's encoder, R2GenCMN's encoder and decoder). Member names
+// equal the Python attribute names so that `named_parameters()` gives the official state_dict
+// keys; the LayerNorm's two parameters are `gamma`/`beta` in R2Gen and `a_2`/`b_2` in R2GenCMN.
 //
 // Attention also exposes its pieces (project / attend / merge) so that incremental decoders can
 // cache the key/value projections of earlier positions instead of re-running the prefix.
