@@ -1,7 +1,7 @@
-// What a training step costs in each ihn mode, R2Gen small config (R2GenOptions::small: ResNet-18
-// on 128², d_model 256, 2 layers), batch 16, in one process with the steps interleaved so that
-// machine noise hits every arm alike:
-//   off          one pass, compute_loss (the R2Gen step)
+// What a training step costs in each ihn mode, R2Gen or R2GenCMN at its small config
+// (Options::small: ResNet-18 on 128², d_model 256, 2 layers), batch 16, in one process with the
+// steps interleaved so that machine noise hits every arm alike:
+//   off          one pass, compute_loss (the model's own step)
 //   paper        one pass + the library's feature-space max step (ihn::HardNegativeAugmenter at
 //                its defaults, K 4, 5 ascent steps, a full bank of 2,069 reports)
 //   official     the released recipe as `ihn train --ihn official` runs it: a second pass over the
@@ -10,14 +10,13 @@
 //                arms feed two views)
 // Every step includes zero_grad, backward, clip_grad_value_(0.1) and Adam (amsgrad).
 //
-//   bench_official [WARMUP REPS] [THREADS]
+//   bench_official [WARMUP REPS] [THREADS] [r2gen|cmn]
 // Prints one JSON line: median/min/max/all seconds per arm and the ratios of medians to `off`.
 #include <torch/torch.h>
 
 #include <ihn/augmenter.hpp>
 #include <ihn/official.hpp>
 
-#include "r2gen.hpp"
 #include "train/models.hpp"
 #include "train/official_step.hpp"
 
@@ -28,7 +27,6 @@
 #include <string>
 #include <vector>
 
-namespace r2 = ihn_examples::r2gen;
 namespace tr = ihn_examples::train;
 
 namespace {
@@ -51,18 +49,15 @@ std::string json_times(const std::vector<double>& t) {
          all + "]}";
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const int warmup = argc > 1 ? std::stoi(argv[1]) : 2;
-  const int reps = argc > 2 ? std::stoi(argv[2]) : 8;
-  const int threads = argc > 3 ? std::stoi(argv[3]) : 2;
+template <class Traits>
+int run(int warmup, int reps, int threads) {
+  using Model = typename Traits::Model;
   torch::set_num_threads(threads);
   torch::manual_seed(9233);
 
   const int64_t vocab = 760, batch = 16, max_len = 60, image = 128;
-  const auto options = r2::R2GenOptions::small(vocab);
-  r2::R2GenModel model(options);
+  const auto options = Traits::Options::small(vocab);
+  Model model(options);
   model->train();
   // 16 reports of lengths 21..60 (as bench_r2gen), and a second batch for the negative pairs.
   auto make_batch = [&](uint64_t seed) {
@@ -84,16 +79,19 @@ int main(int argc, char** argv) {
   };
   const auto positive_1v = one_view(positive), negative_1v = one_view(negative);
 
-  tr::OfficialHeads heads2(tr::R2GenTraits::official_image_dim(options, 2),
-                           tr::R2GenTraits::official_report_dim(options), options.d_model());
-  tr::OfficialHeads heads1(tr::R2GenTraits::official_image_dim(options, 1),
-                           tr::R2GenTraits::official_report_dim(options), options.d_model());
+  tr::OfficialHeads heads2(Traits::official_image_dim(options, 2),
+                           Traits::official_report_dim(options), options.d_model());
+  tr::OfficialHeads heads1(Traits::official_image_dim(options, 1),
+                           Traits::official_report_dim(options), options.d_model());
   auto adam = [](double lr) {
     return torch::optim::AdamOptions(lr).weight_decay(5e-5).amsgrad(true);
   };
   std::vector<torch::Tensor> ve, ed;
-  for (auto& p : model->visual_extractor->parameters()) ve.push_back(p);
-  for (auto& p : model->encoder_decoder->parameters()) ed.push_back(p);
+  std::vector<torch::Tensor> clipped;
+  for (auto& [name, p] : Traits::named_parameters(model)) {
+    (Traits::is_visual_parameter(name) ? ve : ed).push_back(p);
+    clipped.push_back(p);  // each tensor once (CMN registers its memory under two names)
+  }
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(ve, std::make_unique<torch::optim::AdamOptions>(adam(5e-5)));
   groups.emplace_back(ed, std::make_unique<torch::optim::AdamOptions>(adam(1e-4)));
@@ -102,11 +100,10 @@ int main(int argc, char** argv) {
   groups.emplace_back(heads1->parameters(),
                       std::make_unique<torch::optim::AdamOptions>(adam(1e-4)));
   torch::optim::Adam optimizer(std::move(groups), adam(1e-4));
-  auto clipped = model->parameters();
   for (auto& p : heads2->parameters()) clipped.push_back(p);
   for (auto& p : heads1->parameters()) clipped.push_back(p);
 
-  ihn::HardNegativeAugmenter<r2::R2GenModel> augmenter(model, ihn::Options{});
+  ihn::HardNegativeAugmenter<Model> augmenter(model, ihn::Options{});
   {
     torch::NoGradGuard no_grad;
     ihn::StateDict state = augmenter.state_dict();
@@ -128,19 +125,18 @@ int main(int argc, char** argv) {
     torch::Tensor loss;
     if (arm == "off" || arm == "paper") {
       auto out = model->forward(positive.images, positive.ids, positive.masks);
-      loss = r2::compute_loss(out.logprobs, positive.ids, positive.masks);
+      loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
       if (arm == "paper") {
         std::vector<int64_t> sample_ids;
         for (int64_t b = 0; b < batch; ++b) sample_ids.push_back((i * batch + b * 131) % 2069);
         loss = loss + augmenter.loss(out.image_features, out.report_features, sample_ids);
       }
     } else if (arm == "official") {
-      loss = tr::official_step<tr::R2GenTraits>(model, heads2, positive, negative, lambda,
-                                                official_options)
+      loss = tr::official_step<Traits>(model, heads2, positive, negative, lambda, official_options)
                  .loss;
     } else {
-      loss = tr::official_step<tr::R2GenTraits>(model, heads1, positive_1v, negative_1v, lambda,
-                                                official_options)
+      loss = tr::official_step<Traits>(model, heads1, positive_1v, negative_1v, lambda,
+                                       official_options)
                  .loss;
     }
     losses[arm] = loss.item<double>();
@@ -154,8 +150,9 @@ int main(int argc, char** argv) {
   for (int i = 0; i < warmup + reps; ++i)
     for (const auto& arm : arms) step(arm, i);
 
-  std::string out = "RESULT {\"bench\": \"official_step\", \"cfg\": \"small\", \"threads\": " +
-                    std::to_string(threads) +
+  std::string out = "RESULT {\"bench\": \"official_step\", \"model\": \"" +
+                    std::string(Traits::name) +
+                    "\", \"cfg\": \"small\", \"threads\": " + std::to_string(threads) +
                     ", \"batch\": 16, \"image\": 128, \"reps\": " + std::to_string(reps);
   for (const auto& arm : arms) out += ", \"" + arm + "\": " + json_times(times[arm]);
   out += ", \"ratio_to_off\": {";
@@ -165,4 +162,15 @@ int main(int argc, char** argv) {
   out += "}}";
   std::printf("%s\n", out.c_str());
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int warmup = argc > 1 ? std::stoi(argv[1]) : 2;
+  const int reps = argc > 2 ? std::stoi(argv[2]) : 8;
+  const int threads = argc > 3 ? std::stoi(argv[3]) : 2;
+  const std::string model = argc > 4 ? argv[4] : "r2gen";
+  return tr::dispatch_model(
+      model, [&](auto traits) { return run<decltype(traits)>(warmup, reps, threads); });
 }
