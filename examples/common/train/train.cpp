@@ -768,6 +768,18 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
       log_sums[k] = v.template item<double>();
     at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the global one
     generator.set_state(resume_state.at("rng.cpu"));
+    if (device.is_cuda()) {
+      auto it = resume_state.find("rng.cuda");
+      if (it != resume_state.end()) {
+        at::Generator cuda_generator = at::globalContext().defaultGenerator(device);
+        cuda_generator.set_state(it->second);
+      } else {
+        std::fprintf(stderr,
+                     "note: %s was written on the CPU; on the GPU the resumed run continues "
+                     "correctly but not bit-identically to an uninterrupted one\n",
+                     f.c_str());
+      }
+    }
     for (auto& cb : callbacks) cb->on_load_checkpoint(resume_state);
     if (official) {
       torch::NoGradGuard no_grad;
@@ -788,6 +800,9 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
     s["config.json"] = bytes_tensor(to_json(config).dump());
     s["vocab.json"] = bytes_tensor(data.tokenizer.to_json());
     s["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+    // On a GPU, dropout draws from the device's generator: without its state a resumed run
+    // would drop other units than the uninterrupted one.
+    if (device.is_cuda()) s["rng.cuda"] = at::globalContext().defaultGenerator(device).get_state();
     s["trainer.epoch"] = scalar_tensor(static_cast<double>(epoch_done));
     s["trainer.batch"] = scalar_tensor(static_cast<double>(batch_in_epoch));
     s["trainer.global_step"] = scalar_tensor(static_cast<double>(global_step));
