@@ -168,7 +168,8 @@ ResNetBlockImpl::ResNetBlockImpl(bool bottleneck_, int64_t in_planes, int64_t pl
 torch::Tensor ResNetBlockImpl::forward(const torch::Tensor& x) {
   // In place, as torchvision's ReLU(inplace=True) and `out += identity`: batch norm's backward
   // needs its input, not its output, and ReLU's needs only its result, so no activation the
-  // graph keeps is overwritten; each block allocates three fewer activation-sized buffers.
+  // graph keeps is overwritten; a block allocates three (basic) or four (bottleneck) fewer
+  // activation-sized buffers.
   auto out = bn1(conv1(x)).relu_();
   if (bottleneck) {
     out = bn2(conv2(out)).relu_();
