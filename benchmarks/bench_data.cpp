@@ -5,6 +5,7 @@
 // Usage: bench_data [studies=64] [image_size=512] [epochs=2]
 #include <data/loader.hpp>
 #include <data/synthetic.hpp>
+#include <nn/allocator.hpp>
 
 #include <ATen/Parallel.h>
 
@@ -23,6 +24,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ihn_examples::nn::keep_freed_memory();  // as the ihn tool (nn/allocator.hpp)
   const int studies = argc > 1 ? std::stoi(argv[1]) : 64;
   const int image_size = argc > 2 ? std::stoi(argv[2]) : 512;
   const int epochs = argc > 3 ? std::stoi(argv[3]) : 2;

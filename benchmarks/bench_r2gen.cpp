@@ -3,28 +3,35 @@
 // backward, clip_grad_value_(0.1), Adam amsgrad with the two learning-rate groups) and one
 // beam-3 / greedy decode of a batch of 16 IU X-Ray studies (two views), random weights.
 //
-//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [MALLOC]
+//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc] [profile]
 //     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
 //     WHAT  train | beam | greedy | ihn_share (plain and ihn training steps interleaved in one
 //           process, and the augmenter's own time inside the ihn step: its share of a step)
-//     MALLOC glibc (default: glibc's defaults, as the Python baseline) | keep (mallopt: never mmap,
-//            never trim, so freed tensor buffers are reused instead of page-faulted back in; the
-//            same setting as the baseline's MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ experiment)
-// Prints one JSON line per run (median and all repetitions, seconds). The reports are random
+//     nhwc  store the ResNet's convolution weights channels-last (nn::to_channels_last)
+//     profile  (train) run one more step under LibTorch's autograd profiler and print the ops
+//           with the most self CPU time (as bench_train.py's `profile` mode does for Python)
+// malloc: like the ihn tool, the benchmark calls nn::keep_freed_memory() first (glibc keeps
+// freed buffers instead of unmapping them: the baseline README's MALLOC_MMAP_MAX_=0
+// MALLOC_TRIM_THRESHOLD_ experiment); IHN_SYSTEM_MALLOC=1 runs with glibc's defaults instead.
+// Prints one JSON line per run (median and all repetitions, seconds; minor page faults and CPU
+// seconds per timed step). The reports are random
 // ids with the baseline batch's shape (16 x 60, 617 mask tokens): the cost does not depend on
 // the ids, and the tokenizer is not needed.
-#include <malloc.h>
+#include <sys/resource.h>
+#include <torch/csrc/autograd/profiler.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <ihn/augmenter.hpp>
 
+#include "nn/allocator.hpp"
 #include "r2gen.hpp"
 
 namespace r2 = ihn_examples::r2gen;
@@ -46,21 +53,87 @@ std::string json_times(const std::vector<double>& t) {
          ", \"max\": " + std::to_string(s.back()) + ", \"all\": [" + all + "]}";
 }
 
+struct Usage {
+  long minor_faults;
+  double cpu_seconds;
+};
+
+Usage usage() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto secs = [](const timeval& t) { return t.tv_sec + 1e-6 * t.tv_usec; };
+  return {ru.ru_minflt, secs(ru.ru_utime) + secs(ru.ru_stime)};
+}
+
+// Self CPU time per op name (time inside the op minus the ops it called), from the legacy
+// profiler's push/pop events, which nest per thread; printed as PROFILE lines, largest first.
+void print_self_times(const torch::autograd::profiler::thread_event_lists& threads) {
+  using torch::autograd::profiler::EventKind;
+  std::map<std::string, std::pair<double, int64_t>> self;         // name -> (microseconds, calls)
+  std::map<std::string, std::map<std::string, int64_t>> parents;  // name -> caller -> calls
+  double total = 0;
+  for (const auto& events : threads) {
+    struct Open {
+      std::string name;
+      double start, children;
+    };
+    std::vector<Open> stack;
+    for (const auto& e : events) {
+      if (e.kind() == EventKind::PushRange) {
+        stack.push_back({e.name(), e.cpuUs(), 0.0});
+      } else if (e.kind() == EventKind::PopRange && !stack.empty()) {
+        const auto open = stack.back();
+        stack.pop_back();
+        const double elapsed = e.cpuUs() - open.start;
+        if (!stack.empty()) parents[open.name][stack.back().name] += 1;
+        auto& entry = self[open.name];
+        entry.first += elapsed - open.children;
+        entry.second += 1;
+        total += elapsed - open.children;
+        if (!stack.empty()) stack.back().children += elapsed;
+      }
+    }
+  }
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(self.begin(), self.end());
+  std::sort(rows.begin(), rows.end(),
+            [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+  std::printf("PROFILE total self CPU %.3f s\n", total * 1e-6);
+  for (size_t i = 0; i < rows.size() && i < 30; ++i) {
+    const auto& callers = parents[rows[i].first];
+    auto top = std::max_element(callers.begin(), callers.end(),
+                                [](const auto& a, const auto& b) { return a.second < b.second; });
+    std::printf("PROFILE %-40s %6ld calls %8.3f s %5.1f%%  (mostly in %s)\n", rows[i].first.c_str(),
+                static_cast<long>(rows[i].second.second), rows[i].second.first * 1e-6,
+                100.0 * rows[i].second.first / total,
+                top == callers.end() ? "-" : top->first.c_str());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  const bool kept_freed_memory = ihn_examples::nn::keep_freed_memory();
   if (argc < 3) {
-    std::cerr << "usage: bench_r2gen small|paper train|beam|greedy [WARMUP REPS] [THREADS]\n";
+    std::cerr << "usage: bench_r2gen small|paper train|beam|greedy|ihn_share [WARMUP REPS] "
+                 "[THREADS] [nhwc] [profile]\n";
     return 2;
   }
   const std::string cfg = argv[1], what = argv[2];
   const int warmup = argc > 3 ? std::stoi(argv[3]) : 2;
   const int reps = argc > 4 ? std::stoi(argv[4]) : 5;
   const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
-  const std::string malloc_mode = argc > 6 ? argv[6] : "glibc";
-  if (malloc_mode == "keep") {
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  bool channels_last = false;
+  bool profile = false;
+  for (int a = 6; a < argc; ++a) {
+    const std::string flag = argv[a];
+    if (flag == "nhwc") {
+      channels_last = true;
+    } else if (flag == "profile") {
+      profile = true;
+    } else {
+      std::cerr << "bench_r2gen: unknown option " << flag << "\n";
+      return 2;
+    }
   }
   torch::set_num_threads(threads);
   torch::manual_seed(9233);
@@ -69,6 +142,7 @@ int main(int argc, char** argv) {
   auto options = cfg == "paper" ? r2::R2GenOptions(vocab) : r2::R2GenOptions::small(vocab);
   const int64_t image = cfg == "paper" ? 224 : 128;
   r2::R2GenModel model(options);
+  if (channels_last) ihn_examples::nn::to_channels_last(*model->visual_extractor);
 
   auto images = torch::randn({batch, 2, 3, image, image});
   // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
@@ -82,6 +156,7 @@ int main(int argc, char** argv) {
   }
 
   std::vector<double> times;
+  Usage timed_start{}, timed_end{};
   int64_t generated = 0;
   double last_loss = 0;
   std::vector<double> ihn_times, augmenter_times;
@@ -132,12 +207,26 @@ int main(int argc, char** argv) {
       if (i >= warmup) (with_ihn ? ihn_times : times).push_back(now() - t0);
     };
     for (int i = 0; i < warmup + reps; ++i) {
+      if (i == warmup) timed_start = usage();
       step(false, i);
       if (what == "ihn_share") step(true, i);
+    }
+    timed_end = usage();
+    if (profile) {
+      namespace prof = torch::autograd::profiler;
+      prof::thread_event_lists events;
+      {
+        prof::TLSLegacyProfilerGuard guard(
+            torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU),
+            [&](const prof::thread_event_lists& e) { events = e; });
+        step(false, warmup + reps);
+      }
+      print_self_times(events);
     }
   } else if (what == "beam" || what == "greedy") {
     model->eval();
     for (int i = 0; i < warmup + reps; ++i) {
+      if (i == warmup) timed_start = usage();
       const double t0 = now();
       torch::Tensor seq;
       if (what == "beam")
@@ -148,6 +237,7 @@ int main(int argc, char** argv) {
       if (i >= warmup) times.push_back(now() - t0);
       generated = seq.ne(0).sum(1).max().item<int64_t>();
     }
+    timed_end = usage();
   } else {
     std::cerr << "unknown WHAT " << what << "\n";
     return 2;
@@ -160,13 +250,17 @@ int main(int argc, char** argv) {
         json_times(augmenter_times).c_str());
     return 0;
   }
+  const double per_rep = 1.0 / std::max(reps, 1);
   std::printf(
       "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"r2gen\", \"cfg\": \"%s\", "
-      "\"threads\": %d, \"malloc\": \"%s\", \"warmup\": %d, \"reps\": %d, \"batch\": %ld, "
-      "\"image\": %ld, "
-      "\"loss\": %.6f, \"max_generated_len\": %ld, \"seconds\": %s}\n",
-      what.c_str(), cfg.c_str(), threads, malloc_mode.c_str(), warmup, reps,
-      static_cast<long>(batch), static_cast<long>(image), last_loss, static_cast<long>(generated),
-      json_times(times).c_str());
+      "\"threads\": %d, \"malloc\": \"%s\", \"channels_last\": %s, \"warmup\": %d, "
+      "\"reps\": %d, \"batch\": %ld, \"image\": %ld, \"loss\": %.6f, "
+      "\"max_generated_len\": %ld, \"minflt_per_rep\": %.0f, \"cpu_s_per_rep\": %.3f, "
+      "\"seconds\": %s}\n",
+      what.c_str(), cfg.c_str(), threads, kept_freed_memory ? "keep" : "glibc",
+      channels_last ? "true" : "false", warmup, reps, static_cast<long>(batch),
+      static_cast<long>(image), last_loss, static_cast<long>(generated),
+      (timed_end.minor_faults - timed_start.minor_faults) * per_rep,
+      (timed_end.cpu_seconds - timed_start.cpu_seconds) * per_rep, json_times(times).c_str());
   return 0;
 }

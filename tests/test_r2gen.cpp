@@ -585,3 +585,57 @@ TEST_CASE("r2gen: parameter counts equal the official models' (small and paper c
   CHECK(count(*paper->encoder_decoder) == 35973369);
   CHECK(count(*paper) == 78473529);
 }
+
+TEST_CASE("visual extractor: channels-last weights give the same features and gradients",
+          "[r2gen]") {
+  // nn::to_channels_last only changes the layout, and the in-place ReLU / residual add must keep
+  // autograd valid: train mode (batch statistics), forward and backward against a plain copy.
+  // Tolerances: the two layouts run different oneDNN kernels (other summation orders) in
+  // float32 through 8 blocks of conv + batch norm; features up to ~5 agree to 1e-4 absolute,
+  // and every gradient to 1e-3 of its norm (batch-norm backward amplifies the rounding).
+  torch::manual_seed(5);
+  enn::VisualExtractor plain(enn::VisualExtractorOptions().depth(18));
+  enn::VisualExtractor nhwc(enn::VisualExtractorOptions().depth(18));
+  {
+    torch::NoGradGuard no_grad;
+    auto src = plain->named_parameters();
+    for (auto& p : nhwc->named_parameters()) p.value().copy_(src[p.key()]);
+    auto src_buffers = plain->named_buffers();
+    for (auto& b : nhwc->named_buffers()) b.value().copy_(src_buffers[b.key()]);
+  }
+  enn::to_channels_last(*nhwc);
+  const auto& w = nhwc->named_parameters()["model.0.weight"];
+  REQUIRE(w.is_contiguous(at::MemoryFormat::ChannelsLast));
+  REQUIRE_FALSE(w.is_contiguous());
+  plain->train();
+  nhwc->train();
+  auto images = torch::randn({4, 2, 3, 64, 64}).select(1, 1);  // a view, as R2Gen passes
+  auto a = plain(images), b = nhwc(images);
+  CHECK(b.patch.sizes() == a.patch.sizes());
+  CHECK(torch::allclose(b.patch, a.patch, 1e-4, 1e-4));
+  CHECK(torch::allclose(b.avg, a.avg, 1e-4, 1e-4));
+  CHECK(a.patch.abs().max().item<double>() > 0.1);  // not a degenerate all-zero map
+  auto weights = torch::randn(a.patch.sizes());
+  ((a.patch * weights).sum() + a.avg.pow(2).sum()).backward();
+  ((b.patch * weights).sum() + b.avg.pow(2).sum()).backward();
+  auto grads = plain->named_parameters();
+  int64_t compared = 0;
+  for (auto& p : nhwc->named_parameters()) {
+    const auto& ref = grads[p.key()].grad();
+    REQUIRE(ref.defined());
+    REQUIRE(p.value().grad().defined());
+    const double scale = ref.norm().item<double>();
+    REQUIRE(scale > 0);
+    INFO(p.key());
+    CHECK((p.value().grad() - ref).norm().item<double>() <= 1e-3 * scale);
+    ++compared;
+  }
+  CHECK(compared == 60);  // 20 convolutions, 20 batch norms (weight and bias)
+  // Running statistics advance identically.
+  auto buffers = plain->named_buffers();
+  for (auto& b2 : nhwc->named_buffers()) {
+    INFO(b2.key());
+    CHECK(torch::allclose(b2.value().to(torch::kDouble), buffers[b2.key()].to(torch::kDouble), 1e-4,
+                          1e-5));
+  }
+}

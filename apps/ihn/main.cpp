@@ -4,11 +4,14 @@
 
 #include <ihn/version.hpp>
 
+#include "nn/allocator.hpp"
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
 
 int main(int argc, char** argv) {
+  ihn_examples::nn::keep_freed_memory();  // glibc reuses freed tensor buffers (allocator.hpp)
   CLI::App app{
       "ihn: radiology report generation with increasingly hard negatives.\n"
       "Train, evaluate and compare report generators; score reports with the field's "

@@ -242,15 +242,19 @@ ResNetBlockImpl::ResNetBlockImpl(bool bottleneck_, int64_t in_planes, int64_t pl
 }
 
 torch::Tensor ResNetBlockImpl::forward(const torch::Tensor& x) {
-  auto out = torch::relu(bn1(conv1(x)));
+  // In place, as torchvision's ReLU(inplace=True) and `out += identity`: batch norm's backward
+  // needs its input, not its output, and ReLU's needs only its result, so no activation the
+  // graph keeps is overwritten; a block allocates three (basic) or four (bottleneck) fewer
+  // activation-sized buffers.
+  auto out = bn1(conv1(x)).relu_();
   if (bottleneck) {
-    out = torch::relu(bn2(conv2(out)));
+    out = bn2(conv2(out)).relu_();
     out = bn3(conv3(out));
   } else {
     out = bn2(conv2(out));
   }
-  auto identity = downsample ? downsample->forward(x) : x;
-  return torch::relu(out + identity);
+  out += downsample ? downsample->forward(x) : x;
+  return out.relu_();
 }
 
 namespace {
@@ -281,7 +285,8 @@ torch::nn::Sequential make_resnet_trunk(int64_t depth) {
   auto [bottleneck, blocks] = resnet_layout(depth);
   const int64_t expansion = bottleneck ? 4 : 1;
   torch::nn::Sequential trunk(
-      conv(3, 64, 7, 2, 3), torch::nn::BatchNorm2d(64), torch::nn::ReLU(),
+      conv(3, 64, 7, 2, 3), torch::nn::BatchNorm2d(64),
+      torch::nn::ReLU(torch::nn::ReLUOptions().inplace(true)),
       torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(3).stride(2).padding(1)));
   int64_t in_planes = 64;
   for (int layer = 0; layer < 4; ++layer) {
@@ -311,12 +316,23 @@ VisualFeatures VisualExtractorImpl::forward(const torch::Tensor& images) {
   if (images.dim() != 4 || images.size(1) != 3)
     throw std::invalid_argument("VisualExtractor: images must be (B, 3, H, W), got " +
                                 c10::str(images.sizes()));
-  auto map = model->forward(images);  // (B, C, h, w)
+  // The input follows the memory format of the first convolution's weight (see
+  // to_channels_last), so the whole trunk runs in one layout without reorders.
+  const auto& conv1_weight = model->ptr(0)->as<torch::nn::Conv2dImpl>()->weight;
+  auto map =
+      model->forward(images.contiguous(conv1_weight.suggest_memory_format()));  // (B, C, h, w)
   const auto B = map.size(0), C = map.size(1);
   // The official AvgPool2d(7) on the 7x7 map of a 224x224 input is the global average.
   auto avg = map.mean({2, 3});
   auto patch = map.reshape({B, C, -1}).permute({0, 2, 1});
   return {patch, avg};
+}
+
+void to_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,4 +57,12 @@ struct VisualExtractorImpl : torch::nn::Module {
 };
 TORCH_MODULE(VisualExtractor);
 
+/// Stores every 4-D parameter of `module` (the convolution weights) channels-last (NHWC).
+/// VisualExtractor feeds its input in the layout of its first convolution's weight, so after
+/// this call the ResNet runs channels-last end to end: oneDNN convolutions without a layout
+/// reorder of every activation, and the channels-last batch-norm / ReLU / pooling kernels. The
+/// values are unchanged; call it before the optimizer first steps (its state follows the
+/// parameters' layout) and after loading weights if the loader replaces tensors.
+void to_channels_last(torch::nn::Module& module);
+
 }  // namespace ihn_examples::nn
