@@ -1,6 +1,8 @@
 // R2GenCMN port: the model (cmn.hpp) and its incremental decoder, one translation unit.
 #include "cmn.hpp"
 
+#include "nn/generator.hpp"
+
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -324,18 +326,11 @@ std::pair<torch::Tensor, torch::Tensor> CMNModelImpl::visual_features(const torc
 
 CMNOutput CMNModelImpl::forward(const torch::Tensor& images, const torch::Tensor& reports_ids,
                                 const torch::Tensor& reports_masks) {
-  CMNOutput out;
-  std::tie(out.att_feats, out.fc_feats) = visual_features(images);
-  out.details = encoder_decoder->forward(out.att_feats, reports_ids);
-  out.logprobs = out.details.logprobs;
-  out.image_features = out.details.encoder_out.mean(1);
-  out.report_features =
-      masked_mean(out.details.decoder_out, nn::decoder_input_mask(reports_ids, reports_masks));
-  return out;
+  return nn::generator_forward<CMNOutput>(*this, images, reports_ids, reports_masks);
 }
 
 torch::Tensor CMNModelImpl::image_features(const torch::Tensor& images) {
-  return encoder_decoder->encode(visual_features(images).first).second.mean(1);
+  return nn::generator_image_features(*this, images);
 }
 
 torch::Tensor CMNModelImpl::report_features(const torch::Tensor& images,
@@ -345,21 +340,16 @@ torch::Tensor CMNModelImpl::report_features(const torch::Tensor& images,
 }
 
 std::unique_ptr<nn::IncrementalDecoder> CMNModelImpl::make_decoder(const torch::Tensor& images) {
-  auto encoder_out = encoder_decoder->encode(visual_features(images).first).second;
-  return encoder_decoder->make_decoder(encoder_out);
+  return nn::generator_decoder(*this, images);
 }
 
 GreedyResult CMNModelImpl::greedy(const torch::Tensor& images, const GreedyOptions& options_) {
-  torch::NoGradGuard no_grad;
-  auto decoder = make_decoder(images);
-  return nn::greedy_decode(*decoder, images.size(0), options_, images.device());
+  return nn::generator_greedy(*this, images, options_);
 }
 
 BeamSearchResult CMNModelImpl::beam_search(const torch::Tensor& images,
                                            const BeamSearchOptions& options_) {
-  torch::NoGradGuard no_grad;
-  auto decoder = make_decoder(images);
-  return nn::beam_search(*decoder, images.size(0), options_, images.device());
+  return nn::generator_beam_search(*this, images, options_);
 }
 
 torch::OrderedDict<std::string, torch::Tensor> CMNModelImpl::unique_named_parameters() const {

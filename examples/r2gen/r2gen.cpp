@@ -1,6 +1,8 @@
 // R2Gen port: the model (r2gen.hpp) and its incremental decoder, one translation unit.
 #include "r2gen.hpp"
 
+#include "nn/generator.hpp"
+
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -344,18 +346,11 @@ std::pair<torch::Tensor, torch::Tensor> R2GenModelImpl::visual_features(
 
 R2GenOutput R2GenModelImpl::forward(const torch::Tensor& images, const torch::Tensor& reports_ids,
                                     const torch::Tensor& reports_masks) {
-  R2GenOutput out;
-  std::tie(out.att_feats, out.fc_feats) = visual_features(images);
-  out.details = encoder_decoder->forward(out.att_feats, reports_ids);
-  out.logprobs = out.details.logprobs;
-  out.image_features = out.details.encoder_out.mean(1);
-  out.report_features =
-      masked_mean(out.details.decoder_out, nn::decoder_input_mask(reports_ids, reports_masks));
-  return out;
+  return nn::generator_forward<R2GenOutput>(*this, images, reports_ids, reports_masks);
 }
 
 torch::Tensor R2GenModelImpl::image_features(const torch::Tensor& images) {
-  return encoder_decoder->encode(visual_features(images).first).second.mean(1);
+  return nn::generator_image_features(*this, images);
 }
 
 torch::Tensor R2GenModelImpl::report_features(const torch::Tensor& images,
@@ -365,21 +360,16 @@ torch::Tensor R2GenModelImpl::report_features(const torch::Tensor& images,
 }
 
 std::unique_ptr<nn::IncrementalDecoder> R2GenModelImpl::make_decoder(const torch::Tensor& images) {
-  auto encoder_out = encoder_decoder->encode(visual_features(images).first).second;
-  return encoder_decoder->make_decoder(encoder_out);
+  return nn::generator_decoder(*this, images);
 }
 
 GreedyResult R2GenModelImpl::greedy(const torch::Tensor& images, const GreedyOptions& options_) {
-  torch::NoGradGuard no_grad;
-  auto decoder = make_decoder(images);
-  return nn::greedy_decode(*decoder, images.size(0), options_, images.device());
+  return nn::generator_greedy(*this, images, options_);
 }
 
 BeamSearchResult R2GenModelImpl::beam_search(const torch::Tensor& images,
                                              const BeamSearchOptions& options_) {
-  torch::NoGradGuard no_grad;
-  auto decoder = make_decoder(images);
-  return nn::beam_search(*decoder, images.size(0), options_, images.device());
+  return nn::generator_beam_search(*this, images, options_);
 }
 
 }  // namespace ihn_examples::r2gen
