@@ -2,6 +2,7 @@
 // generated reports as JSON Lines, bootstrap intervals, and retrieval from the model's features.
 #include "command.hpp"
 #include "train/train.hpp"
+#include "train_options.hpp"
 
 #include <cstdio>
 #include <fstream>
@@ -74,16 +75,7 @@ void add_evaluate_command(CLI::App& app) {
                   "Evaluate on this annotation instead of the checkpoint's data (same vocabulary)");
   cmd->add_option("--images", args->options.images, "Image root for --ann");
   auto& authors = args->options.authors;
-  cmd->add_option("--dataset", authors.dataset, "Authors' .pth: iu_xray or mimic_cxr")
-      ->capture_default_str();
-  cmd->add_option("--threshold", authors.threshold,
-                  "Authors' .pth: vocabulary cut-off (default: iu_xray 3, mimic_cxr 10)");
-  cmd->add_option("--max-seq-length", authors.max_seq_length,
-                  "Authors' .pth: longest report in tokens (default: iu_xray 60, mimic_cxr 100)");
-  cmd->add_option("--num-heads", authors.num_heads, "Authors' .pth: attention heads (default 8)");
-  cmd->add_option("--rm-num-heads", authors.rm_num_heads,
-                  "Authors' R2Gen .pth: relational-memory heads (default 8)");
-  cmd->add_option("--topk", authors.topk, "Authors' R2GenCMN .pth: memory top-k (default 32)");
+  ihn::cli::add_authors_options(cmd, authors);
   cmd->add_option("--beam-size", args->options.beam_size, "Beam size (default: the run's)");
   cmd->add_option("--bootstrap", args->options.bootstrap, "Bootstrap resamples (0 = none)")
       ->capture_default_str();

@@ -2,6 +2,7 @@
 // checkpoint written by ihn train or from the authors' released .pth (official R2Gen code).
 #include "command.hpp"
 #include "train/train.hpp"
+#include "train_options.hpp"
 
 #include <cstdio>
 #include <memory>
@@ -21,16 +22,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--device", options->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--ann", options->ann,
                   "Authors' .pth: the annotation.json it was trained on (rebuilds the vocabulary)");
-  cmd->add_option("--dataset", authors.dataset, "Authors' .pth: iu_xray or mimic_cxr")
-      ->capture_default_str();
-  cmd->add_option("--threshold", authors.threshold,
-                  "Authors' .pth: vocabulary cut-off (default: iu_xray 3, mimic_cxr 10)");
-  cmd->add_option("--max-seq-length", authors.max_seq_length,
-                  "Authors' .pth: longest report in tokens (default: iu_xray 60, mimic_cxr 100)");
-  cmd->add_option("--num-heads", authors.num_heads, "Authors' .pth: attention heads (default 8)");
-  cmd->add_option("--rm-num-heads", authors.rm_num_heads,
-                  "Authors' R2Gen .pth: relational-memory heads (default 8)");
-  cmd->add_option("--topk", authors.topk, "Authors' R2GenCMN .pth: memory top-k (default 32)");
+  ihn::cli::add_authors_options(cmd, authors);
   cmd->footer(R"(DESCRIPTION
   Loads the image(s) (PNG or JPEG, gray or RGB), applies the run's evaluation transform
   (resize to the training size, ImageNet normalisation) and beam-searches a report. A model

@@ -105,4 +105,19 @@ class RecipeOptions {
   std::vector<std::function<void(ihn_examples::train::TrainConfig&)>> appliers_;
 };
 
+/// What an authors' .pth cannot tell about itself (`ihn evaluate` and `ihn generate`).
+inline void add_authors_options(CLI::App* cmd,
+                                ihn_examples::train::AuthorsCheckpointOptions& authors) {
+  cmd->add_option("--dataset", authors.dataset, "Authors' .pth: iu_xray or mimic_cxr")
+      ->capture_default_str();
+  cmd->add_option("--threshold", authors.threshold,
+                  "Authors' .pth: vocabulary cut-off (default: iu_xray 3, mimic_cxr 10)");
+  cmd->add_option("--max-seq-length", authors.max_seq_length,
+                  "Authors' .pth: longest report in tokens (default: iu_xray 60, mimic_cxr 100)");
+  cmd->add_option("--num-heads", authors.num_heads, "Authors' .pth: attention heads (default 8)");
+  cmd->add_option("--rm-num-heads", authors.rm_num_heads,
+                  "Authors' R2Gen .pth: relational-memory heads (default 8)");
+  cmd->add_option("--topk", authors.topk, "Authors' R2GenCMN .pth: memory top-k (default 32)");
+}
+
 }  // namespace ihn::cli
