@@ -9,7 +9,7 @@
 // features atol 1e-3, log-probs and the model's intermediates atol 1e-4, losses rtol 1e-5,
 // gradient norms rtol 1e-3; token ids exactly (the smallest greedy top1-top2 margin is 0.0053,
 // three orders of magnitude above the float32 noise).
-#include "test_common.hpp"
+#include "fixture_checks.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -26,24 +26,11 @@ using ihn_examples::cmn::CMNModel;
 using ihn_examples::cmn::CMNOptions;
 using ihn_examples::cmn::compute_loss;
 namespace enn = ihn_examples::nn;
+using ihn_test::at_key;
+using ihn_test::load_pt;
+using ihn_test::max_abs_diff;
 
 namespace {
-
-c10::Dict<c10::IValue, c10::IValue> load_pt(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good());
-  std::vector<char> buf((std::istreambuf_iterator<char>(f)), {});
-  return torch::pickle_load(buf).toGenericDict();
-}
-
-torch::Tensor T(const c10::Dict<c10::IValue, c10::IValue>& d, const std::string& key) {
-  return d.at(key).toTensor();
-}
-
-double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
-}
 
 /// The tiny config of fixtures/cmn_tiny/config.json.
 CMNOptions tiny_options() {
@@ -151,9 +138,9 @@ TEST_CASE("cmn: generated images match the fixture's checksums", "[cmn][shared]"
   const auto [sum, wsum] = checksums(fx.images);
   CHECK(std::abs(sum - fx.inputs.at("images_sum").toDouble()) < 1e-6 * std::abs(sum) + 1e-6);
   CHECK(std::abs(wsum - fx.inputs.at("images_wsum").toDouble()) < 1e-9 * std::abs(wsum) + 1e-6);
-  CHECK(torch::equal(fx.images.flatten().narrow(0, 0, 64), T(fx.inputs, "images_head")));
+  CHECK(torch::equal(fx.images.flatten().narrow(0, 0, 64), at_key(fx.inputs, "images_head")));
   CHECK(torch::equal(fx.images.flatten().narrow(0, fx.images.numel() - 64, 64),
-                     T(fx.inputs, "images_tail")));
+                     at_key(fx.inputs, "images_tail")));
 }
 
 TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
@@ -162,9 +149,9 @@ TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
   auto [att, fc] = fx.model->visual_features(fx.images);
   auto patch0 = att.narrow(1, 0, 49);
   // Rule B: values up to ~2.6, float32 vs float64 of the reference differs by 7.5e-7.
-  CHECK(max_abs_diff(patch0, T(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
-  CHECK(max_abs_diff(fc.narrow(1, 0, 2048), T(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
-  CHECK(max_abs_diff(fc.narrow(1, 2048, 2048), T(fx.outputs, "ve_avg_feats_view1")) < 1e-3);
+  CHECK(max_abs_diff(patch0, at_key(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
+  CHECK(max_abs_diff(fc.narrow(1, 0, 2048), at_key(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
+  CHECK(max_abs_diff(fc.narrow(1, 2048, 2048), at_key(fx.outputs, "ve_avg_feats_view1")) < 1e-3);
   // The two studies differ by up to 8.6e-3, so this also catches a batch mix-up.
   CHECK(max_abs_diff(patch0[0], patch0[1]) > 1e-3);
 }
@@ -172,14 +159,14 @@ TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
 TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][shared]") {
   auto& fx = Fixture::get();
   torch::NoGradGuard no_grad;
-  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto out = fx.model->forward(fx.images, ids, masks);
-  CHECK(max_abs_diff(out.details.att_embed_out, T(fx.outputs, "tf_att_embed_out")) < 1e-4);
-  CHECK(max_abs_diff(out.details.encoder_in, T(fx.outputs, "tf_encoder_in")) < 1e-4);
-  CHECK(max_abs_diff(out.details.encoder_out, T(fx.outputs, "tf_encoder_out")) < 1e-4);
-  CHECK(max_abs_diff(out.details.decoder_in, T(fx.outputs, "tf_decoder_in")) < 1e-4);
-  CHECK(max_abs_diff(out.details.decoder_out, T(fx.outputs, "tf_decoder_out")) < 1e-4);
-  CHECK(max_abs_diff(out.logprobs, T(fx.outputs, "tf_logprobs")) < 1e-4);
+  CHECK(max_abs_diff(out.details.att_embed_out, at_key(fx.outputs, "tf_att_embed_out")) < 1e-4);
+  CHECK(max_abs_diff(out.details.encoder_in, at_key(fx.outputs, "tf_encoder_in")) < 1e-4);
+  CHECK(max_abs_diff(out.details.encoder_out, at_key(fx.outputs, "tf_encoder_out")) < 1e-4);
+  CHECK(max_abs_diff(out.details.decoder_in, at_key(fx.outputs, "tf_decoder_in")) < 1e-4);
+  CHECK(max_abs_diff(out.details.decoder_out, at_key(fx.outputs, "tf_decoder_out")) < 1e-4);
+  CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "tf_logprobs")) < 1e-4);
   // The memory response is a real part of encoder_in / decoder_in (not ~0): encoder_in differs
   // from att_embed_out + pe by far more than the tolerance.
   auto pe = fx.model->encoder_decoder->model->src_position->pe.narrow(1, 0, 98);
@@ -189,30 +176,31 @@ TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   // Features for the hard-negative library: means of the same pass.
   CHECK(out.image_features.sizes() == torch::IntArrayRef({2, 64}));
-  CHECK(torch::allclose(out.image_features, T(fx.outputs, "tf_encoder_out").mean(1), 1e-4, 1e-4));
+  CHECK(torch::allclose(out.image_features, at_key(fx.outputs, "tf_encoder_out").mean(1), 1e-4,
+                        1e-4));
   auto m = masks.narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
-  auto ref_report = (T(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
+  auto ref_report = (at_key(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
   CHECK(torch::allclose(out.report_features, ref_report, 1e-4, 1e-4));
 }
 
 TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
   auto& fx = Fixture::get();
   torch::NoGradGuard no_grad;
-  auto ids = T(fx.outputs, "pad_reports_ids"), masks = T(fx.outputs, "pad_reports_masks");
+  auto ids = at_key(fx.outputs, "pad_reports_ids"), masks = at_key(fx.outputs, "pad_reports_masks");
   REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
   auto images = fx.images.narrow(0, 0, ids.size(0));
   auto out = fx.model->forward(images, ids, masks);
-  CHECK(max_abs_diff(out.logprobs, T(fx.outputs, "pad_tf_logprobs")) < 1e-4);
+  CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "pad_tf_logprobs")) < 1e-4);
   const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
-  const double ref = T(fx.outputs, "pad_tf_loss").item<double>();
+  const double ref = at_key(fx.outputs, "pad_tf_loss").item<double>();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
 }
 
 TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
   auto& fx = Fixture::get();
-  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto ref_names = fx.outputs.at("grad_norm_names").toList();
-  auto ref_norms = T(fx.outputs, "grad_norms");
+  auto ref_norms = at_key(fx.outputs, "grad_norms");
   REQUIRE(ref_names.size() == 414);
   fx.model->zero_grad();
   auto out = fx.model->forward(fx.images, ids, masks);
@@ -253,46 +241,12 @@ TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
 
 TEST_CASE("cmn: greedy decoding with and without trigram blocking matches", "[cmn][shared]") {
   auto& fx = Fixture::get();
-  auto on = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20).block_trigrams(true));
-  CHECK(torch::equal(on.seq, T(fx.outputs, "greedy_seq")));
-  CHECK(max_abs_diff(on.seq_logprobs, T(fx.outputs, "greedy_seq_logprobs")) < 1e-4);
-  auto off = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20).block_trigrams(false));
-  CHECK(torch::equal(off.seq, T(fx.outputs, "greedy_notrigram_seq")));
-  CHECK(max_abs_diff(off.seq_logprobs, T(fx.outputs, "greedy_notrigram_seq_logprobs")) < 1e-4);
-  // The fixture is only a test of blocking if blocking changes the output.
-  CHECK_FALSE(torch::equal(on.seq, off.seq));
+  ihn_test::check_greedy_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("cmn: beam-3 search matches ids, lengths and scores", "[cmn][shared]") {
   auto& fx = Fixture::get();
-  auto res = fx.model->beam_search(fx.images, enn::BeamSearchOptions().beam_size(3).max_length(20));
-  CHECK(torch::equal(res.seq, T(fx.outputs, "beam_seq")));
-  CHECK(max_abs_diff(res.seq_logprobs, T(fx.outputs, "beam_seq_logprobs")) < 1e-4);
-  auto all_seq = T(fx.outputs, "beam_all_seq");
-  auto all_len = T(fx.outputs, "beam_all_len");
-  auto all_sum = T(fx.outputs, "beam_all_logprob_sum");
-  auto all_unaug = T(fx.outputs, "beam_all_unaug_logprob_sum");
-  REQUIRE(res.beams.size() == 2);
-  for (int64_t b = 0; b < 2; ++b) {
-    REQUIRE(res.beams[b].size() == 3);
-    for (int64_t j = 0; j < 3; ++j) {
-      INFO("study " << b << " beam " << j);
-      const auto& beam = res.beams[b][j];
-      const auto len = all_len[b][j].item<int64_t>();
-      REQUIRE(beam.seq.size(0) == len);
-      CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
-      // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
-      CHECK(std::abs(beam.logprob_sum - all_sum[b][j].item<double>()) < 1e-4);
-      // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: every row of every
-      // final beam at once (~1.5e4 float32 terms of ~-7, so rtol 1e-5).
-      const double unaug = beam.logps.to(torch::kDouble).sum().item<double>();
-      const double ref_unaug = all_unaug[b][j].item<double>();
-      CHECK(std::abs(unaug - ref_unaug) <= 1e-5 * std::abs(ref_unaug));
-    }
-  }
-  const auto best = T(fx.outputs, "beam_best_seq_logprob");
-  for (int64_t b = 0; b < 2; ++b)
-    CHECK(std::abs(res.beams[b][0].logprob_sum - best[b].item<double>()) < 1e-4);
+  ihn_test::check_beam_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][shared]") {
@@ -307,7 +261,7 @@ TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][sha
       pe->copy_(enn::PositionalEncodingImpl::table(pe->size(1), pe->size(2)));
     }
   }
-  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   torch::Tensor logprobs;
   {
     torch::NoGradGuard no_grad;
@@ -319,13 +273,13 @@ TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][sha
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < tables.size(); ++i) tables[i]->copy_(saved[i]);
   }
-  CHECK(max_abs_diff(logprobs, T(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
+  CHECK(max_abs_diff(logprobs, at_key(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
   const double loss = compute_loss(logprobs, ids, masks).item<double>();
-  const double ref = T(fx.outputs, "alt_pe_tf_loss").item<double>();
+  const double ref = at_key(fx.outputs, "alt_pe_tf_loss").item<double>();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
-  CHECK(torch::equal(greedy.seq, T(fx.outputs, "alt_pe_greedy_seq")));
-  CHECK(torch::equal(beam.seq, T(fx.outputs, "alt_pe_beam_seq")));
-  auto sums = T(fx.outputs, "alt_pe_beam_all_logprob_sum");
+  CHECK(torch::equal(greedy.seq, at_key(fx.outputs, "alt_pe_greedy_seq")));
+  CHECK(torch::equal(beam.seq, at_key(fx.outputs, "alt_pe_beam_seq")));
+  auto sums = at_key(fx.outputs, "alt_pe_beam_all_logprob_sum");
   for (int64_t b = 0; b < 2; ++b)
     for (int64_t j = 0; j < 3; ++j)
       CHECK(std::abs(beam.beams[b][j].logprob_sum - sums[b][j].item<double>()) < 1e-4);

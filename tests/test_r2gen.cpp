@@ -7,7 +7,7 @@
 // port with a different summation order gets visual features atol 1e-3, log-probs and decoder
 // intermediates atol 1e-4, losses rtol 1e-5, gradient norms rtol 1e-3; token ids exactly (the
 // smallest greedy margin is 0.0196, far above the float32 noise).
-#include "test_common.hpp"
+#include "fixture_checks.hpp"
 
 #include <ihn/io/pth.hpp>
 
@@ -26,24 +26,11 @@ using ihn_examples::r2gen::compute_loss;
 using ihn_examples::r2gen::R2GenModel;
 using ihn_examples::r2gen::R2GenOptions;
 namespace enn = ihn_examples::nn;
+using ihn_test::at_key;
+using ihn_test::load_pt;
+using ihn_test::max_abs_diff;
 
 namespace {
-
-c10::Dict<c10::IValue, c10::IValue> load_pt(const std::filesystem::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good());
-  std::vector<char> buf((std::istreambuf_iterator<char>(f)), {});
-  return torch::pickle_load(buf).toGenericDict();
-}
-
-torch::Tensor T(const c10::Dict<c10::IValue, c10::IValue>& d, const std::string& key) {
-  return d.at(key).toTensor();
-}
-
-double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
-}
 
 /// The tiny config of fixtures/r2gen_tiny/config.json.
 R2GenOptions tiny_options() {
@@ -125,7 +112,7 @@ TEST_CASE("r2gen: generated images match the fixture's checksums", "[r2gen][shar
   const double wsum = (flat * weights).sum().item<double>();
   CHECK(std::abs(sum - fx.inputs.at("images_sum").toDouble()) < 1e-6 * std::abs(sum) + 1e-6);
   CHECK(std::abs(wsum - fx.inputs.at("images_wsum").toDouble()) < 1e-9 * std::abs(wsum) + 1e-6);
-  CHECK(torch::equal(fx.images.flatten().narrow(0, 0, 64), T(fx.inputs, "images_head")));
+  CHECK(torch::equal(fx.images.flatten().narrow(0, 0, 64), at_key(fx.inputs, "images_head")));
 }
 
 TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
@@ -134,9 +121,9 @@ TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
   auto v0 = fx.model->visual_extractor(fx.images.select(1, 0));
   auto v1 = fx.model->visual_extractor(fx.images.select(1, 1));
   // Rule B: values up to ~3.4, float32 vs float64 of the reference differs by 9e-7.
-  CHECK(max_abs_diff(v0.patch, T(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
-  CHECK(max_abs_diff(v0.avg, T(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
-  CHECK(max_abs_diff(v1.avg, T(fx.outputs, "ve_avg_feats_view1")) < 1e-3);
+  CHECK(max_abs_diff(v0.patch, at_key(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
+  CHECK(max_abs_diff(v0.avg, at_key(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
+  CHECK(max_abs_diff(v1.avg, at_key(fx.outputs, "ve_avg_feats_view1")) < 1e-3);
   // The two studies differ by up to 7.8e-3, so this also catches a batch mix-up.
   CHECK(max_abs_diff(v0.patch[0], v0.patch[1]) > 1e-3);
 }
@@ -144,35 +131,36 @@ TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
 TEST_CASE("r2gen: teacher-forced log-probs, intermediates and loss match", "[r2gen][shared]") {
   auto& fx = Fixture::get();
   torch::NoGradGuard no_grad;
-  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto out = fx.model->forward(fx.images, ids, masks);
-  CHECK(max_abs_diff(out.details.att_embed_out, T(fx.outputs, "tf_att_embed_out")) < 1e-4);
-  CHECK(max_abs_diff(out.details.encoder_out, T(fx.outputs, "tf_encoder_out")) < 1e-4);
-  CHECK(max_abs_diff(out.details.rm_memory, T(fx.outputs, "tf_rm_memory")) < 1e-4);
-  CHECK(max_abs_diff(out.details.decoder_in, T(fx.outputs, "tf_decoder_in")) < 1e-4);
-  CHECK(max_abs_diff(out.details.decoder_out, T(fx.outputs, "tf_decoder_out")) < 1e-4);
-  CHECK(max_abs_diff(out.logprobs, T(fx.outputs, "tf_logprobs")) < 1e-4);
+  CHECK(max_abs_diff(out.details.att_embed_out, at_key(fx.outputs, "tf_att_embed_out")) < 1e-4);
+  CHECK(max_abs_diff(out.details.encoder_out, at_key(fx.outputs, "tf_encoder_out")) < 1e-4);
+  CHECK(max_abs_diff(out.details.rm_memory, at_key(fx.outputs, "tf_rm_memory")) < 1e-4);
+  CHECK(max_abs_diff(out.details.decoder_in, at_key(fx.outputs, "tf_decoder_in")) < 1e-4);
+  CHECK(max_abs_diff(out.details.decoder_out, at_key(fx.outputs, "tf_decoder_out")) < 1e-4);
+  CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "tf_logprobs")) < 1e-4);
   const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
   const double ref = fx.outputs.at("tf_loss_float").toDouble();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   // Features for the hard-negative library: masked means of the same pass.
   CHECK(out.image_features.sizes() == torch::IntArrayRef({2, 64}));
-  CHECK(torch::allclose(out.image_features, T(fx.outputs, "tf_encoder_out").mean(1), 1e-5, 1e-5));
+  CHECK(torch::allclose(out.image_features, at_key(fx.outputs, "tf_encoder_out").mean(1), 1e-5,
+                        1e-5));
   auto m = masks.narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
-  auto ref_report = (T(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
+  auto ref_report = (at_key(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
   CHECK(torch::allclose(out.report_features, ref_report, 1e-4, 1e-4));
 }
 
 TEST_CASE("r2gen: padded teacher-forced batch matches", "[r2gen][shared]") {
   auto& fx = Fixture::get();
   torch::NoGradGuard no_grad;
-  auto ids = T(fx.outputs, "pad_reports_ids"), masks = T(fx.outputs, "pad_reports_masks");
+  auto ids = at_key(fx.outputs, "pad_reports_ids"), masks = at_key(fx.outputs, "pad_reports_masks");
   REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
   auto images = fx.images.narrow(0, 0, ids.size(0));
   auto out = fx.model->forward(images, ids, masks);
-  CHECK(max_abs_diff(out.logprobs, T(fx.outputs, "pad_tf_logprobs")) < 1e-4);
+  CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "pad_tf_logprobs")) < 1e-4);
   const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
-  const double ref = T(fx.outputs, "pad_tf_loss").item<double>();
+  const double ref = at_key(fx.outputs, "pad_tf_loss").item<double>();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   // Report features exclude padding: with every token as decoder input (one padding column
   // appended), three more padding columns change nothing.
@@ -190,7 +178,7 @@ TEST_CASE("r2gen: gradient norms match (rtol 1e-3)", "[r2gen][shared]") {
   std::ifstream f(fx.dir / "grad_norms.json");
   auto json = nlohmann::json::parse(f);
   fx.model->zero_grad();
-  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto out = fx.model->forward(fx.images, ids, masks);
   auto loss = compute_loss(out.logprobs, ids, masks);
   loss.backward();
@@ -216,43 +204,12 @@ TEST_CASE("r2gen: gradient norms match (rtol 1e-3)", "[r2gen][shared]") {
 
 TEST_CASE("r2gen: greedy decoding with and without trigram blocking matches", "[r2gen][shared]") {
   auto& fx = Fixture::get();
-  auto on = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20).block_trigrams(true));
-  CHECK(torch::equal(on.seq, T(fx.outputs, "greedy_seq")));
-  CHECK(max_abs_diff(on.seq_logprobs, T(fx.outputs, "greedy_seq_logprobs")) < 1e-4);
-  auto off = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20).block_trigrams(false));
-  CHECK(torch::equal(off.seq, T(fx.outputs, "greedy_notrigram_seq")));
-  CHECK(max_abs_diff(off.seq_logprobs, T(fx.outputs, "greedy_notrigram_seq_logprobs")) < 1e-4);
-  // The fixture is only a test of blocking if blocking changes the output.
-  CHECK_FALSE(torch::equal(on.seq, off.seq));
+  ihn_test::check_greedy_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][shared]") {
   auto& fx = Fixture::get();
-  auto res = fx.model->beam_search(fx.images, enn::BeamSearchOptions().beam_size(3).max_length(20));
-  CHECK(torch::equal(res.seq, T(fx.outputs, "beam_seq")));
-  CHECK(max_abs_diff(res.seq_logprobs, T(fx.outputs, "beam_seq_logprobs")) < 1e-4);
-  auto all_seq = T(fx.outputs, "beam_all_seq");
-  auto all_len = T(fx.outputs, "beam_all_len");
-  auto all_sum = T(fx.outputs, "beam_all_logprob_sum");
-  auto all_unaug = T(fx.outputs, "beam_all_unaug_logprob_sum");
-  REQUIRE(res.beams.size() == 2);
-  for (int64_t b = 0; b < 2; ++b) {
-    REQUIRE(res.beams[b].size() == 3);
-    for (int64_t j = 0; j < 3; ++j) {
-      INFO("study " << b << " beam " << j);
-      const auto& beam = res.beams[b][j];
-      const auto len = all_len[b][j].item<int64_t>();
-      REQUIRE(beam.seq.size(0) == len);
-      CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
-      // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
-      CHECK(std::abs(beam.logprob_sum - all_sum[b][j].item<double>()) < 1e-4);
-      // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: checks every row
-      // of every final beam at once (~1.5e4 float32 terms of ~-7, so rtol 1e-5).
-      const double unaug = beam.logps.to(torch::kDouble).sum().item<double>();
-      const double ref_unaug = all_unaug[b][j].item<double>();
-      CHECK(std::abs(unaug - ref_unaug) <= 1e-5 * std::abs(ref_unaug));
-    }
-  }
+  ihn_test::check_beam_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("r2gen: original sin/cos positional table (alt_pe outputs)", "[r2gen][shared]") {
@@ -263,7 +220,7 @@ TEST_CASE("r2gen: original sin/cos positional table (alt_pe outputs)", "[r2gen][
     torch::NoGradGuard no_grad;
     pe.copy_(enn::PositionalEncodingImpl::table(pe.size(1), pe.size(2)));
   }
-  auto ids = T(fx.inputs, "reports_ids"), masks = T(fx.inputs, "reports_masks");
+  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   torch::Tensor logprobs;
   {
     torch::NoGradGuard no_grad;
@@ -275,10 +232,10 @@ TEST_CASE("r2gen: original sin/cos positional table (alt_pe outputs)", "[r2gen][
     torch::NoGradGuard no_grad;
     pe.copy_(saved);
   }
-  CHECK(max_abs_diff(logprobs, T(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
-  CHECK(torch::equal(greedy.seq, T(fx.outputs, "alt_pe_greedy_seq")));
-  CHECK(torch::equal(beam.seq, T(fx.outputs, "alt_pe_beam_seq")));
-  auto sums = T(fx.outputs, "alt_pe_beam_all_logprob_sum");
+  CHECK(max_abs_diff(logprobs, at_key(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
+  CHECK(torch::equal(greedy.seq, at_key(fx.outputs, "alt_pe_greedy_seq")));
+  CHECK(torch::equal(beam.seq, at_key(fx.outputs, "alt_pe_beam_seq")));
+  auto sums = at_key(fx.outputs, "alt_pe_beam_all_logprob_sum");
   for (int64_t b = 0; b < 2; ++b)
     for (int64_t j = 0; j < 3; ++j)
       CHECK(std::abs(beam.beams[b][j].logprob_sum - sums[b][j].item<double>()) < 1e-4);

@@ -1,0 +1,92 @@
+// What the R2Gen and R2GenCMN parity tests read and check the same way: the fixtures' pickled
+// dicts, and the decoding outputs (greedy with and without trigram blocking, beam-3), whose keys
+// and tolerances are the same in fixtures/r2gen_tiny and fixtures/cmn_tiny. Include after
+// test_common.hpp.
+#pragma once
+
+#include "test_common.hpp"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "nn/decoding.hpp"
+
+namespace ihn_test {
+
+using PickledDict = c10::Dict<c10::IValue, c10::IValue>;
+
+/// A fixture's inputs.pt / outputs.pt (torch.save of a dict, read with torch::pickle_load).
+inline PickledDict load_pt(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  REQUIRE(f.good());
+  std::vector<char> buf((std::istreambuf_iterator<char>(f)), {});
+  return torch::pickle_load(buf).toGenericDict();
+}
+
+inline torch::Tensor at_key(const PickledDict& d, const std::string& key) {
+  return d.at(key).toTensor();
+}
+
+inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+/// Greedy ids exactly and the stored log-prob rows (atol 1e-4, as teacher forcing), with and
+/// without trigram blocking, for reports of up to 20 tokens.
+template <class Model>
+void check_greedy_matches_fixture(Model& model, const torch::Tensor& images,
+                                  const PickledDict& outputs) {
+  namespace enn = ihn_examples::nn;
+  auto on = model->greedy(images, enn::GreedyOptions().max_length(20).block_trigrams(true));
+  CHECK(torch::equal(on.seq, at_key(outputs, "greedy_seq")));
+  CHECK(max_abs_diff(on.seq_logprobs, at_key(outputs, "greedy_seq_logprobs")) < 1e-4);
+  auto off = model->greedy(images, enn::GreedyOptions().max_length(20).block_trigrams(false));
+  CHECK(torch::equal(off.seq, at_key(outputs, "greedy_notrigram_seq")));
+  CHECK(max_abs_diff(off.seq_logprobs, at_key(outputs, "greedy_notrigram_seq_logprobs")) < 1e-4);
+  // The fixture is only a test of blocking if blocking changes the output.
+  CHECK_FALSE(torch::equal(on.seq, off.seq));
+}
+
+/// Beam-3 search: the best beam's ids and log-prob rows, and every final beam's ids, length and
+/// scores, for a batch of two studies.
+template <class Model>
+void check_beam_matches_fixture(Model& model, const torch::Tensor& images,
+                                const PickledDict& outputs) {
+  namespace enn = ihn_examples::nn;
+  auto res = model->beam_search(images, enn::BeamSearchOptions().beam_size(3).max_length(20));
+  CHECK(torch::equal(res.seq, at_key(outputs, "beam_seq")));
+  CHECK(max_abs_diff(res.seq_logprobs, at_key(outputs, "beam_seq_logprobs")) < 1e-4);
+  auto all_seq = at_key(outputs, "beam_all_seq");
+  auto all_len = at_key(outputs, "beam_all_len");
+  auto all_sum = at_key(outputs, "beam_all_logprob_sum");
+  auto all_unaug = at_key(outputs, "beam_all_unaug_logprob_sum");
+  REQUIRE(res.beams.size() == 2);
+  for (int64_t b = 0; b < 2; ++b) {
+    REQUIRE(res.beams[b].size() == 3);
+    for (int64_t j = 0; j < 3; ++j) {
+      INFO("study " << b << " beam " << j);
+      const auto& beam = res.beams[b][j];
+      const auto len = all_len[b][j].template item<int64_t>();
+      REQUIRE(beam.seq.size(0) == len);
+      CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
+      // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
+      CHECK(std::abs(beam.logprob_sum - all_sum[b][j].template item<double>()) < 1e-4);
+      // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: every row of every
+      // final beam at once (~1.5e4 float32 terms of ~-7, so rtol 1e-5).
+      const double unaug = beam.logps.to(torch::kDouble).sum().template item<double>();
+      const double ref_unaug = all_unaug[b][j].template item<double>();
+      CHECK(std::abs(unaug - ref_unaug) <= 1e-5 * std::abs(ref_unaug));
+    }
+  }
+  // The best beam's score recomputed from its own log-prob rows (in double by the fixture).
+  const auto best = at_key(outputs, "beam_best_seq_logprob");
+  for (int64_t b = 0; b < 2; ++b)
+    CHECK(std::abs(res.beams[b][0].logprob_sum - best[b].template item<double>()) < 1e-4);
+}
+
+}  // namespace ihn_test
