@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nn/decoding.hpp"
+#include "nn/deterministic_fill.hpp"
 
 namespace ihn_test {
 
@@ -35,6 +36,38 @@ inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
+
+/// images.flatten()[i] = float32(0.5 * sin(0.011 * i)), shape [2, 2, 3, 224, 224]: both
+/// fixtures' input images, generated rather than stored.
+inline torch::Tensor fixture_images() {
+  auto images = torch::empty({2, 2, 3, 224, 224}, torch::kFloat);
+  float* p = images.data_ptr<float>();
+  for (int64_t i = 0; i < images.numel(); ++i)
+    p[i] = static_cast<float>(0.5 * std::sin(0.011 * static_cast<double>(i) + 0.0));
+  return images;
+}
+
+/// A tiny model filled with the fixtures' rule B, in eval mode (the fixtures ran everything in
+/// eval()), with the fixture's inputs and outputs; built once per test binary by the caller.
+template <class Model>
+struct TinyFixture {
+  template <class Options>
+  TinyFixture(const std::string& name, const Options& options)
+      : dir(fixtures_dir() / name),
+        model(options),
+        inputs(load_pt(dir / "inputs.pt")),
+        outputs(load_pt(dir / "outputs.pt")),
+        images(fixture_images()) {
+    torch::set_num_threads(2);
+    filled = ihn_examples::nn::deterministic_fill(*model, ihn_examples::nn::FillRuleset::B);
+    model->eval();
+  }
+  std::filesystem::path dir;
+  Model model;
+  std::vector<ihn_examples::nn::FilledEntry> filled;
+  PickledDict inputs, outputs;
+  torch::Tensor images;
+};
 
 /// Greedy ids exactly and the stored log-prob rows (atol 1e-4, as teacher forcing), with and
 /// without trigram blocking, for reports of up to 20 tokens.

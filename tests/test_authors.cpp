@@ -445,6 +445,19 @@ void write_annotation(const fs::path& dir) {
 
 /// What generation must give: the file loaded straight into our port (ihn::io), R2Gen's test
 /// transform, beam search 3, length 60, decoded with the vocabulary built from the annotation.
+/// Every state_dict key of `model` with its shape and dtype: what the Python side fills.
+void write_key_spec(const torch::nn::Module& model, const fs::path& file) {
+  nlohmann::json keys = nlohmann::json::array();
+  auto add = [&](const std::string& name, const at::Tensor& t) {
+    keys.push_back({{"name", name},
+                    {"shape", t.sizes().vec()},
+                    {"dtype", t.scalar_type() == torch::kLong ? "int64" : "float32"}});
+  };
+  for (const auto& p : model.named_parameters()) add(p.key(), p.value());
+  for (const auto& b : model.named_buffers()) add(b.key(), b.value());
+  std::ofstream(file) << keys.dump();
+}
+
 /// Our model built from `options`, loaded from `pth` directly (ihn::io), decoding the images.
 template <class Model, class Options>
 std::string direct_report(const Options& options, const std::string& pth,
@@ -503,15 +516,7 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
                            .max_positions(120);
   {
     R2GenModel model(options);
-    nlohmann::json keys = nlohmann::json::array();
-    auto add = [&](const std::string& name, const at::Tensor& t) {
-      keys.push_back({{"name", name},
-                      {"shape", t.sizes().vec()},
-                      {"dtype", t.scalar_type() == torch::kLong ? "int64" : "float32"}});
-    };
-    for (const auto& p : model->named_parameters()) add(p.key(), p.value());
-    for (const auto& b : model->named_buffers()) add(b.key(), b.value());
-    std::ofstream(dir / "keys.json") << keys.dump();
+    write_key_spec(*model, dir / "keys.json");
   }
   { std::ofstream(dir / "make.py") << kMakeAuthorsCheckpoints; }
   const auto cmd = python() + " " + (dir / "make.py").string() + " " + dir.string();
@@ -679,15 +684,7 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
                            .max_positions(120);
   {
     CMNModel model(options);
-    nlohmann::json keys = nlohmann::json::array();
-    auto add = [&](const std::string& name, const at::Tensor& t) {
-      keys.push_back({{"name", name},
-                      {"shape", t.sizes().vec()},
-                      {"dtype", t.scalar_type() == torch::kLong ? "int64" : "float32"}});
-    };
-    for (const auto& p : model->named_parameters()) add(p.key(), p.value());
-    for (const auto& b : model->named_buffers()) add(b.key(), b.value());
-    std::ofstream(dir / "keys.json") << keys.dump();
+    write_key_spec(*model, dir / "keys.json");
   }
   { std::ofstream(dir / "make.py") << kMakeCmnCheckpoints; }
   REQUIRE(std::system((python() + " " + (dir / "make.py").string() + " " + dir.string()).c_str()) ==

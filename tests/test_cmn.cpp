@@ -45,15 +45,6 @@ CMNOptions tiny_options() {
       .cmm_dim(64);
 }
 
-/// images.flatten()[i] = float32(0.5 * sin(0.011 * i)), shape [2, 2, 3, 224, 224].
-torch::Tensor fixture_images() {
-  auto images = torch::empty({2, 2, 3, 224, 224}, torch::kFloat);
-  float* p = images.data_ptr<float>();
-  for (int64_t i = 0; i < images.numel(); ++i)
-    p[i] = static_cast<float>(0.5 * std::sin(0.011 * static_cast<double>(i) + 0.0));
-  return images;
-}
-
 /// sum_i v_i and sum_i v_i * ((i mod 97) + 1) in double, as the fixture's checksums.
 std::pair<double, double> checksums(const torch::Tensor& t) {
   auto flat = t.detach().flatten().to(torch::kDouble).contiguous();
@@ -62,30 +53,16 @@ std::pair<double, double> checksums(const torch::Tensor& t) {
 }
 
 /// Built once: the filled tiny model, the fixture's inputs and outputs.
-struct Fixture {
-  std::filesystem::path dir = ihn_test::fixtures_dir() / "cmn_tiny";
-  CMNModel model{tiny_options()};
-  std::vector<enn::FilledEntry> filled;
-  c10::Dict<c10::IValue, c10::IValue> inputs = load_pt(dir / "inputs.pt");
-  c10::Dict<c10::IValue, c10::IValue> outputs = load_pt(dir / "outputs.pt");
-  torch::Tensor images = fixture_images();
-
-  Fixture() {
-    torch::set_num_threads(2);
-    filled = enn::deterministic_fill(*model, enn::FillRuleset::B);
-    model->eval();  // the fixture ran everything in eval()
-  }
-  static Fixture& get() {
-    static Fixture fixture;
-    return fixture;
-  }
-};
+ihn_test::TinyFixture<CMNModel>& fixture() {
+  static ihn_test::TinyFixture<CMNModel> fx("cmn_tiny", tiny_options());
+  return fx;
+}
 
 }  // namespace
 
 TEST_CASE("cmn: state_dict keys, aliases and the deterministic fill match the fixture per key",
           "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   std::ifstream f(fx.dir / "weights_fill.json");
   auto json = nlohmann::json::parse(f);
   const auto& keys = json.at("keys");
@@ -134,7 +111,7 @@ TEST_CASE("cmn: state_dict keys, aliases and the deterministic fill match the fi
 }
 
 TEST_CASE("cmn: generated images match the fixture's checksums", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   const auto [sum, wsum] = checksums(fx.images);
   CHECK(std::abs(sum - fx.inputs.at("images_sum").toDouble()) < 1e-6 * std::abs(sum) + 1e-6);
   CHECK(std::abs(wsum - fx.inputs.at("images_wsum").toDouble()) < 1e-9 * std::abs(wsum) + 1e-6);
@@ -144,7 +121,7 @@ TEST_CASE("cmn: generated images match the fixture's checksums", "[cmn][shared]"
 }
 
 TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   torch::NoGradGuard no_grad;
   auto [att, fc] = fx.model->visual_features(fx.images);
   auto patch0 = att.narrow(1, 0, 49);
@@ -157,7 +134,7 @@ TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
 }
 
 TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   torch::NoGradGuard no_grad;
   auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto out = fx.model->forward(fx.images, ids, masks);
@@ -184,7 +161,7 @@ TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][
 }
 
 TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   torch::NoGradGuard no_grad;
   auto ids = at_key(fx.outputs, "pad_reports_ids"), masks = at_key(fx.outputs, "pad_reports_masks");
   REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
@@ -197,7 +174,7 @@ TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
 }
 
 TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto ref_names = fx.outputs.at("grad_norm_names").toList();
   auto ref_norms = at_key(fx.outputs, "grad_norms");
@@ -240,17 +217,17 @@ TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
 }
 
 TEST_CASE("cmn: greedy decoding with and without trigram blocking matches", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   ihn_test::check_greedy_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("cmn: beam-3 search matches ids, lengths and scores", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   ihn_test::check_beam_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   auto& tf = *fx.model->encoder_decoder->model;
   std::vector<torch::Tensor*> tables = {&tf.src_position->pe, &tf.position->pe};
   std::vector<torch::Tensor> saved;

@@ -45,40 +45,17 @@ R2GenOptions tiny_options() {
       .rm_d_model(64);
 }
 
-/// images.flatten()[i] = float32(0.5 * sin(0.011 * i)), shape [2, 2, 3, 224, 224].
-torch::Tensor fixture_images() {
-  auto images = torch::empty({2, 2, 3, 224, 224}, torch::kFloat);
-  float* p = images.data_ptr<float>();
-  for (int64_t i = 0; i < images.numel(); ++i)
-    p[i] = static_cast<float>(0.5 * std::sin(0.011 * static_cast<double>(i) + 0.0));
-  return images;
-}
-
 /// Built once: the filled tiny model, the fixture's inputs and outputs.
-struct Fixture {
-  std::filesystem::path dir = ihn_test::fixtures_dir() / "r2gen_tiny";
-  R2GenModel model{tiny_options()};
-  std::vector<enn::FilledEntry> filled;
-  c10::Dict<c10::IValue, c10::IValue> inputs = load_pt(dir / "inputs.pt");
-  c10::Dict<c10::IValue, c10::IValue> outputs = load_pt(dir / "outputs.pt");
-  torch::Tensor images = fixture_images();
-
-  Fixture() {
-    torch::set_num_threads(2);
-    filled = enn::deterministic_fill(*model, enn::FillRuleset::B);
-    model->eval();  // the fixture ran everything in eval()
-  }
-  static Fixture& get() {
-    static Fixture fixture;
-    return fixture;
-  }
-};
+ihn_test::TinyFixture<R2GenModel>& fixture() {
+  static ihn_test::TinyFixture<R2GenModel> fx("r2gen_tiny", tiny_options());
+  return fx;
+}
 
 }  // namespace
 
 TEST_CASE("r2gen: state_dict keys and the deterministic fill match the fixture per key",
           "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   std::ifstream f(fx.dir / "weights_fill.json");
   auto json = nlohmann::json::parse(f);
   const auto& keys = json.at("keys");
@@ -105,7 +82,7 @@ TEST_CASE("r2gen: state_dict keys and the deterministic fill match the fixture p
 }
 
 TEST_CASE("r2gen: generated images match the fixture's checksums", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   auto flat = fx.images.flatten().to(torch::kDouble);
   const double sum = flat.sum().item<double>();
   auto weights = torch::arange(flat.numel(), torch::kLong).remainder(97).add(1).to(torch::kDouble);
@@ -116,7 +93,7 @@ TEST_CASE("r2gen: generated images match the fixture's checksums", "[r2gen][shar
 }
 
 TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   torch::NoGradGuard no_grad;
   auto v0 = fx.model->visual_extractor(fx.images.select(1, 0));
   auto v1 = fx.model->visual_extractor(fx.images.select(1, 1));
@@ -129,7 +106,7 @@ TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
 }
 
 TEST_CASE("r2gen: teacher-forced log-probs, intermediates and loss match", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   torch::NoGradGuard no_grad;
   auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
   auto out = fx.model->forward(fx.images, ids, masks);
@@ -152,7 +129,7 @@ TEST_CASE("r2gen: teacher-forced log-probs, intermediates and loss match", "[r2g
 }
 
 TEST_CASE("r2gen: padded teacher-forced batch matches", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   torch::NoGradGuard no_grad;
   auto ids = at_key(fx.outputs, "pad_reports_ids"), masks = at_key(fx.outputs, "pad_reports_masks");
   REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
@@ -174,7 +151,7 @@ TEST_CASE("r2gen: padded teacher-forced batch matches", "[r2gen][shared]") {
 }
 
 TEST_CASE("r2gen: gradient norms match (rtol 1e-3)", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   std::ifstream f(fx.dir / "grad_norms.json");
   auto json = nlohmann::json::parse(f);
   fx.model->zero_grad();
@@ -203,17 +180,17 @@ TEST_CASE("r2gen: gradient norms match (rtol 1e-3)", "[r2gen][shared]") {
 }
 
 TEST_CASE("r2gen: greedy decoding with and without trigram blocking matches", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   ihn_test::check_greedy_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   ihn_test::check_beam_matches_fixture(fx.model, fx.images, fx.outputs);
 }
 
 TEST_CASE("r2gen: original sin/cos positional table (alt_pe outputs)", "[r2gen][shared]") {
-  auto& fx = Fixture::get();
+  auto& fx = fixture();
   auto& pe = fx.model->encoder_decoder->model->position->pe;
   auto saved = pe.clone();
   {
