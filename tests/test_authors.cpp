@@ -708,6 +708,21 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
     CHECK(std::none_of(loaded.state.begin(), loaded.state.end(), [](const auto& entry) {
       return entry.first.find("projection.") != std::string::npos;  // training-only heads
     }));
+    // The model the authors' path builds holds exactly the file's weights (a random-weight CMN
+    // decodes one word over and over, so equal reports alone would prove little).
+    CMNModel built(ihn_examples::train::CMNTraits::options(loaded.train_config, tok.vocab_size()));
+    authors::load_authors_weights(*built, loaded.state, loaded.config, file);
+    CMNModel direct(options);
+    REQUIRE(ihn::io::load_pth(*direct, cmn_file).ok());
+    const auto direct_params = direct->named_parameters();
+    size_t compared = 0;
+    for (const auto& p : built->named_parameters()) {
+      INFO(p.key());
+      CHECK(torch::equal(p.value(), direct_params[p.key()]));
+      ++compared;
+    }
+    CHECK(compared == direct_params.size());
+    CHECK(built->encoder_decoder->memory_matrix.abs().sum().item<double>() > 0);
     ihn_examples::train::GenerateOptions g;
     g.checkpoint = file;
     g.images = images;
