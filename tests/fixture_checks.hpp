@@ -39,6 +39,22 @@ inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 
 /// images.flatten()[i] = float32(0.5 * sin(0.011 * i)), shape [2, 2, 3, 224, 224]: both
 /// fixtures' input images, generated rather than stored.
+/// A key projection's bias (`linears.1.bias` of every attention, the relational/cross-modal
+/// memory's included) shifts all scores of a query equally, which softmax and top-k ignore: its
+/// gradient is zero, and both sides hold rounding noise (1e-10 .. 2.4e-9 upstream) whose value
+/// depends on the summation order of the attention products.
+inline bool is_key_bias(const std::string& name) {
+  const std::string suffix = "linears.1.bias";
+  return name.size() >= suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+/// A parameter's gradient norm against the fixture's: rtol 1e-3; a key bias's both below 1e-7.
+inline bool grad_norm_matches(const std::string& name, double ours, double ref) {
+  return is_key_bias(name) ? (ours < 1e-7 && ref < 1e-7)
+                           : std::abs(ours - ref) <= 1e-3 * std::abs(ref) + 1e-9;
+}
+
 inline torch::Tensor fixture_images() {
   auto images = torch::empty({2, 2, 3, 224, 224}, torch::kFloat);
   float* p = images.data_ptr<float>();

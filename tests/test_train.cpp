@@ -108,6 +108,48 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   REQUIRE(ihn_examples::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
+TEST_CASE("train: the channels-last ResNet (the CPU default) trains as the NCHW one", "[train]") {
+  // Same recipe, same seed: only the ResNet's memory layout differs (config.channels_last, the
+  // CLI's --nchw), so the losses agree to float32 rounding accumulated over one epoch's steps,
+  // and a broken layout path (wrong gradients, an unapplied layout) would not.
+  const auto root = ihn_test::scratch_dir("train_layout");
+  auto nhwc = tiny((root / "nhwc").string());
+  nhwc.epochs = 1;
+  REQUIRE(nhwc.channels_last);  // the default
+  auto nchw = nhwc;
+  nchw.out = (root / "nchw").string();
+  nchw.channels_last = false;
+  const auto a = ihn_examples::train::train(nhwc), b = ihn_examples::train::train(nchw);
+  REQUIRE(a.epoch_losses.size() == 1);
+  REQUIRE(b.epoch_losses.size() == 1);
+  CHECK(std::abs(a.epoch_losses[0] - b.epoch_losses[0]) <= 1e-4 * std::abs(b.epoch_losses[0]));
+  // Weights: Adam moves an element by at most about lr per step whatever the gradient's size, so
+  // where a gradient is rounding-level the two runs may step in opposite directions: at most
+  // 2 lr per step of the parameter's group, over this epoch's 4 steps (28 studies / 8). Seen:
+  // 1.3e-4 (ResNet, lr 5e-5) and 1.4e-4 (encoder-decoder, lr 1e-4). The ihn bank and mined
+  // negatives are features recomputed from the model (covered by the loss).
+  const auto x = model_entries(root / "nhwc" / "last.pt");
+  const auto y = model_entries(root / "nchw" / "last.pt");
+  REQUIRE(x.size() == y.size());
+  bool any_different = false;
+  for (const auto& [k, v] : x) {
+    if (k.rfind("model.", 0) != 0) continue;
+    INFO(k);
+    const auto d = (v.to(torch::kDouble) - y.at(k).to(torch::kDouble)).abs().max().item<double>();
+    if (k.find(".running_") != std::string::npos) {
+      // Batch-norm statistics: averages of the activations, which agree to float rounding
+      // amplified through the steps (seen: 1.5e-4 relative).
+      const auto ref = y.at(k).to(torch::kDouble);
+      CHECK((v.to(torch::kDouble) - ref).norm().item<double>() <= 1e-3 * ref.norm().item<double>());
+      continue;
+    }
+    const double lr = k.rfind("model.visual_extractor.", 0) == 0 ? nhwc.lr_ve : nhwc.lr_ed;
+    CHECK(d <= 4 * 2 * lr);
+    any_different = any_different || d > 0;
+  }
+  CHECK(any_different);  // the layouts did run different kernels: the option took effect
+}
+
 TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[train][cmn]") {
   const auto root = ihn_test::scratch_dir("train_cmn");
   auto cmn = [&](const std::string& name) {

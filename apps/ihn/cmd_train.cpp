@@ -16,6 +16,7 @@ struct TrainArgs {
   std::string preset = "cpu-small";
   std::string data;
   std::string config_file;
+  bool nchw = false;
   std::shared_ptr<ihn::cli::RecipeOptions> recipe;
   CLI::Option* seed_opt = nullptr;
   CLI::Option* device_opt = nullptr;
@@ -48,6 +49,7 @@ void run_train(TrainArgs& a) {
   c.resume = a.config.resume;
   if (!from_file || a.config.stop_after > 0) c.stop_after = a.config.stop_after;
   if (!from_file || a.config.quiet) c.quiet = a.config.quiet;
+  if (a.nchw) c.channels_last = false;
   if (!from_file || a.config.plots) c.plots = !a.config.plots;  // bound to --no-plots
   if (!from_file) {
     c.model = a.config.model;
@@ -114,6 +116,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--stop-after", args->config.stop_after,
                   "Stop (save, as on Ctrl-C) after this many optimiser steps");
   cmd->add_flag("--quiet", args->config.quiet, "No progress lines");
+  cmd->add_flag("--nchw", args->nchw,
+                "CPU: keep the ResNet in LibTorch's default NCHW layout instead of channels-last "
+                "(same values up to rounding; channels-last is faster)");
   cmd->add_flag("--no-plots", args->config.plots, "Do not call gnuplot");
   args->recipe = std::make_shared<ihn::cli::RecipeOptions>(cmd, true);
   cmd->footer(R"(DESCRIPTION

@@ -45,13 +45,41 @@ torch::Tensor RelationalMemoryImpl::init_memory(int64_t batch_size,
   return memory.reshape({batch_size, num_slots * d_model});
 }
 
+RelationalMemoryImpl::Projections RelationalMemoryImpl::projections() {
+  // The official step runs seven small GEMMs on a few rows each; stacked weights make them two:
+  // the memory's query/key/value, and the input row's key/value/gates (which, not depending on
+  // the memory, are computed for all positions at once in forward). Same products, fewer calls.
+  auto weight = [&](int i) { return attn->linears[i]->as<torch::nn::Linear>()->weight; };
+  auto bias = [&](int i) { return attn->linears[i]->as<torch::nn::Linear>()->bias; };
+  return {torch::cat({weight(0), weight(1), weight(2)}), torch::cat({bias(0), bias(1), bias(2)}),
+          torch::cat({weight(1), weight(2), W->weight}), torch::cat({bias(1), bias(2), W->bias})};
+}
+
+torch::Tensor RelationalMemoryImpl::input_projection(const Projections& p,
+                                                     const torch::Tensor& input) {
+  return torch::nn::functional::linear(input, p.input_weight, p.input_bias);
+}
+
 torch::Tensor RelationalMemoryImpl::forward_step(const torch::Tensor& input,
                                                  const torch::Tensor& memory_flat) {
+  const auto p = projections();
+  return forward_step(p, input_projection(p, input), memory_flat);
+}
+
+torch::Tensor RelationalMemoryImpl::forward_step(const Projections& p,
+                                                 const torch::Tensor& projected_input,
+                                                 const torch::Tensor& memory_flat) {
   auto memory = memory_flat.reshape({-1, num_slots, d_model});
-  auto kv = torch::cat({memory, input.unsqueeze(1)}, 1);
-  auto next = memory + attn(memory, kv, kv);
+  // kv = cat(memory, input): project the memory rows here, the input row was projected before.
+  auto qkv =
+      torch::nn::functional::linear(memory, p.memory_weight, p.memory_bias).split(d_model, 2);
+  auto in = projected_input.split_with_sizes({d_model, d_model, 2 * d_model}, 1);
+  auto k = torch::cat({qkv[1], in[0].unsqueeze(1)}, 1);
+  auto v = torch::cat({qkv[2], in[1].unsqueeze(1)}, 1);
+  auto heads = attn->attend(attn->split_heads(qkv[0]), attn->split_heads(k), attn->split_heads(v));
+  auto next = memory + attn->merge(heads);
   next = next + mlp->forward(next);
-  auto gates = W(input.unsqueeze(1)) + U(torch::tanh(memory));
+  auto gates = in[2].unsqueeze(1) + U(torch::tanh(memory));
   auto parts = gates.split(d_model, 2);
   auto input_gate = torch::sigmoid(parts[0]);
   auto forget_gate = torch::sigmoid(parts[1]);
@@ -60,10 +88,14 @@ torch::Tensor RelationalMemoryImpl::forward_step(const torch::Tensor& input,
 }
 
 torch::Tensor RelationalMemoryImpl::forward(const torch::Tensor& inputs, torch::Tensor memory) {
+  const auto p = projections();
+  // unbind, not select per step: its backward stacks the T gradients once instead of writing
+  // each into a zeroed (B, T, 4d) tensor.
+  const auto projected = input_projection(p, inputs).unbind(1);
   std::vector<torch::Tensor> outputs;
-  outputs.reserve(inputs.size(1));
-  for (int64_t i = 0; i < inputs.size(1); ++i) {
-    memory = forward_step(inputs.select(1, i), memory);
+  outputs.reserve(projected.size());
+  for (const auto& projected_input : projected) {
+    memory = forward_step(p, projected_input, memory);
     outputs.push_back(memory);
   }
   return torch::stack(outputs, 1);
@@ -100,9 +132,18 @@ ConditionalLayerNormImpl::ConditionalLayerNormImpl(int64_t d_model, int64_t rm_n
 
 torch::Tensor ConditionalLayerNormImpl::forward(const torch::Tensor& x,
                                                 const torch::Tensor& memory) {
+  auto hidden = [&](torch::nn::Sequential& mlp) {
+    return torch::relu(mlp->ptr(0)->as<torch::nn::Linear>()->forward(memory));
+  };
+  return forward_hidden(x, hidden(mlp_gamma), hidden(mlp_beta));
+}
+
+torch::Tensor ConditionalLayerNormImpl::forward_hidden(const torch::Tensor& x,
+                                                       const torch::Tensor& gamma_hidden,
+                                                       const torch::Tensor& beta_hidden) {
   auto [centered, denom] = nn::layer_norm_parts(x, eps);
-  auto gamma_hat = gamma + mlp_gamma->forward(memory);
-  auto beta_hat = beta + mlp_beta->forward(memory);
+  auto gamma_hat = gamma + mlp_gamma->ptr(2)->as<torch::nn::Linear>()->forward(gamma_hidden);
+  auto beta_hat = beta + mlp_beta->ptr(2)->as<torch::nn::Linear>()->forward(beta_hidden);
   return gamma_hat * centered / denom + beta_hat;
 }
 
@@ -145,11 +186,12 @@ ConditionalSublayerConnection DecoderLayerImpl::sub(int64_t i) {
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& hidden_states,
                                         const torch::Tensor& src_mask,
                                         const torch::Tensor& tgt_mask,
-                                        const torch::Tensor& memory) {
+                                        at::ArrayRef<torch::Tensor> mcln_hidden) {
   const bool train = is_training();
   auto residual = [&](int64_t i, const torch::Tensor& in, auto&& f) {
     auto s = sub(i);
-    return in + torch::dropout(f(s->norm(in, memory)), s->dropout, train);
+    auto n = s->norm->forward_hidden(in, mcln_hidden[2 * i], mcln_hidden[2 * i + 1]);
+    return in + torch::dropout(f(n), s->dropout, train);
   };
   auto y = residual(0, x, [&](const torch::Tensor& n) { return self_attn(n, n, n, tgt_mask); });
   y = residual(1, y, [&](const torch::Tensor& n) {
@@ -167,9 +209,34 @@ DecoderImpl::DecoderImpl(const R2GenOptions& o)
 torch::Tensor DecoderImpl::forward(torch::Tensor x, const torch::Tensor& hidden_states,
                                    const torch::Tensor& src_mask, const torch::Tensor& tgt_mask,
                                    const torch::Tensor& memory) {
-  for (const auto& layer : *layers)
-    x = layer->as<DecoderLayerImpl>()->forward(x, hidden_states, src_mask, tgt_mask, memory);
+  const auto hidden = mcln_hidden(memory);
+  const at::ArrayRef<torch::Tensor> all(hidden);
+  for (size_t l = 0; l < layers->size(); ++l)
+    x = layers[l]->as<DecoderLayerImpl>()->forward(x, hidden_states, src_mask, tgt_mask,
+                                                   all.slice(6 * l, 6));
   return norm(x);
+}
+
+std::vector<torch::Tensor> DecoderImpl::mcln_hidden(const torch::Tensor& memory) {
+  // All 2 x 3 x layers MLPs of the conditional layer norms read the same memory: their first
+  // Linear is one GEMM with the weights stacked (the same products in one call, and in backward
+  // one product gives the memory's summed gradient instead of 2 x 3 x layers added up).
+  std::vector<torch::Tensor> weights, biases;
+  for (const auto& layer : *layers) {
+    for (int64_t i = 0; i < 3; ++i) {
+      auto& norm = *layer->as<DecoderLayerImpl>()->sub(i)->norm;
+      for (auto* mlp : {&norm.mlp_gamma, &norm.mlp_beta}) {
+        auto* first = (*mlp)->ptr(0)->as<torch::nn::Linear>();
+        weights.push_back(first->weight);
+        biases.push_back(first->bias);
+      }
+    }
+  }
+  const auto hidden =
+      torch::relu(torch::nn::functional::linear(memory, torch::cat(weights), torch::cat(biases)));
+  std::vector<int64_t> sizes;
+  for (const auto& w : weights) sizes.push_back(w.size(0));
+  return hidden.split_with_sizes(sizes, -1);
 }
 
 TransformerImpl::TransformerImpl(const R2GenOptions& o)
@@ -268,25 +335,29 @@ class R2GenStepper final : public nn::IncrementalDecoder {
     auto& tf = *ed_.model;
     auto x = tf.embed(tokens.unsqueeze(1), position_);  // (N, 1, d)
     rm_state_ = tf.rm->forward_step(x.select(1, 0), rm_state_);
-    auto memory = rm_state_.unsqueeze(1);  // (N, 1, slots*d)
+    const auto hidden = tf.decoder->mcln_hidden(rm_state_.unsqueeze(1));  // from (N, 1, slots*d)
+    auto norm = [&](ConditionalSublayerConnection& s, size_t l, int64_t i,
+                    const torch::Tensor& in) {
+      return s->norm->forward_hidden(in, hidden[6 * l + 2 * i], hidden[6 * l + 2 * i + 1]);
+    };
     const bool train = ed_.is_training();
     size_t l = 0;
     for (const auto& layer_ptr : *tf.decoder->layers) {
       auto* layer = layer_ptr->as<DecoderLayerImpl>();
       auto s0 = layer->sub(0), s1 = layer->sub(1), s2 = layer->sub(2);
       // Self-attention over all positions so far: no mask needed (the new row is the last one).
-      auto n = s0->norm(x, memory);
+      auto n = norm(s0, l, 0, x);
       auto& sa = *layer->self_attn;
       auto k = sa.project(1, n), v = sa.project(2, n);
       self_k_[l] = self_k_[l].defined() ? torch::cat({self_k_[l], k}, 2) : k;
       self_v_[l] = self_v_[l].defined() ? torch::cat({self_v_[l], v}, 2) : v;
       x = x + torch::dropout(sa.merge(sa.attend(sa.project(0, n), self_k_[l], self_v_[l])),
                              s0->dropout, train);
-      n = s1->norm(x, memory);
+      n = norm(s1, l, 1, x);
       auto& ca = *layer->src_attn;
       x = x + torch::dropout(ca.merge(ca.attend(ca.project(0, n), cross_k_[l], cross_v_[l])),
                              s1->dropout, train);
-      x = x + torch::dropout(layer->feed_forward(s2->norm(x, memory)), s2->dropout, train);
+      x = x + torch::dropout(layer->feed_forward(norm(s2, l, 2, x)), s2->dropout, train);
       ++l;
     }
     ++position_;

@@ -64,6 +64,16 @@ struct RelationalMemoryImpl : torch::nn::Module {
   torch::Tensor init_memory(int64_t batch_size, const torch::TensorOptions& options) const;
   /// input (B, d), memory (B, slots*d) -> next memory (B, slots*d).
   torch::Tensor forward_step(const torch::Tensor& input, const torch::Tensor& memory);
+  /// attn's query/key/value weights stacked for the memory rows, and key/value/W for the input.
+  struct Projections {
+    torch::Tensor memory_weight, memory_bias, input_weight, input_bias;
+  };
+  Projections projections();
+  /// input (..., d) -> its key, value and gate projections (..., 4d).
+  static torch::Tensor input_projection(const Projections& p, const torch::Tensor& input);
+  /// forward_step with the input already projected.
+  torch::Tensor forward_step(const Projections& p, const torch::Tensor& projected_input,
+                             const torch::Tensor& memory);
   /// inputs (B, T, d) -> (B, T, slots*d), one memory per position.
   torch::Tensor forward(const torch::Tensor& inputs, torch::Tensor memory);
 
@@ -80,6 +90,10 @@ struct ConditionalLayerNormImpl : torch::nn::Module {
                            double eps = 1e-6);
   /// x (B, T, d), memory (B, T, slots*rm_d).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory);
+  /// The same with mlp_gamma's and mlp_beta's first Linear + ReLU already applied to the memory
+  /// (DecoderImpl::mcln_hidden computes them for all the decoder's norms at once).
+  torch::Tensor forward_hidden(const torch::Tensor& x, const torch::Tensor& gamma_hidden,
+                               const torch::Tensor& beta_hidden);
 
   torch::Tensor gamma, beta;
   torch::nn::Sequential mlp_gamma, mlp_beta;
@@ -97,10 +111,11 @@ TORCH_MODULE(ConditionalSublayerConnection);
 
 struct DecoderLayerImpl : torch::nn::Module {
   DecoderLayerImpl(const R2GenOptions& o);
-  /// Teacher forcing over all positions. memory: the RM output per position (B, T, slots*d).
+  /// Teacher forcing over all positions. mcln_hidden: this layer's six entries of
+  /// DecoderImpl::mcln_hidden (sublayer i: gamma 2i, beta 2i + 1).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& hidden_states,
                         const torch::Tensor& src_mask, const torch::Tensor& tgt_mask,
-                        const torch::Tensor& memory);
+                        at::ArrayRef<torch::Tensor> mcln_hidden);
   ConditionalSublayerConnection sub(int64_t i);
   nn::MultiHeadedAttention self_attn, src_attn;
   nn::PositionwiseFeedForward feed_forward;
@@ -113,6 +128,9 @@ struct DecoderImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& hidden_states,
                         const torch::Tensor& src_mask, const torch::Tensor& tgt_mask,
                         const torch::Tensor& memory);
+  /// memory (B, T, slots*d) -> relu(first Linear) of every conditional layer norm's MLP, in the
+  /// order layer, sublayer, (gamma, beta): 6 per layer.
+  std::vector<torch::Tensor> mcln_hidden(const torch::Tensor& memory);
   torch::nn::ModuleList layers;
   nn::LayerNorm norm;
 };

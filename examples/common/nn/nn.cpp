@@ -51,13 +51,22 @@ MultiHeadedAttentionImpl::MultiHeadedAttentionImpl(const MultiHeadedAttentionOpt
 }
 
 torch::Tensor MultiHeadedAttentionImpl::project(int64_t i, const torch::Tensor& x) {
-  auto y = linears[i]->as<torch::nn::Linear>()->forward(x);
-  return y.view({x.size(0), -1, options.heads(), d_k}).transpose(1, 2);
+  return split_heads(linears[i]->as<torch::nn::Linear>()->forward(x));
+}
+
+torch::Tensor MultiHeadedAttentionImpl::split_heads(const torch::Tensor& y) const {
+  return y.view({y.size(0), -1, options.heads(), d_k}).transpose(1, 2);
 }
 
 torch::Tensor MultiHeadedAttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k,
                                                const torch::Tensor& v, const torch::Tensor& mask) {
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(d_k));
+  // LibTorch's CPU bmm (without MKL) multiplies the batch one BLAS call per matrix: for a few
+  // query-key pairs per head (the relational memory's 3x4, a decoding step's 1xT) the calls
+  // cost far more than the sums. A broadcast product and a reduction do them in one kernel each.
+  const bool few_pairs = q.device().is_cpu() && q.size(-2) * k.size(-2) <= kFewPairs;
+  auto scores = few_pairs ? (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1)
+                          : torch::matmul(q, k.transpose(-2, -1));
+  scores = scores / std::sqrt(static_cast<double>(d_k));
   if (mask.defined()) {
     // (B, Lq, Lk) -> (B, 1, Lq, Lk): one mask for all heads.
     auto m = mask.dim() == 3 ? mask.unsqueeze(1) : mask;
@@ -65,7 +74,7 @@ torch::Tensor MultiHeadedAttentionImpl::attend(const torch::Tensor& q, const tor
   }
   auto p = torch::softmax(scores, -1);
   if (options.dropout() > 0 && is_training()) p = torch::dropout(p, options.dropout(), true);
-  return torch::matmul(p, v);
+  return few_pairs ? (p.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2) : torch::matmul(p, v);
 }
 
 torch::Tensor MultiHeadedAttentionImpl::merge(const torch::Tensor& heads) {

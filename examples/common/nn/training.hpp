@@ -24,6 +24,15 @@ torch::Tensor masked_mean(const torch::Tensor& x, const torch::Tensor& mask);
 torch::Tensor decoder_input_mask(const torch::Tensor& reports_ids,
                                  const torch::Tensor& reports_masks);
 
+/// The optimiser's zero_grad with set_to_none: the official loops zero every gradient (LibTorch
+/// 1.13's Optimizer::zero_grad has no set_to_none), which costs a write of every gradient and
+/// makes backward add into it; with none, backward's first gradient becomes it. Every parameter
+/// that gets a gradient gets it every step, so Adam and the clipping see the same values.
+inline void clear_grads(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups())
+    for (auto& p : group.params()) p.mutable_grad().reset();
+}
+
 /// named_parameters() with every tensor listed once, under the first name met in registration
 /// order (Python's Module.named_parameters() does the same). Hand these, not parameters(), to an
 /// optimiser: a tensor listed twice would be stepped twice.

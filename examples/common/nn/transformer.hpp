@@ -61,7 +61,11 @@ struct MultiHeadedAttentionImpl : torch::nn::Module {
 
   /// linears[i](x) split into heads: (B, L, d) -> (B, h, L, d_k).
   torch::Tensor project(int64_t i, const torch::Tensor& x);
-  /// Scaled dot-product attention on projected heads; mask (B, Lq, Lk) or undefined.
+  /// An already projected (B, L, d) -> (B, h, L, d_k).
+  torch::Tensor split_heads(const torch::Tensor& y) const;
+  /// Scaled dot-product attention on projected heads; mask (B, Lq, Lk) or undefined. On the CPU,
+  /// heads with at most kFewPairs query-key pairs use a broadcast product instead of bmm.
+  static constexpr int64_t kFewPairs = 64;
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& mask = {});
   /// (B, h, L, d_k) -> linears[3] of the concatenated heads, (B, L, d).

@@ -18,6 +18,7 @@
 #include "data/negatives.hpp"
 #include "data/synthetic.hpp"
 #include "data/tokenizer.hpp"
+#include "nn/fused_adam.hpp"
 #include "train/models.hpp"
 #include "train/official_step.hpp"
 
@@ -55,7 +56,7 @@ using json = nlohmann::json;
   X(dropout) X(drop_prob_lm) X(topk) X(cmm_size) X(cmm_dim) X(views) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
   X(amsgrad) X(adam_beta1) X(adam_beta2) X(adam_eps) X(max_positions) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(beam_size) X(ihn)       \
   X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(negatives_file) X(official_legacy) X(out) X(device)         \
-  X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label) X(bootstrap) X(wordnet)
+  X(channels_last) X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label) X(bootstrap) X(wordnet)
 // clang-format on
 
 json to_json(const TrainConfig& c) {
@@ -511,6 +512,17 @@ decltype(auto) with_checkpoint_model(const std::string& path, const std::string&
   });
 }
 
+namespace {
+/// Moves the model to `device` and, on the CPU with `channels_last` (the default), stores the
+/// ResNet's weights channels-last so that the trunk runs NHWC: oneDNN's convolutions then need no
+/// layout reorder of every activation (docs/performance.md). The values are the same.
+template <class Model>
+void place_model(Model& model, const TrainConfig& c, const torch::Device& device) {
+  model->to(device);
+  if (c.channels_last && device.is_cpu()) nn::to_channels_last(*model->visual_extractor);
+}
+}  // namespace
+
 torch::Device parse_device(const std::string& name) {
   torch::Device device(name);
   if (device.is_cuda() && !torch::cuda::is_available())
@@ -680,7 +692,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
   torch::manual_seed(config.seed);
   const auto options = Traits::options(config, data.tokenizer.vocab_size());
   Model model(options);
-  model->to(device);
+  place_model(model, config, device);
   const bool official = config.ihn == "official";
   const int64_t views = data.views;
 
@@ -727,7 +739,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
     official_alpha = schedule_alpha(config.schedule);
     official_options.alpha(official_alpha).legacy_batch_mixing(config.official_legacy);
   }
-  torch::optim::Adam optimizer(std::move(groups), adam(config.lr_ed));
+  nn::FusedAdam optimizer(std::move(groups), adam(config.lr_ed));  // Adam, one pass per tensor
 
   std::vector<std::shared_ptr<ihn::Callback>> callbacks;
   if (config.ihn == "paper")
@@ -925,7 +937,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
         ctx.report_features = out.report_features;
       }
       for (auto& cb : callbacks) cb->on_before_backward(ctx);
-      optimizer.zero_grad();
+      nn::clear_grads(optimizer);
       ctx.loss.backward();
       for (auto& cb : callbacks) cb->on_after_backward(ctx);
       if (config.grad_clip > 0) torch::nn::utils::clip_grad_value_(clipped, config.grad_clip);
@@ -1120,7 +1132,7 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
                      std::to_string(data.tokenizer.vocab_size()) +
                      " tokens): evaluate with the annotation the model was trained on");
   Model model = ck.model;
-  model->to(device);
+  place_model(model, c, device);
   const ihn::data::ReportDataset* split = nullptr;
   if (options.split == "test")
     split = data.test.get();
@@ -1199,7 +1211,7 @@ std::string generate_with_model(const GenerateOptions& options, const LoadedChec
   views.resize(static_cast<size_t>(want));
   auto images = torch::stack(views).unsqueeze(0).to(device);
   Model model = ck.model;
-  model->to(device);
+  place_model(model, c, device);
   model->eval();
   torch::NoGradGuard no_grad;
   const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;

@@ -83,6 +83,8 @@ struct TrainConfig {
   // Runtime (not part of the recipe; may change on resume).
   std::string out;
   std::string device = "cpu";
+  /// CPU: the ResNet runs channels-last (NHWC), the faster layout for oneDNN; same values.
+  bool channels_last = true;
   int threads = 0;  ///< 0 = LibTorch's default
   bool resume = false;
   bool quiet = false;    ///< no per-epoch progress lines (tests)
@@ -138,6 +140,8 @@ struct EvaluateOptions {
   int bootstrap = 1000;
   uint64_t bootstrap_seed = 0;
   std::string device = "cpu";
+  /// CPU: the ResNet runs channels-last (NHWC), the faster layout for oneDNN; same values.
+  bool channels_last = true;
   int threads = 0;
   std::string wordnet;      ///< empty = the checkpoint's config; missing WordNet drops synonyms
   std::string reports_out;  ///< JSONL of generated reports ("" = none)
@@ -154,6 +158,8 @@ struct GenerateOptions {
   std::string ann;                  ///< rebuild the vocabulary of an authors' checkpoint
   int beam_size = 0;
   std::string device = "cpu";
+  /// CPU: the ResNet runs channels-last (NHWC), the faster layout for oneDNN; same values.
+  bool channels_last = true;
   AuthorsCheckpointOptions authors;  ///< an authors' .pth (then `ann` is needed)
 };
 std::string generate_report(const GenerateOptions& options);
