@@ -6,13 +6,14 @@
 // training steps, so the index-gather top-k and upstream's expanded form (TOPK naive) can be
 // compared process against process.
 //
-//   bench_cmn CFG WHAT [WARMUP REPS] [THREADS] [MALLOC] [TOPK]
+//   bench_cmn CFG WHAT [WARMUP REPS] [THREADS] [MALLOC] [TOPK] [LAYOUT]
 //     CFG    small (ResNet-18 128², d_model 256, 2 layers, top-16 of 512 slots) |
 //            paper (ResNet-101 224², 512, 3 layers, top-32 of 2048 slots)
 //     WHAT   train | beam | greedy
 //     MALLOC glibc (default: glibc's defaults, as the Python baseline) | keep (mallopt: never
 //            mmap, never trim, as the baseline's MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ run)
 //     TOPK   gather (default, the port) | naive (upstream's expanded gather)
+//     LAYOUT nhwc (default, as `ihn train` on the CPU: the ResNet channels-last) | nchw
 // Prints one JSON line (median and all repetitions in seconds; peak RSS in MiB from
 // getrusage after building the model and after the timed work; CPU seconds (user + system) per
 // timed repetition; the first step's loss and a
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "cmn.hpp"
+#include "nn/fused_adam.hpp"
 
 namespace cmn = ihn_examples::cmn;
 
@@ -79,6 +81,11 @@ int main(int argc, char** argv) {
   const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
   const std::string malloc_mode = argc > 6 ? argv[6] : "glibc";
   const std::string topk_mode = argc > 7 ? argv[7] : "gather";
+  const std::string layout = argc > 8 ? argv[8] : "nhwc";
+  if (layout != "nhwc" && layout != "nchw") {
+    std::cerr << "bench_cmn: LAYOUT must be nhwc or nchw, got " << layout << "\n";
+    return 2;
+  }
   if (cfg != "small" && cfg != "paper") {
     std::cerr << "bench_cmn: CFG must be small or paper, got " << cfg << "\n";
     return 2;
@@ -99,6 +106,7 @@ int main(int argc, char** argv) {
   options.naive_topk(topk_mode == "naive");
   const int64_t image = cfg == "paper" ? 224 : 128;
   cmn::CMNModel model(options);
+  if (layout == "nhwc") ihn_examples::nn::to_channels_last(*model->visual_extractor);
 
   auto images = torch::randn({batch, 2, 3, image, image});
   // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
@@ -132,7 +140,7 @@ int main(int argc, char** argv) {
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(ve, std::make_unique<torch::optim::AdamOptions>(adam(5e-5)));
     groups.emplace_back(ed, std::make_unique<torch::optim::AdamOptions>(adam(7e-4)));
-    torch::optim::Adam optimizer(std::move(groups), adam(7e-4));
+    ihn_examples::nn::FusedAdam optimizer(std::move(groups), adam(7e-4));  // the port's Adam
     for (int i = 0; i < warmup + reps; ++i) {
       const double t0 = now(), c0 = cpu_seconds();
       auto out = model->forward(images, ids, masks);
@@ -142,7 +150,7 @@ int main(int argc, char** argv) {
         first_loss = loss_value;
         first_logprob_sum = out.logprobs.detach().to(torch::kDouble).sum().item<double>();
       }
-      optimizer.zero_grad();
+      ihn_examples::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
       loss.backward();
       optimizer.step();
       if (i >= warmup) {
@@ -172,13 +180,14 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"cmn\", \"cfg\": \"%s\", "
-      "\"topk\": \"%s\", \"threads\": %d, \"malloc\": \"%s\", \"warmup\": %d, \"reps\": %d, "
+      "\"topk\": \"%s\", \"layout\": \"%s\", \"threads\": %d, \"malloc\": \"%s\", \"warmup\": %d, "
+      "\"reps\": %d, "
       "\"batch\": %ld, \"image\": %ld, \"first_loss\": %.7f, \"first_logprob_sum\": %.3f, "
       "\"max_generated_len\": %ld, \"maxrss_after_build_mib\": %.1f, \"maxrss_mib\": %.1f, "
       "\"cpu_seconds_per_rep\": %.3f, \"seconds\": %s}\n",
-      what.c_str(), cfg.c_str(), topk_mode.c_str(), threads, malloc_mode.c_str(), warmup, reps,
-      static_cast<long>(batch), static_cast<long>(image), first_loss, first_logprob_sum,
-      static_cast<long>(generated), rss_built, maxrss_mib(), reps > 0 ? timed_cpu / reps : 0.0,
-      json_times(times).c_str());
+      what.c_str(), cfg.c_str(), topk_mode.c_str(), layout.c_str(), threads, malloc_mode.c_str(),
+      warmup, reps, static_cast<long>(batch), static_cast<long>(image), first_loss,
+      first_logprob_sum, static_cast<long>(generated), rss_built, maxrss_mib(),
+      reps > 0 ? timed_cpu / reps : 0.0, json_times(times).c_str());
   return 0;
 }

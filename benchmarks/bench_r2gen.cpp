@@ -3,11 +3,13 @@
 // backward, clip_grad_value_(0.1), Adam amsgrad with the two learning-rate groups) and one
 // beam-3 / greedy decode of a batch of 16 IU X-Ray studies (two views), random weights.
 //
-//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc] [profile]
+//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc|nchw] [profile] [phases]
 //     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
 //     WHAT  train | beam | greedy | ihn_share (plain and ihn training steps interleaved in one
 //           process, and the augmenter's own time inside the ihn step: its share of a step)
-//     nhwc  store the ResNet's convolution weights channels-last (nn::to_channels_last)
+//     nhwc  (default, as `ihn train` on the CPU) the ResNet's convolution weights channels-last
+//           (nn::to_channels_last); nchw keeps LibTorch's default layout
+//     phases  (train) print each step's forward / backward / clip / Adam seconds
 //     profile  (train) run one more step under LibTorch's autograd profiler and print the ops
 //           with the most self CPU time (as bench_train.py's `profile` mode does for Python)
 // malloc: like the ihn tool, the benchmark calls nn::keep_freed_memory() first (glibc keeps
@@ -31,7 +33,9 @@
 
 #include <ihn/augmenter.hpp>
 
+#include "bench_profile.hpp"
 #include "nn/allocator.hpp"
+#include "nn/fused_adam.hpp"
 #include "r2gen.hpp"
 
 namespace r2 = ihn_examples::r2gen;
@@ -65,71 +69,29 @@ Usage usage() {
   return {ru.ru_minflt, secs(ru.ru_utime) + secs(ru.ru_stime)};
 }
 
-// Self CPU time per op name (time inside the op minus the ops it called), from the legacy
-// profiler's push/pop events, which nest per thread; printed as PROFILE lines, largest first.
-void print_self_times(const torch::autograd::profiler::thread_event_lists& threads) {
-  using torch::autograd::profiler::EventKind;
-  std::map<std::string, std::pair<double, int64_t>> self;         // name -> (microseconds, calls)
-  std::map<std::string, std::map<std::string, int64_t>> parents;  // name -> caller -> calls
-  double total = 0;
-  for (const auto& events : threads) {
-    struct Open {
-      std::string name;
-      double start, children;
-    };
-    std::vector<Open> stack;
-    for (const auto& e : events) {
-      if (e.kind() == EventKind::PushRange) {
-        stack.push_back({e.name(), e.cpuUs(), 0.0});
-      } else if (e.kind() == EventKind::PopRange && !stack.empty()) {
-        const auto open = stack.back();
-        stack.pop_back();
-        const double elapsed = e.cpuUs() - open.start;
-        if (!stack.empty()) parents[open.name][stack.back().name] += 1;
-        auto& entry = self[open.name];
-        entry.first += elapsed - open.children;
-        entry.second += 1;
-        total += elapsed - open.children;
-        if (!stack.empty()) stack.back().children += elapsed;
-      }
-    }
-  }
-  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(self.begin(), self.end());
-  std::sort(rows.begin(), rows.end(),
-            [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-  std::printf("PROFILE total self CPU %.3f s\n", total * 1e-6);
-  for (size_t i = 0; i < rows.size() && i < 30; ++i) {
-    const auto& callers = parents[rows[i].first];
-    auto top = std::max_element(callers.begin(), callers.end(),
-                                [](const auto& a, const auto& b) { return a.second < b.second; });
-    std::printf("PROFILE %-40s %6ld calls %8.3f s %5.1f%%  (mostly in %s)\n", rows[i].first.c_str(),
-                static_cast<long>(rows[i].second.second), rows[i].second.first * 1e-6,
-                100.0 * rows[i].second.first / total,
-                top == callers.end() ? "-" : top->first.c_str());
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool kept_freed_memory = ihn_examples::nn::keep_freed_memory();
   if (argc < 3) {
     std::cerr << "usage: bench_r2gen small|paper train|beam|greedy|ihn_share [WARMUP REPS] "
-                 "[THREADS] [nhwc] [profile]\n";
+                 "[THREADS] [nhwc|nchw] [profile] [phases]\n";
     return 2;
   }
   const std::string cfg = argv[1], what = argv[2];
   const int warmup = argc > 3 ? std::stoi(argv[3]) : 2;
   const int reps = argc > 4 ? std::stoi(argv[4]) : 5;
   const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
-  bool channels_last = false;
-  bool profile = false;
+  bool channels_last = true;  // as `ihn train` on the CPU
+  bool profile = false, phases = false;
   for (int a = 6; a < argc; ++a) {
     const std::string flag = argv[a];
-    if (flag == "nhwc") {
-      channels_last = true;
+    if (flag == "nhwc" || flag == "nchw") {
+      channels_last = flag == "nhwc";
     } else if (flag == "profile") {
       profile = true;
+    } else if (flag == "phases") {
+      phases = true;
     } else {
       std::cerr << "bench_r2gen: unknown option " << flag << "\n";
       return 2;
@@ -171,8 +133,9 @@ int main(int argc, char** argv) {
                                 torch::optim::AdamOptions(5e-5).weight_decay(5e-5).amsgrad(true)));
     groups.emplace_back(ed, std::make_unique<torch::optim::AdamOptions>(
                                 torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true)));
-    torch::optim::Adam optimizer(std::move(groups),
-                                 torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true));
+    ihn_examples::nn::FusedAdam optimizer(
+        std::move(groups),  // the port's Adam
+        torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true));
     auto params = model->parameters();
     // ihn at its defaults (K 4, 5 ascent steps) with a full bank of IU X-Ray's 2,069 training
     // reports, filled before timing as after the first epoch.
@@ -199,10 +162,16 @@ int main(int argc, char** argv) {
         if (i >= warmup) augmenter_times.push_back(now() - a0);
       }
       last_loss = loss.item<double>();
-      optimizer.zero_grad();
+      const double f1 = now();
+      ihn_examples::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
       loss.backward();
+      const double b1 = now();
       torch::nn::utils::clip_grad_value_(params, 0.1);
+      const double c1 = now();
       optimizer.step();
+      if (phases)
+        std::printf("PHASES step %d forward %.3f backward %.3f clip %.3f adam %.3f\n", i, f1 - t0,
+                    b1 - f1, c1 - b1, now() - c1);
       if (with_ihn) augmenter.step();
       if (i >= warmup) (with_ihn ? ihn_times : times).push_back(now() - t0);
     };
@@ -212,17 +181,7 @@ int main(int argc, char** argv) {
       if (what == "ihn_share") step(true, i);
     }
     timed_end = usage();
-    if (profile) {
-      namespace prof = torch::autograd::profiler;
-      prof::thread_event_lists events;
-      {
-        prof::TLSLegacyProfilerGuard guard(
-            torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU),
-            [&](const prof::thread_event_lists& e) { events = e; });
-        step(false, warmup + reps);
-      }
-      print_self_times(events);
-    }
+    if (profile) ihn_bench::profile_once([&] { step(false, warmup + reps); });
   } else if (what == "beam" || what == "greedy") {
     model->eval();
     for (int i = 0; i < warmup + reps; ++i) {
