@@ -490,7 +490,15 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   for (const auto& r : rows) {
     INFO(r.metric);
     REQUIRE(r.arms.size() == 1);
-    if (r.metric == "distinct reports") continue;
+    if (r.metric == "distinct reports") {
+      // Set-level: no bootstrap (a resample repeats studies and so changes the set itself).
+      CHECK_FALSE(r.arms[0].bootstrapped);
+      CHECK(std::isnan(r.arms[0].p_value));
+      CHECK_FALSE(r.arms[0].significant);
+      CHECK(r.arms[0].difference == Approx(r.arms[0].mean - r.mean_off));
+      continue;
+    }
+    REQUIRE(r.arms[0].bootstrapped);
     REQUIRE(r.arms[0].difference > 0);
     REQUIRE(r.arms[0].significant);
   }
@@ -504,7 +512,7 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
     INFO(r.metric);
     REQUIRE(r.arms.size() == 2);
     REQUIRE(r.arms[0].difference == two_arm[m].arms[0].difference);
-    REQUIRE(r.arms[0].p_value == two_arm[m].arms[0].p_value);
+    if (r.arms[0].bootstrapped) REQUIRE(r.arms[0].p_value == two_arm[m].arms[0].p_value);
     REQUIRE(r.arms[1].difference == 0);
     REQUIRE(r.arms[1].mean == r.mean_off);
     REQUIRE_FALSE(r.arms[1].significant);
@@ -512,9 +520,14 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   const auto md = ihn_examples::train::compare_markdown(rows, {"off", "paper", "official"});
   REQUIRE(md.find("| BLEU-4 |") != std::string::npos);
   REQUIRE(md.find("official − off") != std::string::npos);
+  REQUIRE(md.find("| distinct reports |") != std::string::npos);
+  REQUIRE(md.find("[n/a: set-level] | n/a | n/a |") != std::string::npos);
   const auto j = ihn_examples::train::compare_json(rows, {"off", "paper", "official"});
   REQUIRE(j[0].contains("official"));
   REQUIRE(j[0]["paper"]["significant"].get<bool>());
+  REQUIRE(j.back()["metric"] == "distinct reports");
+  REQUIRE(j.back()["paper"]["p_value"].is_null());
+  REQUIRE_FALSE(j.back()["paper"]["bootstrapped"].get<bool>());
   REQUIRE_THROWS_AS(ihn_examples::train::compare_markdown(rows, {"off", "paper"}), TrainError);
   evals[2].pop_back();
   REQUIRE_THROWS_AS(ihn_examples::train::compare_evaluations(evals, 200, 0), TrainError);

@@ -200,13 +200,16 @@ void run_compare(CompareArgs& a) {
   const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
   std::printf("\n");
   for (size_t arm = 1; arm < arms.size(); ++arm) {
-    int better = 0, worse = 0;
-    for (const auto& r : rows)
+    int better = 0, worse = 0, tested = 0;
+    for (const auto& r : rows) {
+      if (!r.arms[arm - 1].bootstrapped) continue;  // set-level: no test
+      ++tested;
       if (r.arms[arm - 1].significant) (r.arms[arm - 1].difference > 0 ? better : worse)++;
+    }
     std::printf(
         "%s vs off: significantly better on %d metric(s), worse on %d, no significant "
         "difference on %d\n",
-        arms[arm].c_str(), better, worse, static_cast<int>(rows.size()) - better - worse);
+        arms[arm].c_str(), better, worse, tested - better - worse);
   }
   std::printf(
       "(per study; see 'seeds +/=/-' for how many seeds carry each difference)\nwritten: "
@@ -251,7 +254,9 @@ TABLE
   over seeds ± the 95% t interval over seeds for each arm, and for each arm the difference
   (arm − off) with a paired bootstrap over seeds x test studies: its 95% interval and
   two-sided p-value.
-  "significant" means p < 0.05 (no correction for the 11 metrics tested). The bootstrap
+  "significant" means p < 0.05 (no correction for the 10 metrics tested). The share of
+  distinct reports is a property of the set of reports, which a resample of studies changes,
+  so it gets no interval or p-value ("n/a"): compare its means and "seeds +/=/-". The bootstrap
   resamples studies, not seeds: "seeds +/=/-" counts the seeds where ihn is better, equal or
   worse, and shows when a difference rests on one or two seeds.
 

@@ -33,6 +33,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <set>
@@ -1300,6 +1301,10 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
     return out;
   };
   std::vector<std::pair<std::string, Metric>> metrics;
+  // Metrics of the set of reports rather than of each study: a bootstrap resample repeats
+  // studies, which changes the set itself (its percentile interval need not even contain the
+  // estimate), so they get no interval or p-value.
+  const std::set<std::string> set_level = {"distinct reports"};
   for (int k = 0; k < 4; ++k)
     metrics.emplace_back("BLEU-" + std::to_string(k + 1),
                          [k](const SeedScores& s, const std::vector<size_t>& idx) {
@@ -1402,6 +1407,13 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
         const double d = per_seed[arm][s] - per_seed[0][s];
         (std::abs(d) < 1e-12 ? a.seeds_equal : d > 0 ? a.seeds_better : a.seeds_worse)++;
       }
+      if (set_level.count(name)) {
+        a.difference = a.mean - row.mean_off;
+        a.lower = a.upper = a.p_value = std::numeric_limits<double>::quiet_NaN();
+        a.significant = false;
+        a.bootstrapped = false;
+        continue;
+      }
       // The same resample seed for every arm: each arm's interval is the two-arm comparison
       // it would be on its own.
       const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(arm), statistic(0),
@@ -1440,9 +1452,13 @@ std::string compare_markdown(const std::vector<CompareRow>& rows,
       o << buf;
     }
     for (const auto& a : r.arms) {
-      std::snprintf(buf, sizeof buf, " | %+.4f [%+.4f, %+.4f] | %.3f | %s | %d/%d/%d", a.difference,
-                    a.lower, a.upper, a.p_value, a.significant ? "yes" : "no", a.seeds_better,
-                    a.seeds_equal, a.seeds_worse);
+      if (a.bootstrapped)
+        std::snprintf(buf, sizeof buf, " | %+.4f [%+.4f, %+.4f] | %.3f | %s | %d/%d/%d",
+                      a.difference, a.lower, a.upper, a.p_value, a.significant ? "yes" : "no",
+                      a.seeds_better, a.seeds_equal, a.seeds_worse);
+      else
+        std::snprintf(buf, sizeof buf, " | %+.4f [n/a: set-level] | n/a | n/a | %d/%d/%d",
+                      a.difference, a.seeds_better, a.seeds_equal, a.seeds_worse);
       o << buf;
     }
     o << " |\n";
@@ -1461,9 +1477,10 @@ json compare_json(const std::vector<CompareRow>& rows, const std::vector<std::st
           {"mean", d.mean},
           {"ci95_half_width", d.ci},
           {"difference", d.difference},
-          {"difference_ci95", {d.lower, d.upper}},
-          {"p_value", d.p_value},
-          {"significant", d.significant},
+          {"difference_ci95", d.bootstrapped ? json{d.lower, d.upper} : json(nullptr)},
+          {"p_value", d.bootstrapped ? json(d.p_value) : json(nullptr)},
+          {"significant", d.bootstrapped ? json(d.significant) : json(nullptr)},
+          {"bootstrapped", d.bootstrapped},
           {"seeds_better_equal_worse", {d.seeds_better, d.seeds_equal, d.seeds_worse}}};
     }
     j.push_back(row);

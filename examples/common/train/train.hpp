@@ -170,6 +170,10 @@ struct ArmDifference {
   double mean = 0, ci = 0;  ///< the arm's mean over seeds and 95 % t half-width
   double difference = 0, lower = 0, upper = 0, p_value = 1;
   bool significant = false;
+  /// False for a set-level metric (the share of distinct reports): resampling studies with
+  /// replacement shrinks the set, so no bootstrap interval or p-value is given (NaN) and the
+  /// difference is that of the means over seeds.
+  bool bootstrapped = true;
   /// Seeds where arm > off, equal, arm < off: the bootstrap resamples studies, so a
   /// difference carried by one or two seeds shows here.
   int seeds_better = 0, seeds_equal = 0, seeds_worse = 0;
