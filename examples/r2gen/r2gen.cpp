@@ -218,6 +218,16 @@ torch::Tensor DecoderImpl::forward(torch::Tensor x, const torch::Tensor& hidden_
 }
 
 std::vector<torch::Tensor> DecoderImpl::mcln_hidden(const torch::Tensor& memory) {
+  return mcln_hidden(memory, mcln_stack());
+}
+
+std::vector<torch::Tensor> DecoderImpl::mcln_hidden(const torch::Tensor& memory,
+                                                    const MclnStack& stack) {
+  const auto hidden = torch::relu(torch::nn::functional::linear(memory, stack.weight, stack.bias));
+  return hidden.split_with_sizes(stack.sizes, -1);
+}
+
+DecoderImpl::MclnStack DecoderImpl::mcln_stack() {
   // All 2 x 3 x layers MLPs of the conditional layer norms read the same memory: their first
   // Linear is one GEMM with the weights stacked (the same products in one call, and in backward
   // one product gives the memory's summed gradient instead of 2 x 3 x layers added up).
@@ -232,11 +242,9 @@ std::vector<torch::Tensor> DecoderImpl::mcln_hidden(const torch::Tensor& memory)
       }
     }
   }
-  const auto hidden =
-      torch::relu(torch::nn::functional::linear(memory, torch::cat(weights), torch::cat(biases)));
   std::vector<int64_t> sizes;
   for (const auto& w : weights) sizes.push_back(w.size(0));
-  return hidden.split_with_sizes(sizes, -1);
+  return {torch::cat(weights), torch::cat(biases), sizes};
 }
 
 TransformerImpl::TransformerImpl(const R2GenOptions& o)
@@ -322,6 +330,9 @@ class R2GenStepper final : public nn::IncrementalDecoder {
   R2GenStepper(EncoderDecoderImpl& ed, const torch::Tensor& encoder_out) : ed_(ed) {
     auto& tf = *ed_.model;
     rm_state_ = tf.rm->init_memory(encoder_out.size(0), encoder_out.options());
+    // The stacked weights, once per decode rather than once per step (they do not change).
+    rm_projections_ = tf.rm->projections();
+    mcln_stack_ = tf.decoder->mcln_stack();
     for (const auto& layer_ptr : *tf.decoder->layers) {
       auto* layer = layer_ptr->as<DecoderLayerImpl>();
       cross_k_.push_back(layer->src_attn->project(1, encoder_out));
@@ -334,8 +345,9 @@ class R2GenStepper final : public nn::IncrementalDecoder {
   torch::Tensor step(const torch::Tensor& tokens) override {
     auto& tf = *ed_.model;
     auto x = tf.embed(tokens.unsqueeze(1), position_);  // (N, 1, d)
-    rm_state_ = tf.rm->forward_step(x.select(1, 0), rm_state_);
-    const auto hidden = tf.decoder->mcln_hidden(rm_state_.unsqueeze(1));  // from (N, 1, slots*d)
+    rm_state_ = tf.rm->forward_step(
+        rm_projections_, tf.rm->input_projection(rm_projections_, x.select(1, 0)), rm_state_);
+    const auto hidden = tf.decoder->mcln_hidden(rm_state_.unsqueeze(1), mcln_stack_);
     auto norm = [&](ConditionalSublayerConnection& s, size_t l, int64_t i,
                     const torch::Tensor& in) {
       return s->norm->forward_hidden(in, hidden[6 * l + 2 * i], hidden[6 * l + 2 * i + 1]);
@@ -389,6 +401,8 @@ class R2GenStepper final : public nn::IncrementalDecoder {
  private:
   EncoderDecoderImpl& ed_;
   torch::Tensor rm_state_;
+  RelationalMemoryImpl::Projections rm_projections_;
+  DecoderImpl::MclnStack mcln_stack_;
   std::vector<torch::Tensor> self_k_, self_v_, cross_k_, cross_v_;
   int64_t position_ = 0;
 };

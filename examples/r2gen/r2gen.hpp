@@ -131,6 +131,14 @@ struct DecoderImpl : torch::nn::Module {
   /// memory (B, T, slots*d) -> relu(first Linear) of every conditional layer norm's MLP, in the
   /// order layer, sublayer, (gamma, beta): 6 per layer.
   std::vector<torch::Tensor> mcln_hidden(const torch::Tensor& memory);
+  /// Those first Linear layers stacked: weight (sum of hidden sizes, slots*d), bias, sizes.
+  struct MclnStack {
+    torch::Tensor weight, bias;
+    std::vector<int64_t> sizes;
+  };
+  MclnStack mcln_stack();
+  /// mcln_hidden with the stack built once by the caller (incremental decoding).
+  std::vector<torch::Tensor> mcln_hidden(const torch::Tensor& memory, const MclnStack& stack);
   torch::nn::ModuleList layers;
   nn::LayerNorm norm;
 };
