@@ -652,7 +652,9 @@ TEST_CASE("r2gen: stacked projections equal the official per-module computation"
   for (size_t i = 0; i < g.size(); ++i) {
     INFO("relational memory parameter " << i);
     if (!g_ref[i].defined()) continue;  // upstream gives the key bias no graph path at all
-    CHECK(max_abs_diff(g[i], g_ref[i]) < 1e-4 * (1.0 + g_ref[i].abs().max().item<double>()));
+    // Float32 rounding of other GEMM groupings summed over batch and steps: seen up to 4e-7 of
+    // the largest gradient entry (9e-6 at 23); a wrong slice of a stack would be O(1).
+    CHECK(max_abs_diff(g[i], g_ref[i]) < 1e-6 * (1.0 + g_ref[i].abs().max().item<double>()));
   }
 
   // Conditional layer norms: the decoder's stacked hidden layer against mlp_gamma / mlp_beta.
