@@ -108,45 +108,64 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   REQUIRE(ihn_examples::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
-TEST_CASE("train: the channels-last ResNet (the CPU default) trains as the NCHW one", "[train]") {
-  // Same recipe, same seed: only the ResNet's memory layout differs (config.channels_last, the
-  // CLI's --nchw), so the losses agree to float32 rounding accumulated over one epoch's steps,
-  // and a broken layout path (wrong gradients, an unapplied layout) would not.
+TEST_CASE("train: the channels-last ResNet (the CPU default) takes the NCHW one's first step",
+          "[train]") {
+  // Same recipe, same seed, one step: only the ResNet's memory layout differs
+  // (config.channels_last, the CLI's --nchw). One step, because a trajectory is chaotic: later
+  // steps see weights that already differ, and the mined negatives are discrete choices, so
+  // rounding-level differences grow without bound (an earlier four-step version of this test
+  // failed at 1.7e-4 relative on its epoch loss). The gradients themselves are compared in
+  // test_r2gen ("visual extractor: channels-last weights ..."); this checks the trainer's wiring.
   const auto root = ihn_test::scratch_dir("train_layout");
   auto nhwc = tiny((root / "nhwc").string());
-  nhwc.epochs = 1;
+  nhwc.stop_after = 1;
+  // Without ihn: its max step accepts or rejects each ascent step and its peers are nearest
+  // neighbours, discrete choices that rounding can flip (its step-1 loss differed by 1e-5
+  // relative between the layouts), and none of that is about the ResNet's layout.
+  nhwc.ihn = "off";
   REQUIRE(nhwc.channels_last);  // the default
   auto nchw = nhwc;
   nchw.out = (root / "nchw").string();
   nchw.channels_last = false;
-  const auto a = ihn_examples::train::train(nhwc), b = ihn_examples::train::train(nchw);
-  REQUIRE(a.epoch_losses.size() == 1);
-  REQUIRE(b.epoch_losses.size() == 1);
-  CHECK(std::abs(a.epoch_losses[0] - b.epoch_losses[0]) <= 1e-4 * std::abs(b.epoch_losses[0]));
-  // Weights: Adam moves an element by at most about lr per step whatever the gradient's size, so
-  // where a gradient is rounding-level the two runs may step in opposite directions: at most
-  // 2 lr per step of the parameter's group, over this epoch's 4 steps (28 studies / 8). Seen:
-  // 1.3e-4 (ResNet, lr 5e-5) and 1.4e-4 (encoder-decoder, lr 1e-4). The ihn bank and mined
-  // negatives are features recomputed from the model (covered by the loss).
-  const auto x = model_entries(root / "nhwc" / "last.pt");
-  const auto y = model_entries(root / "nchw" / "last.pt");
-  REQUIRE(x.size() == y.size());
+  REQUIRE(ihn_examples::train::train(nhwc).interrupted);
+  REQUIRE(ihn_examples::train::train(nchw).interrupted);
+  const auto x = ihn::load_state(root / "nhwc" / "last.pt");
+  const auto y = ihn::load_state(root / "nchw" / "last.pt");
+  REQUIRE(x.count("trainer.loss_count"));
+  REQUIRE(x.at("trainer.loss_count").item<double>() == 1);
+  // The step's loss: a forward pass over identical weights and data, so it agrees to float32
+  // rounding of the convolutions' sums (seen: equal as stored); 1e-5 is ~100 float32 ulps.
+  const double la = x.at("trainer.loss_sum").item<double>();
+  const double lb = y.at("trainer.loss_sum").item<double>();
+  CHECK(std::abs(la - lb) <= 1e-5 * std::abs(lb));
+  int64_t elements = 0, moved_differently = 0;
   bool any_different = false;
   for (const auto& [k, v] : x) {
     if (k.rfind("model.", 0) != 0) continue;
     INFO(k);
-    const auto d = (v.to(torch::kDouble) - y.at(k).to(torch::kDouble)).abs().max().item<double>();
+    REQUIRE(y.count(k));
+    const auto a = v.to(torch::kDouble), b = y.at(k).to(torch::kDouble);
     if (k.find(".running_") != std::string::npos) {
-      // Batch-norm statistics: averages of the activations, which agree to float rounding
-      // amplified through the steps (seen: 1.5e-4 relative).
-      const auto ref = y.at(k).to(torch::kDouble);
-      CHECK((v.to(torch::kDouble) - ref).norm().item<double>() <= 1e-3 * ref.norm().item<double>());
+      // Batch-norm statistics after one step: a momentum-weighted batch average computed from
+      // identical weights, so float rounding alone (seen: 1.8e-6 relative at worst).
+      CHECK((a - b).norm().item<double>() <= 1e-4 * b.norm().item<double>() + 1e-12);
       continue;
     }
+    if (!v.is_floating_point()) continue;
+    // Adam's first step moves an element by lr * g / (|g| + eps), about lr * sign(g), whatever
+    // the gradient's size: equal gradients give equal moves, and only an element whose gradient
+    // is rounding-level (mathematically zero, like the attention keys' biases) may move the
+    // other way, by at most 2 lr. A wrong gradient in one layout would move most of the
+    // ResNet's elements differently; with correct ones, 242 of 11.3 M elements (0.002%) did.
     const double lr = k.rfind("model.visual_extractor.", 0) == 0 ? nhwc.lr_ve : nhwc.lr_ed;
-    CHECK(d <= 4 * 2 * lr);
-    any_different = any_different || d > 0;
+    const auto d = (a - b).abs();
+    CHECK(d.max().item<double>() <= 2 * lr * (1 + 1e-3));
+    moved_differently += (d > 0.01 * lr).sum().item<int64_t>();
+    elements += v.numel();
+    any_different = any_different || d.max().item<double>() > 0;
   }
+  INFO(moved_differently << " of " << elements << " elements moved differently");
+  CHECK(moved_differently * 100 <= elements);  // below 1%
   CHECK(any_different);  // the layouts did run different kernels: the option took effect
 }
 
