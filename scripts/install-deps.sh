@@ -7,6 +7,7 @@ packages=(
   build-essential cmake pkg-config
   libtorch-dev            # LibTorch 1.13 (CPU)
   libopenblas0-openmp     # without it libtorch falls back to reference BLAS (~10x slower)
+  libdnnl-dev             # oneDNN sgemm for the Linear layers (faster than OpenBLAS on them)
   libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev libstb-dev
   catch2                  # Catch2 v2 single header
   wordnet-base            # synonym stage of the METEOR variant

@@ -22,6 +22,7 @@
 
 #include "nn/deterministic_fill.hpp"
 #include "nn/fused_adam.hpp"
+#include "nn/linear.hpp"
 #include "r2gen.hpp"
 
 using ihn_examples::r2gen::compute_loss;
@@ -603,6 +604,64 @@ TEST_CASE("attention: few query-key pairs use a broadcast product equal to bmm",
       for (size_t i = 0; i < g.size(); ++i) CHECK(max_abs_diff(g[i], g_ref[i]) < 1e-6);
     }
   }
+}
+
+TEST_CASE("linear: oneDNN's sgemm path equals at::linear, values and gradients", "[r2gen]") {
+#if IHN_EXPECT_DNNL
+  REQUIRE(enn::linear_uses_dnnl());  // the build found oneDNN: the fast path must be in use
+#endif
+  // Sums of K products of O(1) values: float32 rounding of different summation orders is a few
+  // ulps times sqrt(K) (K <= 300 here), far below 1e-4 on results of size ~sqrt(K).
+  torch::manual_seed(5);
+  struct Case {
+    std::vector<int64_t> x_sizes;
+    int64_t out;
+    bool bias, transposed_input;
+  };
+  for (const auto& c : std::vector<Case>{{{7, 33}, 20, true, false},
+                                         {{2, 59, 64}, 96, true, false},
+                                         {{3, 5, 300}, 17, false, false},
+                                         {{4, 6, 48}, 48, true, true},
+                                         {{48}, 12, true, false}}) {
+    INFO("x " << c10::IntArrayRef(c.x_sizes) << " out " << c.out << " bias " << c.bias);
+    auto x = torch::randn(c.x_sizes);
+    if (c.transposed_input) x = x.transpose(0, 1).contiguous().transpose(0, 1);  // strided
+    x.requires_grad_(true);
+    auto w = torch::randn({c.out, c.x_sizes.back()}, torch::requires_grad());
+    auto b = c.bias ? torch::randn({c.out}, torch::requires_grad()) : torch::Tensor();
+    auto y = enn::linear(x, w, b);
+    auto ref = torch::nn::functional::linear(x, w, b);
+    REQUIRE(y.sizes() == ref.sizes());
+    CHECK(max_abs_diff(y, ref) < 1e-4);
+    auto up = torch::randn(ref.sizes());
+    std::vector<torch::Tensor> inputs{x, w};
+    if (c.bias) inputs.push_back(b);
+    auto g = torch::autograd::grad({(y * up).sum()}, inputs);
+    auto g_ref = torch::autograd::grad({(ref * up).sum()}, inputs);
+    for (size_t i = 0; i < g.size(); ++i) {
+      INFO("gradient " << i);
+      REQUIRE(g[i].sizes() == g_ref[i].sizes());
+      CHECK(max_abs_diff(g[i], g_ref[i]) < 1e-3);  // dW sums over up to 295 rows of O(10) terms
+    }
+  }
+  {  // Inference (no_grad) is LibTorch's own product, bit for bit.
+    torch::NoGradGuard no_grad;
+    auto x = torch::randn({6, 40}), w = torch::randn({24, 40}), b = torch::randn({24});
+    CHECK(torch::equal(enn::linear(x, w, b), torch::nn::functional::linear(x, w, b)));
+  }
+  // Only the inputs that need a gradient get one; a frozen weight is left alone.
+  auto x = torch::randn({5, 8}, torch::requires_grad());
+  auto w = torch::randn({3, 8});
+  auto gx = torch::autograd::grad({enn::linear(x, w, torch::zeros({3})).sum()}, {x})[0];
+  CHECK(max_abs_diff(gx, w.sum(0).expand({5, 8})) < 1e-5);
+  // The module is torch::nn::Linear's: same names, same initialisation from the same seed.
+  torch::manual_seed(3);
+  enn::Linear mine(16, 4);
+  torch::manual_seed(3);
+  torch::nn::Linear theirs(16, 4);
+  CHECK(torch::equal(mine->weight, theirs->weight));
+  CHECK(torch::equal(mine->bias, theirs->bias));
+  CHECK(mine->named_parameters().keys() == theirs->named_parameters().keys());
 }
 
 TEST_CASE("r2gen: stacked projections equal the official per-module computation", "[r2gen]") {

@@ -40,12 +40,12 @@ MultiThreadMemoryImpl::MultiThreadMemoryImpl(int64_t heads_, int64_t d_model_, i
     throw std::invalid_argument("MultiThreadMemory: d_model " + std::to_string(d_model) +
                                 " is not divisible by heads " + std::to_string(heads));
   if (topk <= 0) throw std::invalid_argument("MultiThreadMemory: topk must be positive");
-  for (int i = 0; i < 4; ++i) linears->push_back(torch::nn::Linear(d_model, d_model));
+  for (int i = 0; i < 4; ++i) linears->push_back(nn::Linear(d_model, d_model));
 }
 
 namespace {
 torch::Tensor linear(torch::nn::ModuleList& linears, int64_t i, const torch::Tensor& x) {
-  return linears[i]->as<torch::nn::Linear>()->forward(x);
+  return linears[i]->as<nn::Linear>()->forward(x);
 }
 void check_memory(const torch::Tensor& memory, int64_t d_model, int64_t topk) {
   if (memory.dim() != 2 || memory.size(1) != d_model)
@@ -154,15 +154,14 @@ torch::Tensor TransformerImpl::embed(const torch::Tensor& tokens, int64_t offset
 EncoderDecoderImpl::EncoderDecoderImpl(const CMNOptions& o)
     : options(o),
       att_embed(register_module(
-          "att_embed",
-          torch::nn::Sequential(torch::nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
-                                torch::nn::Dropout(o.drop_prob_lm())))),
+          "att_embed", torch::nn::Sequential(nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
+                                             torch::nn::Dropout(o.drop_prob_lm())))),
       // Registered here first, then again inside `model`: the first name is the one
       // unique_named_parameters() (and Python's named_parameters()) keeps.
       cmn(register_module("cmn", MultiThreadMemory(o.num_heads(), o.d_model(), o.topk(),
                                                    o.dropout(), o.naive_topk()))),
       model(register_module("model", Transformer(o, cmn))),
-      logit(register_module("logit", torch::nn::Linear(o.d_model(), o.vocab_size() + 1))),
+      logit(register_module("logit", nn::Linear(o.d_model(), o.vocab_size() + 1))),
       memory_matrix(
           register_parameter("memory_matrix", torch::empty({o.cmm_size(), o.cmm_dim()}))) {
   if (o.cmm_dim() != o.d_model())

@@ -156,7 +156,7 @@ struct EncoderDecoderImpl : torch::nn::Module {
   torch::nn::Sequential att_embed;
   MultiThreadMemory cmn;
   Transformer model;
-  torch::nn::Linear logit;
+  nn::Linear logit;
   torch::Tensor memory_matrix;  ///< (cmm_size, cmm_dim), normal(0, 1/cmm_dim) as upstream
 
  private:

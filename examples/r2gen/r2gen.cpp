@@ -30,10 +30,10 @@ RelationalMemoryImpl::RelationalMemoryImpl(int64_t num_slots_, int64_t d_model_,
       attn(register_module(
           "attn", nn::MultiHeadedAttention(nn::MultiHeadedAttentionOptions(num_heads, d_model_)))),
       mlp(register_module(
-          "mlp", torch::nn::Sequential(torch::nn::Linear(d_model_, d_model_), torch::nn::ReLU(),
-                                       torch::nn::Linear(d_model_, d_model_), torch::nn::ReLU()))),
-      W(register_module("W", torch::nn::Linear(d_model_, 2 * d_model_))),
-      U(register_module("U", torch::nn::Linear(d_model_, 2 * d_model_))) {}
+          "mlp", torch::nn::Sequential(nn::Linear(d_model_, d_model_), torch::nn::ReLU(),
+                                       nn::Linear(d_model_, d_model_), torch::nn::ReLU()))),
+      W(register_module("W", nn::Linear(d_model_, 2 * d_model_))),
+      U(register_module("U", nn::Linear(d_model_, 2 * d_model_))) {}
 
 torch::Tensor RelationalMemoryImpl::init_memory(int64_t batch_size,
                                                 const torch::TensorOptions& options) const {
@@ -49,15 +49,15 @@ RelationalMemoryImpl::Projections RelationalMemoryImpl::projections() {
   // The official step runs seven small GEMMs on a few rows each; stacked weights make them two:
   // the memory's query/key/value, and the input row's key/value/gates (which, not depending on
   // the memory, are computed for all positions at once in forward). Same products, fewer calls.
-  auto weight = [&](int i) { return attn->linears[i]->as<torch::nn::Linear>()->weight; };
-  auto bias = [&](int i) { return attn->linears[i]->as<torch::nn::Linear>()->bias; };
+  auto weight = [&](int i) { return attn->linears[i]->as<nn::Linear>()->weight; };
+  auto bias = [&](int i) { return attn->linears[i]->as<nn::Linear>()->bias; };
   return {torch::cat({weight(0), weight(1), weight(2)}), torch::cat({bias(0), bias(1), bias(2)}),
           torch::cat({weight(1), weight(2), W->weight}), torch::cat({bias(1), bias(2), W->bias})};
 }
 
 torch::Tensor RelationalMemoryImpl::input_projection(const Projections& p,
                                                      const torch::Tensor& input) {
-  return torch::nn::functional::linear(input, p.input_weight, p.input_bias);
+  return nn::linear(input, p.input_weight, p.input_bias);
 }
 
 torch::Tensor RelationalMemoryImpl::forward_step(const torch::Tensor& input,
@@ -71,8 +71,7 @@ torch::Tensor RelationalMemoryImpl::forward_step(const Projections& p,
                                                  const torch::Tensor& memory_flat) {
   auto memory = memory_flat.reshape({-1, num_slots, d_model});
   // kv = cat(memory, input): project the memory rows here, the input row was projected before.
-  auto qkv =
-      torch::nn::functional::linear(memory, p.memory_weight, p.memory_bias).split(d_model, 2);
+  auto qkv = nn::linear(memory, p.memory_weight, p.memory_bias).split(d_model, 2);
   auto in = projected_input.split_with_sizes({d_model, d_model, 2 * d_model}, 1);
   auto k = torch::cat({qkv[1], in[0].unsqueeze(1)}, 1);
   auto v = torch::cat({qkv[2], in[1].unsqueeze(1)}, 1);
@@ -105,8 +104,7 @@ namespace {
 // Linear -> ReLU -> Linear with xavier-uniform weights and bias 0.1, as ConditionalLayerNorm's
 // constructor does (the transformer builder then re-draws the weights, xavier again).
 torch::nn::Sequential mcln_mlp(int64_t in, int64_t hidden, int64_t out_in, int64_t out) {
-  torch::nn::Sequential mlp(torch::nn::Linear(in, hidden), torch::nn::ReLU(),
-                            torch::nn::Linear(out_in, out));
+  torch::nn::Sequential mlp(nn::Linear(in, hidden), torch::nn::ReLU(), nn::Linear(out_in, out));
   torch::NoGradGuard no_grad;
   for (auto& p : mlp->named_parameters()) {
     if (p.value().dim() > 1)
@@ -133,7 +131,7 @@ ConditionalLayerNormImpl::ConditionalLayerNormImpl(int64_t d_model, int64_t rm_n
 torch::Tensor ConditionalLayerNormImpl::forward(const torch::Tensor& x,
                                                 const torch::Tensor& memory) {
   auto hidden = [&](torch::nn::Sequential& mlp) {
-    return torch::relu(mlp->ptr(0)->as<torch::nn::Linear>()->forward(memory));
+    return torch::relu(mlp->ptr(0)->as<nn::Linear>()->forward(memory));
   };
   return forward_hidden(x, hidden(mlp_gamma), hidden(mlp_beta));
 }
@@ -142,8 +140,8 @@ torch::Tensor ConditionalLayerNormImpl::forward_hidden(const torch::Tensor& x,
                                                        const torch::Tensor& gamma_hidden,
                                                        const torch::Tensor& beta_hidden) {
   auto [centered, denom] = nn::layer_norm_parts(x, eps);
-  auto gamma_hat = gamma + mlp_gamma->ptr(2)->as<torch::nn::Linear>()->forward(gamma_hidden);
-  auto beta_hat = beta + mlp_beta->ptr(2)->as<torch::nn::Linear>()->forward(beta_hidden);
+  auto gamma_hat = gamma + mlp_gamma->ptr(2)->as<nn::Linear>()->forward(gamma_hidden);
+  auto beta_hat = beta + mlp_beta->ptr(2)->as<nn::Linear>()->forward(beta_hidden);
   return gamma_hat * centered / denom + beta_hat;
 }
 
@@ -223,7 +221,7 @@ std::vector<torch::Tensor> DecoderImpl::mcln_hidden(const torch::Tensor& memory)
 
 std::vector<torch::Tensor> DecoderImpl::mcln_hidden(const torch::Tensor& memory,
                                                     const MclnStack& stack) {
-  const auto hidden = torch::relu(torch::nn::functional::linear(memory, stack.weight, stack.bias));
+  const auto hidden = torch::relu(nn::linear(memory, stack.weight, stack.bias));
   return hidden.split_with_sizes(stack.sizes, -1);
 }
 
@@ -236,7 +234,7 @@ DecoderImpl::MclnStack DecoderImpl::mcln_stack() {
     for (int64_t i = 0; i < 3; ++i) {
       auto& norm = *layer->as<DecoderLayerImpl>()->sub(i)->norm;
       for (auto* mlp : {&norm.mlp_gamma, &norm.mlp_beta}) {
-        auto* first = (*mlp)->ptr(0)->as<torch::nn::Linear>();
+        auto* first = (*mlp)->ptr(0)->as<nn::Linear>();
         weights.push_back(first->weight);
         biases.push_back(first->bias);
       }
@@ -275,11 +273,10 @@ torch::Tensor TransformerImpl::embed(const torch::Tensor& tokens, int64_t offset
 EncoderDecoderImpl::EncoderDecoderImpl(const R2GenOptions& o)
     : options(o),
       att_embed(register_module(
-          "att_embed",
-          torch::nn::Sequential(torch::nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
-                                torch::nn::Dropout(o.drop_prob_lm())))),
+          "att_embed", torch::nn::Sequential(nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
+                                             torch::nn::Dropout(o.drop_prob_lm())))),
       model(register_module("model", Transformer(o))),
-      logit(register_module("logit", torch::nn::Linear(o.d_model(), o.vocab_size() + 1))) {
+      logit(register_module("logit", nn::Linear(o.d_model(), o.vocab_size() + 1))) {
   if (o.rm_d_model() != o.d_model())
     throw std::invalid_argument("R2Gen: rm_d_model (" + std::to_string(o.rm_d_model()) +
                                 ") must equal d_model (" + std::to_string(o.d_model()) +

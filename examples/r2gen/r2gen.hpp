@@ -80,7 +80,7 @@ struct RelationalMemoryImpl : torch::nn::Module {
   int64_t num_slots, d_model;
   nn::MultiHeadedAttention attn;
   torch::nn::Sequential mlp;
-  torch::nn::Linear W, U;
+  nn::Linear W, U;
 };
 TORCH_MODULE(RelationalMemory);
 
@@ -180,7 +180,7 @@ struct EncoderDecoderImpl : torch::nn::Module {
   R2GenOptions options;
   torch::nn::Sequential att_embed;
   Transformer model;
-  torch::nn::Linear logit;
+  nn::Linear logit;
 };
 TORCH_MODULE(EncoderDecoder);
 

@@ -4,6 +4,7 @@
 #include "transformer.hpp"
 
 #include "decoding.hpp"
+#include "linear.hpp"
 #include "multiview.hpp"
 #include "resnet.hpp"
 #include "training.hpp"
@@ -16,7 +17,112 @@
 #include <string>
 #include <utility>
 
+#if IHN_WITH_DNNL
+#include <dnnl.h>
+#endif
+
 namespace ihn_examples::nn {
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers (linear.hpp)
+
+#if IHN_WITH_DNNL
+namespace {
+
+/// Row-major C (m x n) = op(A) op(B) + beta C: oneDNN's sgemm, threaded with OpenMP like the
+/// rest of LibTorch's CPU work (and serial when called inside a parallel region).
+void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const auto status = dnnl_sgemm(transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, 1.0f, a,
+                                 lda, b, ldb, beta, c, ldc);
+  TORCH_CHECK(status == dnnl_success, "nn::linear: dnnl_sgemm failed (status ",
+              static_cast<int>(status), ")");
+}
+
+bool dnnl_applies(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  auto cpu_float = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && !t.is_sparse();
+  };
+  return cpu_float(x) && cpu_float(weight) && (!bias.defined() || cpu_float(bias)) &&
+         weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) &&
+         (!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0))) &&
+         x.numel() > 0 && weight.numel() > 0;
+}
+
+struct LinearFunction : torch::autograd::Function<LinearFunction> {
+  // Without bias: an undefined tensor cannot be a Function input.
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight) {
+    return forward(ctx, x, weight, torch::Tensor());
+  }
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias) {
+    const int64_t in = weight.size(1), out = weight.size(0);
+    auto rows = x.reshape({-1, in}).contiguous();  // a view when x is contiguous
+    auto w = weight.contiguous();
+    const int64_t m = rows.size(0);
+    // As addmm: C starts as the broadcast bias and the product is added to it (a copy: for one
+    // row, contiguous() would hand back the bias itself).
+    auto y = bias.defined() ? bias.expand({m, out}).clone(at::MemoryFormat::Contiguous)
+                            : torch::empty({m, out}, x.options());
+    sgemm(false, true, m, out, in, rows.data_ptr<float>(), in, w.data_ptr<float>(), in,
+          bias.defined() ? 1.0f : 0.0f, y.data_ptr<float>(), out);
+    ctx->save_for_backward({rows, w});
+    ctx->saved_data["input_sizes"] = x.sizes().vec();
+    ctx->saved_data["has_bias"] = bias.defined();
+    auto sizes = x.sizes().vec();
+    sizes.back() = out;
+    return y.view(sizes);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& rows = saved[0];
+    const auto& w = saved[1];
+    const int64_t m = rows.size(0), in = w.size(1), out = w.size(0);
+    auto grad = grad_outputs[0].reshape({m, out}).contiguous();
+    torch::Tensor grad_x, grad_w, grad_b;
+    if (ctx->needs_input_grad(0)) {  // dL/dx = dL/dy W
+      grad_x = torch::empty({m, in}, rows.options());
+      sgemm(false, false, m, in, out, grad.data_ptr<float>(), out, w.data_ptr<float>(), in, 0.0f,
+            grad_x.data_ptr<float>(), in);
+      grad_x = grad_x.view(ctx->saved_data["input_sizes"].toIntVector());
+    }
+    if (ctx->needs_input_grad(1)) {  // dL/dW = (dL/dy)ᵀ x
+      grad_w = torch::empty({out, in}, w.options());
+      sgemm(true, false, out, in, m, grad.data_ptr<float>(), out, rows.data_ptr<float>(), in, 0.0f,
+            grad_w.data_ptr<float>(), in);
+    }
+    // (Past the inputs' count, an undefined gradient is dropped: the bias-free form has two.)
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_b = grad.sum(0);
+    return {grad_x, grad_w, grad_b};
+  }
+};
+
+}  // namespace
+#endif
+
+bool linear_uses_dnnl() {
+#if IHN_WITH_DNNL
+  return true;
+#else
+  return false;
+#endif
+}
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
+                     const torch::Tensor& bias) {
+#if IHN_WITH_DNNL
+  // Training only: under no_grad (evaluation, decoding) the products have a few rows per step,
+  // where oneDNN's sgemm is not faster (docs/performance.md), and the reports decoded stay
+  // those of LibTorch's BLAS.
+  if (at::GradMode::is_enabled() && dnnl_applies(x, weight, bias))
+    return bias.defined() ? LinearFunction::apply(x, weight, bias)
+                          : LinearFunction::apply(x, weight);
+#endif
+  return torch::nn::functional::linear(x, weight, bias);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Transformer blocks
@@ -46,12 +152,11 @@ MultiHeadedAttentionImpl::MultiHeadedAttentionImpl(const MultiHeadedAttentionOpt
     throw std::invalid_argument("MultiHeadedAttention: d_model " +
                                 std::to_string(options.d_model()) + " is not divisible by heads " +
                                 std::to_string(options.heads()));
-  for (int i = 0; i < 4; ++i)
-    linears->push_back(torch::nn::Linear(options.d_model(), options.d_model()));
+  for (int i = 0; i < 4; ++i) linears->push_back(Linear(options.d_model(), options.d_model()));
 }
 
 torch::Tensor MultiHeadedAttentionImpl::project(int64_t i, const torch::Tensor& x) {
-  return split_heads(linears[i]->as<torch::nn::Linear>()->forward(x));
+  return split_heads(linears[i]->as<Linear>()->forward(x));
 }
 
 torch::Tensor MultiHeadedAttentionImpl::split_heads(const torch::Tensor& y) const {
@@ -79,7 +184,7 @@ torch::Tensor MultiHeadedAttentionImpl::attend(const torch::Tensor& q, const tor
 
 torch::Tensor MultiHeadedAttentionImpl::merge(const torch::Tensor& heads) {
   auto x = heads.transpose(1, 2).contiguous().view({heads.size(0), -1, options.heads() * d_k});
-  return linears[3]->as<torch::nn::Linear>()->forward(x);
+  return linears[3]->as<Linear>()->forward(x);
 }
 
 torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query,
@@ -91,8 +196,8 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query,
 
 PositionwiseFeedForwardImpl::PositionwiseFeedForwardImpl(int64_t d_model, int64_t d_ff,
                                                          double dropout_)
-    : w_1(register_module("w_1", torch::nn::Linear(d_model, d_ff))),
-      w_2(register_module("w_2", torch::nn::Linear(d_ff, d_model))),
+    : w_1(register_module("w_1", Linear(d_model, d_ff))),
+      w_2(register_module("w_2", Linear(d_ff, d_model))),
       dropout(dropout_) {}
 
 torch::Tensor PositionwiseFeedForwardImpl::forward(const torch::Tensor& x) {

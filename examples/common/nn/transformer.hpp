@@ -17,6 +17,8 @@
 #include <limits>
 #include <string>
 
+#include "linear.hpp"
+
 namespace ihn_examples::nn {
 
 /// State_dict names of the LayerNorm scale and shift: R2Gen calls them gamma/beta, R2GenCMN (the
@@ -81,7 +83,7 @@ struct PositionwiseFeedForwardImpl : torch::nn::Module {
   PositionwiseFeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout = 0.1);
   torch::Tensor forward(const torch::Tensor& x);
 
-  torch::nn::Linear w_1, w_2;
+  Linear w_1, w_2;
   double dropout;
 };
 TORCH_MODULE(PositionwiseFeedForward);
