@@ -664,6 +664,57 @@ TEST_CASE("linear: oneDNN's sgemm path equals at::linear, values and gradients",
   CHECK(mine->named_parameters().keys() == theirs->named_parameters().keys());
 }
 
+TEST_CASE("dropout: hashed CPU masks drop at rate p, scale, and backward reuses the mask",
+          "[r2gen]") {
+  torch::manual_seed(21);
+  const int64_t n = 1 << 20;
+  for (const double p : {0.1, 0.5}) {
+    INFO("p " << p);
+    auto x = (torch::rand({n}) + 0.5).requires_grad_(true);  // no zeros of its own
+    auto y = enn::dropout(x, p, true);
+    const auto kept = y.ne(0);
+    // Each element is an independent draw: the dropped share is within 5 standard deviations of
+    // p (sd = sqrt(p (1-p) / n) <= 5e-4), and so is the share of kept pairs at a distance of
+    // 1, 59 (a report's positions), 256 (a d_model row) and 4096 of (1-p)².
+    const double dropped = 1.0 - kept.to(torch::kDouble).mean().item<double>();
+    CHECK(std::abs(dropped - p) < 5 * std::sqrt(p * (1 - p) / n));
+    const double q = (1 - p) * (1 - p);
+    for (const int64_t lag : {1, 59, 256, 4096}) {
+      INFO("lag " << lag);
+      const double pairs = (kept.narrow(0, 0, n - lag) & kept.narrow(0, lag, n - lag))
+                               .to(torch::kDouble)
+                               .mean()
+                               .item<double>();
+      CHECK(std::abs(pairs - q) < 5 * std::sqrt(q * (1 - q) / static_cast<double>(n - lag)));
+    }
+    // Kept elements are scaled as torch::dropout scales them.
+    const auto scale = static_cast<float>(1.0 / (1.0 - p));
+    CHECK(torch::equal(y.masked_select(kept), x.detach().masked_select(kept) * scale));
+    // Backward: the upstream gradient through the same mask and scale.
+    auto up = torch::randn({n});
+    auto g = torch::autograd::grad({(y * up).sum()}, {x})[0];
+    CHECK(torch::equal(g, torch::where(kept, up * scale, torch::zeros({n}))));
+    // The next call draws a new mask.
+    CHECK_FALSE(torch::equal(enn::dropout(x, p, true).ne(0), kept));
+  }
+  // The mask is a function of the seed alone, whatever the thread count.
+  const auto threads = torch::get_num_threads();
+  torch::set_num_threads(1);
+  const auto one = enn::dropout_mask(12345, 300000, 0.1);
+  torch::set_num_threads(2);
+  const auto two = enn::dropout_mask(12345, 300000, 0.1);
+  torch::set_num_threads(threads);
+  CHECK(torch::equal(one, two));
+  CHECK_FALSE(torch::equal(one, enn::dropout_mask(12346, 300000, 0.1)));
+  // Eval mode and p = 0 return the input; other dtypes take torch::dropout.
+  auto x = torch::randn({64});
+  CHECK(enn::dropout(x, 0.1, false).is_same(x));
+  CHECK(enn::dropout(x, 0.0, true).is_same(x));
+  const auto d = enn::dropout(x.to(torch::kDouble), 0.5, true);
+  CHECK(d.scalar_type() == torch::kDouble);
+  CHECK(d.ne(0).sum().item<int64_t>() < 64);
+}
+
 TEST_CASE("r2gen: stacked projections equal the official per-module computation", "[r2gen]") {
   // The relational memory runs its seven per-step Linear layers as two stacked GEMMs and the
   // decoder runs the first Linear of all conditional layer norms' MLPs as one; a wrong order in

@@ -79,7 +79,7 @@ torch::Tensor MultiThreadMemoryImpl::respond(const torch::Tensor& query,
   auto scores = torch::bmm(q, kv.keys.transpose(1, 2)) / std::sqrt(static_cast<double>(d_k));
   auto [selected_scores, idx] = scores.topk(topk, -1);  // (h, B*L, k)
   auto p = torch::softmax(selected_scores, -1);
-  if (dropout > 0 && is_training()) p = torch::dropout(p, dropout, true);
+  p = nn::dropout(p, dropout, is_training());
   // Row idx of head h is row h*slots + idx of the flattened (h*slots, d_k) values: gather only
   // the k selected rows; backward scatters into (h*slots, d_k).
   auto offsets = torch::arange(heads, idx.options()).mul_(slots).view({heads, 1, 1});
@@ -109,7 +109,7 @@ torch::Tensor MultiThreadMemoryImpl::respond_naive(const torch::Tensor& query,
   auto dummy_idx = idx.unsqueeze(-1).expand({B, heads, L, topk, d_k});
   auto selected = torch::gather(dummy_value, 3, dummy_idx);
   auto p = torch::softmax(selected_scores, -1);
-  if (dropout > 0 && is_training()) p = torch::dropout(p, dropout, true);
+  p = nn::dropout(p, dropout, is_training());
   auto x = torch::matmul(p.unsqueeze(3), selected).squeeze(3);  // (B, h, L, d_k)
   x = x.transpose(1, 2).contiguous().view({B, -1, heads * d_k});
   return linear(linears, 3, x);
@@ -155,7 +155,7 @@ EncoderDecoderImpl::EncoderDecoderImpl(const CMNOptions& o)
     : options(o),
       att_embed(register_module(
           "att_embed", torch::nn::Sequential(nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
-                                             torch::nn::Dropout(o.drop_prob_lm())))),
+                                             nn::Dropout(o.drop_prob_lm())))),
       // Registered here first, then again inside `model`: the first name is the one
       // unique_named_parameters() (and Python's named_parameters()) keeps.
       cmn(register_module("cmn", MultiThreadMemory(o.num_heads(), o.d_model(), o.topk(),
@@ -261,13 +261,13 @@ class CMNStepper final : public nn::IncrementalDecoder {
       auto k = sa.project(1, n), v = sa.project(2, n);
       self_k_[l] = self_k_[l].defined() ? torch::cat({self_k_[l], k}, 2) : k;
       self_v_[l] = self_v_[l].defined() ? torch::cat({self_v_[l], v}, 2) : v;
-      x = x + torch::dropout(sa.merge(sa.attend(sa.project(0, n), self_k_[l], self_v_[l])),
-                             s0.dropout, train);
+      x = x + nn::dropout(sa.merge(sa.attend(sa.project(0, n), self_k_[l], self_v_[l])), s0.dropout,
+                          train);
       n = s1.norm(x);
       auto& ca = *layer->src_attn;
-      x = x + torch::dropout(ca.merge(ca.attend(ca.project(0, n), cross_k_[l], cross_v_[l])),
-                             s1.dropout, train);
-      x = x + torch::dropout(layer->feed_forward(s2.norm(x)), s2.dropout, train);
+      x = x + nn::dropout(ca.merge(ca.attend(ca.project(0, n), cross_k_[l], cross_v_[l])),
+                          s1.dropout, train);
+      x = x + nn::dropout(layer->feed_forward(s2.norm(x)), s2.dropout, train);
       ++l;
     }
     ++position_;

@@ -189,7 +189,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Ten
   auto residual = [&](int64_t i, const torch::Tensor& in, auto&& f) {
     auto s = sub(i);
     auto n = s->norm->forward_hidden(in, mcln_hidden[2 * i], mcln_hidden[2 * i + 1]);
-    return in + torch::dropout(f(n), s->dropout, train);
+    return in + nn::dropout(f(n), s->dropout, train);
   };
   auto y = residual(0, x, [&](const torch::Tensor& n) { return self_attn(n, n, n, tgt_mask); });
   y = residual(1, y, [&](const torch::Tensor& n) {
@@ -274,7 +274,7 @@ EncoderDecoderImpl::EncoderDecoderImpl(const R2GenOptions& o)
     : options(o),
       att_embed(register_module(
           "att_embed", torch::nn::Sequential(nn::Linear(o.d_vf(), o.d_model()), torch::nn::ReLU(),
-                                             torch::nn::Dropout(o.drop_prob_lm())))),
+                                             nn::Dropout(o.drop_prob_lm())))),
       model(register_module("model", Transformer(o))),
       logit(register_module("logit", nn::Linear(o.d_model(), o.vocab_size() + 1))) {
   if (o.rm_d_model() != o.d_model())
@@ -360,13 +360,13 @@ class R2GenStepper final : public nn::IncrementalDecoder {
       auto k = sa.project(1, n), v = sa.project(2, n);
       self_k_[l] = self_k_[l].defined() ? torch::cat({self_k_[l], k}, 2) : k;
       self_v_[l] = self_v_[l].defined() ? torch::cat({self_v_[l], v}, 2) : v;
-      x = x + torch::dropout(sa.merge(sa.attend(sa.project(0, n), self_k_[l], self_v_[l])),
-                             s0->dropout, train);
+      x = x + nn::dropout(sa.merge(sa.attend(sa.project(0, n), self_k_[l], self_v_[l])),
+                          s0->dropout, train);
       n = norm(s1, l, 1, x);
       auto& ca = *layer->src_attn;
-      x = x + torch::dropout(ca.merge(ca.attend(ca.project(0, n), cross_k_[l], cross_v_[l])),
-                             s1->dropout, train);
-      x = x + torch::dropout(layer->feed_forward(norm(s2, l, 2, x)), s2->dropout, train);
+      x = x + nn::dropout(ca.merge(ca.attend(ca.project(0, n), cross_k_[l], cross_v_[l])),
+                          s1->dropout, train);
+      x = x + nn::dropout(layer->feed_forward(norm(s2, l, 2, x)), s2->dropout, train);
       ++l;
     }
     ++position_;

@@ -1,17 +1,12 @@
 #include "nn/fused_adam.hpp"
 
+#include "nn/cpu_dispatch.hpp"  // an AVX2 clone of the update loop
+
 #include <ATen/Parallel.h>
 
 #include <cmath>
 #include <string>
 #include <type_traits>
-
-// An AVX2 clone of the update loop, chosen at load time (GNU ifunc) where the CPU has AVX2.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define IHN_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
-#else
-#define IHN_AVX2_CLONE
-#endif
 
 namespace ihn_examples::nn {
 

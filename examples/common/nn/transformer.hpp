@@ -17,6 +17,7 @@
 #include <limits>
 #include <string>
 
+#include "dropout.hpp"
 #include "linear.hpp"
 
 namespace ihn_examples::nn {
