@@ -32,9 +32,13 @@ inline torch::Tensor at_key(const PickledDict& d, const std::string& key) {
   return d.at(key).toTensor();
 }
 
+/// Compared on the CPU in double, wherever either side lives.
 inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+  return (a.to(torch::kCPU, torch::kDouble) - b.to(torch::kCPU, torch::kDouble))
+      .abs()
+      .max()
+      .item<double>();
 }
 
 /// images.flatten()[i] = float32(0.5 * sin(0.011 * i)), shape [2, 2, 3, 224, 224]: both
@@ -64,7 +68,8 @@ inline torch::Tensor fixture_images() {
 }
 
 /// A tiny model filled with the fixtures' rule B, in eval mode (the fixtures ran everything in
-/// eval()), with the fixture's inputs and outputs; built once per test binary by the caller.
+/// eval()), on test_device(), with the fixture's inputs and outputs; built once per test binary
+/// by the caller. `images` stay on the CPU (checksums); `x` and in() are the model's inputs.
 template <class Model>
 struct TinyFixture {
   template <class Options>
@@ -73,16 +78,23 @@ struct TinyFixture {
         model(options),
         inputs(load_pt(dir / "inputs.pt")),
         outputs(load_pt(dir / "outputs.pt")),
-        images(fixture_images()) {
+        images(fixture_images()),
+        device(test_device()) {
     torch::set_num_threads(2);
     filled = ihn_examples::nn::deterministic_fill(*model, ihn_examples::nn::FillRuleset::B);
     model->eval();
+    model->to(device);
+    x = images.to(device);
   }
+  /// inputs[key] on the model's device.
+  torch::Tensor in(const std::string& key) const { return at_key(inputs, key).to(device); }
   std::filesystem::path dir;
   Model model;
   std::vector<ihn_examples::nn::FilledEntry> filled;
   PickledDict inputs, outputs;
   torch::Tensor images;
+  torch::Device device;
+  torch::Tensor x;
 };
 
 /// Greedy ids exactly and the stored log-prob rows (atol 1e-4, as teacher forcing), with and
@@ -92,10 +104,10 @@ void check_greedy_matches_fixture(Model& model, const torch::Tensor& images,
                                   const PickledDict& outputs) {
   namespace enn = ihn_examples::nn;
   auto on = model->greedy(images, enn::GreedyOptions().max_length(20).block_trigrams(true));
-  CHECK(torch::equal(on.seq, at_key(outputs, "greedy_seq")));
+  CHECK(torch::equal(on.seq.cpu(), at_key(outputs, "greedy_seq")));
   CHECK(max_abs_diff(on.seq_logprobs, at_key(outputs, "greedy_seq_logprobs")) < 1e-4);
   auto off = model->greedy(images, enn::GreedyOptions().max_length(20).block_trigrams(false));
-  CHECK(torch::equal(off.seq, at_key(outputs, "greedy_notrigram_seq")));
+  CHECK(torch::equal(off.seq.cpu(), at_key(outputs, "greedy_notrigram_seq")));
   CHECK(max_abs_diff(off.seq_logprobs, at_key(outputs, "greedy_notrigram_seq_logprobs")) < 1e-4);
   // The fixture is only a test of blocking if blocking changes the output.
   CHECK_FALSE(torch::equal(on.seq, off.seq));
@@ -108,7 +120,7 @@ void check_beam_matches_fixture(Model& model, const torch::Tensor& images,
                                 const PickledDict& outputs) {
   namespace enn = ihn_examples::nn;
   auto res = model->beam_search(images, enn::BeamSearchOptions().beam_size(3).max_length(20));
-  CHECK(torch::equal(res.seq, at_key(outputs, "beam_seq")));
+  CHECK(torch::equal(res.seq.cpu(), at_key(outputs, "beam_seq")));
   CHECK(max_abs_diff(res.seq_logprobs, at_key(outputs, "beam_seq_logprobs")) < 1e-4);
   auto all_seq = at_key(outputs, "beam_all_seq");
   auto all_len = at_key(outputs, "beam_all_len");
@@ -122,7 +134,7 @@ void check_beam_matches_fixture(Model& model, const torch::Tensor& images,
       const auto& beam = res.beams[b][j];
       const auto len = all_len[b][j].template item<int64_t>();
       REQUIRE(beam.seq.size(0) == len);
-      CHECK(torch::equal(beam.seq, all_seq[b][j].narrow(0, 0, len)));
+      CHECK(torch::equal(beam.seq.cpu(), all_seq[b][j].narrow(0, 0, len)));
       // Sums of up to 20 float32 log-probs: atol 1e-4 as the log-probs themselves.
       CHECK(std::abs(beam.logprob_sum - all_sum[b][j].template item<double>()) < 1e-4);
       // Upstream's 'unaug_p' sums the beam's whole (len, V+1) log-prob table: every row of every

@@ -49,7 +49,7 @@ CMNOptions tiny_options() {
 
 /// sum_i v_i and sum_i v_i * ((i mod 97) + 1) in double, as the fixture's checksums.
 std::pair<double, double> checksums(const torch::Tensor& t) {
-  auto flat = t.detach().flatten().to(torch::kDouble).contiguous();
+  auto flat = t.detach().flatten().to(torch::kCPU, torch::kDouble).contiguous();
   auto weights = torch::arange(flat.numel(), torch::kLong).remainder(97).add(1).to(torch::kDouble);
   return {flat.sum().item<double>(), (flat * weights).sum().item<double>()};
 }
@@ -125,7 +125,7 @@ TEST_CASE("cmn: generated images match the fixture's checksums", "[cmn][shared]"
 TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
   auto& fx = fixture();
   torch::NoGradGuard no_grad;
-  auto [att, fc] = fx.model->visual_features(fx.images);
+  auto [att, fc] = fx.model->visual_features(fx.x);
   auto patch0 = att.narrow(1, 0, 49);
   // Rule B: values up to ~2.6, float32 vs float64 of the reference differs by 7.5e-7.
   CHECK(max_abs_diff(patch0, at_key(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
@@ -138,8 +138,8 @@ TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
 TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][shared]") {
   auto& fx = fixture();
   torch::NoGradGuard no_grad;
-  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
-  auto out = fx.model->forward(fx.images, ids, masks);
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
+  auto out = fx.model->forward(fx.x, ids, masks);
   CHECK(max_abs_diff(out.details.att_embed_out, at_key(fx.outputs, "tf_att_embed_out")) < 1e-4);
   CHECK(max_abs_diff(out.details.encoder_in, at_key(fx.outputs, "tf_encoder_in")) < 1e-4);
   CHECK(max_abs_diff(out.details.encoder_out, at_key(fx.outputs, "tf_encoder_out")) < 1e-4);
@@ -155,19 +155,20 @@ TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   // Features for the hard-negative library: means of the same pass.
   CHECK(out.image_features.sizes() == torch::IntArrayRef({2, 64}));
-  CHECK(torch::allclose(out.image_features, at_key(fx.outputs, "tf_encoder_out").mean(1), 1e-4,
-                        1e-4));
-  auto m = masks.narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
+  CHECK(torch::allclose(out.image_features.cpu(), at_key(fx.outputs, "tf_encoder_out").mean(1),
+                        1e-4, 1e-4));
+  auto m = masks.cpu().narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
   auto ref_report = (at_key(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
-  CHECK(torch::allclose(out.report_features, ref_report, 1e-4, 1e-4));
+  CHECK(torch::allclose(out.report_features.cpu(), ref_report, 1e-4, 1e-4));
 }
 
 TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
   auto& fx = fixture();
   torch::NoGradGuard no_grad;
-  auto ids = at_key(fx.outputs, "pad_reports_ids"), masks = at_key(fx.outputs, "pad_reports_masks");
+  auto ids = at_key(fx.outputs, "pad_reports_ids").to(fx.device),
+       masks = at_key(fx.outputs, "pad_reports_masks").to(fx.device);
   REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
-  auto images = fx.images.narrow(0, 0, ids.size(0));
+  auto images = fx.x.narrow(0, 0, ids.size(0));
   auto out = fx.model->forward(images, ids, masks);
   CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "pad_tf_logprobs")) < 1e-4);
   const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
@@ -177,12 +178,12 @@ TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
 
 TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
   auto& fx = fixture();
-  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
   auto ref_names = fx.outputs.at("grad_norm_names").toList();
   auto ref_norms = at_key(fx.outputs, "grad_norms");
   REQUIRE(ref_names.size() == 414);
   fx.model->zero_grad();
-  auto out = fx.model->forward(fx.images, ids, masks);
+  auto out = fx.model->forward(fx.x, ids, masks);
   auto loss = compute_loss(out.logprobs, ids, masks);
   loss.backward();
   // Aliased tensors once, under Python's (first) name: exactly the fixture's 414 names.
@@ -213,12 +214,12 @@ TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
 
 TEST_CASE("cmn: greedy decoding with and without trigram blocking matches", "[cmn][shared]") {
   auto& fx = fixture();
-  ihn_test::check_greedy_matches_fixture(fx.model, fx.images, fx.outputs);
+  ihn_test::check_greedy_matches_fixture(fx.model, fx.x, fx.outputs);
 }
 
 TEST_CASE("cmn: beam-3 search matches ids, lengths and scores", "[cmn][shared]") {
   auto& fx = fixture();
-  ihn_test::check_beam_matches_fixture(fx.model, fx.images, fx.outputs);
+  ihn_test::check_beam_matches_fixture(fx.model, fx.x, fx.outputs);
 }
 
 TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][shared]") {
@@ -233,14 +234,14 @@ TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][sha
       pe->copy_(enn::PositionalEncodingImpl::table(pe->size(1), pe->size(2)));
     }
   }
-  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
   torch::Tensor logprobs;
   {
     torch::NoGradGuard no_grad;
-    logprobs = fx.model->forward(fx.images, ids, masks).logprobs;
+    logprobs = fx.model->forward(fx.x, ids, masks).logprobs;
   }
-  auto greedy = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20));
-  auto beam = fx.model->beam_search(fx.images, enn::BeamSearchOptions().max_length(20));
+  auto greedy = fx.model->greedy(fx.x, enn::GreedyOptions().max_length(20));
+  auto beam = fx.model->beam_search(fx.x, enn::BeamSearchOptions().max_length(20));
   {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < tables.size(); ++i) tables[i]->copy_(saved[i]);
@@ -249,8 +250,8 @@ TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][sha
   const double loss = compute_loss(logprobs, ids, masks).item<double>();
   const double ref = at_key(fx.outputs, "alt_pe_tf_loss").item<double>();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
-  CHECK(torch::equal(greedy.seq, at_key(fx.outputs, "alt_pe_greedy_seq")));
-  CHECK(torch::equal(beam.seq, at_key(fx.outputs, "alt_pe_beam_seq")));
+  CHECK(torch::equal(greedy.seq.cpu(), at_key(fx.outputs, "alt_pe_greedy_seq")));
+  CHECK(torch::equal(beam.seq.cpu(), at_key(fx.outputs, "alt_pe_beam_seq")));
   auto sums = at_key(fx.outputs, "alt_pe_beam_all_logprob_sum");
   for (int64_t b = 0; b < 2; ++b)
     for (int64_t j = 0; j < 3; ++j)

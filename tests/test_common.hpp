@@ -22,6 +22,22 @@ inline std::filesystem::path fixtures_dir() {
   return shared_dir() / "fixtures";
 }
 
+/// Where the device-aware tests (the fixture parity tests, the augmenter on a device) run:
+/// IHN_TEST_DEVICE (default cpu; e.g. cuda, cuda:1). The fixtures come from the CPU, so on CUDA the
+/// TF32 shortcuts are turned off for the comparison. Asking for a device that is not there fails:
+/// the CUDA ctest entries exist only to run on one.
+inline torch::Device test_device() {
+  const char* name = std::getenv("IHN_TEST_DEVICE");
+  const torch::Device device(name != nullptr && *name != '\0' ? name : "cpu");
+  if (device.is_cuda()) {
+    if (!torch::cuda::is_available())
+      FAIL("IHN_TEST_DEVICE=" << name << " but this LibTorch sees no CUDA device");
+    at::globalContext().setAllowTF32CuBLAS(false);
+    at::globalContext().setAllowTF32CuDNN(false);
+  }
+  return device;
+}
+
 /// A scratch folder under the build tree, emptied for each caller that asks by name.
 inline std::filesystem::path scratch_dir(const std::string& name) {
   auto dir = std::filesystem::path(IHN_TEST_TMPDIR) / name;

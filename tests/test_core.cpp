@@ -427,6 +427,34 @@ TEST_CASE("save, load, continue: identical negatives and losses", "[state]") {
   }
 }
 
+TEST_CASE("the augmenter on the test device computes what it computes on the CPU",
+          "[augmenter][device]") {
+  // IHN_TEST_DEVICE (default cpu, where this checks that equal seeds give equal runs): the
+  // feature bank, the peer search, the max step and the loss on that device against a CPU run
+  // on the same features. Well-separated random features, so that no discrete choice (a peer,
+  // an accepted ascent step) sits on a rounding-level tie; float32 sums in another order: 1e-5.
+  const auto device = ihn_test::test_device();
+  ToyModel model;
+  const auto options = ihn::Options{}.negatives_per_sample(3).ascent_steps(3).seed(11);
+  ihn::HardNegativeAugmenter<ToyModel> cpu(model, options), other(model, options);
+  for (int64_t b = 0; b < 4; ++b) {
+    INFO("batch " << b);
+    const auto z = random_features(6, 8, 700 + 2 * static_cast<uint64_t>(b));
+    const auto u = random_features(6, 8, 701 + 2 * static_cast<uint64_t>(b));
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < 6; ++i) ids.push_back((b * 6 + i) % 15);
+    const auto a = cpu.loss(z, u, ids);
+    const auto d = other.loss(z.to(device), u.to(device), ids);
+    CHECK(d.device() == device);
+    CHECK(d.item<double>() == Approx(a.item<double>()).epsilon(1e-5));
+    CHECK(other.last_negatives().device() == device);
+    const auto gap = (other.last_negatives().cpu() - cpu.last_negatives()).abs().max();
+    CHECK(gap.item<double>() < 1e-5);
+    cpu.step();
+    other.step();
+  }
+}
+
 TEST_CASE("HardNegativeCallback drives the augmenter from trainer hooks", "[hooks]") {
   ToyModel model;
   ihn::HardNegativeCallback<ToyModel> callback(model, ihn::Options{}.negatives_per_sample(2));

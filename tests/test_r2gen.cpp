@@ -99,8 +99,8 @@ TEST_CASE("r2gen: generated images match the fixture's checksums", "[r2gen][shar
 TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
   auto& fx = fixture();
   torch::NoGradGuard no_grad;
-  auto v0 = fx.model->visual_extractor(fx.images.select(1, 0));
-  auto v1 = fx.model->visual_extractor(fx.images.select(1, 1));
+  auto v0 = fx.model->visual_extractor(fx.x.select(1, 0));
+  auto v1 = fx.model->visual_extractor(fx.x.select(1, 1));
   // Rule B: values up to ~3.4, float32 vs float64 of the reference differs by 9e-7.
   CHECK(max_abs_diff(v0.patch, at_key(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
   CHECK(max_abs_diff(v0.avg, at_key(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
@@ -112,8 +112,8 @@ TEST_CASE("r2gen: visual extractor matches (atol 1e-3)", "[r2gen][shared]") {
 TEST_CASE("r2gen: teacher-forced log-probs, intermediates and loss match", "[r2gen][shared]") {
   auto& fx = fixture();
   torch::NoGradGuard no_grad;
-  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
-  auto out = fx.model->forward(fx.images, ids, masks);
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
+  auto out = fx.model->forward(fx.x, ids, masks);
   CHECK(max_abs_diff(out.details.att_embed_out, at_key(fx.outputs, "tf_att_embed_out")) < 1e-4);
   CHECK(max_abs_diff(out.details.encoder_out, at_key(fx.outputs, "tf_encoder_out")) < 1e-4);
   CHECK(max_abs_diff(out.details.rm_memory, at_key(fx.outputs, "tf_rm_memory")) < 1e-4);
@@ -125,19 +125,20 @@ TEST_CASE("r2gen: teacher-forced log-probs, intermediates and loss match", "[r2g
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   // Features for the hard-negative library: masked means of the same pass.
   CHECK(out.image_features.sizes() == torch::IntArrayRef({2, 64}));
-  CHECK(torch::allclose(out.image_features, at_key(fx.outputs, "tf_encoder_out").mean(1), 1e-5,
-                        1e-5));
-  auto m = masks.narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
+  CHECK(torch::allclose(out.image_features.cpu(), at_key(fx.outputs, "tf_encoder_out").mean(1),
+                        1e-5, 1e-5));
+  auto m = masks.cpu().narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
   auto ref_report = (at_key(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
-  CHECK(torch::allclose(out.report_features, ref_report, 1e-4, 1e-4));
+  CHECK(torch::allclose(out.report_features.cpu(), ref_report, 1e-4, 1e-4));
 }
 
 TEST_CASE("r2gen: padded teacher-forced batch matches", "[r2gen][shared]") {
   auto& fx = fixture();
   torch::NoGradGuard no_grad;
-  auto ids = at_key(fx.outputs, "pad_reports_ids"), masks = at_key(fx.outputs, "pad_reports_masks");
+  auto ids = at_key(fx.outputs, "pad_reports_ids").to(fx.device),
+       masks = at_key(fx.outputs, "pad_reports_masks").to(fx.device);
   REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
-  auto images = fx.images.narrow(0, 0, ids.size(0));
+  auto images = fx.x.narrow(0, 0, ids.size(0));
   auto out = fx.model->forward(images, ids, masks);
   CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "pad_tf_logprobs")) < 1e-4);
   const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
@@ -160,8 +161,8 @@ TEST_CASE("r2gen: gradient norms match (rtol 1e-3; zero-gradient key biases boun
   std::ifstream f(fx.dir / "grad_norms.json");
   auto json = nlohmann::json::parse(f);
   fx.model->zero_grad();
-  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
-  auto out = fx.model->forward(fx.images, ids, masks);
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
+  auto out = fx.model->forward(fx.x, ids, masks);
   auto loss = compute_loss(out.logprobs, ids, masks);
   loss.backward();
   std::map<std::string, double> norms;
@@ -185,12 +186,12 @@ TEST_CASE("r2gen: gradient norms match (rtol 1e-3; zero-gradient key biases boun
 
 TEST_CASE("r2gen: greedy decoding with and without trigram blocking matches", "[r2gen][shared]") {
   auto& fx = fixture();
-  ihn_test::check_greedy_matches_fixture(fx.model, fx.images, fx.outputs);
+  ihn_test::check_greedy_matches_fixture(fx.model, fx.x, fx.outputs);
 }
 
 TEST_CASE("r2gen: beam-3 search matches ids, lengths and scores", "[r2gen][shared]") {
   auto& fx = fixture();
-  ihn_test::check_beam_matches_fixture(fx.model, fx.images, fx.outputs);
+  ihn_test::check_beam_matches_fixture(fx.model, fx.x, fx.outputs);
 }
 
 TEST_CASE("r2gen: original sin/cos positional table (alt_pe outputs)", "[r2gen][shared]") {
@@ -201,21 +202,21 @@ TEST_CASE("r2gen: original sin/cos positional table (alt_pe outputs)", "[r2gen][
     torch::NoGradGuard no_grad;
     pe.copy_(enn::PositionalEncodingImpl::table(pe.size(1), pe.size(2)));
   }
-  auto ids = at_key(fx.inputs, "reports_ids"), masks = at_key(fx.inputs, "reports_masks");
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
   torch::Tensor logprobs;
   {
     torch::NoGradGuard no_grad;
-    logprobs = fx.model->forward(fx.images, ids, masks).logprobs;
+    logprobs = fx.model->forward(fx.x, ids, masks).logprobs;
   }
-  auto greedy = fx.model->greedy(fx.images, enn::GreedyOptions().max_length(20));
-  auto beam = fx.model->beam_search(fx.images, enn::BeamSearchOptions().max_length(20));
+  auto greedy = fx.model->greedy(fx.x, enn::GreedyOptions().max_length(20));
+  auto beam = fx.model->beam_search(fx.x, enn::BeamSearchOptions().max_length(20));
   {
     torch::NoGradGuard no_grad;
     pe.copy_(saved);
   }
   CHECK(max_abs_diff(logprobs, at_key(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
-  CHECK(torch::equal(greedy.seq, at_key(fx.outputs, "alt_pe_greedy_seq")));
-  CHECK(torch::equal(beam.seq, at_key(fx.outputs, "alt_pe_beam_seq")));
+  CHECK(torch::equal(greedy.seq.cpu(), at_key(fx.outputs, "alt_pe_greedy_seq")));
+  CHECK(torch::equal(beam.seq.cpu(), at_key(fx.outputs, "alt_pe_beam_seq")));
   auto sums = at_key(fx.outputs, "alt_pe_beam_all_logprob_sum");
   for (int64_t b = 0; b < 2; ++b)
     for (int64_t j = 0; j < 3; ++j)
