@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -87,12 +88,15 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  // LibTorch 1.13 keys the state by the TensorImpl's address as a string, 2.x by the address.
+  // LibTorch 1.13 keys the state by the TensorImpl's address as a string (c10::guts::to_string,
+  // an ostream of the pointer, which 2.x no longer has), 2.x by the address.
   using Key = typename std::decay_t<decltype(state_)>::key_type;
   auto key = [](const auto& p) -> Key {  // generic, so that only one branch is instantiated
-    if constexpr (std::is_same_v<Key, std::string>)
-      return c10::guts::to_string(p.unsafeGetTensorImpl());
-    else
+    if constexpr (std::is_same_v<Key, std::string>) {
+      std::ostringstream key;
+      key << p.unsafeGetTensorImpl();
+      return key.str();
+    } else
       return p.unsafeGetTensorImpl();
   };
   for (auto& group : param_groups_) {
