@@ -28,12 +28,13 @@ inline std::filesystem::path fixtures_dir() {
 /// the CUDA ctest entries exist only to run on one.
 inline torch::Device test_device() {
   const char* name = std::getenv("IHN_TEST_DEVICE");
-  const torch::Device device(name != nullptr && *name != '\0' ? name : "cpu");
+  torch::Device device(name != nullptr && *name != '\0' ? name : "cpu");
   if (device.is_cuda()) {
     if (!torch::cuda::is_available())
       FAIL("IHN_TEST_DEVICE=" << name << " but this LibTorch sees no CUDA device");
     at::globalContext().setAllowTF32CuBLAS(false);
     at::globalContext().setAllowTF32CuDNN(false);
+    if (!device.has_index()) device = torch::Device(torch::kCUDA, 0);  // what .to("cuda") gives
   }
   return device;
 }

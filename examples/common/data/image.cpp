@@ -1,6 +1,10 @@
 // stb decoding, Pillow-compatible bilinear resize and R2Gen's transforms (see image.hpp).
 #include "data/image.hpp"
 
+#if IHN_STB_IMPLEMENTATION  // no libstb to link (data/CMakeLists.txt): compile stb here
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#endif
 #include <stb_image.h>
 #include <stb_image_write.h>
 

@@ -13,6 +13,21 @@ namespace ihn_examples::nn {
 
 namespace {
 
+/// The optimizer state's key for a parameter, as torch::optim::Adam makes it: LibTorch 1.13 keys
+/// by the TensorImpl's address as a string (c10::guts::to_string, an ostream of the pointer,
+/// which 2.x no longer has), 2.x by the address itself. A template on Key, so that only the
+/// branch of the LibTorch in use is compiled.
+template <class Key>
+Key state_key(const torch::Tensor& p) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;
+    key << p.unsafeGetTensorImpl();
+    return key.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
+}
+
 struct Coefficients {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, sqrt_bias_correction2, eps,
       neg_step_size;
@@ -88,17 +103,8 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  // LibTorch 1.13 keys the state by the TensorImpl's address as a string (c10::guts::to_string,
-  // an ostream of the pointer, which 2.x no longer has), 2.x by the address.
   using Key = typename std::decay_t<decltype(state_)>::key_type;
-  auto key = [](const auto& p) -> Key {  // generic, so that only one branch is instantiated
-    if constexpr (std::is_same_v<Key, std::string>) {
-      std::ostringstream key;
-      key << p.unsafeGetTensorImpl();
-      return key.str();
-    } else
-      return p.unsafeGetTensorImpl();
-  };
+  auto key = [](const torch::Tensor& p) { return state_key<Key>(p); };
   for (auto& group : param_groups_) {
     auto& options = static_cast<torch::optim::AdamOptions&>(group.options());
     for (auto& p : group.params()) {
