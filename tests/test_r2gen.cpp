@@ -655,6 +655,33 @@ TEST_CASE("linear: oneDNN's sgemm path equals at::linear, values and gradients",
   auto w = torch::randn({3, 8});
   auto gx = torch::autograd::grad({enn::linear(x, w, torch::zeros({3})).sum()}, {x})[0];
   CHECK(max_abs_diff(gx, w.sum(0).expand({5, 8})) < 1e-5);
+  // SharedWeightLinear through a 4-step recurrence: the weight's and bias's gradients (one
+  // product over all steps) and the state's equal per-step Linear layers'; a second backward
+  // over the retained graph gives them again; without grad mode it is a plain product.
+  {
+    auto weight = torch::randn({8, 8}, torch::requires_grad());
+    auto bias = torch::randn({8}, torch::requires_grad());
+    auto h0 = torch::randn({3, 8}, torch::requires_grad());
+    auto run = [&](bool shared) {
+      const enn::SharedWeightLinear layer(weight, bias);
+      auto h = h0;
+      for (int t = 0; t < 4; ++t)
+        h = torch::tanh(shared ? layer(h) : torch::nn::functional::linear(h, weight, bias));
+      return h.pow(2).sum();
+    };
+    auto loss = run(true);
+    auto g = torch::autograd::grad({loss}, {weight, bias, h0}, {}, /*retain_graph=*/true);
+    auto again = torch::autograd::grad({loss}, {weight, bias, h0});
+    auto ref = torch::autograd::grad({run(false)}, {weight, bias, h0});
+    for (size_t i = 0; i < 3; ++i) {
+      INFO("shared-weight gradient " << i);
+      CHECK(max_abs_diff(g[i], ref[i]) < 1e-5);
+      CHECK(max_abs_diff(again[i], g[i]) == 0);
+    }
+    torch::NoGradGuard no_grad;
+    CHECK(torch::equal(enn::SharedWeightLinear(weight, bias)(h0),
+                       torch::nn::functional::linear(h0, weight, bias)));
+  }
   // The module is torch::nn::Linear's: same names, same initialisation from the same seed.
   torch::manual_seed(3);
   enn::Linear mine(16, 4);

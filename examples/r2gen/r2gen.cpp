@@ -69,16 +69,31 @@ torch::Tensor RelationalMemoryImpl::forward_step(const torch::Tensor& input,
 torch::Tensor RelationalMemoryImpl::forward_step(const Projections& p,
                                                  const torch::Tensor& projected_input,
                                                  const torch::Tensor& memory_flat) {
+  auto* out = attn->linears[3]->as<nn::Linear>();
+  auto* mlp_in = mlp->ptr(0)->as<nn::Linear>();
+  auto* mlp_out = mlp->ptr(2)->as<nn::Linear>();
+  const StepLinears linears{
+      [&](const torch::Tensor& x) { return nn::linear(x, p.memory_weight, p.memory_bias); },
+      [&](const torch::Tensor& x) { return out->forward(x); },
+      [&](const torch::Tensor& x) { return mlp_in->forward(x); },
+      [&](const torch::Tensor& x) { return mlp_out->forward(x); },
+      [&](const torch::Tensor& x) { return U->forward(x); }};
+  return step(linears, projected_input, memory_flat);
+}
+
+torch::Tensor RelationalMemoryImpl::step(const StepLinears& linears,
+                                         const torch::Tensor& projected_input,
+                                         const torch::Tensor& memory_flat) {
   auto memory = memory_flat.reshape({-1, num_slots, d_model});
   // kv = cat(memory, input): project the memory rows here, the input row was projected before.
-  auto qkv = nn::linear(memory, p.memory_weight, p.memory_bias).split(d_model, 2);
+  auto qkv = linears.qkv(memory).split(d_model, 2);
   auto in = projected_input.split_with_sizes({d_model, d_model, 2 * d_model}, 1);
   auto k = torch::cat({qkv[1], in[0].unsqueeze(1)}, 1);
   auto v = torch::cat({qkv[2], in[1].unsqueeze(1)}, 1);
   auto heads = attn->attend(attn->split_heads(qkv[0]), attn->split_heads(k), attn->split_heads(v));
-  auto next = memory + attn->merge(heads);
-  next = next + mlp->forward(next);
-  auto gates = in[2].unsqueeze(1) + U(torch::tanh(memory));
+  auto next = memory + linears.attention_out(attn->concat_heads(heads));
+  next = next + torch::relu(linears.mlp_out(torch::relu(linears.mlp_in(next))));
+  auto gates = in[2].unsqueeze(1) + linears.gate(torch::tanh(memory));
   auto parts = gates.split(d_model, 2);
   auto input_gate = torch::sigmoid(parts[0]);
   auto forget_gate = torch::sigmoid(parts[1]);
@@ -91,10 +106,20 @@ torch::Tensor RelationalMemoryImpl::forward(const torch::Tensor& inputs, torch::
   // unbind, not select per step: its backward stacks the T gradients once instead of writing
   // each into a zeroed (B, T, 4d) tensor.
   const auto projected = input_projection(p, inputs).unbind(1);
+  // The five per-step layers as nn::SharedWeightLinear: in training their weights' gradients are
+  // one product over all T steps (and without grad mode they are plain products).
+  auto linear_of = [](torch::nn::Module& m) {
+    auto* l = m.as<nn::Linear>();
+    return nn::SharedWeightLinear(l->weight, l->bias);
+  };
+  const auto qkv = nn::SharedWeightLinear(p.memory_weight, p.memory_bias);
+  const auto out = linear_of(*attn->linears[3]), mlp_in = linear_of(*mlp->ptr(0)),
+             mlp_out = linear_of(*mlp->ptr(2)), gate = linear_of(*U);
+  const StepLinears linears{qkv, out, mlp_in, mlp_out, gate};
   std::vector<torch::Tensor> outputs;
   outputs.reserve(projected.size());
   for (const auto& projected_input : projected) {
-    memory = forward_step(p, projected_input, memory);
+    memory = step(linears, projected_input, memory);
     outputs.push_back(memory);
   }
   return torch::stack(outputs, 1);

@@ -16,6 +16,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 
 #include "nn/decoding.hpp"
@@ -74,6 +75,14 @@ struct RelationalMemoryImpl : torch::nn::Module {
   /// forward_step with the input already projected.
   torch::Tensor forward_step(const Projections& p, const torch::Tensor& projected_input,
                              const torch::Tensor& memory);
+  /// The Linear layers a step applies to the memory: its query/key/value (stacked), the
+  /// attention's output, the MLP's two, and the gates' U.
+  struct StepLinears {
+    std::function<torch::Tensor(const torch::Tensor&)> qkv, attention_out, mlp_in, mlp_out, gate;
+  };
+  /// One step with the given layers (forward_step's, or, in training, nn::SharedWeightLinear).
+  torch::Tensor step(const StepLinears& linears, const torch::Tensor& projected_input,
+                     const torch::Tensor& memory);
   /// inputs (B, T, d) -> (B, T, slots*d), one memory per position.
   torch::Tensor forward(const torch::Tensor& inputs, torch::Tensor memory);
 

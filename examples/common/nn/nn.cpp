@@ -129,6 +129,115 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
 }
 
 // ---------------------------------------------------------------------------------------------
+// SharedWeightLinear (linear.hpp)
+
+namespace {
+
+using torch::autograd::AutogradContext;
+
+/// a·b for 2-d tensors, transposed as flagged, through oneDNN's sgemm for contiguous CPU float32
+/// operands (at::mm otherwise). No autograd: for hand-written backward passes.
+torch::Tensor matmul_2d(const torch::Tensor& a, bool transpose_a, const torch::Tensor& b,
+                        bool transpose_b) {
+  const auto lhs = transpose_a ? a.t() : a, rhs = transpose_b ? b.t() : b;
+#if IHN_WITH_DNNL
+  if (a.device().is_cpu() && b.device().is_cpu() && a.scalar_type() == torch::kFloat &&
+      b.scalar_type() == torch::kFloat && a.is_contiguous() && b.is_contiguous() && a.numel() > 0 &&
+      b.numel() > 0) {
+    const int64_t m = lhs.size(0), k = lhs.size(1), n = rhs.size(1);
+    auto c = torch::empty({m, n}, a.options());
+    sgemm(transpose_a, transpose_b, m, n, k, a.data_ptr<float>(), a.size(1), b.data_ptr<float>(),
+          b.size(1), 0.0f, c.data_ptr<float>(), n);
+    return c;
+  }
+#endif
+  return lhs.mm(rhs);
+}
+
+c10::intrusive_ptr<SharedWeightLinear::Records> records_of(AutogradContext* ctx) {
+  return c10::static_intrusive_pointer_cast<SharedWeightLinear::Records>(
+      ctx->saved_data["records"].toCapsule());
+}
+
+/// Passes the weight and bias through; its backward runs once every step has delivered its
+/// (undefined) gradient for them, and computes both from the steps' records.
+struct GatherWeightGradFunction : torch::autograd::Function<GatherWeightGradFunction> {
+  static torch::autograd::variable_list forward(
+      AutogradContext* ctx, const torch::Tensor& weight, const torch::Tensor& bias,
+      c10::intrusive_ptr<SharedWeightLinear::Records> records) {
+    ctx->saved_data["records"] = c10::IValue::make_capsule(std::move(records));
+    ctx->set_materialize_grads(false);
+    return {weight.view_as(weight), bias.view_as(bias)};
+  }
+  static torch::autograd::variable_list backward(AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto records = records_of(ctx);
+    torch::Tensor grad_w, grad_b;
+    if (!records->inputs.empty()) {
+      const auto inputs = torch::cat(records->inputs), outputs = torch::cat(records->grads);
+      grad_w = matmul_2d(outputs, true, inputs, false);  // Σ_t dy_tᵀ x_t
+      grad_b = outputs.sum(0);
+    }
+    records->inputs.clear();  // a second backward (retain_graph) records afresh
+    records->grads.clear();
+    auto add = [](torch::Tensor total, const torch::Tensor& other) {
+      return !other.defined() ? total : !total.defined() ? other : total.add_(other);
+    };
+    return {add(grad_w, grads[0]), add(grad_b, grads[1]), torch::Tensor()};
+  }
+};
+
+/// One step's x Wᵀ + b. Backward: the input's gradient now, the weight's via the records.
+struct StepLinearFunction : torch::autograd::Function<StepLinearFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               c10::intrusive_ptr<SharedWeightLinear::Records> records) {
+    const int64_t in = weight.size(1);
+    auto rows = x.reshape({-1, in}).contiguous();
+    auto y = torch::addmm(bias, rows, weight.t());
+    ctx->save_for_backward({rows, weight});
+    ctx->saved_data["records"] = c10::IValue::make_capsule(std::move(records));
+    ctx->saved_data["input_sizes"] = x.sizes().vec();
+    auto sizes = x.sizes().vec();
+    sizes.back() = weight.size(0);
+    return y.view(sizes);
+  }
+  static torch::autograd::variable_list backward(AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& rows = saved[0];
+    const auto& weight = saved[1];
+    auto grad = grads[0].reshape({rows.size(0), weight.size(0)}).contiguous();
+    auto records = records_of(ctx);
+    records->inputs.push_back(rows);
+    records->grads.push_back(grad);
+    torch::Tensor grad_x;
+    if (ctx->needs_input_grad(0))
+      grad_x = matmul_2d(grad, false, weight.contiguous(), false)
+                   .view(ctx->saved_data["input_sizes"].toIntVector());
+    return {grad_x, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+SharedWeightLinear::SharedWeightLinear(const torch::Tensor& weight, const torch::Tensor& bias)
+    : weight_(weight), bias_(bias) {
+  TORCH_CHECK(bias.defined(), "SharedWeightLinear: a bias is required");
+  if (at::GradMode::is_enabled() && (weight.requires_grad() || bias.requires_grad())) {
+    records_ = c10::make_intrusive<Records>();
+    auto gathered = GatherWeightGradFunction::apply(weight, bias, records_);
+    weight_ = gathered[0];
+    bias_ = gathered[1];
+  }
+}
+
+torch::Tensor SharedWeightLinear::operator()(const torch::Tensor& x) const {
+  if (!records_ || !at::GradMode::is_enabled()) return nn::linear(x, weight_, bias_);
+  return StepLinearFunction::apply(x, weight_, bias_, records_);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dropout (dropout.hpp)
 
 namespace {
@@ -271,9 +380,12 @@ torch::Tensor MultiHeadedAttentionImpl::attend(const torch::Tensor& q, const tor
   return few_pairs ? (p.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2) : torch::matmul(p, v);
 }
 
+torch::Tensor MultiHeadedAttentionImpl::concat_heads(const torch::Tensor& heads) const {
+  return heads.transpose(1, 2).contiguous().view({heads.size(0), -1, options.heads() * d_k});
+}
+
 torch::Tensor MultiHeadedAttentionImpl::merge(const torch::Tensor& heads) {
-  auto x = heads.transpose(1, 2).contiguous().view({heads.size(0), -1, options.heads() * d_k});
-  return linears[3]->as<Linear>()->forward(x);
+  return linears[3]->as<Linear>()->forward(concat_heads(heads));
 }
 
 torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query,

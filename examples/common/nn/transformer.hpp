@@ -71,7 +71,9 @@ struct MultiHeadedAttentionImpl : torch::nn::Module {
   static constexpr int64_t kFewPairs = 64;
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& mask = {});
-  /// (B, h, L, d_k) -> linears[3] of the concatenated heads, (B, L, d).
+  /// (B, h, L, d_k) -> the heads side by side, (B, L, d).
+  torch::Tensor concat_heads(const torch::Tensor& heads) const;
+  /// linears[3] of concat_heads(heads).
   torch::Tensor merge(const torch::Tensor& heads);
 
   MultiHeadedAttentionOptions options;
