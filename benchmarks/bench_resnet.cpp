@@ -4,11 +4,13 @@
 // same oneDNN kernels as the official code; the benchmark compares the two memory layouts
 // (docs/performance.md, "Channels-last").
 //
-//   bench_resnet LAYOUT [THREADS] [STEPS] [DEPTH] [SIZE] [profile]
+//   bench_resnet LAYOUT [THREADS] [STEPS] [DEPTH] [SIZE] [profile] [convs]
 //     LAYOUT  nhwc (the ports' default on the CPU) | nchw
 //     THREADS intra-op threads (2); STEPS timed steps after one warm-up (3)
 //     DEPTH   101 (paper) | 18 (small); SIZE 224 | 128
 //     profile one more step under the autograd profiler: self CPU time per op
+//     convs   the same convolutions, pooling and residual adds without the batch norms and
+//             ReLUs: the difference to a full run is what those cost (docs/performance.md)
 // Prints one RESULT line (seconds per step: median and all).
 #include <torch/torch.h>
 
@@ -29,7 +31,7 @@ namespace enn = ihn_examples::nn;
 int main(int argc, char** argv) {
   enn::keep_freed_memory();
   if (argc < 2) {
-    std::cerr << "usage: bench_resnet nhwc|nchw [THREADS] [STEPS] [DEPTH] [SIZE] [profile]\n";
+    std::cerr << "usage: bench_resnet nhwc|nchw [THREADS] [STEPS] [DEPTH] [SIZE] [profile] [convs]\n";
     return 2;
   }
   const std::string layout = argv[1];
@@ -41,7 +43,11 @@ int main(int argc, char** argv) {
   const int steps = argc > 3 ? std::stoi(argv[3]) : 3;
   const int64_t depth = argc > 4 ? std::stoi(argv[4]) : 101;
   const int64_t size = argc > 5 ? std::stoi(argv[5]) : 224;
-  const bool profile = argc > 6 && std::string(argv[6]) == "profile";
+  bool profile = false, convs_only = false;
+  for (int i = 6; i < argc; ++i) {
+    profile = profile || std::string(argv[i]) == "profile";
+    convs_only = convs_only || std::string(argv[i]) == "convs";
+  }
   torch::set_num_threads(threads);
   torch::manual_seed(9233);
 
@@ -49,8 +55,33 @@ int main(int argc, char** argv) {
   extractor->train();
   if (layout == "nhwc") enn::to_channels_last(*extractor);
   const auto images = torch::randn({16, 2, 3, size, size});
+  // The trunk's convolutions, max pool and residual adds alone (children 0, 3 and the stages).
+  auto convs = [&](const torch::Tensor& view) {
+    auto& trunk = *extractor->model;
+    auto* stem = trunk.ptr(0)->as<torch::nn::Conv2dImpl>();
+    auto x = stem->forward(view.contiguous(stem->weight.suggest_memory_format()));
+    x = trunk.ptr(3)->as<torch::nn::MaxPool2dImpl>()->forward(x);
+    for (size_t s = 4; s < trunk.size(); ++s) {
+      for (auto& child : trunk.ptr(s)->children()) {
+        auto& b = *child->as<enn::ResNetBlockImpl>();
+        auto out = b.conv2(b.conv1(x));
+        if (b.bottleneck) out = b.conv3(out);
+        x = out + (b.downsample ? b.downsample->ptr(0)->as<torch::nn::Conv2dImpl>()->forward(x) : x);
+      }
+    }
+    return x;
+  };
   auto step = [&] {
     for (auto& p : extractor->parameters()) p.mutable_grad().reset();
+    if (convs_only) {
+      torch::Tensor total;
+      for (int64_t v = 0; v < images.size(1); ++v) {
+        auto map = convs(images.select(1, v));
+        total = v == 0 ? map.pow(2).mean() : total + map.pow(2).mean();
+      }
+      total.backward();
+      return;
+    }
     auto [att_feats, fc_feats] = enn::multiview_features(*extractor, images, "bench_resnet");
     (att_feats.pow(2).sum() + fc_feats.sum()).backward();
   };
@@ -68,8 +99,9 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < times.size(); ++i) all += (i ? ", " : "") + std::to_string(times[i]);
   std::printf(
       "RESULT {\"bench\": \"resnet\", \"layout\": \"%s\", \"depth\": %ld, \"image\": %ld, "
-      "\"threads\": %d, \"median\": %f, \"all\": [%s]}\n",
+      "\"threads\": %d, \"parts\": \"%s\", \"median\": %f, \"all\": [%s]}\n",
       layout.c_str(), static_cast<long>(depth), static_cast<long>(size), threads,
+      convs_only ? "convs" : "all",
       sorted[sorted.size() / 2], all.c_str());
   return 0;
 }
