@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: install packages, build the `ihn` tool, and run `ihn compare` on the
 # embedded synthetic data set with the CPU preset — 3 seeds x {without, with ihn}, two runs at
-# a time, ~10 minutes on 2 cores after the build — ending with the side-by-side table
+# a time, 4–8 minutes on 2 cores after the build — ending with the side-by-side table
 # (also in runs/compare/compare.md and compare.json). Extra arguments go to `ihn compare`
 # (e.g. `scripts/run.sh --seeds 1 --out runs/quick`).
 #
