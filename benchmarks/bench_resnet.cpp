@@ -31,7 +31,8 @@ namespace enn = ihn_examples::nn;
 int main(int argc, char** argv) {
   enn::keep_freed_memory();
   if (argc < 2) {
-    std::cerr << "usage: bench_resnet nhwc|nchw [THREADS] [STEPS] [DEPTH] [SIZE] [profile] [convs]\n";
+    std::cerr
+        << "usage: bench_resnet nhwc|nchw [THREADS] [STEPS] [DEPTH] [SIZE] [profile] [convs]\n";
     return 2;
   }
   const std::string layout = argv[1];
@@ -66,7 +67,8 @@ int main(int argc, char** argv) {
         auto& b = *child->as<enn::ResNetBlockImpl>();
         auto out = b.conv2(b.conv1(x));
         if (b.bottleneck) out = b.conv3(out);
-        x = out + (b.downsample ? b.downsample->ptr(0)->as<torch::nn::Conv2dImpl>()->forward(x) : x);
+        x = out +
+            (b.downsample ? b.downsample->ptr(0)->as<torch::nn::Conv2dImpl>()->forward(x) : x);
       }
     }
     return x;
@@ -101,7 +103,6 @@ int main(int argc, char** argv) {
       "RESULT {\"bench\": \"resnet\", \"layout\": \"%s\", \"depth\": %ld, \"image\": %ld, "
       "\"threads\": %d, \"parts\": \"%s\", \"median\": %f, \"all\": [%s]}\n",
       layout.c_str(), static_cast<long>(depth), static_cast<long>(size), threads,
-      convs_only ? "convs" : "all",
-      sorted[sorted.size() / 2], all.c_str());
+      convs_only ? "convs" : "all", sorted[sorted.size() / 2], all.c_str());
   return 0;
 }
