@@ -30,9 +30,9 @@ namespace ihn_examples::nn {
 // ---------------------------------------------------------------------------------------------
 // Linear layers (linear.hpp)
 
-#if IHN_WITH_DNNL
 namespace {
 
+#if IHN_WITH_DNNL
 /// Row-major C (m x n) = op(A) op(B) + beta C: oneDNN's sgemm, threaded with OpenMP like the
 /// rest of LibTorch's CPU work (and serial when called inside a parallel region).
 void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a,
@@ -52,7 +52,28 @@ bool dnnl_applies(const torch::Tensor& x, const torch::Tensor& weight, const tor
          (!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0))) &&
          x.numel() > 0 && weight.numel() > 0;
 }
+#endif
 
+/// a·b for 2-d tensors, transposed as flagged, through oneDNN's sgemm for contiguous CPU float32
+/// operands (at::mm otherwise). No autograd: for hand-written backward passes.
+torch::Tensor matmul_2d(const torch::Tensor& a, bool transpose_a, const torch::Tensor& b,
+                        bool transpose_b) {
+  const auto lhs = transpose_a ? a.t() : a, rhs = transpose_b ? b.t() : b;
+#if IHN_WITH_DNNL
+  if (a.device().is_cpu() && b.device().is_cpu() && a.scalar_type() == torch::kFloat &&
+      b.scalar_type() == torch::kFloat && a.is_contiguous() && b.is_contiguous() && a.numel() > 0 &&
+      b.numel() > 0) {
+    const int64_t m = lhs.size(0), k = lhs.size(1), n = rhs.size(1);
+    auto c = torch::empty({m, n}, a.options());
+    sgemm(transpose_a, transpose_b, m, n, k, a.data_ptr<float>(), a.size(1), b.data_ptr<float>(),
+          b.size(1), 0.0f, c.data_ptr<float>(), n);
+    return c;
+  }
+#endif
+  return lhs.mm(rhs);
+}
+
+#if IHN_WITH_DNNL
 struct LinearFunction : torch::autograd::Function<LinearFunction> {
   // Without bias: an undefined tensor cannot be a Function input.
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
@@ -84,28 +105,19 @@ struct LinearFunction : torch::autograd::Function<LinearFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto& rows = saved[0];
     const auto& w = saved[1];
-    const int64_t m = rows.size(0), in = w.size(1), out = w.size(0);
-    auto grad = grad_outputs[0].reshape({m, out}).contiguous();
+    auto grad = grad_outputs[0].reshape({rows.size(0), w.size(0)}).contiguous();
     torch::Tensor grad_x, grad_w, grad_b;
-    if (ctx->needs_input_grad(0)) {  // dL/dx = dL/dy W
-      grad_x = torch::empty({m, in}, rows.options());
-      sgemm(false, false, m, in, out, grad.data_ptr<float>(), out, w.data_ptr<float>(), in, 0.0f,
-            grad_x.data_ptr<float>(), in);
-      grad_x = grad_x.view(ctx->saved_data["input_sizes"].toIntVector());
-    }
-    if (ctx->needs_input_grad(1)) {  // dL/dW = (dL/dy)ᵀ x
-      grad_w = torch::empty({out, in}, w.options());
-      sgemm(true, false, out, in, m, grad.data_ptr<float>(), out, rows.data_ptr<float>(), in, 0.0f,
-            grad_w.data_ptr<float>(), in);
-    }
+    if (ctx->needs_input_grad(0))  // dL/dx = dL/dy W
+      grad_x = matmul_2d(grad, false, w, false).view(ctx->saved_data["input_sizes"].toIntVector());
+    if (ctx->needs_input_grad(1)) grad_w = matmul_2d(grad, true, rows, false);  // (dL/dy)ᵀ x
     // (Past the inputs' count, an undefined gradient is dropped: the bias-free form has two.)
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_b = grad.sum(0);
     return {grad_x, grad_w, grad_b};
   }
 };
+#endif
 
 }  // namespace
-#endif
 
 bool linear_uses_dnnl() {
 #if IHN_WITH_DNNL
@@ -134,25 +146,6 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
 namespace {
 
 using torch::autograd::AutogradContext;
-
-/// a·b for 2-d tensors, transposed as flagged, through oneDNN's sgemm for contiguous CPU float32
-/// operands (at::mm otherwise). No autograd: for hand-written backward passes.
-torch::Tensor matmul_2d(const torch::Tensor& a, bool transpose_a, const torch::Tensor& b,
-                        bool transpose_b) {
-  const auto lhs = transpose_a ? a.t() : a, rhs = transpose_b ? b.t() : b;
-#if IHN_WITH_DNNL
-  if (a.device().is_cpu() && b.device().is_cpu() && a.scalar_type() == torch::kFloat &&
-      b.scalar_type() == torch::kFloat && a.is_contiguous() && b.is_contiguous() && a.numel() > 0 &&
-      b.numel() > 0) {
-    const int64_t m = lhs.size(0), k = lhs.size(1), n = rhs.size(1);
-    auto c = torch::empty({m, n}, a.options());
-    sgemm(transpose_a, transpose_b, m, n, k, a.data_ptr<float>(), a.size(1), b.data_ptr<float>(),
-          b.size(1), 0.0f, c.data_ptr<float>(), n);
-    return c;
-  }
-#endif
-  return lhs.mm(rhs);
-}
 
 c10::intrusive_ptr<SharedWeightLinear::Records> records_of(AutogradContext* ctx) {
   return c10::static_intrusive_pointer_cast<SharedWeightLinear::Records>(
@@ -194,6 +187,7 @@ struct StepLinearFunction : torch::autograd::Function<StepLinearFunction> {
                                c10::intrusive_ptr<SharedWeightLinear::Records> records) {
     const int64_t in = weight.size(1);
     auto rows = x.reshape({-1, in}).contiguous();
+    // LibTorch's product: on a step's few rows it is faster than oneDNN's (docs/performance.md).
     auto y = torch::addmm(bias, rows, weight.t());
     ctx->save_for_backward({rows, weight});
     ctx->saved_data["records"] = c10::IValue::make_capsule(std::move(records));
@@ -208,9 +202,13 @@ struct StepLinearFunction : torch::autograd::Function<StepLinearFunction> {
     const auto& rows = saved[0];
     const auto& weight = saved[1];
     auto grad = grads[0].reshape({rows.size(0), weight.size(0)}).contiguous();
-    auto records = records_of(ctx);
-    records->inputs.push_back(rows);
-    records->grads.push_back(grad);
+    // Only when this backward wants the weight's gradient: otherwise the gathering node does not
+    // run, and records left behind would count again in a later backward.
+    if (ctx->needs_input_grad(1)) {
+      auto records = records_of(ctx);
+      records->inputs.push_back(rows);
+      records->grads.push_back(grad);
+    }
     torch::Tensor grad_x;
     if (ctx->needs_input_grad(0))
       grad_x = matmul_2d(grad, false, weight.contiguous(), false)
