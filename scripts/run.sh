@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's main job: install packages, build the `ihn` tool, and run `ihn compare` on the
-# embedded synthetic data set with the CPU preset — 3 seeds x {without, with ihn}, two runs at
-# a time, 4–8 minutes on 2 cores after the build — ending with the side-by-side table
-# (also in runs/compare/compare.md and compare.json). Extra arguments go to `ihn compare`
-# (e.g. `scripts/run.sh --seeds 1 --out runs/quick`).
+# embedded synthetic data set with the calibrated benchmark (preset cpu-bench, docs/results.md):
+# a visual extractor pretrained once on a disjoint synthetic set (cached in runs/pretrain), then
+# 3 seeds x {without, with ihn} on 1,500 studies (300 test), two runs at a time — about 11
+# minutes on 2 cores after the build — ending with the side-by-side table (also in
+# runs/compare/compare.md and compare.json) and examples.md. Extra arguments go to
+# `ihn compare` (e.g. `scripts/run.sh --seeds 1 --out runs/quick`).
 #
 # `scripts/run.sh minimal [ARGS]` runs the minimal plug-in example instead (two toy encoders,
 # with and without ihn; seconds).
@@ -16,4 +18,4 @@ if [[ "${1:-}" == minimal ]]; then
 fi
 bash "$root/scripts/build.sh" --target ihn_tool
 cd "$root"
-exec "$root/build/bin/ihn" compare --preset cpu-small --out runs/compare "$@"
+exec "$root/build/bin/ihn" compare --preset cpu-bench --out runs/compare "$@"

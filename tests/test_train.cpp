@@ -9,6 +9,7 @@
 #include <data/synthetic.hpp>
 #include <train/models.hpp>
 #include <train/official_step.hpp>
+#include <train/pretrain.hpp>
 #include <train/train.hpp>
 
 #include <nlohmann/json.hpp>
@@ -481,6 +482,126 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   REQUIRE_THROWS_AS(ihn_examples::train::config_from_json(k), TrainError);
 }
 
+TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical selection)",
+          "[train]") {
+  namespace t = ihn_examples::train;
+  const auto root = ihn_test::scratch_dir("train_pretrained");
+  // The preset is what the main job runs.
+  TrainConfig bench;
+  t::apply_preset(bench, "cpu-bench");
+  CHECK(bench.pretrain);
+  CHECK(bench.freeze_visual);
+  CHECK(bench.select_metric == "clinical_f1_macro");
+  CHECK(bench.synth_studies * bench.synth_test_fraction >= 300);
+  CHECK(bench.pretrain_seed != bench.synth_seed);
+
+  // ihn pretrain at the tiny model's geometry: a file with held-out metrics, reused when asked
+  // again, refused for another configuration.
+  auto tiny_config = tiny((root / "run").string());
+  tiny_config.pretrain = true;
+  tiny_config.pretrain_studies = 40;
+  tiny_config.pretrain_epochs = 1;
+  tiny_config.pretrain_dir = (root / "cache").string();
+  auto p = t::pretrain_config_for(tiny_config);
+  p.threads = 1;
+  p.quiet = true;
+  p.batch_size = 8;
+  const std::string file = (root / "visual.pt").string();
+  const auto made = t::pretrain_visual_extractor(p, file);
+  REQUIRE_FALSE(made.reused);
+  const double auc = made.metrics.at("mean_auc").get<double>();
+  CHECK((auc >= 0 && auc <= 1));
+  CHECK(made.metrics.at("per_observation").size() == 14);
+  CHECK(t::ensure_pretrained(p, file).reused);
+  auto other = p;
+  other.epochs = 2;
+  REQUIRE_THROWS_AS(t::ensure_pretrained(other, file), TrainError);
+
+  // Training from it with the extractor frozen: the extractor (weights and batch-norm
+  // statistics) leaves training exactly as pretrained, the rest learns, and selection follows
+  // validation clinical F1.
+  auto c = tiny((root / "run").string());
+  c.visual_init = file;
+  c.freeze_visual = true;
+  c.select_metric = "clinical_f1_macro";
+  const auto r = t::train(c);
+  REQUIRE(r.epochs_done == 2);
+  const auto pretrained = ihn::load_state(file);
+  const auto trained = ihn::load_state(root / "run" / "last.pt");
+  int extractor_tensors = 0;
+  for (const auto& [name, value] : pretrained) {
+    if (name.rfind("visual_extractor.", 0) != 0) continue;
+    INFO(name);
+    REQUIRE(trained.count("model." + name));
+    REQUIRE(torch::equal(trained.at("model." + name), value));
+    ++extractor_tensors;
+  }
+  CHECK(extractor_tensors > 50);
+  bool decoder_moved = false;
+  {
+    auto fresh = tiny((root / "fresh").string());
+    fresh.epochs = 1;
+    fresh.stop_after = 1;  // one step from the same init: the decoder's start is the same
+    fresh.visual_init = file;
+    fresh.freeze_visual = true;
+    t::train(fresh);
+    const auto start = ihn::load_state(root / "fresh" / "last.pt");
+    for (const auto& [name, value] : trained)
+      if (name.rfind("model.encoder_decoder.", 0) == 0 && !torch::equal(value, start.at(name)))
+        decoder_moved = true;
+  }
+  CHECK(decoder_moved);
+  std::ifstream log((root / "run" / "log.jsonl").string());
+  std::string line;
+  double best = -1;
+  int best_epoch = 0;
+  while (std::getline(log, line)) {
+    const auto row = nlohmann::json::parse(line);
+    if (row.at("type") != "epoch") continue;
+    REQUIRE(row.contains("val_clinical_f1_macro"));
+    if (row.at("val_clinical_f1_macro").get<double>() > best) {
+      best = row.at("val_clinical_f1_macro").get<double>();
+      best_epoch = row.at("epoch").get<int>();
+    }
+  }
+  CHECK(r.best_epoch == best_epoch);
+  CHECK(r.best_val_score == best);
+
+  // The features computed once resume bit-exactly like everything else.
+  auto half = tiny((root / "half").string());
+  half.visual_init = file;
+  half.freeze_visual = true;
+  half.select_metric = "clinical_f1_macro";
+  half.stop_after = 5;  // 4 steps per epoch: stops inside epoch 2
+  REQUIRE(t::train(half).interrupted);
+  half.stop_after = 0;
+  half.resume = true;
+  REQUIRE(t::train(half).epoch_losses == r.epoch_losses);
+  require_identical(root / "run" / "last.pt", root / "half" / "last.pt");
+
+  // The evaluation of the frozen run needs nothing but its checkpoint.
+  t::EvaluateOptions eo;
+  eo.checkpoint = (root / "run" / "best.pt").string();
+  eo.bootstrap = 0;
+  std::filesystem::remove(file);
+  CHECK(t::evaluate_checkpoint(eo).contains("clinical"));
+
+  // Recipes that cannot mean what they say are refused.
+  auto bad = tiny((root / "bad").string());
+  bad.freeze_visual = true;
+  REQUIRE_THROWS_AS(t::validate(bad), TrainError);  // a frozen random extractor
+  bad = tiny((root / "bad").string());
+  bad.pretrain = true;
+  bad.pretrain_seed = bad.synth_seed;
+  REQUIRE_THROWS_AS(t::validate(bad), TrainError);  // pretraining on the scored set
+  bad = tiny((root / "bad").string());
+  bad.select_metric = "accuracy";
+  REQUIRE_THROWS_AS(t::validate(bad), TrainError);
+  bad = tiny((root / "bad").string());
+  bad.visual_init = (root / "absent.pt").string();
+  REQUIRE_THROWS_AS(t::validate(bad), TrainError);
+}
+
 TEST_CASE("compare: statistics find a real difference and none between equal runs", "[train]") {
   // Two seeds, 30 studies each; arm B copies the references except for 4 studies per seed.
   auto make = [](bool good, int seed) {
@@ -505,10 +626,20 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   std::vector<std::vector<nlohmann::json>> evals = {{make(false, 0), make(false, 1)},
                                                     {make(true, 0), make(true, 1)}};
   auto rows = ihn_examples::train::compare_evaluations(evals, 200, 0);
-  REQUIRE(rows.size() == 11);
+  // 11 overall rows, 3 on the abnormal studies, F1 of each of the 14 observations.
+  REQUIRE(rows.size() == 28);
   for (const auto& r : rows) {
     INFO(r.metric);
     REQUIRE(r.arms.size() == 1);
+    if (r.metric.rfind("F1 ", 0) == 0 && r.metric.find("Cardiomegaly") == std::string::npos &&
+        r.metric.find("Pleural Effusion") == std::string::npos &&
+        r.metric.find("No Finding") == std::string::npos) {
+      // Observations neither arm nor any reference mentions: F1 0 on both sides.
+      CHECK(r.mean_off == 0);
+      CHECK(r.arms[0].difference == 0);
+      CHECK_FALSE(r.arms[0].significant);
+      continue;
+    }
     if (r.metric == "distinct reports") {
       // Set-level: no bootstrap (a resample repeats studies and so changes the set itself).
       CHECK_FALSE(r.arms[0].bootstrapped);

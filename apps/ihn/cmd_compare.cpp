@@ -2,7 +2,10 @@
 // official) from the same seeds, evaluates every run on the test split and prints one
 // side-by-side table, each arm against the run without ihn, with significance.
 #include "command.hpp"
+#include "train/pretrain.hpp"
 #include "train_options.hpp"
+
+#include <ihn/eval/chexpert.hpp>
 
 #include <spawn.h>
 #include <sys/wait.h>
@@ -14,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 
 extern char** environ;
 
@@ -25,7 +29,7 @@ struct CompareArgs {
   int seeds = 3;
   uint64_t first_seed = 1;
   std::string model = "r2gen";
-  std::string preset = "cpu-small";
+  std::string preset = "cpu-bench";
   std::string out = "runs/compare";
   std::string device = "cpu";
   int threads = 0;
@@ -84,6 +88,68 @@ std::string arm_folder(const std::string& arm) {
   return arm == "off" ? "without" : arm == "paper" ? "with_ihn" : arm;
 }
 
+/// "Cardiomegaly, Pleural Effusion" (the labeller's positive observations) or "No Finding".
+std::string positive_findings(const std::string& report) {
+  const auto labels = ihn::eval::label_report(report);
+  std::string out;
+  for (int o = 0; o < ihn::eval::kNumObservations; ++o)
+    if (labels[static_cast<size_t>(o)] == ihn::eval::Label::positive)
+      out +=
+          (out.empty() ? "" : ", ") + std::string(ihn::eval::kObservations[static_cast<size_t>(o)]);
+  return out.empty() ? "none" : out;
+}
+
+/// Test studies of the first seed where the arms' reports differ, abnormal references first:
+/// each arm's report next to the reference, with the labeller's findings of each.
+nlohmann::json differing_examples(const std::vector<std::vector<nlohmann::json>>& evals,
+                                  const std::vector<std::string>& arms, size_t limit) {
+  const auto& first = evals[0][0].at("per_example_data");
+  const auto ids = first.at("ids").get<std::vector<std::string>>();
+  const auto refs = first.at("references").get<std::vector<std::string>>();
+  std::vector<std::vector<std::string>> hyps;
+  for (const auto& arm : evals)
+    hyps.push_back(arm[0].at("per_example_data").at("hypotheses").get<std::vector<std::string>>());
+  std::vector<size_t> abnormal, normal;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    bool differ = false;
+    for (size_t arm = 1; arm < hyps.size(); ++arm) differ = differ || hyps[arm][i] != hyps[0][i];
+    if (!differ) continue;
+    (positive_findings(refs[i]) == "none" || positive_findings(refs[i]) == "No Finding" ? normal
+                                                                                        : abnormal)
+        .push_back(i);
+  }
+  std::vector<size_t> chosen(
+      abnormal.begin(),
+      abnormal.begin() + static_cast<std::ptrdiff_t>(std::min(limit, abnormal.size())));
+  for (size_t i = 0; i < normal.size() && chosen.size() < limit; ++i) chosen.push_back(normal[i]);
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i : chosen) {
+    nlohmann::json e{
+        {"id", ids[i]}, {"reference", refs[i]}, {"reference_findings", positive_findings(refs[i])}};
+    for (size_t arm = 0; arm < arms.size(); ++arm)
+      e["arms"][arms[arm]] = {{"report", hyps[arm][i]},
+                              {"findings", positive_findings(hyps[arm][i])}};
+    out.push_back(e);
+  }
+  return out;
+}
+
+std::string examples_markdown(const nlohmann::json& examples, const std::vector<std::string>& arms,
+                              uint64_t seed, size_t differing) {
+  std::ostringstream o;
+  o << "Test studies of seed " << seed << " where the arms' reports differ (" << differing
+    << " of them; abnormal references first). Findings: the labeller's positive observations.\n";
+  for (const auto& e : examples) {
+    o << "\n### " << e.at("id").get<std::string>() << "\n\n"
+      << "- reference (" << e.at("reference_findings").get<std::string>()
+      << "): " << e.at("reference").get<std::string>() << "\n";
+    for (const auto& arm : arms)
+      o << "- " << arm << " (" << e.at("arms").at(arm).at("findings").get<std::string>()
+        << "): " << e.at("arms").at(arm).at("report").get<std::string>() << "\n";
+  }
+  return o.str();
+}
+
 void run_compare(CompareArgs& a) {
   if (a.seeds < 1) throw ihn::cli::CommandError("--seeds must be >= 1");
   const auto arms = parse_arms(a.arms);
@@ -130,6 +196,21 @@ void run_compare(CompareArgs& a) {
     std::printf("ihn compare: %d seed(s) x {%s}, preset %s, %d run(s) at a time, output %s\n",
                 a.seeds, a.arms.c_str(), a.preset.c_str(), a.jobs, a.out.c_str());
   std::fflush(stdout);
+  // One pretrained extractor for every run, made here (with all the runs' threads) before
+  // they start, so parallel runs neither race to write it nor train it twice.
+  if (!a.table_only && runs.front().config.pretrain && runs.front().config.visual_init.empty()) {
+    const TrainConfig& c = runs.front().config;
+    auto p = ihn_examples::train::pretrain_config_for(c);
+    p.threads = (a.threads > 0 ? a.threads : 1) * a.jobs;
+    p.label = "[pretrain]";
+    const std::string path = c.pretrain_dir + "/" + ihn_examples::train::pretrain_cache_name(p);
+    const auto r = ihn_examples::train::ensure_pretrained(p, path);
+    if (r.reused)
+      std::printf("[pretrain] reusing %s (held-out mean AUC %.3f)\n", path.c_str(),
+                  r.metrics.value("mean_auc", 0.0));
+    std::fflush(stdout);
+    for (auto& run : runs) run.config.visual_init = path;
+  }
   size_t next = a.table_only ? runs.size() : 0, done = a.table_only ? runs.size() : 0;
   int running = 0;
   bool failed = false;
@@ -196,6 +277,19 @@ void run_compare(CompareArgs& a) {
   j["arms"] = arms;
   j["seconds"] = elapsed();
   j["rows"] = ihn_examples::train::compare_json(rows, arms);
+  {
+    size_t differing = 0;
+    const auto& d0 = evals[0][0].at("per_example_data").at("hypotheses");
+    for (size_t i = 0; i < d0.size(); ++i) {
+      bool differ = false;
+      for (size_t arm = 1; arm < evals.size(); ++arm)
+        differ = differ || evals[arm][0].at("per_example_data").at("hypotheses")[i] != d0[i];
+      differing += differ;
+    }
+    j["examples"] = differing_examples(evals, arms, 8);
+    std::ofstream(a.out + "/examples.md")
+        << examples_markdown(j["examples"], arms, a.first_seed, differing);
+  }
   std::ofstream(a.out + "/compare.json") << j.dump(2) << "\n";
   const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
   std::printf("\n");
@@ -225,7 +319,10 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--first-seed", args->first_seed, "Seeds are first-seed, first-seed+1, ...")
       ->capture_default_str();
   cmd->add_option("--model", args->model, "Generator: r2gen or cmn")->capture_default_str();
-  cmd->add_option("--preset", args->preset, "Recipe: cpu-small or paper")->capture_default_str();
+  cmd->add_option("--preset", args->preset,
+                  "Recipe: cpu-bench (the calibrated main job), cpu-bench-full, gpu-bench, "
+                  "cpu-small or paper")
+      ->capture_default_str();
   cmd->add_option("--out", args->out, "Output folder")->capture_default_str();
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", args->threads,
@@ -245,16 +342,24 @@ void add_compare_command(CLI::App& app) {
   ihn (off), with --ihn paper, and with --arms ...,official also with --ihn official (the
   authors' released recipe; one view unless --views is given, mined negatives unless
   --negatives-file is) — with the same initialisation, data order and augmentation, selects
-  each run's best epoch on validation BLEU-4 and evaluates it on the test split. Give
-  --views 2 (or 1) to feed every arm the same views.
+  each run's best epoch on the recipe's validation score (--select-metric) and evaluates it on
+  the test split. Give --views 2 (or 1) to feed every arm the same views.
+
+  The default preset, cpu-bench, is the calibrated benchmark of docs/results.md: 1,500
+  synthetic studies (300 test, half of them abnormal), R2Gen at the cpu-small size, its visual
+  extractor pretrained first as a 14-observation classifier on a disjoint synthetic set (once;
+  cached in --pretrain-dir and reused) and kept fixed, 14 epochs, best epoch on validation
+  clinical F1 (macro). About 11 minutes on 2 cores, the pretraining included.
 
 TABLE
-  BLEU-1..4, METEOR variant, ROUGE-L, CIDEr, clinical F1 micro/macro, retrieval R@1
-  (image -> report, from the model's features) and the share of distinct reports: the mean
+  BLEU-1..4, METEOR variant, ROUGE-L, CIDEr, clinical F1 micro/macro, the same F1s and
+  BLEU-4 on the abnormal studies alone (a reference with a finding), F1 of each of the 14
+  observations, retrieval R@1 (image -> report, from the model's features) and the share of
+  distinct reports: the mean
   over seeds ± the 95% t interval over seeds for each arm, and for each arm the difference
   (arm − off) with a paired bootstrap over seeds x test studies: its 95% interval and
   two-sided p-value.
-  "significant" means p < 0.05 (no correction for the 10 metrics tested). The share of
+  "significant" means p < 0.05 (no correction for the 27 metrics tested). The share of
   distinct reports is a property of the set of reports, which a resample of studies changes,
   so it gets no interval or p-value ("n/a"): compare its means and "seeds +/=/-". The bootstrap
   resamples studies, not seeds: "seeds +/=/-" counts the seeds where ihn is better, equal or
@@ -263,7 +368,10 @@ TABLE
 OUTPUT (in --out)
   seed_S/without, seed_S/with_ihn,  each a full `ihn train` run folder (replaced when they
   seed_S/official                   already hold a run: compare always trains afresh)
-  compare.md, compare.json          the table
+  compare.md, compare.json          the table (compare.json also holds the examples)
+  examples.md                       test studies of the first seed where the arms' reports
+                                    differ, abnormal first: each arm's report, the reference,
+                                    and the labeller's findings of each
   curves.png                        training loss and validation BLEU-4 of every run (gnuplot)
 
 EXAMPLES

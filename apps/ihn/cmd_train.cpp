@@ -77,9 +77,9 @@ void run_train(TrainArgs& a) {
   }
   if (c.quiet) return;
   const std::string label = c.label.empty() ? "" : c.label + " ";
-  std::printf("%sdone: %d epochs in %.0f s; best validation BLEU-4 %.4f at epoch %d (%s/best.pt)\n",
-              label.c_str(), r.epochs_done, r.seconds, r.best_val_bleu4, r.best_epoch,
-              c.out.c_str());
+  std::printf("%sdone: %d epochs in %.0f s; best validation %s %.4f at epoch %d (%s/best.pt)\n",
+              label.c_str(), r.epochs_done, r.seconds, c.select_metric.c_str(), r.best_val_score,
+              r.best_epoch, c.out.c_str());
   if (!r.test.is_null())
     std::printf(
         "%stest (best.pt): BLEU-4 %.4f  ROUGE-L %.4f  CIDEr %.4f  retrieval R@1 %.4f "

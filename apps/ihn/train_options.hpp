@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace ihn::cli {
@@ -29,13 +30,32 @@ class RecipeOptions {
     add(cmd, "--lr-gamma", s.lr_gamma, "StepLR factor (0.1)", &C::lr_gamma);
     add(cmd, "--grad-clip", s.grad_clip, "Clip gradients by value (0.1; 0 = off)", &C::grad_clip);
     add(cmd, "--early-stop", s.early_stop,
-        "Stop after this many epochs without a better validation BLEU-4 (50)", &C::early_stop);
+        "Stop after this many epochs without a better validation score (50)", &C::early_stop);
+    add(cmd, "--select-metric", s.select_metric,
+        "Validation score that picks best.pt: BLEU_4 (R2Gen's), clinical_f1_macro or CIDEr",
+        &C::select_metric);
     add(cmd, "--beam-size", s.beam_size, "Beam size for validation and test decoding (3)",
         &C::beam_size);
     add(cmd, "--max-seq-length", s.max_seq_length, "Tokens per report incl. BOS/EOS (60)",
         &C::max_seq_length);
     add(cmd, "--threshold", s.threshold, "Vocabulary: minimum count in train (3)", &C::threshold);
     add(cmd, "--visual-depth", s.visual_depth, "ResNet depth: 18, 34, 50 or 101", &C::visual_depth);
+    add(cmd, "--visual-init", s.visual_init,
+        "Start the visual extractor from this `ihn pretrain` file", &C::visual_init);
+    add(cmd, "--pretrain", s.pretrain,
+        "Pretrain the visual extractor first as a 14-observation classifier on a disjoint "
+        "synthetic set (cached in --pretrain-dir and reused)",
+        &C::pretrain);
+    add(cmd, "--pretrain-studies", s.pretrain_studies, "Pretraining set: studies (2400)",
+        &C::pretrain_studies);
+    add(cmd, "--pretrain-seed", s.pretrain_seed,
+        "Pretraining set: synthetic seed, not the generator's (1000)", &C::pretrain_seed);
+    add(cmd, "--pretrain-epochs", s.pretrain_epochs, "Pretraining epochs (8)", &C::pretrain_epochs);
+    add(cmd, "--pretrain-dir", s.pretrain_dir, "Cache of pretrained extractors (runs/pretrain)",
+        &C::pretrain_dir);
+    add(cmd, "--freeze-visual", s.freeze_visual,
+        "Keep the (pretrained) visual extractor fixed: no gradient, batch norm in inference mode",
+        &C::freeze_visual);
     add(cmd, "--d-model", s.d_model, "Transformer width (paper 512)", &C::d_model);
     add(cmd, "--d-ff", s.d_ff, "Feed-forward width (paper 512)", &C::d_ff);
     add(cmd, "--num-layers", s.num_layers, "Encoder and decoder layers (paper 3)", &C::num_layers);
@@ -57,6 +77,12 @@ class RecipeOptions {
     add(cmd, "--synth-seed", s.synth_seed, "Synthetic set: seed (0)", &C::synth_seed);
     add(cmd, "--synth-image-size", s.synth_image_size, "Synthetic set: rendered image side",
         &C::synth_image_size);
+    add(cmd, "--synth-val-fraction", s.synth_val_fraction,
+        "Synthetic set: share of studies in the validation split (0.1)", &C::synth_val_fraction);
+    add(cmd, "--synth-test-fraction", s.synth_test_fraction,
+        "Synthetic set: share of studies in the test split (0.2)", &C::synth_test_fraction);
+    add(cmd, "--synth-normal-fraction", s.synth_normal_fraction,
+        "Synthetic set: share of studies without findings (0.667)", &C::synth_normal_fraction);
     add(cmd, "--bootstrap", s.bootstrap, "Resamples for the test-set intervals (1000)",
         &C::bootstrap);
     if (with_ihn) {
@@ -95,7 +121,11 @@ class RecipeOptions {
   template <class T>
   void add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
            T ihn_examples::train::TrainConfig::*member) {
-    CLI::Option* opt = cmd->add_option(flag, target, help);
+    CLI::Option* opt = nullptr;
+    if constexpr (std::is_same_v<T, bool>)  // --pretrain and --no-pretrain (a preset may set it)
+      opt = cmd->add_flag(flag + ",!--no-" + flag.substr(2), target, help);
+    else
+      opt = cmd->add_option(flag, target, help);
     appliers_.push_back([opt, member, this](ihn_examples::train::TrainConfig& c) {
       if (opt->count() > 0) c.*member = scratch_.*member;
     });

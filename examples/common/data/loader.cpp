@@ -82,6 +82,12 @@ ReportDataset ReportDataset::with_epoch(int64_t epoch) const {
   return copy;
 }
 
+ReportDataset ReportDataset::with_transform(const TransformOptions& transform) const {
+  ReportDataset copy = *this;
+  copy.options_.transform = transform;
+  return copy;
+}
+
 SeededSampler::SeededSampler(size_t size, bool shuffle, uint64_t seed, int64_t epoch)
     : shuffle_(shuffle), seed_(seed), epoch_(epoch) {
   reset(size);

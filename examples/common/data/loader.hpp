@@ -67,6 +67,8 @@ class ReportDataset : public torch::data::datasets::Dataset<ReportDataset, Repor
 
   /// A copy for another epoch (shares studies, ids and images; changes the augmentation).
   ReportDataset with_epoch(int64_t epoch) const;
+  /// A copy with another image transform (shares studies, ids and images).
+  ReportDataset with_transform(const TransformOptions& transform) const;
   const ReportDatasetOptions& options() const { return options_; }
   const Study& study(size_t index) const { return shared_->studies.at(index); }
   const std::vector<int64_t>& ids(size_t index) const { return shared_->ids.at(index); }

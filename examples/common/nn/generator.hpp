@@ -17,20 +17,32 @@
 
 namespace ihn_examples::nn {
 
-/// One teacher-forced pass: visual tokens, the encoder-decoder's intermediates and log-probs,
-/// image features (mean of the encoder output over the visual tokens) and report features
-/// (masked mean of the final decoder states).
+/// One teacher-forced pass from the visual extractor's output (att_feats (B, N, C), fc_feats
+/// (B, views*C)), e.g. features computed once for a frozen extractor: visual tokens, the
+/// encoder-decoder's intermediates and log-probs, image features (mean of the encoder output over
+/// the visual tokens) and report features (masked mean of the final decoder states).
 template <class Output, class Model>
-Output generator_forward(Model& model, const torch::Tensor& images,
-                         const torch::Tensor& reports_ids, const torch::Tensor& reports_masks) {
+Output generator_forward_features(Model& model, torch::Tensor att_feats, torch::Tensor fc_feats,
+                                  const torch::Tensor& reports_ids,
+                                  const torch::Tensor& reports_masks) {
   Output out;
-  std::tie(out.att_feats, out.fc_feats) = model.visual_features(images);
+  out.att_feats = std::move(att_feats);
+  out.fc_feats = std::move(fc_feats);
   out.details = model.encoder_decoder->forward(out.att_feats, reports_ids);
   out.logprobs = out.details.logprobs;
   out.image_features = out.details.encoder_out.mean(1);
   out.report_features =
       masked_mean(out.details.decoder_out, decoder_input_mask(reports_ids, reports_masks));
   return out;
+}
+
+/// The teacher-forced pass from images: the views through the visual extractor first.
+template <class Output, class Model>
+Output generator_forward(Model& model, const torch::Tensor& images,
+                         const torch::Tensor& reports_ids, const torch::Tensor& reports_masks) {
+  auto [att_feats, fc_feats] = model.visual_features(images);
+  return generator_forward_features<Output>(model, std::move(att_feats), std::move(fc_feats),
+                                            reports_ids, reports_masks);
 }
 
 /// The image features alone (no decoder pass).

@@ -37,12 +37,29 @@ struct TrainConfig {
   int synth_studies = 300;
   uint64_t synth_seed = 0;
   int synth_image_size = 64;  ///< rendered synthetic images, pixels per side
-  int resize = 72;            ///< train: shorter side before the random crop; eval: to crop
+  /// Synthetic set: shares of the studies in the validation and test splits (the rest trains).
+  double synth_val_fraction = 0.1, synth_test_fraction = 0.2;
+  /// Synthetic set: share of studies drawn without findings (2/3, as in IU X-Ray's reports).
+  double synth_normal_fraction = 2.0 / 3.0;
+  int resize = 72;  ///< train: shorter side before the random crop; eval: to crop
   int crop = 64;
   int threshold = 3;
   int max_seq_length = 60;
   // Model (R2GenOptions).
   int visual_depth = 18;
+  /// A pretrained visual extractor to start from: a file of `ihn pretrain` ("" = from scratch,
+  /// or the cached pretraining below when `pretrain` is set).
+  std::string visual_init;
+  /// Pretrain the extractor first (cached under pretrain_dir, reused when it exists): a
+  /// 14-observation classifier on pretrain_studies synthetic studies of pretrain_seed.
+  bool pretrain = false;
+  int pretrain_studies = 2400;
+  uint64_t pretrain_seed = 1000;
+  int pretrain_epochs = 8;
+  std::string pretrain_dir = "runs/pretrain";
+  /// Keep the visual extractor fixed (no gradient, batch norm in inference mode): the decoder
+  /// learns on the pretrained features instead of pulling them towards the language prior.
+  bool freeze_visual = false;
   int d_model = 128, d_ff = 128, num_heads = 4, num_layers = 1;
   int rm_num_slots = 3, rm_num_heads = 4, rm_d_model = 128;
   double dropout = 0.1, drop_prob_lm = 0.5;
@@ -66,7 +83,10 @@ struct TrainConfig {
   double lr_gamma = 0.1;
   double grad_clip = 0.1;  ///< clip gradients by value; <= 0 disables
   uint64_t seed = 9223;
-  int early_stop = 50;  ///< epochs without a better validation BLEU-4 before stopping
+  int early_stop = 50;  ///< epochs without a better validation score before stopping
+  /// Validation score that picks best.pt: BLEU_4 (R2Gen's), clinical_f1_macro (the CheXpert-style
+  /// labeller's macro F1 against the references) or CIDEr.
+  std::string select_metric = "BLEU_4";
   // Decoding for validation/test.
   int beam_size = 3;
   // ihn (HardNegativeCallback).
@@ -108,8 +128,8 @@ int views_of(const TrainConfig& config);
 struct TrainResult {
   int epochs_done = 0;
   int best_epoch = 0;
-  double best_val_bleu4 = 0;
-  bool interrupted = false;  ///< SIGINT/SIGTERM or stop_after: last.pt holds the state
+  double best_val_score = 0;  ///< of TrainConfig::select_metric
+  bool interrupted = false;   ///< SIGINT/SIGTERM or stop_after: last.pt holds the state
   double seconds = 0;
   std::vector<double> epoch_losses;  ///< mean training loss per epoch, from epoch 1
   nlohmann::json test;               ///< evaluate() of best.pt on the test split (when finished)
