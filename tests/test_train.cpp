@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <limits>
 #include <string>
 
 namespace {
@@ -97,10 +98,21 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   part.resume = true;
   REQUIRE(ihn_examples::train::train(part).interrupted);  // steps 4..6 cross into epoch 2
   part.stop_after = 0;
+  part.epochs = 0;  // what `ihn train --resume` without --epochs passes: the run's own count
   const auto r_part = ihn_examples::train::train(part);
   REQUIRE_FALSE(r_part.interrupted);
+  REQUIRE(r_part.epochs_done == 2);
   REQUIRE(r_part.epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
+
+  // A best.pt that is not the epoch last.pt calls best (a folder changed under the run) is
+  // refused instead of scored as if it were.
+  auto stale = ihn::load_state(root / "full" / "best.pt");
+  stale["trainer.epoch"] = torch::tensor(99.0, torch::kFloat64);
+  ihn::save_state(stale, root / "full" / "best.pt");
+  auto again = tiny((root / "full").string());
+  again.resume = true;
+  REQUIRE_THROWS_WITH(ihn_examples::train::train(again), Catch::Contains("best.pt holds epoch 99"));
 
   // A different seed really trains differently (the comparison above can fail).
   auto other = tiny((root / "other").string());
@@ -474,6 +486,34 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   auto r = tiny(ihn_test::scratch_dir("train_noresume").string());
   r.resume = true;
   REQUIRE_THROWS_WITH(ihn_examples::train::train(r), Catch::Contains("last.pt"));
+  // Numbers out of range or not finite (issue 13: SIGFPE with zero heads; NaN options trained
+  // and wrote checkpoints that could not be read back).
+  auto refused = [](auto change, const std::string& flag) {
+    auto b = tiny("unused");
+    change(b);
+    INFO(flag);
+    REQUIRE_THROWS_WITH(ihn_examples::train::validate(b), Catch::Contains(flag));
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  refused([](TrainConfig& b) { b.num_heads = 0; }, "--num-heads");
+  refused([](TrainConfig& b) { b.num_heads = 3; }, "--num-heads");
+  refused([](TrainConfig& b) { b.rm_num_heads = 0; }, "--rm-num-heads");
+  refused([](TrainConfig& b) { b.d_model = -5; }, "--d-model");
+  refused([&](TrainConfig& b) { b.grad_clip = nan; }, "--grad-clip");
+  refused([&](TrainConfig& b) { b.lr_gamma = nan; }, "--lr-gamma");
+  refused([&](TrainConfig& b) { b.lr_ed = inf; }, "--lr-ed");
+  refused([](TrainConfig& b) { b.threads = -4; }, "--threads");
+  refused([](TrainConfig& b) { b.stop_after = -1; }, "--stop-after");
+  refused([](TrainConfig& b) { b.bootstrap = -5; }, "--bootstrap");
+  refused([](TrainConfig& b) { b.beam_size = 0; }, "--beam-size");
+  refused([](TrainConfig& b) { b.max_seq_length = 2; }, "--max-seq-length");
+  refused(
+      [](TrainConfig& b) {
+        b.model = "cmn";
+        b.topk = 0;
+      },
+      "--topk");
   // The config survives JSON, and unknown keys are refused.
   const auto j = ihn_examples::train::to_json(tiny("x"));
   REQUIRE(ihn_examples::train::to_json(ihn_examples::train::config_from_json(j)) == j);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -36,6 +37,7 @@ struct CompareArgs {
   int resamples = 1000;
   int jobs = 2;
   bool table_only = false;
+  bool reuse = false;
   std::string arms = "off,paper";
   std::shared_ptr<ihn::cli::RecipeOptions> recipe;
 };
@@ -88,6 +90,40 @@ std::string arm_folder(const std::string& arm) {
   return arm == "off" ? "without" : arm == "paper" ? "with_ihn" : arm;
 }
 
+/// The run folder of `c` holds a finished run (test.json) of the same recipe: only where it
+/// runs, how it prints and its folder may differ.
+bool same_recipe_finished(const TrainConfig& c) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(c.out + "/test.json") || !fs::exists(c.out + "/config.json")) return false;
+  nlohmann::json there;
+  try {
+    std::ifstream in(c.out + "/config.json");
+    there = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+  nlohmann::json here = ihn_examples::train::to_json(c);
+  try {  // views 0 means the default: compare the views the runs actually fed
+    there["views"] = ihn_examples::train::views_of(ihn_examples::train::config_from_json(there));
+  } catch (const std::exception&) {
+    return false;
+  }
+  here["views"] = ihn_examples::train::views_of(c);
+  for (const char* runtime : {"out", "label", "threads", "quiet", "plots", "device", "resume",
+                              "stop_after", "channels_last", "visual_init", "pretrain_dir"}) {
+    here.erase(runtime);
+    there.erase(runtime);
+  }
+  if (c.ihn == "off")  // options of the ihn arms: an ablation of them shares the off runs
+    for (const char* ihn_option :
+         {"negatives", "ihn_weight", "temperature", "schedule", "ascent_steps", "alignment",
+          "negatives_file", "official_legacy"}) {
+      here.erase(ihn_option);
+      there.erase(ihn_option);
+    }
+  return here == there;
+}
+
 /// "Cardiomegaly, Pleural Effusion" (the labeller's positive observations) or "No Finding".
 std::string positive_findings(const std::string& report) {
   const auto labels = ihn::eval::label_report(report);
@@ -99,29 +135,37 @@ std::string positive_findings(const std::string& report) {
   return out.empty() ? "none" : out;
 }
 
-/// Test studies of the first seed where the arms' reports differ, abnormal references first:
-/// each arm's report next to the reference, with the labeller's findings of each.
+/// Test studies of the first seed where the arms' reports differ: first those where the
+/// labeller's findings differ (abnormal references first), then those that differ in wording
+/// alone. Each arm's report next to the reference, with the findings of each.
 nlohmann::json differing_examples(const std::vector<std::vector<nlohmann::json>>& evals,
-                                  const std::vector<std::string>& arms, size_t limit) {
+                                  const std::vector<std::string>& arms, size_t limit,
+                                  size_t* differ_text, size_t* differ_findings) {
   const auto& first = evals[0][0].at("per_example_data");
   const auto ids = first.at("ids").get<std::vector<std::string>>();
   const auto refs = first.at("references").get<std::vector<std::string>>();
   std::vector<std::vector<std::string>> hyps;
   for (const auto& arm : evals)
     hyps.push_back(arm[0].at("per_example_data").at("hypotheses").get<std::vector<std::string>>());
-  std::vector<size_t> abnormal, normal;
+  // Four tiers: findings differ (abnormal reference, normal reference), wording only (same).
+  std::vector<size_t> tiers[4];
+  *differ_text = *differ_findings = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
-    bool differ = false;
-    for (size_t arm = 1; arm < hyps.size(); ++arm) differ = differ || hyps[arm][i] != hyps[0][i];
-    if (!differ) continue;
-    (positive_findings(refs[i]) == "none" || positive_findings(refs[i]) == "No Finding" ? normal
-                                                                                        : abnormal)
-        .push_back(i);
+    bool text = false, findings = false;
+    for (size_t arm = 1; arm < hyps.size(); ++arm) {
+      text = text || hyps[arm][i] != hyps[0][i];
+      findings = findings || positive_findings(hyps[arm][i]) != positive_findings(hyps[0][i]);
+    }
+    if (!text) continue;
+    ++*differ_text;
+    *differ_findings += findings;
+    const bool normal = positive_findings(refs[i]) == "No Finding";
+    tiers[(findings ? 0 : 2) + (normal ? 1 : 0)].push_back(i);
   }
-  std::vector<size_t> chosen(
-      abnormal.begin(),
-      abnormal.begin() + static_cast<std::ptrdiff_t>(std::min(limit, abnormal.size())));
-  for (size_t i = 0; i < normal.size() && chosen.size() < limit; ++i) chosen.push_back(normal[i]);
+  std::vector<size_t> chosen;
+  for (const auto& tier : tiers)
+    for (size_t i : tier)
+      if (chosen.size() < limit) chosen.push_back(i);
   nlohmann::json out = nlohmann::json::array();
   for (size_t i : chosen) {
     nlohmann::json e{
@@ -135,10 +179,12 @@ nlohmann::json differing_examples(const std::vector<std::vector<nlohmann::json>>
 }
 
 std::string examples_markdown(const nlohmann::json& examples, const std::vector<std::string>& arms,
-                              uint64_t seed, size_t differing) {
+                              uint64_t seed, size_t differ_text, size_t differ_findings) {
   std::ostringstream o;
-  o << "Test studies of seed " << seed << " where the arms' reports differ (" << differing
-    << " of them; abnormal references first). Findings: the labeller's positive observations.\n";
+  o << "Test studies of seed " << seed << " where the arms' reports differ: " << differ_text
+    << " differ in wording, " << differ_findings
+    << " of them in the labeller's findings (listed first, abnormal references first). "
+       "Findings: the labeller's positive observations.\n";
   for (const auto& e : examples) {
     o << "\n### " << e.at("id").get<std::string>() << "\n\n"
       << "- reference (" << e.at("reference_findings").get<std::string>()
@@ -165,6 +211,27 @@ void run_compare(CompareArgs& a) {
     TrainConfig config;
     int arm = 0;
     pid_t pid = 0;
+    double started = -1, finished = -1;  ///< seconds since the start of compare
+  };
+  // Seconds left: the mean duration of the finished runs for every run not started, `jobs` at a
+  // time, after the longest remainder of the running ones.
+  auto seconds_left = [&](const std::vector<Run>& all) {
+    double sum = 0;
+    int finished = 0, waiting = 0;
+    for (const auto& r : all)
+      if (r.finished > r.started) {
+        sum += r.finished - r.started;
+        ++finished;
+      }
+    if (finished == 0) return 0.0;
+    const double mean = sum / finished;
+    double running_left = 0;
+    for (const auto& r : all) {
+      if (r.started < 0 && r.finished < 0) ++waiting;
+      if (r.started >= 0 && r.finished < 0)
+        running_left = std::max(running_left, mean - (elapsed() - r.started));
+    }
+    return running_left + std::ceil(static_cast<double>(waiting) / a.jobs) * mean;
   };
   std::vector<Run> runs;
   for (int s = 0; s < a.seeds; ++s)
@@ -217,6 +284,14 @@ void run_compare(CompareArgs& a) {
   while (done < runs.size()) {
     while (!failed && running < a.jobs && next < runs.size()) {
       auto& r = runs[next++];
+      if (a.reuse && same_recipe_finished(r.config)) {
+        ++done;
+        r.started = r.finished = 0;  // no duration: left out of the estimate
+        std::printf("%s reusing the finished run in %s — %zu/%zu runs done\n",
+                    r.config.label.c_str(), r.config.out.c_str(), done, runs.size());
+        std::fflush(stdout);
+        continue;
+      }
       std::filesystem::create_directories(r.config.out);
       if (std::filesystem::exists(r.config.out + "/last.pt"))
         std::filesystem::remove_all(r.config.out);  // a fresh run, not a resumed one
@@ -224,6 +299,7 @@ void run_compare(CompareArgs& a) {
       const std::string file = r.config.out + "/config.json";
       std::ofstream(file) << ihn_examples::train::to_json(r.config).dump(2) << "\n";
       r.pid = spawn_run(file);
+      r.started = elapsed();
       ++running;
     }
     if (running == 0) break;
@@ -244,13 +320,14 @@ void run_compare(CompareArgs& a) {
                        r.config.label.c_str(), r.config.out.c_str());
           break;
         }
+        r.finished = elapsed();
         const auto t = read_json(r.config.out + "/test.json");
         std::printf(
             "%s test BLEU-4 %.4f, R@1 %.4f — %zu/%zu runs done, %.0f s elapsed, ~%.0f s "
             "left\n",
             r.config.label.c_str(), t.at("BLEU_4").get<double>(),
             t.at("retrieval").at("image_to_report").at("R@1").get<double>(), done, runs.size(),
-            elapsed(), elapsed() / done * (runs.size() - done));
+            elapsed(), seconds_left(runs));
         std::fflush(stdout);
       }
   }
@@ -278,17 +355,12 @@ void run_compare(CompareArgs& a) {
   j["seconds"] = elapsed();
   j["rows"] = ihn_examples::train::compare_json(rows, arms);
   {
-    size_t differing = 0;
-    const auto& d0 = evals[0][0].at("per_example_data").at("hypotheses");
-    for (size_t i = 0; i < d0.size(); ++i) {
-      bool differ = false;
-      for (size_t arm = 1; arm < evals.size(); ++arm)
-        differ = differ || evals[arm][0].at("per_example_data").at("hypotheses")[i] != d0[i];
-      differing += differ;
-    }
-    j["examples"] = differing_examples(evals, arms, 8);
+    size_t differ_text = 0, differ_findings = 0;
+    j["examples"] = differing_examples(evals, arms, 8, &differ_text, &differ_findings);
+    j["examples_differ_text"] = differ_text;
+    j["examples_differ_findings"] = differ_findings;
     std::ofstream(a.out + "/examples.md")
-        << examples_markdown(j["examples"], arms, a.first_seed, differing);
+        << examples_markdown(j["examples"], arms, a.first_seed, differ_text, differ_findings);
   }
   std::ofstream(a.out + "/compare.json") << j.dump(2) << "\n";
   const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
@@ -327,6 +399,9 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", args->threads,
                   "Intra-op threads per run (default 1 when runs go in parallel)");
+  cmd->add_flag("--reuse", args->reuse,
+                "Keep the runs in --out that finished with the same recipe (an interrupted "
+                "comparison, or the off arm copied in for an ablation) instead of retraining");
   cmd->add_flag("--table-only", args->table_only,
                 "Train nothing: tabulate the finished runs already in --out (same --seeds)");
   cmd->add_option("--jobs", args->jobs, "Runs trained at the same time (separate processes)")

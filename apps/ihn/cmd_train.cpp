@@ -47,6 +47,8 @@ void run_train(TrainArgs& a) {
   if (!from_file || a.device_opt->count() > 0) c.device = a.config.device;
   if (!from_file || a.threads_opt->count() > 0) c.threads = a.config.threads;
   c.resume = a.config.resume;
+  // Resumed without --epochs, a run keeps its own epoch count, not the preset's.
+  if (c.resume && !from_file && !a.recipe->given("--epochs")) c.epochs = 0;
   if (!from_file || a.config.stop_after > 0) c.stop_after = a.config.stop_after;
   if (!from_file || a.config.quiet) c.quiet = a.config.quiet;
   if (a.nchw) c.channels_last = false;

@@ -7,6 +7,7 @@
 #include "train/train.hpp"
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -100,6 +101,9 @@ class RecipeOptions {
         &C::schedule);
     add(cmd, "--ascent-steps", s.ascent_steps, "ihn: gradient-ascent steps of the max step (5)",
         &C::ascent_steps);
+    add(cmd, "--alignment", s.alignment,
+        "ihn: the alignment term, info_nce (the paper's) or hinge (triplet margin 0.2)",
+        &C::alignment);
     add(cmd, "--negatives-file", s.negatives_file,
         "ihn official: negative pairs from `ihn data negatives` (default: mined at start-up "
         "with the same code)",
@@ -117,6 +121,12 @@ class RecipeOptions {
     for (const auto& a : appliers_) a(config);
   }
 
+  /// Whether `flag` (e.g. "--epochs") was on the command line.
+  bool given(const std::string& flag) const {
+    auto it = options_.find(flag);
+    return it != options_.end() && it->second->count() > 0;
+  }
+
  private:
   template <class T>
   void add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
@@ -126,12 +136,14 @@ class RecipeOptions {
       opt = cmd->add_flag(flag + ",!--no-" + flag.substr(2), target, help);
     else
       opt = cmd->add_option(flag, target, help);
+    options_[flag] = opt;
     appliers_.push_back([opt, member, this](ihn_examples::train::TrainConfig& c) {
       if (opt->count() > 0) c.*member = scratch_.*member;
     });
   }
 
   ihn_examples::train::TrainConfig scratch_;
+  std::map<std::string, CLI::Option*> options_;
   std::vector<std::function<void(ihn_examples::train::TrainConfig&)>> appliers_;
 };
 

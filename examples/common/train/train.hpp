@@ -96,6 +96,9 @@ struct TrainConfig {
   double temperature = 0.07;
   std::string schedule = "exp:0.01";  ///< exp:ALPHA | linear:RAMP | cosine:RAMP | const:LAMBDA
   int ascent_steps = 5;
+  /// ihn paper: the alignment term, info_nce (the paper's) or hinge (a triplet margin of 0.2 on
+  /// cosine similarities, the library's variant).
+  std::string alignment = "info_nce";
   /// --ihn official: `ihn data negatives` output; empty = mine the same pairs at start-up.
   std::string negatives_file;
   /// --ihn official: the release's B x B projection (mixes every sample with all others).
