@@ -17,9 +17,10 @@ declare -A variants=(
   [hinge]="--alignment hinge"
   [k_8]="--negatives 8"
   [official]="--arms off,official --views 2"
+  [text_features]="--report-features text"
 )
 names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(weight_0.5 weight_0.02 no_hardening hinge k_8 official)
+[[ ${#names[@]} -gt 0 ]] || names=(weight_0.02 no_hardening hinge weight_0.5 text_features k_8 official)
 for name in "${names[@]}"; do
   [[ -n "${variants[$name]+x}" ]] || { echo "unknown variant $name (${!variants[*]})" >&2; exit 2; }
   [[ -d runs/compare/seed_1/without ]] || { echo "run scripts/run.sh first" >&2; exit 2; }

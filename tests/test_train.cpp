@@ -642,6 +642,31 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
   REQUIRE_THROWS_AS(t::validate(bad), TrainError);
 }
 
+TEST_CASE("train: --report-features text aligns report features computed without the image",
+          "[train]") {
+  namespace t = ihn_examples::train;
+  const auto root = ihn_test::scratch_dir("train_text_features");
+  auto c = tiny((root / "run").string());
+  c.epochs = 1;
+  c.report_features = "text";
+  const auto r = t::train(c);
+  REQUIRE(r.epochs_done == 1);
+  REQUIRE(std::isfinite(r.epoch_losses[0]));
+  // The same run with the paper's features trains differently (the extra pass is used).
+  auto d = tiny((root / "decoder").string());
+  d.epochs = 1;
+  REQUIRE(t::train(d).epoch_losses[0] != r.epoch_losses[0]);
+  // The evaluation's retrieval uses the run's own report features.
+  CHECK(r.test.at("retrieval").at("image_to_report").contains("R@1"));
+  auto bad = tiny((root / "bad").string());
+  bad.model = "cmn";
+  bad.report_features = "text";
+  REQUIRE_THROWS_WITH(t::validate(bad), Catch::Contains("--report-features"));
+  bad.model = "r2gen";
+  bad.report_features = "encoder";
+  REQUIRE_THROWS_WITH(t::validate(bad), Catch::Contains("--report-features encoder"));
+}
+
 TEST_CASE("compare: statistics find a real difference and none between equal runs", "[train]") {
   // Two seeds, 30 studies each; arm B copies the references except for 4 studies per seed.
   auto make = [](bool good, int seed) {

@@ -117,7 +117,7 @@ bool same_recipe_finished(const TrainConfig& c) {
   if (c.ihn == "off")  // options of the ihn arms: an ablation of them shares the off runs
     for (const char* ihn_option :
          {"negatives", "ihn_weight", "temperature", "schedule", "ascent_steps", "alignment",
-          "negatives_file", "official_legacy"}) {
+          "report_features", "negatives_file", "official_legacy"}) {
       here.erase(ihn_option);
       there.erase(ihn_option);
     }

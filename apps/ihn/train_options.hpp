@@ -101,6 +101,10 @@ class RecipeOptions {
         &C::schedule);
     add(cmd, "--ascent-steps", s.ascent_steps, "ihn: gradient-ascent steps of the max step (5)",
         &C::ascent_steps);
+    add(cmd, "--report-features", s.report_features,
+        "ihn: report features aligned with the image, decoder (the paper's) or text (extension, "
+        "R2Gen: decoder states of a pass without the image)",
+        &C::report_features);
     add(cmd, "--alignment", s.alignment,
         "ihn: the alignment term, info_nce (the paper's) or hinge (triplet margin 0.2)",
         &C::alignment);

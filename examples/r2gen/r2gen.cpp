@@ -343,6 +343,18 @@ EncoderDecoderOutput EncoderDecoderImpl::forward(const torch::Tensor& att_feats,
   return out;
 }
 
+torch::Tensor EncoderDecoderImpl::text_only_decoder_states(const torch::Tensor& reports_ids) {
+  auto seq = reports_ids.narrow(1, 0, reports_ids.size(1) - 1);
+  auto seq_mask = seq.gt(0);
+  seq_mask.select(1, 0).fill_(true);
+  auto tgt_mask =
+      seq_mask.unsqueeze(-2).logical_and(nn::subsequent_mask(seq.size(1), seq.device()));
+  const auto float_options = logit->weight.options();
+  auto rm_memory = model->rm(model->embed(seq), model->rm->init_memory(seq.size(0), float_options));
+  auto no_image = torch::zeros({seq.size(0), 1, options.d_model()}, float_options);
+  return model->decoder(model->embed(seq), no_image, torch::Tensor(), tgt_mask, rm_memory);
+}
+
 namespace {
 
 /// R2Gen's incremental decoder: caches the relational memory and, per layer, the self-attention

@@ -183,6 +183,10 @@ struct EncoderDecoderImpl : torch::nn::Module {
   std::pair<torch::Tensor, torch::Tensor> encode(const torch::Tensor& att_feats);
   /// Teacher forcing on reports_ids (B, T): input reports_ids[:, :-1].
   EncoderDecoderOutput forward(const torch::Tensor& att_feats, const torch::Tensor& reports_ids);
+  /// Final decoder states (B, T-1, d) of a teacher-forced pass with no image: the visual memory
+  /// is a single zero token, so cross-attention returns the same vector for every report. Report
+  /// features from these cannot carry the image (`ihn train --report-features text`).
+  torch::Tensor text_only_decoder_states(const torch::Tensor& reports_ids);
   /// An incremental decoder over the encoder output `encoder_out` (B, S, d).
   std::unique_ptr<nn::IncrementalDecoder> make_decoder(const torch::Tensor& encoder_out);
 

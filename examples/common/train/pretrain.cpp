@@ -28,27 +28,19 @@ namespace ihn_examples::train {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-// clang-format off
-#define IHN_PRETRAIN_FIELDS(X) \
-  X(visual_depth) X(views) X(synth_studies) X(synth_seed) X(synth_image_size) X(resize) X(crop) \
-  X(epochs) X(batch_size) X(lr) X(weight_decay) X(flip_probability) X(seed)
-// clang-format on
+// The fields that change the weights, in the file and the cache name; the runtime ones (threads,
+// layout, printing) are left out.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(PretrainConfig, visual_depth, views, synth_studies,
+                                                synth_seed, synth_image_size, resize, crop, epochs,
+                                                batch_size, lr, weight_decay, flip_probability,
+                                                seed)
 
 json to_json(const PretrainConfig& c) {
-  json j;
-#define IHN_X(f) j[#f] = c.f;
-  IHN_PRETRAIN_FIELDS(IHN_X)
-#undef IHN_X
-  return j;
+  return json(c);
 }
 
 PretrainConfig pretrain_config_from_json(const json& j) {
-  PretrainConfig c;
-#define IHN_X(f) \
-  if (j.contains(#f)) j.at(#f).get_to(c.f);
-  IHN_PRETRAIN_FIELDS(IHN_X)
-#undef IHN_X
-  return c;
+  return j.get<PretrainConfig>();
 }
 
 void validate(const PretrainConfig& c) {

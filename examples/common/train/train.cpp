@@ -40,6 +40,7 @@
 #include <numeric>
 #include <set>
 #include <sstream>
+#include <type_traits>
 #include <unordered_map>
 
 namespace ihn_examples::train {
@@ -58,7 +59,7 @@ using json = nlohmann::json;
   X(d_model) X(d_ff) X(num_heads) X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model)    \
   X(dropout) X(drop_prob_lm) X(topk) X(cmm_size) X(cmm_dim) X(views) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
   X(amsgrad) X(adam_beta1) X(adam_beta2) X(adam_eps) X(max_positions) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(select_metric) X(beam_size) X(ihn)       \
-  X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(alignment) X(negatives_file) X(official_legacy) X(out) X(device)         \
+  X(negatives) X(ihn_weight) X(temperature) X(schedule) X(ascent_steps) X(alignment) X(report_features) X(negatives_file) X(official_legacy) X(out) X(device)         \
   X(channels_last) X(threads) X(resume) X(quiet) X(stop_after) X(plots) X(label) X(bootstrap) X(wordnet)
 // clang-format on
 
@@ -353,6 +354,10 @@ void validate(const TrainConfig& c) {
     if (c.ascent_steps < 0) throw TrainError("--ascent-steps must be >= 0");
     if (c.alignment != "info_nce" && c.alignment != "hinge")
       throw TrainError("--alignment " + c.alignment + ": use info_nce or hinge");
+    if (c.report_features != "decoder" && c.report_features != "text")
+      throw TrainError("--report-features " + c.report_features + ": use decoder or text");
+    if (c.report_features == "text" && c.model != "r2gen")
+      throw TrainError("--report-features text is implemented for --model r2gen only");
     parse_schedule(c.schedule);
   }
   if (c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
@@ -677,6 +682,14 @@ struct Decoded {
 
 constexpr int kDecodeBatch = 64;
 
+/// --report-features text: the masked mean of R2Gen's decoder states from a pass without the
+/// image.
+at::Tensor text_report_features(r2gen::R2GenModel& model, const at::Tensor& ids,
+                                const at::Tensor& masks) {
+  return nn::masked_mean(model->encoder_decoder->text_only_decoder_states(ids),
+                         nn::decoder_input_mask(ids, masks));
+}
+
 /// Beam-searches every study of `dataset`; with `features`, also the teacher-forced image and
 /// report features for retrieval.
 template <class Model>
@@ -713,7 +726,14 @@ Decoded decode_split(Model& model, const ihn::data::ReportDataset& dataset,
         }
       };
       add(out.image_features, fwd.image_features);
-      add(out.report_features, fwd.report_features);
+      if constexpr (std::is_same_v<Model, r2gen::R2GenModel>) {
+        add(out.report_features, c.report_features == "text"
+                                     ? text_report_features(model, batch.reports_ids.to(device),
+                                                            batch.reports_masks.to(device))
+                                     : fwd.report_features);
+      } else {
+        add(out.report_features, fwd.report_features);
+      }
     }
   }
   return out;
@@ -1135,6 +1155,10 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
         ctx.logs["gen_loss"] = ctx.loss.item<double>();
         ctx.image_features = out.image_features;
         ctx.report_features = out.report_features;
+        if constexpr (std::is_same_v<Traits, R2GenTraits>) {
+          if (config.report_features == "text")
+            ctx.report_features = text_report_features(model, positive.ids, positive.masks);
+        }
       }
       for (auto& cb : callbacks) cb->on_before_backward(ctx);
       nn::clear_grads(optimizer);
@@ -1561,49 +1585,36 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
   metrics.emplace_back("CIDEr", [](const SeedScores& s, const std::vector<size_t>& idx) {
     return mean_over(s.result.coco.cider_per_example, idx);
   });
+  auto clinical = [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
+    const auto& c = *s.result.clinical;
+    return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
+                                      labels(c.reference_labels, idx));
+  };
   metrics.emplace_back("clinical F1 micro",
-                       [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
-                         const auto& c = *s.result.clinical;
-                         return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
-                                                           labels(c.reference_labels, idx))
-                             .micro.f1;
+                       [clinical](const SeedScores& s, const std::vector<size_t>& idx) {
+                         return clinical(s, idx).micro.f1;
                        });
   metrics.emplace_back("clinical F1 macro",
-                       [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
-                         const auto& c = *s.result.clinical;
-                         return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
-                                                           labels(c.reference_labels, idx))
-                             .macro.f1;
+                       [clinical](const SeedScores& s, const std::vector<size_t>& idx) {
+                         return clinical(s, idx).macro.f1;
                        });
   // The same scores on the abnormal studies alone, and F1 per observation: where a generator
   // that writes the normal template scores nothing.
   metrics.emplace_back("clinical F1 macro, abnormal",
-                       [&labels](const SeedScores& s, const std::vector<size_t>& all) {
-                         const auto idx = abnormal_only(s, all);
-                         const auto& c = *s.result.clinical;
-                         return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
-                                                           labels(c.reference_labels, idx))
-                             .macro.f1;
+                       [clinical](const SeedScores& s, const std::vector<size_t>& all) {
+                         return clinical(s, abnormal_only(s, all)).macro.f1;
                        });
   metrics.emplace_back("clinical F1 micro, abnormal",
-                       [&labels](const SeedScores& s, const std::vector<size_t>& all) {
-                         const auto idx = abnormal_only(s, all);
-                         const auto& c = *s.result.clinical;
-                         return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
-                                                           labels(c.reference_labels, idx))
-                             .micro.f1;
+                       [clinical](const SeedScores& s, const std::vector<size_t>& all) {
+                         return clinical(s, abnormal_only(s, all)).micro.f1;
                        });
   metrics.emplace_back("BLEU-4, abnormal", [](const SeedScores& s, const std::vector<size_t>& all) {
     return ihn::eval::corpus_bleu(s.result.coco.bleu_stats, abnormal_only(s, all))[3];
   });
   for (int o = 0; o < ihn::eval::kNumObservations; ++o)
     metrics.emplace_back(std::string("F1 ") + ihn::eval::kObservations[static_cast<size_t>(o)],
-                         [&labels, o](const SeedScores& s, const std::vector<size_t>& idx) {
-                           const auto& c = *s.result.clinical;
-                           return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
-                                                             labels(c.reference_labels, idx))
-                               .per_observation[static_cast<size_t>(o)]
-                               .f1;
+                         [clinical, o](const SeedScores& s, const std::vector<size_t>& idx) {
+                           return clinical(s, idx).per_observation[static_cast<size_t>(o)].f1;
                          });
   metrics.emplace_back("retrieval R@1", [](const SeedScores& s, const std::vector<size_t>& idx) {
     double hits = 0;

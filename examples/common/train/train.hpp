@@ -99,6 +99,11 @@ struct TrainConfig {
   /// ihn paper: the alignment term, info_nce (the paper's) or hinge (a triplet margin of 0.2 on
   /// cosine similarities, the library's variant).
   std::string alignment = "info_nce";
+  /// ihn paper: the report features aligned with the image, `decoder` (the paper's: the masked
+  /// mean of the final decoder states on the report, which attend to the image) or `text` (an
+  /// extension, R2Gen only: the same states from a pass with no image, so the alignment cannot
+  /// be met by copying the image into them). Retrieval in evaluation uses the same features.
+  std::string report_features = "decoder";
   /// --ihn official: `ihn data negatives` output; empty = mine the same pairs at start-up.
   std::string negatives_file;
   /// --ihn official: the release's B x B projection (mixes every sample with all others).
