@@ -421,10 +421,11 @@ void add_compare_command(CLI::App& app) {
   the test split. Give --views 2 (or 1) to feed every arm the same views.
 
   The default preset, cpu-bench, is the calibrated benchmark of docs/results.md: 1,500
-  synthetic studies (300 test, half of them abnormal), R2Gen at the cpu-small size, its visual
-  extractor pretrained first as a 14-observation classifier on a disjoint synthetic set (once;
-  cached in --pretrain-dir and reused) and kept fixed, 14 epochs, best epoch on validation
-  clinical F1 (macro). About 11 minutes on 2 cores, the pretraining included.
+  synthetic studies (300 test, a quarter of them without findings), R2Gen at the cpu-small
+  size, its visual extractor pretrained first as a 14-observation classifier on a disjoint
+  synthetic set (once; cached in --pretrain-dir and reused) and kept fixed, 18 epochs, best
+  epoch on validation clinical F1 (macro). About 14 minutes on 2 cores, 11 with the
+  pretrained extractor cached.
 
 TABLE
   BLEU-1..4, METEOR variant, ROUGE-L, CIDEr, clinical F1 micro/macro, the same F1s and

@@ -106,7 +106,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--config", args->config_file,
                   "A JSON training config (as stored in checkpoints; ihn compare writes one per "
                   "run): replaces --preset; flags still override it");
-  cmd->add_option("--preset", args->preset, "Recipe: paper or cpu-small")->capture_default_str();
+  cmd->add_option("--preset", args->preset,
+                  "Recipe: cpu-small, cpu-bench (the main job's), cpu-bench-full, gpu-bench or "
+                  "paper")
+      ->capture_default_str();
   args->seed_opt =
       cmd->add_option("--seed", args->config.seed, "Seed of init, order, dropout, ihn");
   args->device_opt =
@@ -149,6 +152,10 @@ PRESETS
   paper       ResNet-101, 224 px, d_model 512, 3 layers, 100 epochs, StepLR 50/0.1, exp:0.01
   cpu-small   ResNet-18, 64 px, d_model 128, 1 layer, 10 epochs, lr x10 (from scratch),
               exp:0.1 (the hardness the paper reaches in ~100 epochs, in 10)
+  cpu-bench   the calibrated main job (docs/results.md): cpu-small's model on 1,500 studies
+              (a quarter normal), extractor pretrained on another synthetic seed and frozen
+              (--pretrain --freeze-visual), 18 epochs, selection on clinical F1 (macro)
+  cpu-bench-full, gpu-bench   the same at 6,000 studies; gpu-bench at the paper's model size
 
 OUTPUT (in --out)
   last.pt, best.pt    model, optimiser, trainer, ihn, RNG, vocabulary and config; written
