@@ -297,7 +297,7 @@ void run_compare(CompareArgs& a) {
         std::filesystem::remove_all(r.config.out);  // a fresh run, not a resumed one
       std::filesystem::create_directories(r.config.out);
       const std::string file = r.config.out + "/config.json";
-      std::ofstream(file) << ihn_examples::train::to_json(r.config).dump(2) << "\n";
+      ihn::cli::write_file(file, ihn_examples::train::to_json(r.config).dump(2) + "\n");
       r.pid = spawn_run(file);
       r.started = elapsed();
       ++running;
@@ -346,7 +346,7 @@ void run_compare(CompareArgs& a) {
       "\nTest split, %d seed(s); mean ± 95%% CI over seeds (t); difference = arm − off, "
       "paired bootstrap over seeds x studies (%d resamples); significant = p < 0.05\n\n%s",
       a.seeds, a.resamples, md.c_str());
-  std::ofstream(a.out + "/compare.md") << md;
+  ihn::cli::write_file(a.out + "/compare.md", md);
   nlohmann::json j;
   j["seeds"] = a.seeds;
   j["first_seed"] = a.first_seed;
@@ -359,10 +359,11 @@ void run_compare(CompareArgs& a) {
     j["examples"] = differing_examples(evals, arms, 8, &differ_text, &differ_findings);
     j["examples_differ_text"] = differ_text;
     j["examples_differ_findings"] = differ_findings;
-    std::ofstream(a.out + "/examples.md")
-        << examples_markdown(j["examples"], arms, a.first_seed, differ_text, differ_findings);
+    ihn::cli::write_file(
+        a.out + "/examples.md",
+        examples_markdown(j["examples"], arms, a.first_seed, differ_text, differ_findings));
   }
-  std::ofstream(a.out + "/compare.json") << j.dump(2) << "\n";
+  ihn::cli::write_file(a.out + "/compare.json", j.dump(2) + "\n");
   const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
   std::printf("\n");
   for (size_t arm = 1; arm < arms.size(); ++arm) {

@@ -249,8 +249,10 @@ void add_data_command(CLI::App& app) {
   stats->add_option("--ann", stats_args->annotation, "R2Gen annotation.json")->required();
   stats->add_option("--dataset", stats_args->dataset, "iu_xray or mimic_cxr")
       ->check(CLI::IsMember({"iu_xray", "mimic_cxr"}));
-  stats->add_option("--threshold", stats_args->threshold,
-                    "Vocabulary count threshold (default: iu_xray 3, mimic_cxr 10)");
+  stats
+      ->add_option("--threshold", stats_args->threshold,
+                   "Vocabulary count threshold (default: iu_xray 3, mimic_cxr 10)")
+      ->check(CLI::NonNegativeNumber);
   stats->add_option("--max-seq-length", stats_args->max_seq_length,
                     "R2Gen max_seq_length (default: iu_xray 60, mimic_cxr 100)");
   stats->add_option("--images", stats_args->image_root,

@@ -25,7 +25,7 @@ void run_evaluate(EvaluateArgs& a) {
   }
   auto j = ihn_examples::train::evaluate_checkpoint(a.options);
   j.erase("per_example_data");
-  if (!a.json_out.empty()) std::ofstream(a.json_out) << j.dump(2) << "\n";
+  if (!a.json_out.empty()) ihn::cli::write_file(a.json_out, j.dump(2) + "\n");
   if (a.json) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -76,12 +76,15 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--images", args->options.images, "Image root for --ann");
   auto& authors = args->options.authors;
   ihn::cli::add_authors_options(cmd, authors);
-  cmd->add_option("--beam-size", args->options.beam_size, "Beam size (default: the run's)");
+  cmd->add_option("--beam-size", args->options.beam_size, "Beam size (default: the run's)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--bootstrap", args->options.bootstrap, "Bootstrap resamples (0 = none)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--seed", args->options.bootstrap_seed, "Bootstrap seed");
   cmd->add_option("--device", args->options.device, "cpu or cuda")->capture_default_str();
-  cmd->add_option("--threads", args->options.threads, "Intra-op threads (0 = default)");
+  cmd->add_option("--threads", args->options.threads, "Intra-op threads (0 = default)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--wordnet", args->options.wordnet, "WordNet dict folder for METEOR synonyms");
   cmd->add_option("--reports", args->options.reports_out,
                   "Generated reports, JSON Lines (default RUN/reports/evaluate_SPLIT.jsonl)");

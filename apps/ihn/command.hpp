@@ -5,6 +5,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -18,6 +21,18 @@ struct CommandError : std::runtime_error {
       : std::runtime_error(what), exit_code(exit_code) {}
   int exit_code;
 };
+
+/// Writes `content` to `path`, checking every step: a missing folder, a read-only disk or a full
+/// one is an error naming the file, never a silent empty file.
+inline void write_file(const std::string& path, const std::string& content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw CommandError(path + ": cannot open for writing (" + std::strerror(errno) + ")");
+  out << content;
+  out.flush();
+  if (!out) throw CommandError(path + ": writing failed (" + std::strerror(errno) + ")");
+  out.close();
+  if (out.fail()) throw CommandError(path + ": closing failed (" + std::strerror(errno) + ")");
+}
 
 struct CommandRegistration {
   int order;  ///< position in --help (train 10, evaluate 20, generate 30, compare 40, eval 50, data

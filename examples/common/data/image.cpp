@@ -9,7 +9,9 @@
 #include <stb_image_write.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -82,10 +84,25 @@ void write_png(const Image& image, const std::string& path) {
   if (image.channels != 1 && image.channels != 3 && image.channels != 4)
     throw std::invalid_argument("write_png '" + path + "': unsupported channel count " +
                                 std::to_string(image.channels));
-  if (!stbi_write_png(path.c_str(), image.width, image.height, image.channels, image.pixels.data(),
-                      image.width * image.channels))
-    throw std::runtime_error("cannot write PNG '" + path +
-                             "' (does the folder exist and is it writable?)");
+  // Encoded in memory and written with every step checked: stbi_write_png ignores fwrite's
+  // result, so a full disk would leave an empty file and report success.
+  std::string png;
+  auto append = [](void* context, void* data, int size) {
+    static_cast<std::string*>(context)->append(static_cast<const char*>(data),
+                                               static_cast<size_t>(size));
+  };
+  if (!stbi_write_png_to_func(append, &png, image.width, image.height, image.channels,
+                              image.pixels.data(), image.width * image.channels))
+    throw std::runtime_error("cannot encode PNG '" + path + "'");
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out)
+    throw std::runtime_error("cannot write PNG '" + path + "': " + std::strerror(errno) +
+                             " (does the folder exist and is it writable?)");
+  out.write(png.data(), static_cast<std::streamsize>(png.size()));
+  out.close();
+  if (out.fail())
+    throw std::runtime_error("writing PNG '" + path + "' failed: " + std::strerror(errno) +
+                             " (disk full?)");
 }
 
 Image to_rgb(const Image& image) {

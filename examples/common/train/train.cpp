@@ -755,6 +755,8 @@ void write_reports(const std::string& path, const Decoded& d) {
     out << json{{"id", d.ids[i]}, {"report", d.hypotheses[i]}, {"reference", d.references[i]}}
                .dump()
         << "\n";
+  out.close();
+  if (out.fail()) throw TrainError("writing " + path + " failed (disk full?)");
 }
 
 std::string format_score(double value) {
@@ -1339,7 +1341,13 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
     eo.wordnet = config.wordnet;
     eo.reports_out = (out_dir / "reports" / "test.jsonl").string();
     result.test = evaluate_checkpoint(eo);
-    std::ofstream((out_dir / "test.json").string()) << result.test.dump(2) << "\n";
+    {
+      std::ofstream test_json((out_dir / "test.json").string());
+      test_json << result.test.dump(2) << "\n";
+      test_json.close();
+      if (test_json.fail())
+        throw TrainError("writing " + (out_dir / "test.json").string() + " failed");
+    }
     if (config.plots) {
       const std::string note =
           plot_runs({out_dir.string()}, {"train"}, (out_dir / "curves.png").string());
