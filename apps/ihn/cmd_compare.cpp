@@ -270,7 +270,7 @@ void run_compare(CompareArgs& a) {
     auto p = ihn_examples::train::pretrain_config_for(c);
     p.threads = (a.threads > 0 ? a.threads : 1) * a.jobs;
     p.label = "[pretrain]";
-    const std::string path = c.pretrain_dir + "/" + ihn_examples::train::pretrain_cache_name(p);
+    const std::string path = ihn_examples::train::pretrain_cache_path(c);
     const auto r = ihn_examples::train::ensure_pretrained(p, path);
     if (r.reused)
       std::printf("[pretrain] reusing %s (held-out mean AUC %.3f)\n", path.c_str(),

@@ -86,6 +86,10 @@ std::string pretrain_cache_name(const PretrainConfig& c) {
   return o.str();
 }
 
+std::string pretrain_cache_path(const TrainConfig& t) {
+  return (fs::path(t.pretrain_dir) / pretrain_cache_name(pretrain_config_for(t))).string();
+}
+
 namespace {
 
 /// Area under the ROC curve by ranks (ties get their mean rank); NaN with one class only.

@@ -56,6 +56,8 @@ PretrainConfig pretrain_config_for(const TrainConfig& config);
 /// A file name that changes with every field that changes the weights, e.g.
 /// "visual_r18_v2_64px_s1000_n2400_e8_b32_lr0.001_wd0_seed1.pt".
 std::string pretrain_cache_name(const PretrainConfig& config);
+/// Where a generator config's pretraining is cached: pretrain_dir / pretrain_cache_name.
+std::string pretrain_cache_path(const TrainConfig& config);
 
 struct PretrainResult {
   std::string path;

@@ -815,10 +815,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
 std::string visual_init_path(const TrainConfig& c) {
   if (!c.visual_init.empty()) return c.visual_init;
   if (!c.pretrain) return "";
-  const PretrainConfig p = pretrain_config_for(c);
-  PretrainConfig named = p;
-  return ensure_pretrained(p, (fs::path(c.pretrain_dir) / pretrain_cache_name(named)).string())
-      .path;
+  return ensure_pretrained(pretrain_config_for(c), pretrain_cache_path(c)).path;
 }
 
 }  // namespace
@@ -1147,12 +1144,14 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
         ctx.report_features = r.report_features;
       } else {
         using Output = decltype(model->forward(positive.images, positive.ids, positive.masks));
-        const auto rows = torch::tensor(ctx.ids, torch::kLong).to(device);
-        auto out = frozen_att.defined()
-                       ? nn::generator_forward_features<Output>(
-                             *model, frozen_att.index_select(0, rows),
-                             frozen_fc.index_select(0, rows), positive.ids, positive.masks)
-                       : model->forward(positive.images, positive.ids, positive.masks);
+        auto out = [&]() -> Output {
+          if (!frozen_att.defined())
+            return model->forward(positive.images, positive.ids, positive.masks);
+          const auto rows = torch::tensor(ctx.ids, torch::kLong).to(device);
+          return nn::generator_forward_features<Output>(*model, frozen_att.index_select(0, rows),
+                                                        frozen_fc.index_select(0, rows),
+                                                        positive.ids, positive.masks);
+        }();
         ctx.loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
         ctx.logs["gen_loss"] = ctx.loss.item<double>();
         ctx.image_features = out.image_features;
