@@ -103,8 +103,12 @@ bool same_recipe_finished(const TrainConfig& c) {
     return false;
   }
   nlohmann::json here = ihn_examples::train::to_json(c);
-  try {  // views 0 means the default: compare the views the runs actually fed
-    there["views"] = ihn_examples::train::views_of(ihn_examples::train::config_from_json(there));
+  try {
+    // Read back through the config type: a field the file predates takes its default, and
+    // views 0 (the default) becomes the views the run actually fed.
+    const TrainConfig read = ihn_examples::train::config_from_json(there);
+    there = ihn_examples::train::to_json(read);
+    there["views"] = ihn_examples::train::views_of(read);
   } catch (const std::exception&) {
     return false;
   }
