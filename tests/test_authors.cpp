@@ -320,6 +320,13 @@ TEST_CASE("authors: checkpoints are told apart by content", "[authors]") {
   { std::ofstream(dir / "fake.zip", std::ios::binary) << "PK\x03\x04garbage"; }
   CHECK_THAT(error_of([&] { authors::sniff_checkpoint((dir / "fake.zip").string()); }),
              Catch::Contains("fake.zip"));
+  // One of ours cut short (issue 13, item 12): truncated, not "neither ... nor".
+  std::filesystem::copy_file(dir / "best.pth", dir / "cut.pth",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::resize_file(dir / "cut.pth", std::filesystem::file_size(dir / "cut.pth") / 2);
+  const auto cut_error = error_of([&] { authors::sniff_checkpoint((dir / "cut.pth").string()); });
+  CHECK_THAT(cut_error, Catch::Contains("cut.pth") && Catch::Contains("truncated or corrupt"));
+  CHECK_THAT(cut_error, !Catch::Contains("neither"));
   // The whole path: generate on garbage names the file.
   ihn_examples::train::GenerateOptions g;
   g.checkpoint = garbage;

@@ -1,7 +1,10 @@
 // The core library: alignment loss, schedules, peers, the max step, the augmenter and its
 // state, the callback, encoder traits, and the official-compatible mode (fixture ithn_loss).
+#include <caffe2/serialize/inline_container.h>  // writes zips for the reader tests
+
 #include "test_common.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iterator>
@@ -537,4 +540,147 @@ TEST_CASE("official projection heads use the released parameter names", "[offici
   CHECK(names[0] == "linear1.weight");
   auto out = head->forward(random_features(3, 2048, 71));
   CHECK(torch::allclose(out.norm(2, 1), torch::ones({3}), 0, 1e-5));
+}
+
+// ---- Checkpoint readers as untrusted input (issue 13, items 3 and 8; docs/reliability.md) ----
+
+namespace {
+
+/// A zip as torch.save writes it (miniz, CRCs right) around the given records.
+void write_zip(const std::filesystem::path& path,
+               const std::vector<std::pair<std::string, std::string>>& records) {
+  caffe2::serialize::PyTorchStreamWriter writer(path.string());
+  for (const auto& [name, bytes] : records) writer.writeRecord(name, bytes.data(), bytes.size());
+  writer.writeEndOfFile();
+}
+
+/// Every record of a zip, relative to its archive folder, CRCs checked.
+std::vector<std::pair<std::string, std::string>> read_zip_records(const std::filesystem::path& p) {
+  ihn::io::ZipReader zip(ihn::io::ByteSource::file(p.string()));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& e : zip.entries()) {
+    const auto relative = e.name.substr(zip.archive_name().size() + 1);
+    out.emplace_back(relative, zip.read(relative, 1u << 30));
+  }
+  return out;
+}
+
+std::string zip_name(const std::filesystem::path& path, const std::string& record) {
+  return ihn::io::ZipReader(ihn::io::ByteSource::file(path.string())).entry(record).name;
+}
+
+std::string file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+}  // namespace
+
+TEST_CASE("state files: a self-referencing or deeply nested pickle is an error, not a crash",
+          "[state][io]") {
+  const auto dir = ihn_test::scratch_dir("hostile_pickles");
+  SECTION("a list that contains itself") {
+    // PROTO 2, EMPTY_LIST, BINPUT 0, BINGET 0, APPEND, STOP: 9 bytes.
+    write_zip(dir / "cycle.pt", {{"data.pkl", std::string("\x80\x02]q\x00h\x00"
+                                                          "a.",
+                                                          9)}});
+    CHECK_THROWS_WITH(ihn::load_state(dir / "cycle.pt"),
+                      Catch::Contains("cycle.pt") && Catch::Contains("contains itself"));
+    CHECK_THROWS_AS(ihn::io::read_pth((dir / "cycle.pt").string()), ihn::io::pth_error);
+  }
+  SECTION("100k nested lists") {
+    const size_t depth = 100000;
+    std::string pickle = "\x80\x02" + std::string(depth, ']') + std::string(depth - 1, 'a') + ".";
+    write_zip(dir / "nested.pt", {{"data.pkl", pickle}});
+    CHECK_THROWS_WITH(ihn::load_state(dir / "nested.pt"),
+                      Catch::Contains("nested.pt") && Catch::Contains("nested more than 1000"));
+  }
+  SECTION("a graph of shared lists (2^60 paths) is walked once per list") {
+    // L0 = [], L(i+1) = [L(i), L(i)]: each list memoised and fetched twice.
+    std::string pickle("\x80\x02(]q\x00", 6);
+    for (int i = 0; i < 60; ++i) {
+      pickle += "](h" + std::string(1, static_cast<char>(i)) + "h" +
+                std::string(1, static_cast<char>(i)) + "eq" +
+                std::string(1, static_cast<char>(i + 1));
+    }
+    pickle += "l.";  // the 61 lists, in one list
+    write_zip(dir / "laughs.pt", {{"data.pkl", pickle}});
+    CHECK_THROWS_WITH(ihn::load_state(dir / "laughs.pt"), Catch::Contains("dict of tensors"));
+  }
+}
+
+TEST_CASE("state files: declared sizes, views and CRCs are checked before use", "[state][io]") {
+  const auto dir = ihn_test::scratch_dir("hostile_checkpoints");
+  ihn::StateDict state;
+  state["w"] = torch::arange(15, torch::kFloat).reshape({3, 5});
+  state["big"] = torch::arange(1000, torch::kFloat);
+  ihn::save_state(state, dir / "good.pt");
+  const auto good = ihn::load_state(dir / "good.pt");
+  REQUIRE(good.size() == 2);
+  CHECK(torch::equal(good.at("w"), state["w"]));
+  CHECK(torch::equal(good.at("big"), state["big"]));
+  auto records = read_zip_records(dir / "good.pt");
+  auto pkl = std::find_if(records.begin(), records.end(),
+                          [](const auto& r) { return r.first == "data.pkl"; });
+  REQUIRE(pkl != records.end());
+  auto& pickle = pkl->second;
+
+  SECTION("a stride changed by one is refused, not read out of bounds") {
+    // w's strides (5, 1): MARK, BININT1 5, BININT1 1, TUPLE. Stride 5 -> 6 reads element 16 of 15.
+    const std::string strides("(K\x05K\x01t", 6);
+    const auto at = pickle.find(strides);
+    REQUIRE(at != std::string::npos);
+    pickle[at + 2] = 6;
+    write_zip(dir / "stride.pt", records);
+    CHECK_THROWS_WITH(
+        ihn::load_state(dir / "stride.pt"),
+        Catch::Contains("stride.pt") && Catch::Contains("reads past the end of its storage"));
+  }
+  SECTION("a storage declaring more elements than its record holds") {
+    const std::string numel("M\xe8\x03tQ", 5);  // BININT2 1000 ends big's persistent id
+    const auto at = pickle.find(numel);
+    REQUIRE(at != std::string::npos);
+    pickle[at + 2] = '\x7f';  // 0x7fe8 elements
+    write_zip(dir / "numel.pt", records);
+    CHECK_THROWS_WITH(ihn::load_state(dir / "numel.pt"),
+                      Catch::Contains("numel.pt") && Catch::Contains("holds 4000 bytes"));
+  }
+  SECTION("32 overwritten weight bytes fail the CRC-32 check, naming file and record") {
+    ihn::io::ZipReader zip(ihn::io::ByteSource::file((dir / "good.pt").string()));
+    const ihn::io::ZipEntry* big = nullptr;
+    for (const auto& e : zip.entries())
+      if (e.size == 4000) big = &e;
+    REQUIRE(big != nullptr);
+    auto bytes = file_bytes(dir / "good.pt");
+    for (size_t i = 0; i < 32; ++i) bytes[big->data_offset + 1000 + i] = '\x42';
+    write_bytes(dir / "flipped.pt", bytes);
+    CHECK_THROWS_WITH(ihn::load_state(dir / "flipped.pt"), Catch::Contains("flipped.pt") &&
+                                                               Catch::Contains(big->name) &&
+                                                               Catch::Contains("CRC-32"));
+  }
+  SECTION("a data.pkl declaring 3 GiB is refused before anything is read") {
+    auto bytes = file_bytes(dir / "good.pt");
+    // The central directory entry of data.pkl: sizes at +20 (compressed) and +24 (plain).
+    size_t at = 0;
+    for (size_t p = bytes.find(std::string("PK\x01\x02", 4)); p != std::string::npos;
+         p = bytes.find(std::string("PK\x01\x02", 4), p + 1)) {
+      const size_t name_len = static_cast<uint8_t>(bytes[p + 28]);
+      if (bytes.compare(p + 46, name_len, zip_name(dir / "good.pt", "data.pkl")) == 0) at = p;
+    }
+    REQUIRE(at != 0);
+    for (size_t field : {20, 24}) bytes.replace(at + field, 4, std::string("\x00\x00\x00\xc0", 4));
+    write_bytes(dir / "inflated.pt", bytes);
+    CHECK_THROWS_WITH(ihn::load_state(dir / "inflated.pt"),
+                      Catch::Contains("inflated.pt") && Catch::Contains("3221225472 bytes"));
+  }
+  SECTION("a truncated file says so") {
+    auto bytes = file_bytes(dir / "good.pt");
+    write_bytes(dir / "cut.pt", bytes.substr(0, bytes.size() - 100));
+    CHECK_THROWS_WITH(ihn::load_state(dir / "cut.pt"),
+                      Catch::Contains("cut.pt") && Catch::Contains("truncated or corrupt"));
+  }
 }

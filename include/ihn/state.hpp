@@ -9,9 +9,12 @@
 #include <torch/serialize.h>
 #include <torch/types.h>
 
+#include <ihn/io/pth.hpp>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <stdexcept>
@@ -49,8 +52,12 @@ inline void save_state(const StateDict& state, const std::filesystem::path& path
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw std::runtime_error("cannot write " + tmp.string());
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) throw std::runtime_error("writing " + tmp.string() + " failed (disk full?)");
+    out.close();
+    if (out.fail()) {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);  // a partial file would keep a full disk full
+      throw std::runtime_error("writing " + tmp.string() + " failed (disk full?)");
+    }
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
@@ -61,29 +68,52 @@ inline void save_state(const StateDict& state, const std::filesystem::path& path
   }
 }
 
-/// Reads a file written by save_state; the error names the file when it is missing,
-/// truncated or not a state file.
-inline StateDict load_state(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path.string() + ": cannot open (missing file?)");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(path.string() +
-                             ": not a readable ihn state file (truncated or corrupt): " +
-                             std::string(e.what()).substr(0, 200));
-  }
-  if (!value.isGenericDict())
-    throw std::runtime_error(path.string() + ": expected a dict of tensors");
+namespace detail {
+
+/// The dict of a state file, read by ihn::io's hardened reader (io/pth.hpp): a checkpoint is
+/// untrusted input, and LibTorch's own unpickler (torch::pickle_load) crashes on malformed
+/// files (a stride changed by one byte, a list that contains itself) and checks no CRC. Reading
+/// the file with our reader only, rather than validating it and then handing it to LibTorch,
+/// keeps one parser to harden and fuzz, and reads each storage once, straight into its tensor.
+inline StateDict state_from_pickle(const io::PyObjectPtr& root, const std::string& name) {
+  if (!root->is_dict()) throw std::runtime_error(name + ": expected a dict of tensors");
   StateDict state;
-  for (const auto& entry : value.toGenericDict()) {
-    if (!entry.key().isString() || !entry.value().isTensor())
-      throw std::runtime_error(path.string() + ": entries must map names to tensors");
-    state.emplace(entry.key().toStringRef(), entry.value().toTensor());
+  for (const auto& [key, value] : root->entries) {
+    if (key->kind != io::PyObject::Kind::String || value->kind != io::PyObject::Kind::Tensor)
+      throw std::runtime_error(name + ": entries must map names to tensors");
+    state.emplace(key->text, value->tensor);
   }
   return state;
+}
+
+inline StateDict load_state_from(const std::function<io::PyObjectPtr()>& read,
+                                 const std::string& name) {
+  io::PyObjectPtr root;
+  try {
+    root = read();
+  } catch (const std::exception& e) {
+    throw std::runtime_error(name + ": not a readable ihn state file (truncated or corrupt): " +
+                             std::string(e.what()).substr(0, 400));
+  }
+  return state_from_pickle(root, name);
+}
+
+}  // namespace detail
+
+/// Reads a file written by save_state; the error names the file when it is missing,
+/// truncated, corrupt (a zip record whose CRC-32 fails, a tensor outside its storage) or not a
+/// state file.
+inline StateDict load_state(const std::filesystem::path& path) {
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error(path.string() + ": cannot open (missing file?)");
+  }
+  return detail::load_state_from([&] { return io::read_pth(path.string()); }, path.string());
+}
+
+/// The same from bytes in memory (`name` stands for the file in messages): fuzzing, tests.
+inline StateDict load_state_bytes(const void* data, size_t size, const std::string& name) {
+  return detail::load_state_from([&] { return io::read_pth_bytes(data, size, name); }, name);
 }
 
 namespace detail {

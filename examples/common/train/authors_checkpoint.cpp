@@ -2,7 +2,6 @@
 // and loading. One translation unit with LibTorch, linked into ihn_train.
 #include "train/authors_checkpoint.hpp"
 
-#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
 #include <ihn/io/pth.hpp>
@@ -169,17 +168,19 @@ CheckpointFormat sniff_checkpoint(const std::string& path) {
       "such as the authors' model_best.pth";
   if (std::memcmp(magic, "PK\x03\x04", 4) == 0) {
     // Both are zip archives with a pickle: ours is a dict holding the run's config and
-    // vocabulary next to the weights; its keys appear verbatim in the (small) pickle.
+    // vocabulary next to the weights; its keys appear verbatim in the (small) pickle. Read with
+    // ihn::io's ZipReader (sizes checked against the file, CRC verified), never with miniz.
     std::string pickle;
     try {
-      caffe2::serialize::PyTorchStreamReader reader(path);
-      if (!reader.hasRecord("data.pkl")) throw TrainError(neither + " (a zip without data.pkl)");
-      auto [data, size] = reader.getRecord("data.pkl");
-      pickle.assign(static_cast<const char*>(data.get()), size);
+      ihn::io::ZipReader zip(ihn::io::ByteSource::file(path));
+      if (!zip.has("data.pkl")) throw TrainError(neither + " (a zip without data.pkl)");
+      pickle = zip.read("data.pkl", ihn::io::kMaxPickleBytes);
     } catch (const TrainError&) {
       throw;
     } catch (const std::exception& e) {
-      throw TrainError(neither + " (" + std::string(e.what()).substr(0, 200) + ")");
+      // A checkpoint cut short (a full disk, a copy interrupted) is still recognisably a zip.
+      throw TrainError(std::string(e.what()).substr(0, 300) +
+                       " (a checkpoint that is truncated or corrupt: copy or train it again)");
     }
     const bool ours = pickle.find("config.json") != std::string::npos &&
                       pickle.find("vocab.json") != std::string::npos;

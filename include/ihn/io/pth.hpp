@@ -6,16 +6,24 @@
 // LibTorch's unpickler turns into None. This header carries a small unpickler for the subset that
 // torch.save writes (protocol 2; dicts, lists, tuples, OrderedDict, numbers, strings, tensors;
 // anything else becomes an opaque object), for both the zip format (torch >= 1.6, records read
-// with caffe2's PyTorchStreamReader) and the legacy format (a sequence of pickles followed by the
-// raw storages).
+// with ZipReader, io/zip.hpp) and the legacy format (a sequence of pickles followed by the raw
+// storages).
+//
+// Files are untrusted input (docs/reliability.md): declared sizes are checked against the file
+// before anything is allocated (data.pkl at most kMaxPickleBytes, each storage at most its
+// record, which must lie inside the file), every zip record's CRC-32 is verified, the object
+// graph may hold at most kMaxObjects objects nested at most kMaxDepth deep and no cycles
+// (checked without recursion), and every tensor's sizes, strides and offset must stay inside
+// its storage. Each violation is a pth_error naming the file (and the record or tensor).
 //
 //   auto report = ihn::io::load_pth(*model, "model_best.pth");    // strict: throws on mismatch
 //   auto ckpt = ihn::io::read_pth("model_best.pth");              // everything, as PyObject
 //   int64_t epoch = ckpt->at("epoch").as_int();
 #pragma once
 
-#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
+
+#include <ihn/io/zip.hpp>
 
 #include <cstdint>
 #include <cstring>
@@ -26,6 +34,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -108,6 +117,16 @@ struct PyObject {
   }
 };
 
+/// Limits on what a file may declare. data.pkl holds only the structure (names, shapes, numbers):
+/// the authors' R2Gen checkpoint with its optimizer state has a 60 KB one, and a pickle of
+/// 64 MiB would already describe millions of tensors. Each pickle opcode creates at most one
+/// object of ~250 bytes, so kMaxObjects bounds the unpickler's memory at ~0.5 GB; a real
+/// checkpoint has tens of thousands. Real nesting is ~6 deep (dict, OrderedDict, tensor
+/// arguments, shape tuple); kMaxDepth keeps every walk and destructor far from the stack limit.
+inline constexpr uint64_t kMaxPickleBytes = 64u << 20;
+inline constexpr size_t kMaxObjects = size_t{1} << 21;
+inline constexpr size_t kMaxDepth = 1000;
+
 namespace detail {
 
 inline at::ScalarType storage_dtype(const std::string& global) {
@@ -138,11 +157,90 @@ class Unpickler {
   Unpickler(const char* data, size_t size, PersistentLoad persistent_load)
       : data_(data), size_(size), persistent_load_(std::move(persistent_load)) {}
 
+  /// One pickle; its object graph is checked (size, depth, no cycles) before it is returned.
+  /// Whatever goes wrong, every object it created is taken apart one by one, so that neither a
+  /// cycle (leak) nor 100k nested lists (recursive destructors) survive the call.
   PyObjectPtr load(size_t& pos) {
     pos_ = pos;
     stack_.clear();
     marks_.clear();
     memo_.clear();
+    created_.clear();
+    try {
+      auto root = run(pos);
+      auto reachable = check_graph(root);
+      stack_.clear();
+      memo_.clear();
+      for (auto& p : created_)
+        if (!reachable.count(p.get())) dismantle(*p);  // garbage, e.g. a dropped reduce argument
+      created_.clear();
+      return root;
+    } catch (...) {
+      stack_.clear();
+      memo_.clear();
+      for (auto& p : created_) dismantle(*p);
+      created_.clear();
+      throw;
+    }
+  }
+
+  /// Every object reachable from `root`; throws on a cycle or on nesting deeper than kMaxDepth.
+  /// Iterative post-order walk: heights are computed once per object (shared objects, e.g.
+  /// memoised ones, are not walked twice, so a "billion laughs" graph costs linear time).
+  std::unordered_map<const PyObject*, size_t> check_graph(const PyObjectPtr& root) const {
+    std::unordered_map<const PyObject*, size_t> height;  // finished objects
+    std::unordered_map<const PyObject*, bool> on_path;
+    struct Frame {
+      const PyObject* node;
+      size_t next;
+      size_t height;
+    };
+    auto child = [](const PyObject* p, size_t i) -> const PyObject* {
+      if (i < p->items.size()) return p->items[i].get();
+      i -= p->items.size();
+      if (i < 2 * p->entries.size())
+        return (i % 2 ? p->entries[i / 2].second : p->entries[i / 2].first).get();
+      return i == 2 * p->entries.size() ? p->state.get() : nullptr;
+    };
+    std::vector<Frame> path{{root.get(), 0, 1}};
+    on_path[root.get()] = true;
+    while (!path.empty()) {
+      Frame& f = path.back();
+      const size_t children = f.node->items.size() + 2 * f.node->entries.size() + 1;
+      if (f.next < children) {
+        const PyObject* c = child(f.node, f.next++);
+        if (!c) continue;
+        if (on_path[c]) throw error("the pickled object contains itself (a cycle)");
+        auto done = height.find(c);
+        if (done != height.end()) {
+          f.height = std::max(f.height, done->second + 1);
+        } else {
+          on_path[c] = true;
+          path.push_back({c, 0, 1});  // invalidates f
+        }
+        if (path.back().height > kMaxDepth || path.size() > kMaxDepth)
+          throw error("objects nested more than " + std::to_string(kMaxDepth) + " deep");
+        continue;
+      }
+      const Frame finished = f;
+      path.pop_back();
+      on_path[finished.node] = false;
+      height[finished.node] = finished.height;
+      if (!path.empty()) path.back().height = std::max(path.back().height, finished.height + 1);
+    }
+    if (height[root.get()] > kMaxDepth)
+      throw error("objects nested more than " + std::to_string(kMaxDepth) + " deep");
+    return height;
+  }
+
+ private:
+  static void dismantle(PyObject& p) {
+    p.items.clear();
+    p.entries.clear();
+    p.state.reset();
+  }
+
+  PyObjectPtr run(size_t& pos) {
     for (;;) {
       const uint8_t op = byte();
       switch (op) {
@@ -328,7 +426,6 @@ class Unpickler {
     }
   }
 
- private:
   pth_error error(const std::string& what) const {
     return pth_error("ihn::io: pickle at byte " + std::to_string(pos_) + ": " + what);
   }
@@ -352,7 +449,12 @@ class Unpickler {
     for (char c; (c = static_cast<char>(byte())) != '\n';) s.push_back(c);
     return s;
   }
-  void push(PyObjectPtr p) { stack_.push_back(std::move(p)); }
+  void push(PyObjectPtr p) {
+    if (created_.size() >= kMaxObjects)
+      throw error("more than " + std::to_string(kMaxObjects) + " objects");
+    created_.push_back(p);
+    stack_.push_back(std::move(p));
+  }
   PyObjectPtr pop() {
     if (stack_.empty()) throw error("pop from an empty stack");
     auto p = stack_.back();
@@ -456,6 +558,7 @@ class Unpickler {
   std::vector<PyObjectPtr> stack_;
   std::vector<size_t> marks_;
   std::map<uint32_t, PyObjectPtr> memo_;
+  std::vector<PyObjectPtr> created_;  ///< every object pushed by this load, to take apart
 };
 
 /// persistent id ('storage', StorageType, key, location, numel[, view_metadata]) -> Storage.
@@ -472,23 +575,80 @@ inline PyObjectPtr storage_from_pid(const PyObjectPtr& pid,
     s->key = a[2]->text;
     s->dtype = storage_dtype(a[1]->text);
     s->numel = a[4]->as_int();
+    if (s->numel < 0)
+      throw pth_error("ihn::io: storage '" + s->key + "' declares " + std::to_string(s->numel) +
+                      " elements");
   }
   auto p = PyObject::make(PyObject::Kind::Storage);
   p->storage = s;
   return p;
 }
 
-/// Every Tensor node gets its tensor = storage.as_strided(sizes, strides, offset).
-inline void materialise(const PyObjectPtr& p) {
-  if (!p) return;
-  if (p->kind == PyObject::Kind::Tensor && !p->tensor.defined()) {
-    if (!p->storage->data.defined())
-      throw pth_error("ihn::io: storage '" + p->storage->key + "' has no data");
-    p->tensor = p->storage->data.as_strided(p->sizes, p->strides, p->offset);
+/// numel * element size, or a pth_error when it overflows.
+inline size_t storage_bytes(const PyStorage& s, int64_t numel, const std::string& where) {
+  size_t bytes = 0;
+  if (numel < 0 ||
+      __builtin_mul_overflow(static_cast<uint64_t>(numel), c10::elementSize(s.dtype), &bytes))
+    throw pth_error("ihn::io: " + where + ": storage '" + s.key + "' declares " +
+                    std::to_string(numel) + " elements, an impossible size");
+  return bytes;
+}
+
+/// The tensor's view (sizes, strides, offset) must read inside its storage: checked with
+/// overflow-safe arithmetic before as_strided, so a corrupted stride is an error, not a read
+/// out of bounds.
+inline void check_view(const PyObject& t, const std::string& where) {
+  const int64_t numel = t.storage->data.numel();
+  auto fail = [&](const std::string& what) {
+    std::ostringstream msg;
+    msg << "ihn::io: " << where << ": a tensor on storage '" << t.storage->key << "' (sizes "
+        << c10::IntArrayRef(t.sizes) << ", strides " << c10::IntArrayRef(t.strides) << ", offset "
+        << t.offset << ") " << what << " (storage of " << numel
+        << " elements); the file is corrupt";
+    throw pth_error(msg.str());
+  };
+  if (t.sizes.size() != t.strides.size()) fail("has as many sizes as strides");
+  if (t.offset < 0) fail("has a negative offset");
+  int64_t last = t.offset;  // index of the view's last element
+  bool empty = false;
+  for (size_t d = 0; d < t.sizes.size(); ++d) {
+    if (t.sizes[d] < 0 || t.strides[d] < 0) fail("has a negative size or stride");
+    if (t.sizes[d] == 0) empty = true;
   }
-  for (const auto& i : p->items) materialise(i);
-  for (const auto& e : p->entries) materialise(e.second);
-  materialise(p->state);
+  if (empty) {
+    if (t.offset > numel) fail("starts past its storage");
+    return;
+  }
+  for (size_t d = 0; d < t.sizes.size(); ++d) {
+    int64_t step = 0;
+    if (__builtin_mul_overflow(t.sizes[d] - 1, t.strides[d], &step) ||
+        __builtin_add_overflow(last, step, &last))
+      fail("spans more elements than int64 can count");
+  }
+  if (last >= numel) fail("reads past the end of its storage");
+}
+
+/// Every Tensor node reachable from `root` (checked by Unpickler::load: acyclic, shallow) gets
+/// its tensor = storage.as_strided(sizes, strides, offset), without recursion.
+inline void materialise(const PyObjectPtr& root, const std::string& where) {
+  std::vector<PyObject*> todo{root.get()};
+  std::unordered_map<const PyObject*, bool> seen;
+  while (!todo.empty()) {
+    PyObject* p = todo.back();
+    todo.pop_back();
+    if (!p || seen[p]) continue;
+    seen[p] = true;
+    if (p->kind == PyObject::Kind::Tensor && !p->tensor.defined()) {
+      if (!p->storage || !p->storage->data.defined())
+        throw pth_error("ihn::io: " + where + ": storage '" +
+                        (p->storage ? p->storage->key : std::string("?")) + "' has no data");
+      check_view(*p, where);
+      p->tensor = p->storage->data.as_strided(p->sizes, p->strides, p->offset);
+    }
+    for (const auto& i : p->items) todo.push_back(i.get());
+    for (const auto& e : p->entries) todo.push_back(e.second.get());
+    todo.push_back(p->state.get());
+  }
 }
 
 inline std::vector<char> read_file(const std::string& path) {
@@ -499,44 +659,57 @@ inline std::vector<char> read_file(const std::string& path) {
 
 inline torch::Tensor storage_tensor(const void* bytes, size_t nbytes, const PyStorage& s,
                                     const std::string& where) {
-  const size_t need = static_cast<size_t>(s.numel) * c10::elementSize(s.dtype);
+  const size_t need = storage_bytes(s, s.numel, where);
   if (nbytes < need)
     throw pth_error("ihn::io: " + where + ": storage '" + s.key + "' has " +
                     std::to_string(nbytes) + " bytes, needs " + std::to_string(need));
   auto t = torch::empty({s.numel}, torch::TensorOptions().dtype(s.dtype));
-  std::memcpy(t.data_ptr(), bytes, need);
+  if (need) std::memcpy(t.data_ptr(), bytes, need);
   return t;
 }
 
-inline PyObjectPtr read_zip(const std::string& path) {
-  caffe2::serialize::PyTorchStreamReader reader(path);
-  auto [pkl, pkl_size] = reader.getRecord("data.pkl");
+/// The zip format: data.pkl, then one record data/<key> per storage, each read straight into its
+/// tensor (no second copy) once its size is known to fit the declared element count.
+inline PyObjectPtr read_zip(const std::shared_ptr<ByteSource>& source) {
+  const std::string& where = source->name();
+  ZipReader zip(source);
+  const std::string pkl = zip.read("data.pkl", kMaxPickleBytes);
   std::map<std::string, std::shared_ptr<PyStorage>> storages;
-  Unpickler u(static_cast<const char*>(pkl.get()), pkl_size,
+  Unpickler u(pkl.data(), pkl.size(),
               [&](const PyObjectPtr& pid) { return storage_from_pid(pid, storages); });
   size_t pos = 0;
-  auto root = u.load(pos);
-  for (auto& [key, s] : storages) {
-    const std::string record = "data/" + key;
-    if (!reader.hasRecord(record))
-      throw pth_error("ihn::io: '" + path + "': record " + record + " missing");
-    auto [data, size] = reader.getRecord(record);
-    s->data = storage_tensor(data.get(), size, *s, path);
+  PyObjectPtr root;
+  try {
+    root = u.load(pos);
+  } catch (const pth_error& e) {
+    throw pth_error(std::string(e.what()) + " (record '" + zip.archive_name() + "/data.pkl' of '" +
+                    where + "')");
   }
-  materialise(root);
+  for (auto& [key, s] : storages) {
+    const ZipEntry& record = zip.entry("data/" + key);
+    const size_t need = storage_bytes(*s, s->numel, where);
+    if (record.size < need)
+      throw pth_error("ihn::io: " + where + ": storage '" + key + "' declares " +
+                      std::to_string(s->numel) + " elements (" + std::to_string(need) +
+                      " bytes) but its record '" + record.name + "' holds " +
+                      std::to_string(record.size) + " bytes");
+    // The whole record is read (its CRC covers all of it); the tensor views its first bytes.
+    auto bytes = torch::empty({static_cast<int64_t>(record.size)}, torch::kUInt8);
+    zip.read_into(record, bytes.data_ptr(), static_cast<size_t>(record.size));
+    s->data = bytes.narrow(0, 0, static_cast<int64_t>(need)).view(s->dtype);
+  }
+  materialise(root, where);
   return root;
 }
 
-inline PyObjectPtr read_legacy(const std::string& path) {
-  const auto buf = read_file(path);
+inline PyObjectPtr read_legacy(const char* data, size_t size, const std::string& where) {
   std::map<std::string, std::shared_ptr<PyStorage>> storages;
-  Unpickler u(buf.data(), buf.size(),
-              [&](const PyObjectPtr& pid) { return storage_from_pid(pid, storages); });
+  Unpickler u(data, size, [&](const PyObjectPtr& pid) { return storage_from_pid(pid, storages); });
   size_t pos = 0;
   auto magic = u.load(pos);  // 0x1950a86a20f9469cfc6c, pickled as 10 little-endian bytes
   if (magic->kind != PyObject::Kind::Int ||
       magic->text != "\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
-    throw pth_error("ihn::io: '" + path + "' is not a torch.save file (bad legacy magic number)");
+    throw pth_error("ihn::io: '" + where + "' is not a torch.save file (bad legacy magic number)");
   u.load(pos);  // protocol version
   u.load(pos);  // sys info
   auto root = u.load(pos);
@@ -544,40 +717,61 @@ inline PyObjectPtr read_legacy(const std::string& path) {
   for (const auto& k : keys->items) {
     auto it = storages.find(k->text);
     if (it == storages.end())
-      throw pth_error("ihn::io: '" + path + "': unknown storage " + k->text);
-    if (pos + 8 > buf.size()) throw pth_error("ihn::io: '" + path + "': truncated storages");
+      throw pth_error("ihn::io: '" + where + "': unknown storage " + k->text);
+    if (size - pos < 8) throw pth_error("ihn::io: '" + where + "': truncated storages");
     int64_t n = 0;
-    std::memcpy(&n, buf.data() + pos, 8);
+    std::memcpy(&n, data + pos, 8);
     pos += 8;
     auto& s = *it->second;
-    const size_t nbytes = static_cast<size_t>(n) * c10::elementSize(s.dtype);
-    if (pos + nbytes > buf.size())
-      throw pth_error("ihn::io: '" + path + "': truncated storage " + s.key);
+    const size_t nbytes = storage_bytes(s, n, where);
+    if (nbytes > size - pos)
+      throw pth_error("ihn::io: '" + where + "': truncated storage " + s.key);
     s.numel = n;
-    s.data = storage_tensor(buf.data() + pos, nbytes, s, path);
+    s.data = storage_tensor(data + pos, nbytes, s, where);
     pos += nbytes;
   }
-  materialise(root);
+  materialise(root, where);
   return root;
+}
+
+/// Zip or legacy format, told apart by the first bytes.
+inline PyObjectPtr read_source(const std::shared_ptr<ByteSource>& source) {
+  const std::string& where = source->name();
+  unsigned char magic[4] = {0, 0, 0, 0};
+  if (source->size() >= 4) source->read(0, magic, 4);
+  try {
+    if (std::memcmp(magic, "PK\x03\x04", 4) == 0) return read_zip(source);
+    if (magic[0] == 0x80) {
+      std::vector<char> buf(static_cast<size_t>(source->size()));
+      source->read(0, buf.data(), buf.size());
+      return read_legacy(buf.data(), buf.size(), where);
+    }
+  } catch (const pth_error&) {
+    throw;
+  } catch (const zip_error& e) {  // names the file and the record already
+    throw pth_error(std::string("ihn::io: ") + e.what());
+  } catch (const std::exception& e) {
+    throw pth_error("ihn::io: '" + where + "': " + e.what());
+  }
+  throw pth_error("ihn::io: '" + where + "' is neither a zip nor a legacy torch.save file");
 }
 
 }  // namespace detail
 
 /// The whole object saved with torch.save (zip or legacy format).
 inline PyObjectPtr read_pth(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw pth_error("ihn::io: cannot open '" + path + "'");
-  char magic[4] = {0, 0, 0, 0};
-  f.read(magic, 4);
+  std::shared_ptr<ByteSource> source;
   try {
-    if (std::memcmp(magic, "PK\x03\x04", 4) == 0) return detail::read_zip(path);
-    if (static_cast<uint8_t>(magic[0]) == 0x80) return detail::read_legacy(path);
-  } catch (const pth_error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw pth_error("ihn::io: '" + path + "': " + e.what());
+    source = ByteSource::file(path);
+  } catch (const zip_error&) {
+    throw pth_error("ihn::io: cannot open '" + path + "'");
   }
-  throw pth_error("ihn::io: '" + path + "' is neither a zip nor a legacy torch.save file");
+  return detail::read_source(source);
+}
+
+/// The same from bytes in memory; `name` stands for the file in messages.
+inline PyObjectPtr read_pth_bytes(const void* data, size_t size, const std::string& name) {
+  return detail::read_source(ByteSource::memory(data, size, name));
 }
 
 /// name -> tensor, in the file's order.
