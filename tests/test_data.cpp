@@ -345,6 +345,33 @@ TEST_CASE("image: stb load, gray to RGB, resize sizes and transforms", "[data]")
   CHECK_THROWS_WITH(write_png(gray, (dir / "no" / "such" / "dir.png").string()),
                     Catch::Contains("dir.png"));
 
+  SECTION("a header declaring 20000x20000 is refused before decoding (issue 13, item 9)") {
+    // PNG signature, IHDR (20000 x 20000, 8-bit gray; stb checks no CRC), IEND: 45 bytes that
+    // used to cost 400 MB (3.9 GB in `ihn generate`); as RGB, stb said "unknown image type".
+    const std::string png(
+        "\x89PNG\r\n\x1a\n"
+        "\x00\x00\x00\x0dIHDR\x00\x00\x4e\x20\x00\x00\x4e\x20\x08\x00\x00\x00\x00"
+        "\x00\x00\x00\x00"
+        "\x00\x00\x00\x00IEND\xae\x42\x60\x82",
+        45);
+    std::ofstream(dir / "huge.png", std::ios::binary) << png;
+    const auto huge = (dir / "huge.png").string();
+    for (const bool keep_gray : {false, true})  // (Catch v2 matchers cannot be stored)
+      CHECK_THROWS_WITH(keep_gray ? load_image(huge) : load_image_rgb(huge),
+                        Catch::Contains("huge.png") && Catch::Contains("20000\u00d720000") &&
+                            Catch::Contains("larger than the limit"));
+    CHECK_THAT(probe_image(huge), Catch::Contains("larger than the limit"));
+    auto rgb_header = png;
+    rgb_header[25] = 2;  // colour type RGB
+    CHECK_THROWS_WITH(decode_image(reinterpret_cast<const unsigned char*>(rgb_header.data()),
+                                   rgb_header.size(), "rgb.png", 3),
+                      Catch::Contains("rgb.png") && Catch::Contains("20000\u00d720000"));
+    CHECK_THAT(probe_image(huge, true), Catch::Contains("larger than the limit"));
+    CHECK_THROWS_WITH(decode_image(reinterpret_cast<const unsigned char*>(png.data()), png.size(),
+                                   "memory.png", 3),
+                      Catch::Contains("memory.png") && Catch::Contains("larger than the limit"));
+  }
+
   // torchvision Resize(256): shorter side 256, longer int(256 * 400 / 300) = 341.
   const auto resized = resize_shorter_side(rgb, 256);
   CHECK(resized.width == 256);

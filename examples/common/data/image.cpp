@@ -14,6 +14,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 
@@ -28,35 +30,101 @@ Image Image::blank(int width, int height, int channels, uint8_t value) {
   return image;
 }
 
-std::string probe_image(const std::string& path, bool full_decode) {
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) return "missing";
-  if (std::filesystem::is_directory(path, error)) return "unreadable (a directory)";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "unreadable (permission denied?)";
-  int width = 0, height = 0, channels = 0;
-  if (!full_decode) {
-    if (!stbi_info(path.c_str(), &width, &height, &channels))
-      return std::string("corrupt or not an image: ") + stbi_failure_reason();
-    if (width <= 0 || height <= 0) return "corrupt or not an image: empty";
-    return "";
-  }
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
-      stbi_load(path.c_str(), &width, &height, &channels, 3), stbi_image_free);
-  if (!pixels) return std::string("corrupt or not an image: ") + stbi_failure_reason();
+namespace {
+
+using Pixels = std::unique_ptr<stbi_uc, void (*)(void*)>;
+
+std::string size_problem(int width, int height) {
+  if (width <= 0 || height <= 0) return "corrupt or not an image: empty";
+  if (width > kMaxImageSide || height > kMaxImageSide ||
+      static_cast<int64_t>(width) * height > kMaxImagePixels)
+    return "image is " + std::to_string(width) + "\u00d7" + std::to_string(height) +
+           ", larger than the limit of " + std::to_string(kMaxImageSide) + " pixels per side and " +
+           std::to_string(kMaxImagePixels >> 20) + " Mpixels (a corrupt or hostile header?)";
   return "";
 }
 
-namespace {
-Image load_with_components(const std::string& path, int components) {
-  int width = 0, height = 0, channels = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
-      stbi_load(path.c_str(), &width, &height, &channels, components), stbi_image_free);
-  if (!pixels) {
-    const auto problem = probe_image(path, true);
-    throw std::runtime_error("cannot load image '" + path +
-                             "': " + (problem.empty() ? stbi_failure_reason() : problem));
+/// The header's size, checked before anything is decoded: stb would allocate what it declares
+/// (a 388 KB PNG declaring 20000x20000 cost 3.9 GB).
+std::string header_problem(const unsigned char* data, size_t size, int* channels) {
+  int width = 0, height = 0;
+  if (size > static_cast<size_t>(std::numeric_limits<int>::max())) return "file too large";
+  if (!stbi_info_from_memory(data, static_cast<int>(size), &width, &height, channels)) {
+    // stb refuses some large PNG headers itself, then reports "unknown image type": read the
+    // size from the IHDR chunk to say what is wrong.
+    if (size >= 24 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0 &&
+        std::memcmp(data + 12, "IHDR", 4) == 0) {
+      auto be32 = [&](size_t at) {
+        return (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
+               (uint32_t{data[at + 2]} << 8) | uint32_t{data[at + 3]};
+      };
+      const uint32_t w = be32(16), h = be32(20);
+      if (w > static_cast<uint32_t>(kMaxImageSide) || h > static_cast<uint32_t>(kMaxImageSide))
+        return size_problem(static_cast<int>(std::min<uint32_t>(w, INT32_MAX)),
+                            static_cast<int>(std::min<uint32_t>(h, INT32_MAX)));
+    }
+    return std::string("corrupt or not an image: ") + stbi_failure_reason();
   }
+  return size_problem(width, height);
+}
+
+std::string read_bytes(const std::string& path, std::string* problem) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    *problem = "missing";
+    return {};
+  }
+  if (std::filesystem::is_directory(path, error)) {
+    *problem = "unreadable (a directory)";
+    return {};
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *problem = "unreadable (permission denied?)";
+    return {};
+  }
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) *problem = "unreadable (read error)";
+  return bytes;
+}
+
+}  // namespace
+
+std::string probe_image(const std::string& path, bool full_decode) {
+  std::string problem;
+  const std::string bytes = read_bytes(path, &problem);
+  if (!problem.empty()) return problem;
+  if (!full_decode) {
+    int channels = 0;
+    return header_problem(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                          &channels);
+  }
+  try {
+    decode_image(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), path, 3);
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what(), prefix = "cannot load image '" + path + "': ";
+    return what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what;
+  }
+  return "";
+}
+
+Image decode_image(const unsigned char* data, size_t size, const std::string& name,
+                   int components) {
+  auto fail = [&](const std::string& problem) -> Image {
+    throw std::runtime_error("cannot load image '" + name + "': " + problem);
+  };
+  int channels = 0;
+  const auto problem = header_problem(data, size, &channels);
+  if (!problem.empty()) return fail(problem);
+  // 0: gray (and gray + alpha) stays one channel, everything else becomes RGB.
+  if (components == 0) components = channels <= 2 ? 1 : 3;
+  int width = 0, height = 0;
+  Pixels pixels(
+      stbi_load_from_memory(data, static_cast<int>(size), &width, &height, &channels, components),
+      stbi_image_free);
+  if (!pixels) return fail(std::string("corrupt or not an image: ") + stbi_failure_reason());
+  const auto decoded = size_problem(width, height);  // the header told the truth?
+  if (!decoded.empty()) return fail(decoded);
   Image image;
   image.width = width;
   image.height = height;
@@ -64,6 +132,15 @@ Image load_with_components(const std::string& path, int components) {
   image.pixels.assign(pixels.get(),
                       pixels.get() + static_cast<size_t>(width) * height * components);
   return image;
+}
+
+namespace {
+Image load_with_components(const std::string& path, int components) {
+  std::string problem;
+  const std::string bytes = read_bytes(path, &problem);
+  if (!problem.empty()) throw std::runtime_error("cannot load image '" + path + "': " + problem);
+  return decode_image(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), path,
+                      components);
 }
 }  // namespace
 
@@ -73,11 +150,9 @@ Image load_image_rgb(const std::string& path) {
 }
 
 Image load_image(const std::string& path) {
-  int width = 0, height = 0, channels = 0;
   // Gray (and gray + alpha) stays one channel: every later step is per channel, so replicating
   // at the end gives the same numbers as PIL's convert('RGB') first, for a third of the work.
-  const bool gray = stbi_info(path.c_str(), &width, &height, &channels) && channels <= 2;
-  return load_with_components(path, gray ? 1 : 3);
+  return load_with_components(path, 0);
 }
 
 void write_png(const Image& image, const std::string& path) {

@@ -35,6 +35,17 @@ struct Image {
   static Image blank(int width, int height, int channels, uint8_t value = 0);
 };
 
+/// The largest image decoded: 16384 pixels per side and 64 Mpixels in all (192 MB as RGB; stb
+/// needs about twice that while decoding). Chest X-rays are at most ~4000x4000 (MIMIC-CXR's
+/// JPEGs; IU X-Ray's PNGs are ~2000x2500), so this leaves a 4x margin while a hostile header
+/// (a 388 KB PNG declaring 20000x20000) is refused before stb allocates anything.
+inline constexpr int kMaxImageSide = 16384;
+inline constexpr int64_t kMaxImagePixels = int64_t{64} << 20;
+
+/// Decodes an encoded image in memory (`name` stands for the file in messages) after checking
+/// the size its header declares. `components` 3: RGB (gray replicated); 1: gray; 0: gray stays
+/// gray, everything else RGB. Throws std::runtime_error naming `name` and the problem.
+Image decode_image(const unsigned char* data, size_t size, const std::string& name, int components);
 /// Decodes a PNG/JPEG/BMP file to RGB (gray replicated to three channels). Throws
 /// std::runtime_error naming the file and stb's reason (missing, unreadable, corrupt).
 Image load_image_rgb(const std::string& path);
@@ -42,7 +53,8 @@ Image load_image_rgb(const std::string& path);
 /// replicate gray into three channels at the end, which gives load_image_rgb's result faster.
 Image load_image(const std::string& path);
 /// Header-only check (stbi_info): empty string when `path` looks like a readable image,
-/// otherwise the problem ("missing", "unreadable", "corrupt or not an image: <reason>").
+/// otherwise the problem ("missing", "unreadable", "corrupt or not an image: <reason>",
+/// "image is WxH, larger than the limit ...").
 std::string probe_image(const std::string& path, bool full_decode = false);
 /// Writes a PNG (1 or 3 channels). Throws std::runtime_error naming the file.
 void write_png(const Image& image, const std::string& path);
