@@ -255,6 +255,16 @@ TEST_CASE("annotation: every documented problem is reported with file, entry and
        Dataset::mimic_cxr},
       {[](auto& j) { j["train"][1]["image_path"] = {""}; }, "non-empty strings"},
       {[](auto& j) { j["train"][1]["split"] = "test"; }, "sits in 'train'"},
+      // Issue 13, item 10: one study twice, and images outside the image root.
+      {[](auto& j) { j["train"][1]["id"] = "a"; }, "duplicate id: also train[0]"},
+      {[](auto& j) {
+         j["train"][1]["image_path"] = {"b/0.png", "b/../../../secret.png"};
+       },
+       "leaves the image folder"},
+      {[](auto& j) {
+         j["train"][1]["image_path"] = {"/etc/passwd", "b/1.png"};
+       },
+       "leaves the image folder"},
   };
   for (const auto& c : cases) {
     INFO(c.message);

@@ -14,6 +14,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <limits>
 #include <string>
@@ -522,6 +526,101 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   REQUIRE_THROWS_AS(ihn_examples::train::config_from_json(k), TrainError);
 }
 
+TEST_CASE("train: the run folder has one writer, and a checkpoint's config is checked on load",
+          "[train]") {
+  namespace t = ihn_examples::train;
+  const auto root = ihn_test::scratch_dir("train_folder");
+  auto c = tiny((root / "run").string());
+  c.epochs = 1;
+  REQUIRE_FALSE(t::train(c).interrupted);
+  // A fresh run over a finished one would mix their logs and replace its checkpoints.
+  const auto best_before = model_entries(root / "run" / "best.pt");
+  REQUIRE_THROWS_WITH(t::train(c),
+                      Catch::Contains("already holds a run") && Catch::Contains("--resume"));
+  std::filesystem::remove(root / "run" / "last.pt");  // a finished run with last.pt deleted
+  REQUIRE_THROWS_WITH(t::train(c), Catch::Contains("results of an earlier run"));
+  REQUIRE(std::filesystem::exists(root / "run" / "best.pt"));
+  REQUIRE(model_entries(root / "run" / "best.pt").size() == best_before.size());
+
+  // Two runs on one folder (issue 13, item 7): the second is refused while the first holds it.
+  {
+    const int fd = ::open((root / "run" / ".lock").c_str(), O_RDWR | O_CREAT, 0644);
+    REQUIRE(fd >= 0);
+    REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+    auto resumed = c;
+    resumed.resume = true;
+    REQUIRE_THROWS_WITH(t::train(resumed), Catch::Contains("another ihn train"));
+    ::close(fd);
+  }
+
+  // Out-of-range values in a checkpoint's stored config (issue 13, item 4: SIGFPE with zero
+  // heads, SIGSEGV in beam search with max_seq_length 0, LibTorch backtraces) are refused with
+  // the file and the field named, by evaluate and by generate.
+  const auto state = ihn::load_state(root / "run" / "best.pt");
+  const auto stored = t::to_json(c);
+  for (const auto& [field, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{{"num_heads", 0},
+                                                           {"rm_num_heads", 0},
+                                                           {"max_seq_length", 0},
+                                                           {"d_model", -5},
+                                                           {"beam_size", 0},
+                                                           {"crop", 100000},
+                                                           {"lr_ed", nullptr}}) {
+    INFO(field);
+    auto j = stored;
+    j[field] = value;
+    auto bad = state;
+    const std::string text = j.dump();
+    bad["config.json"] = torch::from_blob(const_cast<char*>(text.data()),
+                                          {static_cast<int64_t>(text.size())}, torch::kUInt8)
+                             .clone();
+    const auto file = root / ("bad_" + field + ".pt");
+    ihn::save_state(bad, file);
+    t::EvaluateOptions eo;
+    eo.checkpoint = file.string();
+    eo.bootstrap = 0;
+    REQUIRE_THROWS_WITH(t::evaluate_checkpoint(eo),
+                        Catch::Contains(file.string()) && Catch::Contains("config"));
+    t::GenerateOptions go;
+    go.checkpoint = file.string();
+    go.images = {(root / "unused.png").string()};
+    REQUIRE_THROWS_WITH(t::generate_report(go), Catch::Contains(file.string()));
+  }
+}
+
+TEST_CASE("train: real-data runs refuse empty splits and skip bad entries only when asked",
+          "[train]") {
+  namespace t = ihn_examples::train;
+  const auto root = ihn_test::scratch_dir("train_annotation");
+  ihn::data::SyntheticOptions so;
+  so.studies = 40;
+  so.image_size = 32;
+  ihn::data::write_synthetic(ihn::data::generate_synthetic(so), (root / "data").string());
+  auto json = nlohmann::json::parse(std::ifstream(root / "data" / "annotation.json"));
+  auto c = tiny((root / "run").string());
+  c.epochs = 1;
+  c.data = "annotation";
+  c.images = (root / "data" / "images").string();
+  c.ann = (root / "ann.json").string();
+
+  auto empty_val = json;
+  empty_val["val"] = nlohmann::json::array();
+  std::ofstream(c.ann) << empty_val.dump();
+  REQUIRE_THROWS_WITH(t::train(c), Catch::Contains("val split is empty"));
+
+  // A study whose image is missing: named, with the way out; --skip-bad leaves it out.
+  auto missing = json;
+  missing["train"][0]["image_path"][0] = "nowhere/0.png";
+  std::ofstream(c.ann) << missing.dump();
+  c.out = (root / "strict").string();
+  REQUIRE_THROWS_WITH(t::train(c),
+                      Catch::Contains("nowhere/0.png") && Catch::Contains("--skip-bad"));
+  c.out = (root / "skipping").string();
+  c.skip_bad = true;
+  REQUIRE_FALSE(t::train(c).interrupted);
+  REQUIRE(std::filesystem::exists(root / "skipping" / "test.json"));
+}
+
 TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical selection)",
           "[train]") {
   namespace t = ihn_examples::train;
@@ -747,3 +846,195 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   evals[2].pop_back();
   REQUIRE_THROWS_AS(ihn_examples::train::compare_evaluations(evals, 200, 0), TrainError);
 }
+
+// ------------------------------------------------------------------------------------------
+// Fault injection (issue 13): `ihn train` killed with SIGKILL at named moments around every
+// checkpoint write (IHN_KILL_AT, train.cpp) and at random times, then restarted the way a user
+// would (`--resume` when last.pt exists, else the same command again), until it finishes. Each
+// run must end with the uninterrupted run's weights (last.pt, best.pt), test reports and
+// metrics, and a log.jsonl with every step exactly once and the same losses.
+
+#ifdef IHN_TOOL
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+extern char** environ;
+
+namespace {
+
+/// Starts the tool with `args` (and IHN_KILL_AT=kill_at when given), output to `log_file`.
+pid_t spawn_tool(const std::vector<std::string>& args, const std::string& kill_at,
+                 const std::string& log_file) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e)
+    if (std::string(*e).rfind("IHN_KILL_AT=", 0) != 0) env_strings.emplace_back(*e);
+  if (!kill_at.empty()) env_strings.push_back("IHN_KILL_AT=" + kill_at);
+  std::vector<char*> env, argv;
+  for (auto& s : env_strings) env.push_back(s.data());
+  env.push_back(nullptr);
+  std::vector<std::string> all{IHN_TOOL};
+  all.insert(all.end(), args.begin(), args.end());
+  for (auto& s : all) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                   0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, IHN_TOOL, &actions, nullptr, argv.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  REQUIRE(rc == 0);
+  return pid;
+}
+
+int wait_status(pid_t pid) {
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return status;
+}
+
+std::vector<std::pair<int64_t, double>> logged_steps(const std::filesystem::path& log) {
+  std::ifstream in(log);
+  std::vector<std::pair<int64_t, double>> steps;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto row = nlohmann::json::parse(line);
+    if (row.at("type") == "step")
+      steps.emplace_back(row.at("step").get<int64_t>(), row.at("loss").get<double>());
+  }
+  return steps;
+}
+
+std::string slurp(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("fault injection: SIGKILL anywhere, restart, and the run ends as if never killed",
+          "[fault]") {
+  const auto root = ihn_test::scratch_dir("fault");
+  const std::vector<std::string> recipe{"--synth-studies",
+                                        "40",
+                                        "--synth-image-size",
+                                        "32",
+                                        "--resize",
+                                        "36",
+                                        "--image-size",
+                                        "32",
+                                        "--d-model",
+                                        "32",
+                                        "--d-ff",
+                                        "32",
+                                        "--rm-d-model",
+                                        "32",
+                                        "--num-heads",
+                                        "2",
+                                        "--rm-num-heads",
+                                        "2",
+                                        "--max-seq-length",
+                                        "20",
+                                        "--batch-size",
+                                        "8",
+                                        "--beam-size",
+                                        "1",
+                                        "--bootstrap",
+                                        "0",
+                                        "--threads",
+                                        "1",
+                                        "--quiet",
+                                        "--no-plots",
+                                        "--epochs",
+                                        "3",
+                                        "--ihn",
+                                        "paper",
+                                        "--negatives",
+                                        "2",
+                                        "--ascent-steps",
+                                        "2"};
+  auto train_args = [&](const std::filesystem::path& out) {
+    std::vector<std::string> a{"train", "--out", out.string()};
+    a.insert(a.end(), recipe.begin(), recipe.end());
+    return a;
+  };
+  const std::string tool_log = (root / "tool.log").string();
+
+  const auto ref = root / "ref";
+  const auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(wait_status(spawn_tool(train_args(ref), "", tool_log)) == 0);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto ref_steps = logged_steps(ref / "log.jsonl");
+  REQUIRE(ref_steps.size() >= 9);
+  auto ref_test = nlohmann::json::parse(slurp(ref / "test.json"));
+  ref_test.erase("checkpoint");
+
+  // Finishes a killed run as a user would, then compares it with the reference.
+  auto finish_and_check = [&](const std::filesystem::path& out, const std::string& what) {
+    INFO(what);
+    int status = -1;
+    for (int attempt = 0; attempt < 3 && status != 0; ++attempt) {
+      const bool resume = std::filesystem::exists(out / "last.pt");
+      status = wait_status(
+          spawn_tool(resume ? std::vector<std::string>{"train", "--out", out.string(), "--resume",
+                                                       "--quiet", "--no-plots"}
+                            : train_args(out),
+                     "", tool_log));
+    }
+    REQUIRE(status == 0);
+    require_identical(ref / "last.pt", out / "last.pt");
+    require_identical(ref / "best.pt", out / "best.pt");
+    REQUIRE(slurp(out / "reports" / "test.jsonl") == slurp(ref / "reports" / "test.jsonl"));
+    auto test = nlohmann::json::parse(slurp(out / "test.json"));
+    test.erase("checkpoint");
+    REQUIRE(test == ref_test);
+    REQUIRE(logged_steps(out / "log.jsonl") == ref_steps);  // each step once, same losses
+    for (const auto& entry : std::filesystem::directory_iterator(out))
+      REQUIRE(entry.path().extension() != ".tmp");
+  };
+
+  // The moments around each checkpoint write, in the first and last epochs, and mid-epoch.
+  int case_index = 0;
+  for (const std::string point :
+       {"step@2", "step@7", "before_best@1", "between_checkpoints@1", "after_last@1",
+        "between_checkpoints@2", "before_best@3", "after_last@3"}) {
+    const auto out = root / ("point_" + std::to_string(case_index++));
+    const int status = wait_status(spawn_tool(train_args(out), point, tool_log));
+    INFO(point);
+    REQUIRE(WIFSIGNALED(status));
+    REQUIRE(WTERMSIG(status) == SIGKILL);
+    finish_and_check(out, "killed at " + point);
+  }
+
+  // Random moments (a fixed seed, so a failure reproduces): once, or twice in a row.
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<double> when(0.1, seconds);
+  for (int k = 0; k < 6; ++k) {
+    const auto out = root / ("random_" + std::to_string(k));
+    std::string what;
+    for (int kill = 0; kill < (k % 2 ? 2 : 1); ++kill) {
+      const bool resume = std::filesystem::exists(out / "last.pt");
+      const pid_t pid =
+          spawn_tool(resume ? std::vector<std::string>{"train", "--out", out.string(), "--resume",
+                                                       "--quiet", "--no-plots"}
+                            : train_args(out),
+                     "", tool_log);
+      const double t = when(rng);
+      what += "killed after " + std::to_string(t) + " s; ";
+      std::this_thread::sleep_for(std::chrono::duration<double>(t));
+      ::kill(pid, SIGKILL);
+      wait_status(pid);
+    }
+    finish_and_check(out, what);
+  }
+}
+#endif

@@ -74,6 +74,8 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--ann", args->options.ann,
                   "Evaluate on this annotation instead of the checkpoint's data (same vocabulary)");
   cmd->add_option("--images", args->options.images, "Image root for --ann");
+  cmd->add_flag("--skip-bad", args->options.skip_bad,
+                "Leave out bad entries of --ann (listed) instead of stopping");
   auto& authors = args->options.authors;
   ihn::cli::add_authors_options(cmd, authors);
   cmd->add_option("--beam-size", args->options.beam_size, "Beam size (default: the run's)")

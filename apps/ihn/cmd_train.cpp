@@ -159,15 +159,19 @@ PRESETS
 
 OUTPUT (in --out)
   last.pt, best.pt    model, optimiser, trainer, ihn, RNG, vocabulary and config; written
-                      atomically every epoch
-  log.jsonl           one line per step and per epoch (every metric)
+                      atomically every epoch, best.pt first: last.pt commits the epoch
+  log.jsonl           one line per step and per epoch (every metric); on --resume, rows
+                      after last.pt's step are dropped (they are trained again)
+  .lock               held while a run writes the folder: a second run on it is refused
   reports/            generated validation reports per epoch, test reports of best.pt
   test.json           all metrics of best.pt on the test split (as ihn evaluate)
   curves.png          loss and validation BLEU-4 (when gnuplot is installed)
 
 SIGNALS
   Ctrl-C or SIGTERM: the current step finishes, last.pt is saved, exit status 0; continue
-  with --resume. A second Ctrl-C kills at once.
+  with --resume. A second Ctrl-C kills at once. After kill -9 or a power cut, --resume
+  continues from the last epoch's last.pt and ends with the same weights and results
+  (docs/reliability.md).
 
 EXAMPLES
   ihn train --data synth --out runs/base

@@ -40,6 +40,8 @@ class RecipeOptions {
     add(cmd, "--max-seq-length", s.max_seq_length, "Tokens per report incl. BOS/EOS (60)",
         &C::max_seq_length);
     add(cmd, "--threshold", s.threshold, "Vocabulary: minimum count in train (3)", &C::threshold);
+    add(cmd, "--skip-bad", s.skip_bad,
+        "Leave out annotation entries with problems (listed) instead of stopping", &C::skip_bad);
     add(cmd, "--visual-depth", s.visual_depth, "ResNet depth: 18, 34, 50 or 101", &C::visual_depth);
     add(cmd, "--visual-init", s.visual_init,
         "Start the visual extractor from this `ihn pretrain` file", &C::visual_init);

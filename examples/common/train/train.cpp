@@ -24,14 +24,19 @@
 #include "train/official_step.hpp"
 #include "train/pretrain.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -55,7 +60,7 @@ using json = nlohmann::json;
 // clang-format off
 #define IHN_TRAIN_FIELDS(X)                                                                      \
   X(model) X(preset) X(data) X(ann) X(images) X(dataset) X(synth_studies) X(synth_seed)          \
-  X(synth_image_size) X(synth_val_fraction) X(synth_test_fraction) X(synth_normal_fraction) X(resize) X(crop) X(threshold) X(max_seq_length) X(visual_depth) X(visual_init) X(pretrain) X(pretrain_studies) X(pretrain_seed) X(pretrain_epochs) X(pretrain_dir) X(freeze_visual)           \
+  X(synth_image_size) X(synth_val_fraction) X(synth_test_fraction) X(synth_normal_fraction) X(resize) X(crop) X(threshold) X(skip_bad) X(max_seq_length) X(visual_depth) X(visual_init) X(pretrain) X(pretrain_studies) X(pretrain_seed) X(pretrain_epochs) X(pretrain_dir) X(freeze_visual)           \
   X(d_model) X(d_ff) X(num_heads) X(num_layers) X(rm_num_slots) X(rm_num_heads) X(rm_d_model)    \
   X(dropout) X(drop_prob_lm) X(topk) X(cmm_size) X(cmm_dim) X(views) X(epochs) X(batch_size) X(lr_ve) X(lr_ed) X(weight_decay)           \
   X(amsgrad) X(adam_beta1) X(adam_beta2) X(adam_eps) X(max_positions) X(lr_step) X(lr_gamma) X(grad_clip) X(seed) X(early_stop) X(select_metric) X(beam_size) X(ihn)       \
@@ -74,9 +79,18 @@ json to_json(const TrainConfig& c) {
 TrainConfig config_from_json(const json& j) {
   TrainConfig c;
   std::set<std::string> known;
-#define X(name)        \
-  known.insert(#name); \
-  if (j.contains(#name)) j.at(#name).get_to(c.name);
+  // Each field read on its own, so that a mistyped value names its field.
+  auto read = [&](const char* name, auto& target) {
+    known.insert(name);
+    if (!j.contains(name)) return;
+    try {
+      j.at(name).get_to(target);
+    } catch (const json::exception& e) {
+      throw TrainError(std::string("config: '") + name + "' is " + j.at(name).dump() + " (" +
+                       e.what() + ")");
+    }
+  };
+#define X(name) read(#name, c.name);
   IHN_TRAIN_FIELDS(X)
 #undef X
   for (const auto& item : j.items())
@@ -241,7 +255,7 @@ void schedule_alpha_check(const std::string& schedule) {
 
 }  // namespace
 
-void validate(const TrainConfig& c) {
+void validate_recipe(const TrainConfig& c) {
   auto positive = [](const char* name, double v) {
     if (!(v > 0)) throw TrainError(std::string("--") + name + " must be > 0");
   };
@@ -257,6 +271,26 @@ void validate(const TrainConfig& c) {
       throw TrainError(std::string("--") + name + " must be >= " + std::to_string(low) + " (got " +
                        std::to_string(v) + ")");
   };
+  // Upper bounds far above any published recipe: a value past them is a typo or a corrupt
+  // checkpoint, and would otherwise ask LibTorch for terabytes.
+  auto at_most = [](const char* name, long long v, long long high) {
+    if (v > high)
+      throw TrainError(std::string("--") + name + " must be <= " + std::to_string(high) + " (got " +
+                       std::to_string(v) + ")");
+  };
+  at_most("d-model", c.d_model, 1 << 16);
+  at_most("d-ff", c.d_ff, 1 << 18);
+  at_most("num-layers", c.num_layers, 64);
+  at_most("rm-d-model", c.rm_d_model, 1 << 16);
+  at_most("rm-num-slots", c.rm_num_slots, 1024);
+  at_most("cmm-size", c.cmm_size, 1 << 20);
+  at_most("cmm-dim", c.cmm_dim, 1 << 16);
+  at_most("max-seq-length", c.max_seq_length, 4096);
+  at_most("beam-size", c.beam_size, 256);
+  at_most("batch-size", c.batch_size, 1 << 20);
+  at_most("resize", c.resize, 4096);
+  at_most("synth-image-size", c.synth_image_size, 4096);
+  at_most("negatives", c.negatives, 1 << 16);
   for (const auto& [name, v] :
        std::initializer_list<std::pair<const char*, double>>{{"lr-ve", c.lr_ve},
                                                              {"lr-ed", c.lr_ed},
@@ -315,14 +349,8 @@ void validate(const TrainConfig& c) {
   dispatch_model(c.model, [](auto) { return 0; });  // throws for an unknown model
   if (c.data != "synth" && c.data != "annotation")
     throw TrainError("--data " + c.data + ": use synth, or give --ann and --images");
-  if (c.data == "annotation") {
-    if (c.ann.empty()) throw TrainError("--ann is required unless --data synth");
-    if (!fs::exists(c.ann))
-      throw TrainError(c.ann + ": annotation file not found (give R2Gen's annotation.json)");
-    if (c.images.empty() || !fs::is_directory(c.images))
-      throw TrainError("--images '" + c.images + "': not a folder (the image root of " + c.ann +
-                       ")");
-  }
+  if (c.data == "annotation" && c.ann.empty())
+    throw TrainError("--ann is required unless --data synth");
   if (c.dataset != "iu_xray" && c.dataset != "mimic_cxr")
     throw TrainError("--dataset " + c.dataset + ": use iu_xray or mimic_cxr");
   positive("epochs", c.epochs);
@@ -340,10 +368,6 @@ void validate(const TrainConfig& c) {
   if (c.ihn != "official" && (c.official_legacy || !c.negatives_file.empty()))
     throw TrainError(std::string(c.official_legacy ? "--official-legacy" : "--negatives-file") +
                      " belongs to --ihn official (got --ihn " + c.ihn + ")");
-  if (!c.negatives_file.empty() && !fs::exists(c.negatives_file))
-    throw TrainError(c.negatives_file +
-                     ": negatives file not found (write it with `ihn data negatives`, or leave "
-                     "--negatives-file out to mine them at start-up)");
   if (c.views < 0 || c.views > 2) throw TrainError("--views must be 1 or 2");
   if (c.views == 2 && c.dataset == "mimic_cxr")
     throw TrainError("--views 2: MIMIC-CXR studies are single-view in R2Gen's protocol");
@@ -371,9 +395,6 @@ void validate(const TrainConfig& c) {
     throw TrainError("--synth-val-fraction and --synth-test-fraction must be > 0 and sum to < 1");
   if (!(c.synth_normal_fraction >= 0 && c.synth_normal_fraction <= 1))
     throw TrainError("--synth-normal-fraction must be between 0 and 1");
-  if (!c.visual_init.empty() && !c.resume && !fs::exists(c.visual_init))
-    throw TrainError("--visual-init " + c.visual_init +
-                     ": file not found (write one with `ihn pretrain`, or use --pretrain)");
   if (c.pretrain) {
     positive("pretrain-studies", c.pretrain_studies);
     positive("pretrain-epochs", c.pretrain_epochs);
@@ -386,6 +407,24 @@ void validate(const TrainConfig& c) {
     throw TrainError(
         "--freeze-visual keeps the visual extractor fixed: give it pretrained "
         "weights (--pretrain or --visual-init FILE)");
+}
+
+void validate(const TrainConfig& c) {
+  validate_recipe(c);
+  if (c.data == "annotation") {
+    if (!fs::exists(c.ann))
+      throw TrainError(c.ann + ": annotation file not found (give R2Gen's annotation.json)");
+    if (c.images.empty() || !fs::is_directory(c.images))
+      throw TrainError("--images '" + c.images + "': not a folder (the image root of " + c.ann +
+                       ")");
+  }
+  if (!c.negatives_file.empty() && !fs::exists(c.negatives_file))
+    throw TrainError(c.negatives_file +
+                     ": negatives file not found (write it with `ihn data negatives`, or leave "
+                     "--negatives-file out to mine them at start-up)");
+  if (!c.visual_init.empty() && !c.resume && !fs::exists(c.visual_init))
+    throw TrainError("--visual-init " + c.visual_init +
+                     ": file not found (write one with `ihn pretrain`, or use --pretrain)");
   if (c.out.empty()) throw TrainError("--out RUN_DIR is required");
 }
 
@@ -412,6 +451,121 @@ void install_signal_handlers() {
 bool stop_requested() {
   return g_stop.load();
 }
+
+// ------------------------------------------------------------------------------------------
+// The run folder: one writer at a time, last.pt as the commit record, a log that matches it
+
+namespace {
+
+/// IHN_KILL_AT=POINT or POINT@N (the N-th time the run reaches POINT) ends the process with
+/// SIGKILL there, as a power cut or the OOM killer would; tests/test_train.cpp's fault-injection
+/// case uses it to kill a run around every checkpoint write. Points: "step" (after a step's log
+/// line), "before_best", "between_checkpoints" (best.pt written, last.pt not yet), "after_last".
+void kill_point(const char* point) {
+  static const std::pair<std::string, long> target = [] {
+    const char* v = std::getenv("IHN_KILL_AT");
+    std::string spec = v ? v : "";
+    const auto at = spec.find('@');
+    if (at == std::string::npos) return std::make_pair(spec, 1L);
+    return std::make_pair(spec.substr(0, at), std::strtol(spec.c_str() + at + 1, nullptr, 10));
+  }();
+  static long hits = 0;
+  if (target.first.empty() || target.first != point) return;
+  if (++hits == target.second) {
+    std::fflush(nullptr);
+    std::raise(SIGKILL);
+  }
+}
+
+/// An exclusive lock on RUN/.lock for as long as a run writes the folder: two runs on one
+/// folder would share last.pt.tmp and interleave log.jsonl. flock() locks die with the process,
+/// so a killed run leaves nothing to clean up; the file is kept (unlinking it would let a third
+/// run lock a new inode while the second still holds the old one).
+class RunFolderLock {
+ public:
+  explicit RunFolderLock(const fs::path& dir) {
+    const fs::path path = dir / ".lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0)
+      throw TrainError(path.string() + ": cannot create the run folder's lock file (" +
+                       std::strerror(errno) + ")");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      char holder[32] = {0};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      if (err == EWOULDBLOCK)
+        throw TrainError(
+            dir.string() + ": another ihn train" +
+            (n > 0 ? " (pid " + std::string(holder, static_cast<size_t>(n)) + ")" : std::string()) +
+            " is writing this run folder; wait for it to end, or give another --out");
+      throw TrainError(path.string() + ": cannot lock the run folder (" + std::strerror(err) + ")");
+    }
+    const std::string pid = std::to_string(::getpid());
+    if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+      // The pid is only for the message above; the lock holds without it.
+    }
+  }
+  RunFolderLock(const RunFolderLock&) = delete;
+  RunFolderLock& operator=(const RunFolderLock&) = delete;
+  ~RunFolderLock() { ::close(fd_); }
+
+ private:
+  int fd_ = -1;
+};
+
+/// Removes `*.tmp` left by a write that was killed or failed (a full disk stays full otherwise).
+void remove_stale_temporaries(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.path().extension() == ".tmp") fs::remove(entry.path(), ec);
+}
+
+/// The largest epoch of an "epoch" row of log.jsonl (0 when none or no file).
+int64_t max_logged_epoch(const fs::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  int64_t epoch = 0;
+  while (std::getline(in, line)) {
+    const json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_object() && row.value("type", "") == "epoch")
+      epoch = std::max(epoch, row.value("epoch", int64_t{0}));
+  }
+  return epoch;
+}
+
+/// Keeps the rows of log.jsonl that the checkpoint being resumed has seen: steps up to its
+/// global step and epochs up to its epoch. A run killed after logging steps (or an epoch) but
+/// before writing last.pt repeats them when resumed; without this they would appear twice. A
+/// line cut short by the kill is dropped too. Written atomically, as the checkpoints are.
+void truncate_log(const fs::path& file, int64_t epoch_done, int64_t global_step) {
+  std::ifstream in(file);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_discarded() || !row.is_object()) continue;
+    const std::string type = row.value("type", "");
+    if (type == "step" && row.value("step", int64_t{0}) > global_step) continue;
+    if (type == "epoch" && row.value("epoch", int64_t{0}) > epoch_done) continue;
+    kept += line + "\n";
+  }
+  in.close();
+  fs::path tmp = file;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << kept;
+    out.close();
+    if (out.fail()) {
+      fs::remove(tmp);
+      throw TrainError("writing " + tmp.string() + " failed (disk full?)");
+    }
+  }
+  fs::rename(tmp, file);
+}
+
+}  // namespace
 
 // ------------------------------------------------------------------------------------------
 // Data, model and checkpoint pieces
@@ -454,12 +608,14 @@ RunData build_data(const TrainConfig& c) {
     d::AnnotationOptions ao;
     ao.dataset = d::parse_dataset(c.dataset);
     ao.image_root = c.images;
+    ao.on_bad_entry = c.skip_bad ? d::OnBadEntry::skip : d::OnBadEntry::fail;
     d::Annotation ann;
     try {
       ann = d::load_annotation(c.ann, ao);
     } catch (const std::exception& e) {
       throw TrainError(e.what());
     }
+    if (!ann.problems.empty() && !c.quiet) std::printf("%s\n", ann.summary().c_str());
     made.emplace(d::make_r2gen_data(ann, c.images, o));
   }
   RunData r{made->tokenizer, std::make_unique<d::ReportDataset>(made->train),
@@ -609,8 +765,21 @@ Checkpoint read_checkpoint(const std::string& path) {
   auto vocab_it = s.find("vocab.json");
   if (config_it == s.end() || vocab_it == s.end())
     throw TrainError(path + ": not an ihn train checkpoint (no config/vocabulary entries)");
-  TrainConfig c = config_from_json(json::parse(tensor_bytes(config_it->second)));
-  auto tok = ihn::data::Tokenizer::from_json(tensor_bytes(vocab_it->second));
+  TrainConfig c;
+  try {
+    c = config_from_json(json::parse(tensor_bytes(config_it->second)));
+    // Before any model is built from it: a zero head count divides by zero inside LibTorch.
+    validate_recipe(c);
+  } catch (const std::exception& e) {
+    throw TrainError(path + ": the run config stored in the checkpoint is invalid: " + e.what());
+  }
+  auto tok = [&] {
+    try {
+      return ihn::data::Tokenizer::from_json(tensor_bytes(vocab_it->second));
+    } catch (const std::exception& e) {
+      throw TrainError(path + ": the vocabulary stored in the checkpoint is invalid: " + e.what());
+    }
+  }();
   return {std::move(s), std::move(c), std::move(tok)};
 }
 
@@ -822,8 +991,31 @@ std::string visual_init_path(const TrainConfig& c) {
 
 TrainResult train(TrainConfig config) {
   const auto t_start = std::chrono::steady_clock::now();
-  const fs::path last_path = fs::path(config.out) / "last.pt";
+  if (config.out.empty()) throw TrainError("--out RUN_DIR is required");
+  const fs::path out_dir = config.out, last_path = out_dir / "last.pt";
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec)
+    throw TrainError(out_dir.string() + ": cannot create the run folder (" + ec.message() + ")");
+  const RunFolderLock lock(out_dir);
+  remove_stale_temporaries(out_dir);
   ihn::StateDict resume_state;
+  if (!config.resume && fs::exists(last_path))
+    throw TrainError(out_dir.string() +
+                     " already holds a run (last.pt): continue it with --resume, or give "
+                     "another --out (nothing was changed)");
+  if (!config.resume) {
+    // No last.pt. A run killed before its first last.pt committed nothing (best.pt is written
+    // first, so it may be there, from epoch 1): its log rows and best.pt would mix with this
+    // run's. Anything more (later epochs, test results) is a finished run whose last.pt was
+    // removed by hand, and is kept.
+    if (fs::exists(out_dir / "test.json") || max_logged_epoch(out_dir / "log.jsonl") > 1)
+      throw TrainError(out_dir.string() +
+                       " holds the results of an earlier run (test.json or epochs in log.jsonl) "
+                       "but no last.pt to resume: give another --out (nothing was changed)");
+    fs::remove(out_dir / "log.jsonl", ec);
+    fs::remove(out_dir / "best.pt", ec);
+  }
   if (config.resume) {
     if (!fs::exists(last_path))
       throw TrainError(last_path.string() +
@@ -862,6 +1054,12 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
   fs::create_directories(out_dir / "reports");
 
   RunData data = build_data(config);
+  for (const auto& [name, split, why] :
+       {std::tuple{"train", data.train.get(), "nothing to train on"},
+        std::tuple{"val", data.val.get(), "best.pt is selected on it"},
+        std::tuple{"test", data.test.get(), "the run ends by scoring best.pt on it"}})
+    if (*split->size() == 0)
+      throw TrainError(data_source(config) + ": the " + name + " split is empty (" + why + ")");
   torch::manual_seed(config.seed);
   const auto options = Traits::options(config, data.tokenizer.vocab_size());
   Model model(options);
@@ -1023,6 +1221,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
     return s;
   };
 
+  if (config.resume) truncate_log(out_dir / "log.jsonl", epoch_done, global_step);
   std::ofstream log((out_dir / "log.jsonl").string(), std::ios::app);
   if (!log) throw TrainError("cannot write " + (out_dir / "log.jsonl").string());
   const bool tty = isatty(fileno(stdout)) && !config.quiet;
@@ -1180,6 +1379,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
       json step{{"type", "step"}, {"epoch", epoch}, {"step", global_step}, {"loss", loss}};
       for (const auto& [k, v] : ctx.logs) step[k] = v;
       log << step.dump() << "\n";
+      kill_point("step");
       if (tty) {
         const double el =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
@@ -1267,8 +1467,11 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
     // best.pt first: killed between the two writes, last.pt still describes the epoch before,
     // and resuming recomputes this epoch bit-exactly and writes both again. The other order
     // would leave a last.pt naming a best epoch that best.pt does not hold.
+    kill_point("before_best");
     if (improved) ihn::save_state(state, best_path);
+    kill_point("between_checkpoints");
     ihn::save_state(state, last_path);
+    kill_point("after_last");
 
     const double epoch_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
@@ -1376,6 +1579,7 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
     c.ann = options.ann;
     c.images = options.images.empty() ? c.images : options.images;
   }
+  c.skip_bad = c.skip_bad || options.skip_bad;
   c.out = "-";
   // The checkpoint holds the extractor's weights: the pretraining that started it is history.
   c.visual_init.clear();

@@ -44,6 +44,9 @@ struct TrainConfig {
   int resize = 72;  ///< train: shorter side before the random crop; eval: to crop
   int crop = 64;
   int threshold = 3;
+  /// Annotation entries with problems (missing images, empty reports, duplicate ids) are left
+  /// out and listed instead of stopping the run.
+  bool skip_bad = false;
   int max_seq_length = 60;
   // Model (R2GenOptions).
   int visual_depth = 18;
@@ -128,7 +131,10 @@ nlohmann::json to_json(const TrainConfig& config);
 TrainConfig config_from_json(const nlohmann::json& json);
 /// Sets the recipe fields of `name` (paper | cpu-small); throws TrainError for other names.
 void apply_preset(TrainConfig& config, const std::string& name);
-/// Checks values and files; throws TrainError naming the option or file and the fix.
+/// Checks every value (ranges, finiteness, names); throws TrainError naming the option. Also
+/// applied to the config stored in every checkpoint read.
+void validate_recipe(const TrainConfig& config);
+/// validate_recipe, then the files the run reads (annotation, images, negatives, --visual-init).
 void validate(const TrainConfig& config);
 /// The views a run feeds its model (resolves TrainConfig::views == 0).
 int views_of(const TrainConfig& config);
@@ -164,6 +170,7 @@ struct EvaluateOptions {
   std::string checkpoint;
   std::string split = "test";
   std::string ann, images;  ///< override the checkpoint's data (annotation runs)
+  bool skip_bad = false;    ///< leave out (and list) bad entries of --ann instead of stopping
   int beam_size = 0;        ///< 0 = the checkpoint's
   int bootstrap = 1000;
   uint64_t bootstrap_seed = 0;
