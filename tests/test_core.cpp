@@ -684,3 +684,29 @@ TEST_CASE("state files: declared sizes, views and CRCs are checked before use", 
                       Catch::Contains("cut.pt") && Catch::Contains("truncated or corrupt"));
   }
 }
+
+TEST_CASE("schedules: parse_schedule reads what to_string writes, and names bad text", "[core]") {
+  for (const ihn::HardnessSchedule s :
+       {ihn::HardnessSchedule{ihn::ExponentialHardness{0.01}},
+        ihn::HardnessSchedule{ihn::ExponentialHardness{0.1, ihn::ScheduleUnit::step}},
+        ihn::HardnessSchedule{ihn::LinearHardness{37.5}},
+        ihn::HardnessSchedule{ihn::CosineHardness{1e4, ihn::ScheduleUnit::step}},
+        ihn::HardnessSchedule{ihn::ConstantHardness{1.0 / 3.0}}}) {
+    const auto text = ihn::to_string(s);
+    INFO(text);
+    const auto back = ihn::parse_schedule(text);
+    REQUIRE(back.index() == s.index());
+    REQUIRE(ihn::schedule_unit(back) == ihn::schedule_unit(s));
+    for (int64_t epoch : {1, 7, 100})
+      REQUIRE(ihn::schedule_lambda(back, epoch, epoch * 13) ==
+              ihn::schedule_lambda(s, epoch, epoch * 13));
+  }
+  REQUIRE(ihn::to_string(ihn::parse_schedule("exp:0.01")) == "exp:0.01");
+  REQUIRE(ihn::schedule_unit(ihn::parse_schedule("linear:10/epoch")) == ihn::ScheduleUnit::epoch);
+  for (const char* bad : {"exp", "exp:", "exp:0.01x", "exp:-1", "linear:0", "const:2", "sigmoid:3",
+                          "exp:0.1/fortnight", "exp:nan", "linear:inf"}) {
+    INFO(bad);
+    REQUIRE_THROWS_WITH(ihn::parse_schedule(bad), Catch::Contains(std::string("'") + bad + "'") &&
+                                                      Catch::Contains("exp:ALPHA"));
+  }
+}

@@ -10,8 +10,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iomanip>
+#include <locale>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <variant>
 
 namespace ihn {
@@ -110,6 +114,78 @@ inline std::string describe(const HardnessSchedule& schedule) {
           return "constant(lambda=" + std::to_string(s.value) + ")";
       },
       schedule);
+}
+
+/// The schedule as text that parse_schedule reads back: "exp:0.01", "linear:100",
+/// "cosine:100", "const:0.5", with "/step" appended when t counts optimiser steps.
+inline std::string to_string(const HardnessSchedule& schedule) {
+  const auto number = [](double v) {
+    std::ostringstream out;
+    out.imbue(std::locale::classic());
+    out << std::setprecision(17) << v;  // round-trips every double
+    return out.str();
+  };
+  return std::visit(
+      [&](const auto& s) {
+        using S = std::decay_t<decltype(s)>;
+        std::string text;
+        if constexpr (std::is_same_v<S, ExponentialHardness>)
+          text = "exp:" + number(s.alpha);
+        else if constexpr (std::is_same_v<S, LinearHardness>)
+          text = "linear:" + number(s.ramp);
+        else if constexpr (std::is_same_v<S, CosineHardness>)
+          text = "cosine:" + number(s.ramp);
+        else
+          text = "const:" + number(s.value);
+        return s.unit == ScheduleUnit::step ? text + "/step" : text;
+      },
+      schedule);
+}
+
+/// Reads "KIND:VALUE[/epoch|/step]" (KIND exp, linear, cosine or const; the unit defaults to
+/// epochs), as to_string writes it, and validates it. Throws std::invalid_argument that quotes
+/// the text and says what was expected.
+inline HardnessSchedule parse_schedule(const std::string& text) {
+  const auto fail = [&](const std::string& why) {
+    return std::invalid_argument("schedule '" + text + "': " + why +
+                                 " (expected exp:ALPHA, linear:RAMP, cosine:RAMP or "
+                                 "const:LAMBDA, optionally /step; e.g. exp:0.01)");
+  };
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) throw fail("no ':'");
+  const std::string kind = text.substr(0, colon);
+  std::string value_text = text.substr(colon + 1);
+  ScheduleUnit unit = ScheduleUnit::epoch;
+  if (const auto slash = value_text.find('/'); slash != std::string::npos) {
+    const std::string unit_text = value_text.substr(slash + 1);
+    if (unit_text == "step")
+      unit = ScheduleUnit::step;
+    else if (unit_text != "epoch")
+      throw fail("unknown unit '" + unit_text + "'");
+    value_text.resize(slash);
+  }
+  std::istringstream in(value_text);
+  in.imbue(std::locale::classic());
+  double value = 0;
+  if (value_text.empty() || !(in >> value) || in.peek() != std::char_traits<char>::eof())
+    throw fail("'" + value_text + "' is not a number");
+  HardnessSchedule schedule;
+  if (kind == "exp")
+    schedule = ExponentialHardness{value, unit};
+  else if (kind == "linear")
+    schedule = LinearHardness{value, unit};
+  else if (kind == "cosine")
+    schedule = CosineHardness{value, unit};
+  else if (kind == "const")
+    schedule = ConstantHardness{value, unit};
+  else
+    throw fail("unknown kind '" + kind + "'");
+  try {
+    validate_schedule(schedule);
+  } catch (const std::invalid_argument& e) {
+    throw fail(e.what());
+  }
+  return schedule;
 }
 
 }  // namespace v0

@@ -212,45 +212,25 @@ void apply_preset(TrainConfig& c, const std::string& name) {
 
 namespace {
 
+/// --schedule through the library's parser, as a TrainError naming the option.
 ihn::HardnessSchedule parse_schedule(const std::string& text) {
-  const auto colon = text.find(':');
-  const std::string kind = text.substr(0, colon);
-  double value = 0;
   try {
-    if (colon == std::string::npos) throw std::invalid_argument("no value");
-    size_t used = 0;
-    value = std::stod(text.substr(colon + 1), &used);
-    if (used != text.size() - colon - 1) throw std::invalid_argument("trailing text");
-  } catch (const std::exception&) {
-    throw TrainError("--schedule '" + text +
-                     "': expected exp:ALPHA, linear:RAMP, cosine:RAMP or const:LAMBDA "
-                     "(e.g. exp:0.01)");
+    return ihn::parse_schedule(text);
+  } catch (const std::invalid_argument& e) {
+    throw TrainError(std::string("--") + e.what());
   }
-  ihn::HardnessSchedule s;
-  if (kind == "exp")
-    s = ihn::ExponentialHardness{value};
-  else if (kind == "linear")
-    s = ihn::LinearHardness{value};
-  else if (kind == "cosine")
-    s = ihn::CosineHardness{value};
-  else if (kind == "const")
-    s = ihn::ConstantHardness{value};
-  else
-    throw TrainError("--schedule '" + text + "': unknown kind '" + kind +
-                     "' (use exp, linear, cosine or const)");
-  try {
-    ihn::validate_schedule(s);
-  } catch (const std::exception& e) {
-    throw TrainError("--schedule '" + text + "': " + e.what());
-  }
-  return s;
 }
 
-void schedule_alpha_check(const std::string& schedule) {
-  parse_schedule(schedule);
-  if (schedule.rfind("exp:", 0) != 0)
-    throw TrainError("--ihn official follows the release's exp:ALPHA schedule; got --schedule " +
-                     schedule);
+/// --ihn official: the release's λ = exp(−α·epoch), so the schedule must be exp:ALPHA per epoch.
+double official_alpha_of(const std::string& text) {
+  const auto schedule = parse_schedule(text);
+  const auto* exp = std::get_if<ihn::ExponentialHardness>(&schedule);
+  if (!exp || exp->unit != ihn::ScheduleUnit::epoch)
+    throw TrainError(
+        "--ihn official follows the release's exp:ALPHA schedule (per epoch); got "
+        "--schedule " +
+        text);
+  return exp->alpha;
 }
 
 }  // namespace
@@ -364,7 +344,7 @@ void validate_recipe(const TrainConfig& c) {
     throw TrainError("--crop must be > 0 and --resize >= --crop");
   if (c.ihn != "off" && c.ihn != "paper" && c.ihn != "official")
     throw TrainError("--ihn " + c.ihn + ": use off, paper or official");
-  if (c.ihn == "official") schedule_alpha_check(c.schedule);
+  if (c.ihn == "official") official_alpha_of(c.schedule);
   if (c.ihn != "official" && (c.official_legacy || !c.negatives_file.empty()))
     throw TrainError(std::string(c.official_legacy ? "--official-legacy" : "--negatives-file") +
                      " belongs to --ihn official (got --ihn " + c.ihn + ")");
@@ -963,13 +943,6 @@ ihn::eval::MeteorOptions meteor_options(const std::string& wordnet, std::string*
 
 namespace {
 
-double schedule_alpha(const std::string& schedule) {
-  if (schedule.rfind("exp:", 0) != 0)
-    throw TrainError("--ihn official uses the release's exp:ALPHA schedule, not '" + schedule +
-                     "'");
-  return std::stod(schedule.substr(4));
-}
-
 // The negative pair's augmentation comes from this epoch offset, so it is drawn independently
 // of the crop/flip the same study gets as a positive in that epoch (the release transforms the
 // negative image separately too).
@@ -1122,7 +1095,7 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
     groups.emplace_back(official_heads->parameters(),
                         std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
     negative_of = official_negatives(config, data, &negatives_note);
-    official_alpha = schedule_alpha(config.schedule);
+    official_alpha = official_alpha_of(config.schedule);
     official_options.alpha(official_alpha).legacy_batch_mixing(config.official_legacy);
   }
   nn::FusedAdam optimizer(std::move(groups), adam(config.lr_ed));  // Adam, one pass per tensor
