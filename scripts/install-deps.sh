@@ -9,6 +9,8 @@ packages=(
   libopenblas0-openmp     # without it libtorch falls back to reference BLAS (~10x slower)
   libdnnl-dev             # oneDNN sgemm for the Linear layers (faster than OpenBLAS on them)
   libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev libstb-dev
+  zlib1g-dev              # crc32: every checkpoint record's CRC-32 is verified
+  clang-14 libclang-rt-14-dev  # the libFuzzer targets and the ASan/UBSan tests (fuzz/)
   catch2                  # Catch2 v2 single header
   wordnet-base            # synonym stage of the METEOR variant
 )

@@ -1089,3 +1089,41 @@ TEST_CASE("negatives: the real IU X-Ray training split in well under a second", 
   const auto want = brute_force_negatives(texts);
   CHECK(got.index == want.first);
 }
+
+// ---------------------------------------------------------------- fuzzing finds (issue 13)
+
+namespace {
+std::filesystem::path fuzz_regressions(const std::string& target) {
+  return std::filesystem::path(__FILE__).parent_path().parent_path() / "fuzz" / "regressions" /
+         target;
+}
+std::string read_all(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+TEST_CASE("fuzz finds: JPEG Huffman tables stb 2.27 overflows are refused before stb", "[data]") {
+  // fuzz/fuzz_image found them (UBSan: stb_image.h:1990, index 257 of stbi_uc[257]): a DHT
+  // segment declaring more than 256 codes, in the headers, cut short by the file's end, or
+  // after fill bytes before SOI. Each file starts with the fuzz target's components byte.
+  size_t checked = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(fuzz_regressions("image"))) {
+    if (entry.path().extension() != ".jpg") continue;
+    const auto bytes = read_all(entry.path());
+    REQUIRE(bytes.size() > 1);
+    CHECK_THROWS_WITH(decode_image(reinterpret_cast<const unsigned char*>(bytes.data()) + 1,
+                                   bytes.size() - 1, entry.path().filename().string(), 3),
+                      Catch::Contains(entry.path().filename().string()) &&
+                          Catch::Contains("Huffman table declares"));
+    ++checked;
+  }
+  CHECK(checked >= 3);
+}
+
+TEST_CASE("fuzz finds: an annotation whose number overflows is an AnnotationError", "[data]") {
+  // fuzz/fuzz_annotation: nlohmann's out_of_range (not a parse_error) escaped parse_annotation.
+  CHECK_THROWS_AS(parse_annotation("11111111e11111", "overflow.json"), AnnotationError);
+  CHECK_THROWS_WITH(parse_annotation("{\"train\": [1e999]}", "overflow.json"),
+                    Catch::Contains("overflow.json") && Catch::Contains("malformed JSON"));
+}

@@ -44,11 +44,52 @@ std::string size_problem(int width, int height) {
   return "";
 }
 
+/// stb_image 2.27 (Debian 12's libstb) writes past its Huffman tables when a JPEG's DHT segment
+/// declares more than 256 codes (found by fuzz/fuzz_image; stb 2.28 refuses such tables). Every
+/// DHT segment stb would read, in the headers or between the scans of a progressive JPEG, is
+/// checked here first, walking the markers as stb does (segment lengths in the headers, the next
+/// 0xFF that is not stuffing or a restart in entropy-coded data).
+std::string jpeg_problem(const unsigned char* data, size_t size) {
+  size_t at = 0;  // stb skips any number of 0xFF fill bytes before SOI too
+  while (at < size && data[at] == 0xFF) ++at;
+  if (at == 0 || at >= size || data[at] != 0xD8) return "";
+  ++at;
+  while (at + 1 < size) {
+    if (data[at] != 0xFF || data[at + 1] == 0xFF) {  // entropy-coded data or a fill byte
+      ++at;
+      continue;
+    }
+    const unsigned marker = data[at + 1];
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) {
+      at += 2;  // stuffed 0xFF, TEM, RSTn: no length
+      continue;
+    }
+    if (marker == 0xD9 || at + 4 > size) break;  // EOI, or cut short: stb says so itself
+    const size_t length = (size_t{data[at + 2]} << 8) | data[at + 3];
+    if (marker == 0xC4) {
+      // As stb: a table that starts inside the segment is read whole, past the segment's end
+      // and the file's (missing bytes read as 0).
+      const size_t end = std::min(size, at + 2 + length);
+      for (size_t table = at + 4; table < end;) {
+        size_t codes = 0;
+        for (size_t i = 1; i <= 16 && table + i < size; ++i) codes += data[table + i];
+        if (codes > 256)
+          return "corrupt JPEG: a Huffman table declares " + std::to_string(codes) +
+                 " codes (at most 256)";
+        table += 17 + codes;
+      }
+    }
+    at += 2 + std::max<size_t>(length, 2);
+  }
+  return "";
+}
+
 /// The header's size, checked before anything is decoded: stb would allocate what it declares
 /// (a 388 KB PNG declaring 20000x20000 cost 3.9 GB).
 std::string header_problem(const unsigned char* data, size_t size, int* channels) {
   int width = 0, height = 0;
   if (size > static_cast<size_t>(std::numeric_limits<int>::max())) return "file too large";
+  if (auto problem = jpeg_problem(data, size); !problem.empty()) return problem;  // before stb
   if (!stbi_info_from_memory(data, static_cast<int>(size), &width, &height, channels)) {
     // stb refuses some large PNG headers itself, then reports "unknown image type": read the
     // size from the IHDR chunk to say what is wrong.

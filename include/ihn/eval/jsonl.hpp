@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <istream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -23,18 +24,16 @@ struct Report {
   std::size_t line = 0;  ///< where it was read
 };
 
-/// Reads one report per non-blank line. The id may be a JSON string or integer (an integer is
+/// Reads one report per non-blank line from `in` (`name` stands for the file in messages). The id may be a JSON string or integer (an integer is
 /// used in its decimal spelling). Throws EvalError "<file>:<line>: <what>" for malformed JSON,
 /// a missing or mistyped "id"/"report", bytes that are not UTF-8, and a repeated id.
-inline std::vector<Report> read_reports_jsonl(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw EvalError("cannot open " + path.string());
+inline std::vector<Report> read_reports_jsonl(std::istream& in, const std::string& name) {
   std::vector<Report> out;
   std::unordered_map<std::string, std::size_t> first_line;
   std::string line;
   std::size_t number = 0;
   auto fail = [&](const std::string& what) {
-    throw EvalError(path.string() + ":" + std::to_string(number) + ": " + what);
+    throw EvalError(name + ":" + std::to_string(number) + ": " + what);
   };
   while (std::getline(in, line)) {
     ++number;
@@ -70,8 +69,15 @@ inline std::vector<Report> read_reports_jsonl(const std::filesystem::path& path)
       fail("duplicate id \"" + r.id + "\" (first on line " + std::to_string(it->second) + ")");
     out.push_back(std::move(r));
   }
-  if (out.empty()) throw EvalError(path.string() + ": no reports");
+  if (out.empty()) throw EvalError(name + ": no reports");
   return out;
+}
+
+/// The same from a file.
+inline std::vector<Report> read_reports_jsonl(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw EvalError("cannot open " + path.string());
+  return read_reports_jsonl(in, path.string());
 }
 
 /// Pairs hypotheses with references by id, in the hypotheses' order. Throws EvalError listing
