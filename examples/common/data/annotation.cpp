@@ -82,6 +82,9 @@ Annotation parse_annotation(const std::string& json_text, const std::string& pat
   annotation.dataset = options.dataset;
   std::vector<AnnotationProblem> problems;
   const size_t views = required_views(options.dataset);
+  // Where each accepted id sits: a repeated id would be one study seen twice (or, across
+  // splits, a test study trained on), and ids key the feature bank and the reports.
+  std::map<std::string, std::string> seen;
   for (const char* split : kSplits) {
     auto& studies = split == std::string("train") ? annotation.train
                     : split == std::string("val") ? annotation.val
@@ -144,6 +147,19 @@ Annotation parse_annotation(const std::string& json_text, const std::string& pat
         fail("'image_path' must hold non-empty strings");
         continue;
       }
+      std::string escaping;
+      for (const auto& p : study.image_paths) {
+        const auto normal = std::filesystem::path(p).lexically_normal();
+        if (normal.is_absolute() || normal.has_root_name() ||
+            (!normal.empty() && *normal.begin() == ".."))
+          escaping = p;
+      }
+      if (!escaping.empty()) {
+        fail("image path '" + escaping +
+             "' leaves the image folder (absolute, or '..' climbs out of it); paths are relative "
+             "to --images");
+        continue;
+      }
       const bool views_ok = options.dataset == Dataset::iu_xray ? study.image_paths.size() == views
                                                                 : study.image_paths.size() >= views;
       if (!views_ok) {
@@ -168,6 +184,11 @@ Annotation parse_annotation(const std::string& json_text, const std::string& pat
           continue;
         }
       }
+      const std::string where = std::string(split) + "[" + std::to_string(index) + "]";
+      if (const auto [it, fresh] = seen.emplace(study.id, where); !fresh) {
+        fail("duplicate id: also " + it->second);
+        continue;
+      }
       studies.push_back(std::move(study));
     }
   }
@@ -175,7 +196,7 @@ Annotation parse_annotation(const std::string& json_text, const std::string& pat
     std::ostringstream message;
     message << path << ": " << problems.size() << " bad entr"
             << (problems.size() == 1 ? "y" : "ies")
-            << " (fix them, or skip them with on_bad_entry=skip / --skip-bad):";
+            << " (fix them, or leave them out with --skip-bad, which lists them):";
     for (size_t i = 0; i < problems.size() && i < kProblemsListedInError; ++i)
       message << "\n  " << problems[i].describe(path);
     if (problems.size() > kProblemsListedInError)
