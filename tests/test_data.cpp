@@ -1103,7 +1103,8 @@ std::string read_all(const std::filesystem::path& path) {
 }
 }  // namespace
 
-TEST_CASE("fuzz finds: JPEG Huffman tables stb 2.27 overflows are refused before stb", "[data]") {
+TEST_CASE("fuzz finds: JPEG Huffman tables and PNG chunks stb mishandles are refused first",
+          "[data]") {
   // fuzz/fuzz_image found them (UBSan: stb_image.h:1990, index 257 of stbi_uc[257]): a DHT
   // segment declaring more than 256 codes, in the headers, cut short by the file's end, or
   // after fill bytes before SOI. Each file starts with the fuzz target's components byte.
@@ -1119,6 +1120,12 @@ TEST_CASE("fuzz finds: JPEG Huffman tables stb 2.27 overflows are refused before
     ++checked;
   }
   CHECK(checked >= 3);
+  // fuzz/fuzz_image: a PNG chunk declaring 2 GB made stb allocate 2 GB before reading it.
+  const auto png = read_all(fuzz_regressions("image") / "png_chunk_declares_2GB.png");
+  REQUIRE(png.size() > 1);
+  CHECK_THROWS_WITH(decode_image(reinterpret_cast<const unsigned char*>(png.data()) + 1,
+                                 png.size() - 1, "chunk.png", 3),
+                    Catch::Contains("chunk.png") && Catch::Contains("past the file's end"));
 }
 
 TEST_CASE("fuzz finds: an annotation whose number overflows is an AnnotationError", "[data]") {

@@ -84,12 +84,33 @@ std::string jpeg_problem(const unsigned char* data, size_t size) {
   return "";
 }
 
+/// stb_image allocates what a PNG chunk declares before it reads the chunk (a 100-byte file with
+/// an IDAT chunk claiming 2 GB made it allocate 2 GB, found by fuzz/fuzz_image): every chunk stb
+/// reads, up to IEND, must lie inside the file. Then stb's buffers are bounded by the file's
+/// size, and the decoded image by the size limits.
+std::string png_problem(const unsigned char* data, size_t size) {
+  if (size < 8 || std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) != 0) return "";
+  for (size_t at = 8; at + 8 <= size;) {
+    const uint64_t length = (uint64_t{data[at]} << 24) | (uint64_t{data[at + 1]} << 16) |
+                            (uint64_t{data[at + 2]} << 8) | uint64_t{data[at + 3]};
+    const std::string type(reinterpret_cast<const char*>(data + at + 4), 4);
+    if (length > size - at - 8)
+      return "corrupt PNG: chunk at byte " + std::to_string(at) + " declares " +
+             std::to_string(length) + " bytes, past the file's end (" + std::to_string(size) +
+             " bytes)";
+    if (type == "IEND") break;
+    at += 12 + length;
+  }
+  return "";
+}
+
 /// The header's size, checked before anything is decoded: stb would allocate what it declares
 /// (a 388 KB PNG declaring 20000x20000 cost 3.9 GB).
 std::string header_problem(const unsigned char* data, size_t size, int* channels) {
   int width = 0, height = 0;
   if (size > static_cast<size_t>(std::numeric_limits<int>::max())) return "file too large";
-  if (auto problem = jpeg_problem(data, size); !problem.empty()) return problem;  // before stb
+  for (auto check : {jpeg_problem, png_problem})  // before stb sees the data
+    if (auto problem = check(data, size); !problem.empty()) return problem;
   if (!stbi_info_from_memory(data, static_cast<int>(size), &width, &height, channels)) {
     // stb refuses some large PNG headers itself, then reports "unknown image type": read the
     // size from the IHDR chunk to say what is wrong.
