@@ -718,6 +718,21 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
   REQUIRE(t::train(half).epoch_losses == r.epoch_losses);
   require_identical(root / "run" / "last.pt", root / "half" / "last.pt");
 
+  // --pretrain: a run that pretrains first (no cached file) trains exactly as one that finds
+  // the file (pretraining used to move torch's generator after the run had seeded it).
+  auto pretraining = tiny((root / "pretraining").string());
+  pretraining.epochs = 1;
+  pretraining.pretrain = true;
+  pretraining.pretrain_studies = 40;
+  pretraining.pretrain_epochs = 1;
+  pretraining.pretrain_dir = (root / "cache2").string();
+  pretraining.freeze_visual = true;
+  t::train(pretraining);
+  auto cached = pretraining;
+  cached.out = (root / "cached").string();
+  t::train(cached);
+  require_identical(root / "pretraining" / "last.pt", root / "cached" / "last.pt");
+
   // The evaluation of the frozen run needs nothing but its checkpoint.
   t::EvaluateOptions eo;
   eo.checkpoint = (root / "run" / "best.pt").string();

@@ -7,6 +7,7 @@
 
 #include "train/authors_checkpoint.hpp"
 
+#include <fmt/core.h>
 #include <ihn/eval.hpp>
 #include <ihn/hooks.hpp>
 #include <ihn/official.hpp>
@@ -1016,51 +1017,117 @@ TrainResult train(TrainConfig config) {
 
 namespace {
 
-template <class Traits>
-TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
-                        std::chrono::steady_clock::time_point t_start) {
-  using Model = typename Traits::Model;
-  const fs::path out_dir = config.out;
-  const fs::path last_path = out_dir / "last.pt", best_path = out_dir / "best.pt";
-  if (config.threads > 0) at::set_num_threads(config.threads);
-  const auto device = parse_device(config.device);
-  fs::create_directories(out_dir / "reports");
+/// The trainer's counters and running sums; all of it goes into the checkpoint.
+struct TrainerState {
+  int64_t epoch_done = 0, batch_in_epoch = 0, global_step = 0, best_epoch = 0, bad_epochs = 0;
+  double best_score = -1, loss_sum = 0, loss_count = 0;
+  std::vector<double> epoch_losses;
+  std::map<std::string, double> log_sums;  ///< the epoch's per-step logs, summed
 
-  RunData data = build_data(config);
-  for (const auto& [name, split, why] :
-       {std::tuple{"train", data.train.get(), "nothing to train on"},
-        std::tuple{"val", data.val.get(), "best.pt is selected on it"},
-        std::tuple{"test", data.test.get(), "the run ends by scoring best.pt on it"}})
-    if (*split->size() == 0)
-      throw TrainError(data_source(config) + ": the " + name + " split is empty (" + why + ")");
-  torch::manual_seed(config.seed);
-  const auto options = Traits::options(config, data.tokenizer.vocab_size());
-  Model model(options);
-  if (!config.resume) {
-    // A pretrained extractor replaces the random one before anything else draws from torch's
-    // generator, so both arms of a comparison start from the same weights.
-    const std::string init = visual_init_path(config);
-    if (!init.empty()) {
-      const json info = load_pretrained_extractor(*model->visual_extractor, init);
-      if (!config.quiet)
-        std::printf("%svisual extractor: %s (held-out mean AUC %.3f)%s\n",
-                    config.label.empty() ? "" : (config.label + " ").c_str(), init.c_str(),
-                    info.at("metrics").value("mean_auc", 0.0),
-                    config.freeze_visual ? ", frozen" : "");
-    }
+  void save(ihn::StateDict& s) const {
+    s["trainer.epoch"] = scalar_tensor(static_cast<double>(epoch_done));
+    s["trainer.batch"] = scalar_tensor(static_cast<double>(batch_in_epoch));
+    s["trainer.global_step"] = scalar_tensor(static_cast<double>(global_step));
+    s["trainer.best_epoch"] = scalar_tensor(static_cast<double>(best_epoch));
+    s["trainer.bad_epochs"] = scalar_tensor(static_cast<double>(bad_epochs));
+    // The best score keeps the key "trainer.best_bleu4", older than the choice of metric.
+    s["trainer.best_bleu4"] = scalar_tensor(best_score);
+    s["trainer.loss_sum"] = scalar_tensor(loss_sum);
+    s["trainer.loss_count"] = scalar_tensor(loss_count);
+    s["trainer.epoch_losses"] =
+        torch::tensor(epoch_losses.empty() ? std::vector<double>{} : epoch_losses, torch::kFloat64);
+    for (const auto& [k, v] : log_sums) s["trainer.logs." + k] = scalar_tensor(v);
   }
-  if (config.freeze_visual)
-    for (auto& p : model->visual_extractor->parameters()) p.requires_grad_(false);
-  place_model(model, config, device);
-  const bool official = config.ihn == "official";
-  const int64_t views = data.views;
 
-  // Two parameter groups as R2Gen's build_optimizer: the visual extractor and the rest.
-  std::vector<at::Tensor> ve_params, ed_params, clipped;
+  void load(const ihn::StateDict& s, const std::string& file) {
+    auto count = [&](const char* key) { return static_cast<int64_t>(tensor_scalar(s, key, file)); };
+    epoch_done = count("trainer.epoch");
+    batch_in_epoch = count("trainer.batch");
+    global_step = count("trainer.global_step");
+    best_epoch = count("trainer.best_epoch");
+    bad_epochs = count("trainer.bad_epochs");
+    best_score = tensor_scalar(s, "trainer.best_bleu4", file);
+    loss_sum = tensor_scalar(s, "trainer.loss_sum", file);
+    loss_count = tensor_scalar(s, "trainer.loss_count", file);
+    auto it = s.find("trainer.epoch_losses");
+    if (it == s.end()) throw TrainError(file + ": no entry 'trainer.epoch_losses'");
+    const auto losses = it->second.to(torch::kFloat64).contiguous();
+    epoch_losses.assign(losses.data_ptr<double>(), losses.data_ptr<double>() + losses.numel());
+    for (const auto& [k, v] : ihn::sub_state(s, "trainer.logs")) log_sums[k] = v.item<double>();
+  }
+
+  double mean_loss() const { return loss_sum / std::max(loss_count, 1.0); }
+
+  /// Records an epoch's validation score; true when it is the best so far.
+  bool record_score(int64_t epoch, double score) {
+    if (!(score > best_score)) {
+      ++bad_epochs;
+      return false;
+    }
+    best_score = score;
+    best_epoch = epoch;
+    bad_epochs = 0;
+    return true;
+  }
+
+  /// Closes `epoch`: the sums start again for the next one.
+  void close_epoch(int64_t epoch) {
+    epoch_done = epoch;
+    batch_in_epoch = 0;
+    loss_sum = loss_count = 0;
+    log_sums.clear();
+  }
+};
+
+/// --ihn official: the release's heads and temperatures, its offline negatives and its λ.
+struct OfficialMode {
+  OfficialHeads heads{nullptr};
+  std::vector<int64_t> negative_of;  ///< training index -> training index of its negative
+  std::string negatives_note;
+  ihn::OfficialLossOptions loss;
+  double alpha = 0;
+  int64_t parameters = 0;
+  explicit operator bool() const { return !heads.is_empty(); }
+};
+
+template <class Traits>
+OfficialMode make_official_mode(const TrainConfig& config, const typename Traits::Options& options,
+                                int64_t views, const RunData& data, torch::Device device) {
+  OfficialMode m;
+  if (config.ihn != "official") return m;
+  // The heads draw from their own seed and leave torch's generator where it was, so dropout
+  // sees the same draws as the run without ihn.
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  const auto saved = generator.get_state();
+  torch::manual_seed(config.seed + 1);
+  m.heads = OfficialHeads(Traits::official_image_dim(options, views),
+                          Traits::official_report_dim(options), config.d_model);
+  generator.set_state(saved);
+  m.heads->to(device);
+  for (const auto& p : m.heads->parameters()) m.parameters += p.numel();
+  m.negative_of = official_negatives(config, data, &m.negatives_note);
+  m.alpha = official_alpha_of(config.schedule);
+  m.loss.alpha(m.alpha).legacy_batch_mixing(config.official_legacy);
+  return m;
+}
+
+/// R2Gen's build_optimizer: Adam over two groups, the visual extractor (lr_ve) and the rest
+/// (lr_ed); official mode's heads learn at lr_ed in a third group, as the release gives every
+/// non-visual parameter. `clipped` is every trained tensor, for clipping by value.
+struct Optimisation {
+  std::vector<at::Tensor> clipped;
+  std::unique_ptr<nn::FusedAdam> adam;  // Adam, one pass per tensor
+};
+
+template <class Traits>
+Optimisation make_optimisation(typename Traits::Model& model, const TrainConfig& config,
+                               const OfficialMode& official) {
+  std::vector<at::Tensor> ve_params, ed_params;
   for (const auto& [name, p] : Traits::named_parameters(model))
     (Traits::is_visual_parameter(name) ? ve_params : ed_params).push_back(p);
-  clipped = ve_params;
-  clipped.insert(clipped.end(), ed_params.begin(), ed_params.end());
+  Optimisation o;
+  o.clipped = ve_params;
+  o.clipped.insert(o.clipped.end(), ed_params.begin(), ed_params.end());
   auto adam = [&](double lr) {
     return torch::optim::AdamOptions(lr)
         .betas({config.adam_beta1, config.adam_beta2})
@@ -1071,470 +1138,536 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));
   groups.emplace_back(ed_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
-  OfficialHeads official_heads{nullptr};
-  std::vector<int64_t> negative_of;  // --ihn official: training index -> its negative's
-  std::string negatives_note;
-  ihn::OfficialLossOptions official_options;
-  double official_alpha = 0;
-  int64_t official_parameters = 0;
   if (official) {
-    // The heads draw from their own seed and leave torch's generator where it was, so dropout
-    // sees the same draws as the run without ihn. They learn at lr_ed, as the release's
-    // build_optimizer gives every non-visual parameter, in a third group of their own.
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
-    const auto saved = generator.get_state();
-    torch::manual_seed(config.seed + 1);
-    official_heads = OfficialHeads(Traits::official_image_dim(options, views),
-                                   Traits::official_report_dim(options), config.d_model);
-    generator.set_state(saved);
-    official_heads->to(device);
-    for (const auto& p : official_heads->parameters()) {
-      official_parameters += p.numel();
-      clipped.push_back(p);  // the release clips model.parameters(), heads included
-    }
-    groups.emplace_back(official_heads->parameters(),
+    for (const auto& p : official.heads->parameters())
+      o.clipped.push_back(p);  // the release clips model.parameters(), heads included
+    groups.emplace_back(official.heads->parameters(),
                         std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
-    negative_of = official_negatives(config, data, &negatives_note);
-    official_alpha = official_alpha_of(config.schedule);
-    official_options.alpha(official_alpha).legacy_batch_mixing(config.official_legacy);
   }
-  nn::FusedAdam optimizer(std::move(groups), adam(config.lr_ed));  // Adam, one pass per tensor
+  o.adam = std::make_unique<nn::FusedAdam>(std::move(groups), adam(config.lr_ed));
+  return o;
+}
 
+/// StepLR per epoch, computed from the epoch so that resuming needs no scheduler object.
+/// Returns the factor applied to lr_ve and lr_ed.
+double set_epoch_learning_rates(nn::FusedAdam& optimizer, const TrainConfig& config,
+                                int64_t epoch) {
+  const double factor =
+      std::pow(config.lr_gamma, static_cast<double>((epoch - 1) / config.lr_step));
+  auto& groups = optimizer.param_groups();
+  static_cast<torch::optim::AdamOptions&>(groups[0].options()).lr(config.lr_ve * factor);
+  for (size_t g = 1; g < groups.size(); ++g)
+    static_cast<torch::optim::AdamOptions&>(groups[g].options()).lr(config.lr_ed * factor);
+  return factor;
+}
+
+/// --ihn paper: the library's augmenter as a callback of the loop.
+template <class Model>
+std::vector<std::shared_ptr<ihn::Callback>> make_callbacks(Model& model, const TrainConfig& config,
+                                                           torch::Device device) {
   std::vector<std::shared_ptr<ihn::Callback>> callbacks;
-  if (config.ihn == "paper")
-    callbacks.push_back(std::make_shared<ihn::HardNegativeCallback<Model>>(
-        model,
-        ihn::Options{}
-            .negatives_per_sample(config.negatives)
-            .weight(config.ihn_weight)
-            .temperature(config.temperature)
-            .schedule(parse_schedule(config.schedule))
-            .ascent_steps(config.ascent_steps)
-            .loss_kind(config.alignment == "hinge" ? ihn::AlignmentKind::hinge
-                                                   : ihn::AlignmentKind::info_nce)
-            .seed(config.seed),
-        device));
+  if (config.ihn != "paper") return callbacks;
+  callbacks.push_back(std::make_shared<ihn::HardNegativeCallback<Model>>(
+      model,
+      ihn::Options{}
+          .negatives_per_sample(config.negatives)
+          .weight(config.ihn_weight)
+          .temperature(config.temperature)
+          .schedule(parse_schedule(config.schedule))
+          .ascent_steps(config.ascent_steps)
+          .loss_kind(config.alignment == "hinge" ? ihn::AlignmentKind::hinge
+                                                 : ihn::AlignmentKind::info_nce)
+          .seed(config.seed),
+      device));
+  return callbacks;
+}
 
-  // Trainer state (all of it goes into the checkpoint).
-  int64_t epoch_done = 0, batch_in_epoch = 0, global_step = 0, best_epoch = 0, bad_epochs = 0;
-  double best_score = -1, loss_sum = 0, loss_count = 0;
-  std::vector<double> epoch_losses;
-  std::map<std::string, double> log_sums;
+/// One training run: the parts built from the config (data, model, optimiser, ihn), then a
+/// loop of epochs (train_epoch, validate_epoch, commit_epoch) and the test evaluation (finish).
+template <class Traits>
+class TrainingRun {
+ public:
+  using Model = typename Traits::Model;
 
-  if (config.resume) {
-    const std::string f = last_path.string();
-    load_model(*model, resume_state, f);
-    if (!resume_state.count("optimizer"))
-      throw TrainError(f + ": no optimiser state (not a training checkpoint of ihn train)");
-    load_optimizer(optimizer, tensor_bytes(resume_state.at("optimizer")), device);
-    epoch_done = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.epoch", f));
-    batch_in_epoch = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.batch", f));
-    global_step = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.global_step", f));
-    best_epoch = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.best_epoch", f));
-    bad_epochs = static_cast<int64_t>(tensor_scalar(resume_state, "trainer.bad_epochs", f));
-    best_score = tensor_scalar(resume_state, "trainer.best_bleu4", f);
-    loss_sum = tensor_scalar(resume_state, "trainer.loss_sum", f);
-    loss_count = tensor_scalar(resume_state, "trainer.loss_count", f);
-    auto el = resume_state.at("trainer.epoch_losses").to(torch::kFloat64).contiguous();
-    epoch_losses.assign(el.data_ptr<double>(), el.data_ptr<double>() + el.numel());
-    for (const auto& [k, v] : ihn::sub_state(resume_state, "trainer.logs"))
-      log_sums[k] = v.template item<double>();
-    at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the global one
-    generator.set_state(resume_state.at("rng.cpu"));
-    if (device.is_cuda()) {
-      auto it = resume_state.find("rng.cuda");
-      if (it != resume_state.end()) {
-        at::Generator cuda_generator = at::globalContext().defaultGenerator(device);
-        cuda_generator.set_state(it->second);
-      } else {
-        std::fprintf(stderr,
-                     "note: %s was written on the CPU; on the GPU the resumed run continues "
-                     "correctly but not bit-identically to an uninterrupted one\n",
-                     f.c_str());
+  TrainingRun(TrainConfig config, const ihn::StateDict& resume_state)
+      : config_(std::move(config)),
+        out_dir_(config_.out),
+        last_path_(out_dir_ / "last.pt"),
+        best_path_(out_dir_ / "best.pt"),
+        device_(parse_device(config_.device)),
+        data_(build_data(config_)),
+        label_(config_.label.empty() ? "" : config_.label + " "),
+        options_(Traits::options(config_, data_.tokenizer.vocab_size())) {
+    fs::create_directories(out_dir_ / "reports");
+    for (const auto& [name, split, why] :
+         {std::tuple{"train", data_.train.get(), "nothing to train on"},
+          std::tuple{"val", data_.val.get(), "best.pt is selected on it"},
+          std::tuple{"test", data_.test.get(), "the run ends by scoring best.pt on it"}})
+      if (*split->size() == 0)
+        throw TrainError(data_source(config_) + ": the " + name + " split is empty (" + why + ")");
+    // Pretraining (--pretrain without a cached file) draws from torch's generator: done before
+    // the seed, a run that pretrains gives the same weights as one that finds the file.
+    const std::string init = config_.resume ? "" : visual_init_path(config_);
+    torch::manual_seed(config_.seed);
+    model_ = Model(options_);
+    if (!init.empty()) load_visual_init(init);
+    if (config_.freeze_visual)
+      for (auto& p : model_->visual_extractor->parameters()) p.requires_grad_(false);
+    place_model(model_, config_, device_);
+    official_ = make_official_mode<Traits>(config_, options_, data_.views, data_, device_);
+    optimisation_ = make_optimisation<Traits>(model_, config_, official_);
+    callbacks_ = make_callbacks(model_, config_, device_);
+    if (config_.resume) restore(resume_state, last_path_.string());
+    if (config_.resume) truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
+    log_.open(out_dir_ / "log.jsonl", std::ios::app);
+    if (!log_) throw TrainError("cannot write " + (out_dir_ / "log.jsonl").string());
+  }
+
+  TrainResult run(std::chrono::steady_clock::time_point t_start) {
+    print_header();
+    if (config_.freeze_visual && !official_) compute_frozen_features();
+    TrainResult result;
+    for (auto& cb : callbacks_) cb->on_train_start();
+    while (state_.epoch_done < config_.epochs && state_.bad_epochs < config_.early_stop) {
+      const int64_t epoch = state_.epoch_done + 1;
+      const auto t_epoch = std::chrono::steady_clock::now();
+      const EpochSteps steps = train_epoch(epoch);
+      if (steps.interrupted) {
+        save_interrupted(epoch);
+        result.interrupted = true;
+        break;
+      }
+      for (auto& cb : callbacks_) cb->on_train_epoch_end(epoch);
+      commit_epoch(epoch, steps, validate_epoch(epoch), t_epoch);
+      if (stop_requested() || budget_spent()) {
+        result.interrupted = state_.epoch_done < config_.epochs;
+        if (result.interrupted && !config_.quiet)
+          fmt::print("{}stopped after epoch {}; saved {} (continue with --resume)\n", label_, epoch,
+                     last_path_.string());
+        break;
       }
     }
-    for (auto& cb : callbacks) cb->on_load_checkpoint(resume_state);
-    if (official) {
+    for (auto& cb : callbacks_) cb->on_train_end();
+    log_.close();
+    result.epochs_done = static_cast<int>(state_.epoch_done);
+    result.best_epoch = static_cast<int>(state_.best_epoch);
+    result.best_val_score = state_.best_score;
+    result.epoch_losses = state_.epoch_losses;
+    if (!result.interrupted && fs::exists(best_path_)) finish(result);
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    return result;
+  }
+
+ private:
+  struct EpochSteps {
+    int64_t done = 0;    ///< steps taken in this process (not those before a resume)
+    double seconds = 0;  ///< of those steps
+    double lr_factor = 1;
+    bool interrupted = false;
+  };
+  struct Validation {
+    std::map<std::string, double> metrics;
+    double bleu4 = 0;
+  };
+
+  void load_visual_init(const std::string& init) {
+    // A pretrained extractor replaces the random one before anything else draws from torch's
+    // generator, so both arms of a comparison start from the same weights.
+    const json info = load_pretrained_extractor(*model_->visual_extractor, init);
+    if (!config_.quiet)
+      fmt::print("{}visual extractor: {} (held-out mean AUC {:.3f}){}\n", label_, init,
+                 info.at("metrics").value("mean_auc", 0.0),
+                 config_.freeze_visual ? ", frozen" : "");
+  }
+
+  void restore(const ihn::StateDict& s, const std::string& file) {
+    load_model(*model_, s, file);
+    if (!s.count("optimizer"))
+      throw TrainError(file + ": no optimiser state (not a training checkpoint of ihn train)");
+    load_optimizer(*optimisation_.adam, tensor_bytes(s.at("optimizer")), device_);
+    state_.load(s, file);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the global one
+    generator.set_state(s.at("rng.cpu"));
+    if (device_.is_cuda()) {
+      if (auto it = s.find("rng.cuda"); it != s.end()) {
+        at::Generator cuda_generator = at::globalContext().defaultGenerator(device_);
+        cuda_generator.set_state(it->second);
+      } else {
+        fmt::print(stderr,
+                   "note: {} was written on the CPU; on the GPU the resumed run continues "
+                   "correctly but not bit-identically to an uninterrupted one\n",
+                   file);
+      }
+    }
+    for (auto& cb : callbacks_) cb->on_load_checkpoint(s);
+    if (official_) {
       torch::NoGradGuard no_grad;
-      for (auto& p : official_heads->named_parameters()) {
-        auto it = resume_state.find("official." + p.key());
-        if (it == resume_state.end())
-          throw TrainError(f + ": no official-mode head '" + p.key() +
+      for (auto& p : official_.heads->named_parameters()) {
+        auto it = s.find("official." + p.key());
+        if (it == s.end())
+          throw TrainError(file + ": no official-mode head '" + p.key() +
                            "' (the checkpoint was not written by --ihn official)");
         p.value().copy_(it->second);
       }
     }
   }
 
-  auto checkpoint_state = [&]() {
+  ihn::StateDict checkpoint_state() {
     ihn::StateDict s;
-    put_model(s, *model);
-    s["optimizer"] = bytes_tensor(optimizer_bytes(optimizer));
-    s["config.json"] = bytes_tensor(to_json(config).dump());
-    s["vocab.json"] = bytes_tensor(data.tokenizer.to_json());
+    put_model(s, *model_);
+    s["optimizer"] = bytes_tensor(optimizer_bytes(*optimisation_.adam));
+    s["config.json"] = bytes_tensor(to_json(config_).dump());
+    s["vocab.json"] = bytes_tensor(data_.tokenizer.to_json());
     s["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
     // On a GPU, dropout draws from the device's generator: without its state a resumed run
     // would drop other units than the uninterrupted one.
-    if (device.is_cuda()) s["rng.cuda"] = at::globalContext().defaultGenerator(device).get_state();
-    s["trainer.epoch"] = scalar_tensor(static_cast<double>(epoch_done));
-    s["trainer.batch"] = scalar_tensor(static_cast<double>(batch_in_epoch));
-    s["trainer.global_step"] = scalar_tensor(static_cast<double>(global_step));
-    s["trainer.best_epoch"] = scalar_tensor(static_cast<double>(best_epoch));
-    s["trainer.bad_epochs"] = scalar_tensor(static_cast<double>(bad_epochs));
-    s["trainer.best_bleu4"] = scalar_tensor(best_score);
-    s["trainer.loss_sum"] = scalar_tensor(loss_sum);
-    s["trainer.loss_count"] = scalar_tensor(loss_count);
-    s["trainer.epoch_losses"] =
-        torch::tensor(epoch_losses.empty() ? std::vector<double>{} : epoch_losses, torch::kFloat64);
-    for (const auto& [k, v] : log_sums) s["trainer.logs." + k] = scalar_tensor(v);
-    for (const auto& cb : callbacks) cb->on_save_checkpoint(s);
-    if (official)
-      for (const auto& p : official_heads->named_parameters())
+    if (device_.is_cuda())
+      s["rng.cuda"] = at::globalContext().defaultGenerator(device_).get_state();
+    state_.save(s);
+    for (const auto& cb : callbacks_) cb->on_save_checkpoint(s);
+    if (official_)
+      for (const auto& p : official_.heads->named_parameters())
         s["official." + p.key()] = p.value().detach();
     return s;
-  };
-
-  if (config.resume) truncate_log(out_dir / "log.jsonl", epoch_done, global_step);
-  std::ofstream log((out_dir / "log.jsonl").string(), std::ios::app);
-  if (!log) throw TrainError("cannot write " + (out_dir / "log.jsonl").string());
-  const bool tty = isatty(fileno(stdout)) && !config.quiet;
-  const std::string label = config.label.empty() ? "" : config.label + " ";
-  const int64_t n_train = static_cast<int64_t>(*data.train->size());
-  const int64_t batches = (n_train + config.batch_size - 1) / config.batch_size;
-  int64_t parameter_count = 0;
-  for (const auto& [name, p] : Traits::named_parameters(model)) parameter_count += p.numel();
-  if (!config.quiet && epoch_done == 0 && batch_in_epoch == 0)
-    std::printf(
-        "%strain: %lld studies (%lld batches/epoch), val %lld, test %lld, vocabulary %lld, "
-        "%lld parameters, ihn %s, %d epochs on %s\n",
-        label.c_str(), static_cast<long long>(n_train), static_cast<long long>(batches),
-        static_cast<long long>(*data.val->size()), static_cast<long long>(*data.test->size()),
-        static_cast<long long>(data.tokenizer.vocab_size()),
-        static_cast<long long>(parameter_count), config.ihn.c_str(), config.epochs,
-        device.str().c_str());
-  if (!config.quiet && official) {
-    std::printf(
-        "%sihn official: adds %lld parameters (image head %lldx%lld, report head %lldx%lld, two "
-        "temperatures); %lld view(s); negatives %s; lambda = exp(-%g*epoch)%s\n",
-        label.c_str(), static_cast<long long>(official_parameters),
-        static_cast<long long>(config.d_model),
-        static_cast<long long>(Traits::official_image_dim(options, views)),
-        static_cast<long long>(config.d_model),
-        static_cast<long long>(Traits::official_report_dim(options)), static_cast<long long>(views),
-        negatives_note.c_str(), official_alpha,
-        config.official_legacy ? ", legacy B x B batch mixing" : "");
   }
-  std::fflush(stdout);
 
-  // --freeze-visual: the fixed extractor's output for every training study, computed once (the
-  // evaluation transform, so without crop/flip augmentation). Each step then starts at the
-  // encoder-decoder; the released recipe (--ihn official) runs its own two passes from images.
-  at::Tensor frozen_att, frozen_fc;
-  if (config.freeze_visual && !official) {
-    const auto plain = data.train->with_transform(data.val->options().transform);
+  int64_t batches_per_epoch() const {
+    return (static_cast<int64_t>(*data_.train->size()) + config_.batch_size - 1) /
+           config_.batch_size;
+  }
+  bool budget_spent() const {
+    return config_.stop_after > 0 && steps_this_run_ >= config_.stop_after;
+  }
+
+  void print_header() {
+    if (config_.quiet) return;
+    int64_t parameters = 0;
+    for (const auto& [name, p] : Traits::named_parameters(model_)) parameters += p.numel();
+    if (state_.epoch_done == 0 && state_.batch_in_epoch == 0)
+      fmt::print(
+          "{}train: {} studies ({} batches/epoch), val {}, test {}, vocabulary {}, {} "
+          "parameters, ihn {}, {} epochs on {}\n",
+          label_, *data_.train->size(), batches_per_epoch(), *data_.val->size(),
+          *data_.test->size(), data_.tokenizer.vocab_size(), parameters, config_.ihn,
+          config_.epochs, device_.str());
+    if (official_)
+      fmt::print(
+          "{}ihn official: adds {} parameters (image head {}x{}, report head {}x{}, two "
+          "temperatures); {} view(s); negatives {}; lambda = exp(-{:g}*epoch){}\n",
+          label_, official_.parameters, config_.d_model,
+          Traits::official_image_dim(options_, data_.views), config_.d_model,
+          Traits::official_report_dim(options_), data_.views, official_.negatives_note,
+          official_.alpha, config_.official_legacy ? ", legacy B x B batch mixing" : "");
+    std::fflush(stdout);
+  }
+
+  /// --freeze-visual: the fixed extractor's output for every training study, computed once (the
+  /// evaluation transform, so without crop/flip augmentation). Each step then starts at the
+  /// encoder-decoder; the released recipe (--ihn official) runs its own two passes from images.
+  void compute_frozen_features() {
+    const auto plain = data_.train->with_transform(data_.val->options().transform);
+    const int64_t n_train = static_cast<int64_t>(*data_.train->size());
     torch::NoGradGuard no_grad;
-    model->eval();
+    model_->eval();
     std::vector<at::Tensor> att, fc;
     for (int64_t start = 0; start < n_train; start += 64) {
       std::vector<ihn::data::ReportExample> examples;
       for (int64_t i = start; i < std::min(n_train, start + 64); ++i)
         examples.push_back(plain.example(static_cast<size_t>(i)));
-      auto feats = model->visual_features(
-          select_views(ihn::data::collate_reports(std::move(examples)).images, views).to(device));
+      auto feats = model_->visual_features(
+          select_views(ihn::data::collate_reports(std::move(examples)).images, data_.views)
+              .to(device_));
       att.push_back(feats.first.contiguous());
       fc.push_back(feats.second.contiguous());
     }
-    frozen_att = torch::cat(att);
-    frozen_fc = torch::cat(fc);
+    frozen_att_ = torch::cat(att);
+    frozen_fc_ = torch::cat(fc);
   }
 
-  TrainResult result;
-  int64_t steps_this_run = 0;
-  for (auto& cb : callbacks) cb->on_train_start();
-  double seconds_per_epoch = 0;
-  while (epoch_done < config.epochs && bad_epochs < config.early_stop) {
-    const int64_t epoch = epoch_done + 1;
-    const auto t_epoch = std::chrono::steady_clock::now();
-    // StepLR per epoch, computed from the epoch so resuming needs no scheduler object.
-    const double factor =
-        std::pow(config.lr_gamma, static_cast<double>((epoch - 1) / config.lr_step));
-    static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[0].options())
-        .lr(config.lr_ve * factor);
-    for (size_t g = 1; g < optimizer.param_groups().size(); ++g)
-      static_cast<torch::optim::AdamOptions&>(optimizer.param_groups()[g].options())
-          .lr(config.lr_ed * factor);
-    for (auto& cb : callbacks) cb->on_train_epoch_start(epoch);
+  /// The loss of one batch and what the callbacks read (features, logs), in ctx.
+  template <class Batch>
+  void forward(ihn::BatchContext& ctx, const Batch& batch,
+               const ihn::data::ReportDataset& negative_set, double lambda) {
+    const StepBatch positive{select_views(batch.images, data_.views).to(device_),
+                             batch.reports_ids.to(device_), batch.reports_masks.to(device_)};
+    if (official_) {
+      // The release's step: the negative pairs (their images and reports, loaded like the
+      // batch) through the model in a second pass, then heads and the released loss.
+      std::vector<ihn::data::ReportExample> negatives;
+      for (int64_t i : ctx.ids)
+        negatives.push_back(negative_set.example(
+            static_cast<size_t>(official_.negative_of[static_cast<size_t>(i)])));
+      auto neg = ihn::data::collate_reports(std::move(negatives));
+      const StepBatch negative{select_views(neg.images, data_.views).to(device_),
+                               neg.reports_ids.to(device_), neg.reports_masks.to(device_)};
+      auto r = official_step<Traits>(model_, official_.heads, positive, negative, lambda,
+                                     official_.loss);
+      ctx.loss = r.loss;
+      ctx.logs["gen_loss"] = r.generation_loss.template item<double>();
+      ctx.logs["ihn/l_cp"] = r.terms.l_cp.template item<double>();
+      ctx.logs["ihn/l_cs"] = r.terms.l_cs.template item<double>();
+      ctx.logs["ihn/hardness"] = 1 - lambda;
+      ctx.image_features = r.image_features;
+      ctx.report_features = r.report_features;
+      return;
+    }
+    using Output = decltype(model_->forward(positive.images, positive.ids, positive.masks));
+    auto out = [&]() -> Output {
+      if (!frozen_att_.defined())
+        return model_->forward(positive.images, positive.ids, positive.masks);
+      const auto rows = torch::tensor(ctx.ids, torch::kLong).to(device_);
+      return nn::generator_forward_features<Output>(*model_, frozen_att_.index_select(0, rows),
+                                                    frozen_fc_.index_select(0, rows), positive.ids,
+                                                    positive.masks);
+    }();
+    ctx.loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
+    ctx.logs["gen_loss"] = ctx.loss.template item<double>();
+    ctx.image_features = out.image_features;
+    ctx.report_features = out.report_features;
+    if constexpr (std::is_same_v<Traits, R2GenTraits>) {
+      if (config_.report_features == "text")
+        ctx.report_features = text_report_features(model_, positive.ids, positive.masks);
+    }
+  }
 
-    model->train();
-    if (config.freeze_visual) model->visual_extractor->eval();  // running statistics stay fixed
+  /// Backward, clipping and the optimiser step, with the callbacks' hooks around them.
+  void step(ihn::BatchContext& ctx) {
+    for (auto& cb : callbacks_) cb->on_before_backward(ctx);
+    nn::clear_grads(*optimisation_.adam);
+    ctx.loss.backward();
+    for (auto& cb : callbacks_) cb->on_after_backward(ctx);
+    if (config_.grad_clip > 0)
+      torch::nn::utils::clip_grad_value_(optimisation_.clipped, config_.grad_clip);
+    for (auto& cb : callbacks_) cb->on_before_optimizer_step(ctx);
+    optimisation_.adam->step();
+    ++state_.global_step;
+    for (auto& cb : callbacks_) cb->on_train_batch_end(ctx);
+  }
+
+  /// The epoch's remaining batches (those before an interruption are skipped); stops early on
+  /// a signal or when --stop-after is reached.
+  EpochSteps train_epoch(int64_t epoch) {
+    EpochSteps r;
+    r.lr_factor = set_epoch_learning_rates(*optimisation_.adam, config_, epoch);
+    for (auto& cb : callbacks_) cb->on_train_epoch_start(epoch);
+    model_->train();
+    if (config_.freeze_visual) model_->visual_extractor->eval();  // running statistics fixed
     ihn::data::ReportLoaderOptions lo;
-    lo.batch_size = static_cast<size_t>(config.batch_size);
+    lo.batch_size = static_cast<size_t>(config_.batch_size);
     lo.shuffle = true;
-    auto train_set = data.train->with_epoch(epoch);
-    auto negative_set = data.train->with_epoch(epoch + kNegativeEpochOffset);
-    const double lambda = ihn::official_lambda(official_alpha, epoch);
+    auto train_set = data_.train->with_epoch(epoch);
+    auto negative_set = data_.train->with_epoch(epoch + kNegativeEpochOffset);
+    const double lambda = ihn::official_lambda(official_.alpha, epoch);
     auto loader = ihn::data::make_report_loader(train_set, lo);
-    int64_t b = 0;
-    const int64_t skip = batch_in_epoch;  // batches done before an interruption
+    const int64_t skip = state_.batch_in_epoch;  // batches done before an interruption
     const auto t_steps = std::chrono::steady_clock::now();
-    bool stopped = false;
+    int64_t b = 0;
     for (auto& batch : *loader) {
-      if (b < skip) {
-        ++b;
-        continue;
-      }
+      if (b++ < skip) continue;
       ihn::BatchContext ctx;
       ctx.epoch = epoch;
-      ctx.global_step = global_step;
-      ctx.batch_index = b;
+      ctx.global_step = state_.global_step;
+      ctx.batch_index = b - 1;
       for (const auto& id : batch.ids) {
-        const int64_t i = data.train_index.at(id);
+        const int64_t i = data_.train_index.at(id);
         ctx.ids.push_back(i);
-        ctx.report_keys.push_back(data.train_keys[static_cast<size_t>(i)]);
+        ctx.report_keys.push_back(data_.train_keys[static_cast<size_t>(i)]);
       }
-      for (auto& cb : callbacks) cb->on_train_batch_start(ctx);
-      const StepBatch positive{select_views(batch.images, views).to(device),
-                               batch.reports_ids.to(device), batch.reports_masks.to(device)};
-      if (official) {
-        // The release's step: the negative pairs (their images and reports, loaded like the
-        // batch) through the model in a second pass, then heads and the released loss.
-        std::vector<ihn::data::ReportExample> negatives;
-        for (int64_t i : ctx.ids)
-          negatives.push_back(
-              negative_set.example(static_cast<size_t>(negative_of[static_cast<size_t>(i)])));
-        auto neg = ihn::data::collate_reports(std::move(negatives));
-        const StepBatch negative{select_views(neg.images, views).to(device),
-                                 neg.reports_ids.to(device), neg.reports_masks.to(device)};
-        auto r = official_step<Traits>(model, official_heads, positive, negative, lambda,
-                                       official_options);
-        ctx.loss = r.loss;
-        ctx.logs["gen_loss"] = r.generation_loss.template item<double>();
-        ctx.logs["ihn/l_cp"] = r.terms.l_cp.template item<double>();
-        ctx.logs["ihn/l_cs"] = r.terms.l_cs.template item<double>();
-        ctx.logs["ihn/hardness"] = 1 - lambda;
-        ctx.image_features = r.image_features;
-        ctx.report_features = r.report_features;
-      } else {
-        using Output = decltype(model->forward(positive.images, positive.ids, positive.masks));
-        auto out = [&]() -> Output {
-          if (!frozen_att.defined())
-            return model->forward(positive.images, positive.ids, positive.masks);
-          const auto rows = torch::tensor(ctx.ids, torch::kLong).to(device);
-          return nn::generator_forward_features<Output>(*model, frozen_att.index_select(0, rows),
-                                                        frozen_fc.index_select(0, rows),
-                                                        positive.ids, positive.masks);
-        }();
-        ctx.loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
-        ctx.logs["gen_loss"] = ctx.loss.item<double>();
-        ctx.image_features = out.image_features;
-        ctx.report_features = out.report_features;
-        if constexpr (std::is_same_v<Traits, R2GenTraits>) {
-          if (config.report_features == "text")
-            ctx.report_features = text_report_features(model, positive.ids, positive.masks);
-        }
-      }
-      for (auto& cb : callbacks) cb->on_before_backward(ctx);
-      nn::clear_grads(optimizer);
-      ctx.loss.backward();
-      for (auto& cb : callbacks) cb->on_after_backward(ctx);
-      if (config.grad_clip > 0) torch::nn::utils::clip_grad_value_(clipped, config.grad_clip);
-      for (auto& cb : callbacks) cb->on_before_optimizer_step(ctx);
-      optimizer.step();
-      ++global_step;
-      for (auto& cb : callbacks) cb->on_train_batch_end(ctx);
-      const double loss = ctx.loss.item<double>();
-      loss_sum += loss;
-      loss_count += 1;
-      for (const auto& [k, v] : ctx.logs) log_sums[k] += v;
-      ++b;
-      batch_in_epoch = b;
-      ++steps_this_run;
-      json step{{"type", "step"}, {"epoch", epoch}, {"step", global_step}, {"loss", loss}};
-      for (const auto& [k, v] : ctx.logs) step[k] = v;
-      log << step.dump() << "\n";
-      kill_point("step");
-      if (tty) {
-        const double el =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
-        const double its = static_cast<double>(b - skip) / std::max(el, 1e-9);
-        const int width = 24;
-        const int filled = static_cast<int>(width * b / batches);
-        std::printf("\r%sepoch %lld/%d [%s%s] %lld/%lld loss %.4f %.2f it/s ETA %s   ",
-                    label.c_str(), static_cast<long long>(epoch), config.epochs,
-                    std::string(static_cast<size_t>(filled), '#').c_str(),
-                    std::string(static_cast<size_t>(width - filled), '.').c_str(),
-                    static_cast<long long>(b), static_cast<long long>(batches),
-                    loss_sum / loss_count, its,
-                    format_duration(static_cast<double>(batches - b) / its).c_str());
-        std::fflush(stdout);
-      }
-      if (stop_requested() || (config.stop_after > 0 && steps_this_run >= config.stop_after)) {
-        stopped = true;
+      for (auto& cb : callbacks_) cb->on_train_batch_start(ctx);
+      forward(ctx, batch, negative_set, lambda);
+      step(ctx);
+      record_step(epoch, ctx, b);
+      ++r.done;
+      print_progress(epoch, b, skip, t_steps);
+      if (stop_requested() || budget_spent()) {
+        r.interrupted = b < batches_per_epoch();
         break;
       }
     }
-    if (tty) std::printf("\n");
-    if (stopped && batch_in_epoch < batches) {
-      log.flush();
-      ihn::save_state(checkpoint_state(), last_path);
-      if (!config.quiet)
-        std::printf("%sstopped in epoch %lld after step %lld; saved %s (continue with --resume)\n",
-                    label.c_str(), static_cast<long long>(epoch),
-                    static_cast<long long>(global_step), last_path.c_str());
-      result.interrupted = true;
-      break;
-    }
-    const double steps_seconds =
+    if (tty()) fmt::print("\n");
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
+    return r;
+  }
+
+  void record_step(int64_t epoch, const ihn::BatchContext& ctx, int64_t batch) {
+    const double loss = ctx.loss.item<double>();
+    state_.loss_sum += loss;
+    state_.loss_count += 1;
+    for (const auto& [k, v] : ctx.logs) state_.log_sums[k] += v;
+    state_.batch_in_epoch = batch;
+    ++steps_this_run_;
+    json row{{"type", "step"}, {"epoch", epoch}, {"step", state_.global_step}, {"loss", loss}};
+    for (const auto& [k, v] : ctx.logs) row[k] = v;
+    log_ << row.dump() << "\n";
+    kill_point("step");
+  }
+
+  bool tty() const { return !config_.quiet && isatty(fileno(stdout)); }
+
+  void print_progress(int64_t epoch, int64_t b, int64_t skip,
+                      std::chrono::steady_clock::time_point t_steps) const {
+    if (!tty()) return;
+    const double el =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
-    for (auto& cb : callbacks) cb->on_train_epoch_end(epoch);
+    const double its = static_cast<double>(b - skip) / std::max(el, 1e-9);
+    const int64_t batches = batches_per_epoch(), width = 24, filled = width * b / batches;
+    fmt::print("\r{}epoch {}/{} [{}{}] {}/{} loss {:.4f} {:.2f} it/s ETA {}   ", label_, epoch,
+               config_.epochs, std::string(static_cast<size_t>(filled), '#'),
+               std::string(static_cast<size_t>(width - filled), '.'), b, batches,
+               state_.mean_loss(), its, format_duration(static_cast<double>(batches - b) / its));
+    std::fflush(stdout);
+  }
 
-    // Validation: beam search on the val split, selection on config.select_metric.
-    auto val =
-        decode_split(model, *data.val, data.tokenizer, config, config.beam_size, device, false);
+  void save_interrupted(int64_t epoch) {
+    log_.flush();
+    ihn::save_state(checkpoint_state(), last_path_);
+    if (!config_.quiet)
+      fmt::print("{}stopped in epoch {} after step {}; saved {} (continue with --resume)\n", label_,
+                 epoch, state_.global_step, last_path_.string());
+  }
+
+  /// Beam search on the val split; the scores best.pt is selected on.
+  Validation validate_epoch(int64_t epoch) {
+    auto val = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size,
+                            device_, false);
     write_reports(
-        (out_dir / "reports" / ("epoch_" + std::to_string(epoch) + "_val.jsonl")).string(), val);
+        (out_dir_ / "reports" / ("epoch_" + std::to_string(epoch) + "_val.jsonl")).string(), val);
     const auto coco = ihn::eval::coco_scores(val.hypotheses, val.references);
-    std::map<std::string, double> metrics;
-    for (int k = 0; k < 4; ++k) metrics["val_BLEU_" + std::to_string(k + 1)] = coco.bleu[k];
-    metrics["val_ROUGE_L"] = coco.rouge_l;
-    metrics["val_CIDEr"] = coco.cider;
-    metrics["val_distinct_reports"] = ihn::eval::distinctness(val.hypotheses).distinct_reports;
+    Validation v;
+    auto& m = v.metrics;
+    for (int k = 0; k < 4; ++k) m["val_BLEU_" + std::to_string(k + 1)] = coco.bleu[k];
+    m["val_ROUGE_L"] = coco.rouge_l;
+    m["val_CIDEr"] = coco.cider;
+    m["val_distinct_reports"] = ihn::eval::distinctness(val.hypotheses).distinct_reports;
     const auto clinical = ihn::eval::clinical_scores(val.hypotheses, val.references);
-    metrics["val_clinical_f1_macro"] = clinical.macro.f1;
-    metrics["val_clinical_f1_micro"] = clinical.micro.f1;
-    for (auto& cb : callbacks) cb->on_validation_epoch_end(epoch, metrics);
+    m["val_clinical_f1_macro"] = clinical.macro.f1;
+    m["val_clinical_f1_micro"] = clinical.micro.f1;
+    v.bleu4 = coco.bleu[3];
+    for (auto& cb : callbacks_) cb->on_validation_epoch_end(epoch, m);
+    return v;
+  }
 
-    const double mean_loss = loss_sum / std::max(loss_count, 1.0);
-    epoch_losses.push_back(mean_loss);
-    const double bleu4 = coco.bleu[3];
-    // The checkpoint keeps the best score under "trainer.best_bleu4", a key older than the
-    // choice of metric.
-    const double score = metrics.at("val_" + config.select_metric);
-    const bool improved = score > best_score;
-    if (improved) {
-      best_score = score;
-      best_epoch = epoch;
-      bad_epochs = 0;
-    } else {
-      ++bad_epochs;
-    }
+  /// The epoch's log row and checkpoints. best.pt is written first: killed between the two
+  /// writes, last.pt still describes the epoch before, and resuming recomputes this epoch
+  /// bit-exactly and writes both again. The other order would leave a last.pt naming a best
+  /// epoch that best.pt does not hold.
+  void commit_epoch(int64_t epoch, const EpochSteps& steps, const Validation& v,
+                    std::chrono::steady_clock::time_point t_epoch) {
+    const double mean_loss = state_.mean_loss();
+    state_.epoch_losses.push_back(mean_loss);
+    const double score = v.metrics.at("val_" + config_.select_metric);
+    const bool improved = state_.record_score(epoch, score);
     json row{{"type", "epoch"},
              {"epoch", epoch},
-             {"step", global_step},
+             {"step", state_.global_step},
              {"train_loss", mean_loss},
-             {"lr_ve", config.lr_ve * factor},
-             {"lr_ed", config.lr_ed * factor},
-             {"train_seconds", steps_seconds},
-             {"it_per_s", static_cast<double>(b - skip) / std::max(steps_seconds, 1e-9)},
-             {"best_epoch", best_epoch}};
-    for (const auto& [k, v] : metrics) row[k] = v;
-    for (const auto& [k, v] : log_sums) row["train_" + k] = v / std::max(loss_count, 1.0);
-    log << row.dump() << "\n";
-    log.flush();
+             {"lr_ve", config_.lr_ve * steps.lr_factor},
+             {"lr_ed", config_.lr_ed * steps.lr_factor},
+             {"train_seconds", steps.seconds},
+             {"it_per_s", static_cast<double>(steps.done) / std::max(steps.seconds, 1e-9)},
+             {"best_epoch", state_.best_epoch}};
+    for (const auto& [k, x] : v.metrics) row[k] = x;
+    for (const auto& [k, x] : state_.log_sums)
+      row["train_" + k] = x / std::max(state_.loss_count, 1.0);
+    log_ << row.dump() << "\n";
+    log_.flush();
 
-    epoch_done = epoch;
-    batch_in_epoch = 0;
-    loss_sum = loss_count = 0;
-    log_sums.clear();
+    state_.close_epoch(epoch);
     const auto state = checkpoint_state();
-    // best.pt first: killed between the two writes, last.pt still describes the epoch before,
-    // and resuming recomputes this epoch bit-exactly and writes both again. The other order
-    // would leave a last.pt naming a best epoch that best.pt does not hold.
     kill_point("before_best");
-    if (improved) ihn::save_state(state, best_path);
+    if (improved) ihn::save_state(state, best_path_);
     kill_point("between_checkpoints");
-    ihn::save_state(state, last_path);
+    ihn::save_state(state, last_path_);
     kill_point("after_last");
 
     const double epoch_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
-    seconds_per_epoch =
-        seconds_per_epoch == 0 ? epoch_seconds : 0.7 * seconds_per_epoch + 0.3 * epoch_seconds;
-    if (!config.quiet) {
-      std::string extra;
-      if (row.contains("train_ihn/alignment")) {
-        char buf[128];
-        std::snprintf(buf, sizeof buf, "  align %.3f hard %.2f",
-                      row["train_ihn/alignment"].get<double>(),
-                      row["train_ihn/hardness"].get<double>());
-        extra = buf;
-      } else if (row.contains("train_ihn/l_cp")) {
-        char buf[128];
-        std::snprintf(buf, sizeof buf, "  l_cp %.3f l_cs %.3f hard %.2f",
-                      row["train_ihn/l_cp"].get<double>(), row["train_ihn/l_cs"].get<double>(),
-                      row["train_ihn/hardness"].get<double>());
-        extra = buf;
-      }
-      std::string val_line;
-      if (config.select_metric == "BLEU_4") {
-        val_line = "val BLEU-4 " + format_score(bleu4);
-      } else {
-        val_line = "val BLEU-4 " + format_score(bleu4) + " distinct " +
-                   format_score(metrics.at("val_distinct_reports")) + " " + config.select_metric +
-                   " " + format_score(score);
-      }
-      std::printf(
-          "%sepoch %lld/%d  loss %.4f%s  %.2f it/s  %s (best %.4f @%lld)  %s  "
-          "ETA %s\n",
-          label.c_str(), static_cast<long long>(epoch), config.epochs, mean_loss, extra.c_str(),
-          row["it_per_s"].get<double>(), val_line.c_str(), best_score,
-          static_cast<long long>(best_epoch), format_duration(epoch_seconds).c_str(),
-          format_duration(seconds_per_epoch * static_cast<double>(config.epochs - epoch)).c_str());
-      std::fflush(stdout);
-    }
-    if (stop_requested() || (config.stop_after > 0 && steps_this_run >= config.stop_after)) {
-      result.interrupted = epoch_done < config.epochs;
-      if (result.interrupted && !config.quiet)
-        std::printf("%sstopped after epoch %lld; saved %s (continue with --resume)\n",
-                    label.c_str(), static_cast<long long>(epoch), last_path.c_str());
-      break;
-    }
+    seconds_per_epoch_ =
+        seconds_per_epoch_ == 0 ? epoch_seconds : 0.7 * seconds_per_epoch_ + 0.3 * epoch_seconds;
+    print_epoch(epoch, row, v, score, epoch_seconds);
   }
-  for (auto& cb : callbacks) cb->on_train_end();
-  log.close();
 
-  result.epochs_done = static_cast<int>(epoch_done);
-  result.best_epoch = static_cast<int>(best_epoch);
-  result.best_val_score = best_score;
-  result.epoch_losses = epoch_losses;
-  if (!result.interrupted && fs::exists(best_path)) {
+  void print_epoch(int64_t epoch, const json& row, const Validation& v, double score,
+                   double epoch_seconds) const {
+    if (config_.quiet) return;
+    std::string extra;
+    if (row.contains("train_ihn/alignment"))
+      extra = fmt::format("  align {:.3f} hard {:.2f}", row.at("train_ihn/alignment").get<double>(),
+                          row.at("train_ihn/hardness").get<double>());
+    else if (row.contains("train_ihn/l_cp"))
+      extra = fmt::format(
+          "  l_cp {:.3f} l_cs {:.3f} hard {:.2f}", row.at("train_ihn/l_cp").get<double>(),
+          row.at("train_ihn/l_cs").get<double>(), row.at("train_ihn/hardness").get<double>());
+    std::string val_line = "val BLEU-4 " + format_score(v.bleu4);
+    if (config_.select_metric != "BLEU_4")
+      val_line += " distinct " + format_score(v.metrics.at("val_distinct_reports")) + " " +
+                  config_.select_metric + " " + format_score(score);
+    fmt::print("{}epoch {}/{}  loss {:.4f}{}  {:.2f} it/s  {} (best {:.4f} @{})  {}  ETA {}\n",
+               label_, epoch, config_.epochs, row.at("train_loss").get<double>(), extra,
+               row.at("it_per_s").get<double>(), val_line, state_.best_score, state_.best_epoch,
+               format_duration(epoch_seconds),
+               format_duration(seconds_per_epoch_ * static_cast<double>(config_.epochs - epoch)));
+    std::fflush(stdout);
+  }
+
+  /// best.pt on the test split (test.json, reports/test.jsonl) and the curves.
+  void finish(TrainResult& result) {
     // The weights scored below must be the epoch the log calls best.
     const double best_file_epoch =
-        tensor_scalar(ihn::load_state(best_path), "trainer.epoch", best_path.string());
-    if (static_cast<int64_t>(best_file_epoch) != best_epoch)
-      throw TrainError(best_path.string() + " holds epoch " +
+        tensor_scalar(ihn::load_state(best_path_), "trainer.epoch", best_path_.string());
+    if (static_cast<int64_t>(best_file_epoch) != state_.best_epoch)
+      throw TrainError(best_path_.string() + " holds epoch " +
                        std::to_string(static_cast<int64_t>(best_file_epoch)) + ", but " +
-                       last_path.string() + " names epoch " + std::to_string(best_epoch) +
+                       last_path_.string() + " names epoch " + std::to_string(state_.best_epoch) +
                        " as the best: the run folder was changed by hand or by another run");
-    if (!config.quiet && bad_epochs >= config.early_stop && epoch_done < config.epochs)
-      std::printf("%searly stop: no better validation %s for %d epochs\n", label.c_str(),
-                  config.select_metric.c_str(), config.early_stop);
+    if (!config_.quiet && state_.bad_epochs >= config_.early_stop &&
+        state_.epoch_done < config_.epochs)
+      fmt::print("{}early stop: no better validation {} for {} epochs\n", label_,
+                 config_.select_metric, config_.early_stop);
     EvaluateOptions eo;
-    eo.checkpoint = best_path.string();
-    eo.device = config.device;
-    eo.bootstrap = config.bootstrap;
-    eo.wordnet = config.wordnet;
-    eo.reports_out = (out_dir / "reports" / "test.jsonl").string();
+    eo.checkpoint = best_path_.string();
+    eo.device = config_.device;
+    eo.bootstrap = config_.bootstrap;
+    eo.wordnet = config_.wordnet;
+    eo.reports_out = (out_dir_ / "reports" / "test.jsonl").string();
     result.test = evaluate_checkpoint(eo);
     {
-      std::ofstream test_json((out_dir / "test.json").string());
+      std::ofstream test_json((out_dir_ / "test.json").string());
       test_json << result.test.dump(2) << "\n";
       test_json.close();
       if (test_json.fail())
-        throw TrainError("writing " + (out_dir / "test.json").string() + " failed");
+        throw TrainError("writing " + (out_dir_ / "test.json").string() + " failed");
     }
-    if (config.plots) {
-      const std::string note =
-          plot_runs({out_dir.string()}, {"train"}, (out_dir / "curves.png").string());
-      if (!config.quiet)
-        std::printf(
-            "%s%s\n", label.c_str(),
-            note.empty() ? ("plots: " + (out_dir / "curves.png").string()).c_str() : note.c_str());
-    }
+    if (!config_.plots) return;
+    const std::string png = (out_dir_ / "curves.png").string();
+    const std::string note = plot_runs({out_dir_.string()}, {"train"}, png);
+    if (!config_.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
   }
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  return result;
+
+  TrainConfig config_;
+  fs::path out_dir_, last_path_, best_path_;
+  torch::Device device_;
+  RunData data_;
+  std::string label_;  ///< "LABEL " before every line printed, or ""
+  typename Traits::Options options_;
+  Model model_{nullptr};
+  OfficialMode official_;
+  Optimisation optimisation_;
+  std::vector<std::shared_ptr<ihn::Callback>> callbacks_;
+  TrainerState state_;
+  std::ofstream log_;
+  at::Tensor frozen_att_, frozen_fc_;  ///< --freeze-visual: extractor output per training study
+  int64_t steps_this_run_ = 0;
+  double seconds_per_epoch_ = 0;
+};
+
+template <class Traits>
+TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
+                        std::chrono::steady_clock::time_point t_start) {
+  // Before the data are built: the synthetic set's rendering runs on LibTorch's threads.
+  if (config.threads > 0) at::set_num_threads(config.threads);
+  return TrainingRun<Traits>(std::move(config), resume_state).run(t_start);
 }
 
 }  // namespace
