@@ -106,12 +106,20 @@ std::string png_problem(const unsigned char* data, size_t size) {
 
 /// The header's size, checked before anything is decoded: stb would allocate what it declares
 /// (a 388 KB PNG declaring 20000x20000 cost 3.9 GB).
-std::string header_problem(const unsigned char* data, size_t size, int* channels) {
-  int width = 0, height = 0;
+std::string header_problem(const unsigned char* data, size_t size, int* channels, int* width,
+                           int* height) {
   if (size > static_cast<size_t>(std::numeric_limits<int>::max())) return "file too large";
-  for (auto check : {jpeg_problem, png_problem})  // before stb sees the data
-    if (auto problem = check(data, size); !problem.empty()) return problem;
-  if (!stbi_info_from_memory(data, static_cast<int>(size), &width, &height, channels)) {
+  // PNG, JPEG (stb skips 0xFF fill bytes before SOI) or BMP only: stb's other decoders (GIF,
+  // PSD, PIC, PNM, HDR, TGA, the last without a signature) are no input of a chest X-ray data
+  // set, and left to any header they spend seconds per file on 64 Mpixels of nothing.
+  size_t fill = 0;
+  while (fill < size && data[fill] == 0xFF) ++fill;
+  const bool png = size >= 8 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0;
+  const bool jpeg = fill > 0 && fill < size && data[fill] == 0xD8;
+  const bool bmp = size >= 2 && data[0] == 'B' && data[1] == 'M';
+  if (!png && !jpeg && !bmp) return "corrupt or not an image: not a PNG, JPEG or BMP file";
+  if (auto problem = jpeg_problem(data, size); !problem.empty()) return problem;  // before stb
+  if (!stbi_info_from_memory(data, static_cast<int>(size), width, height, channels)) {
     // stb refuses some large PNG headers itself, then reports "unknown image type": read the
     // size from the IHDR chunk to say what is wrong.
     if (size >= 24 && std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) == 0 &&
@@ -127,7 +135,7 @@ std::string header_problem(const unsigned char* data, size_t size, int* channels
     }
     return std::string("corrupt or not an image: ") + stbi_failure_reason();
   }
-  return size_problem(width, height);
+  return size_problem(*width, *height);
 }
 
 std::string read_bytes(const std::string& path, std::string* problem) {
@@ -152,14 +160,19 @@ std::string read_bytes(const std::string& path, std::string* problem) {
 
 }  // namespace
 
+std::string probe_image_data(const unsigned char* data, size_t size, int* width, int* height) {
+  int channels = 0;
+  return header_problem(data, size, &channels, width, height);
+}
+
 std::string probe_image(const std::string& path, bool full_decode) {
   std::string problem;
   const std::string bytes = read_bytes(path, &problem);
   if (!problem.empty()) return problem;
   if (!full_decode) {
-    int channels = 0;
-    return header_problem(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
-                          &channels);
+    int width = 0, height = 0;
+    return probe_image_data(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(),
+                            &width, &height);
   }
   try {
     decode_image(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), path, 3);
@@ -175,12 +188,12 @@ Image decode_image(const unsigned char* data, size_t size, const std::string& na
   auto fail = [&](const std::string& problem) -> Image {
     throw std::runtime_error("cannot load image '" + name + "': " + problem);
   };
-  int channels = 0;
-  const auto problem = header_problem(data, size, &channels);
+  int channels = 0, width = 0, height = 0;
+  auto problem = header_problem(data, size, &channels, &width, &height);
+  if (problem.empty()) problem = png_problem(data, size);  // what stb would allocate
   if (!problem.empty()) return fail(problem);
   // 0: gray (and gray + alpha) stays one channel, everything else becomes RGB.
   if (components == 0) components = channels <= 2 ? 1 : 3;
-  int width = 0, height = 0;
   Pixels pixels(
       stbi_load_from_memory(data, static_cast<int>(size), &width, &height, &channels, components),
       stbi_image_free);

@@ -46,6 +46,9 @@ inline constexpr int64_t kMaxImagePixels = int64_t{64} << 20;
 /// the size its header declares. `components` 3: RGB (gray replicated); 1: gray; 0: gray stays
 /// gray, everything else RGB. Throws std::runtime_error naming `name` and the problem.
 Image decode_image(const unsigned char* data, size_t size, const std::string& name, int components);
+/// The header check of probe_image on bytes in memory: the problem, or empty with the declared
+/// width and height (within the limits).
+std::string probe_image_data(const unsigned char* data, size_t size, int* width, int* height);
 /// Decodes a PNG/JPEG/BMP file to RGB (gray replicated to three channels). Throws
 /// std::runtime_error naming the file and stb's reason (missing, unreadable, corrupt).
 Image load_image_rgb(const std::string& path);
