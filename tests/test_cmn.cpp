@@ -1,21 +1,12 @@
-// The R2GenCMN port: parity with the official code's outputs (fixtures/cmn_tiny, tagged [shared]),
-// the deterministic weight fill with the aliased memory-attention keys, the index-gather top-k
-// against upstream's expanded form, the de-duplicated parameter list, incremental decoding, and
-// the hard-negative features.
-//
-// Tolerances (fixtures/README.md, "Caveats" and cmn_tiny's float32-vs-float64 cross-check): the
-// reference itself moves by 7.5e-7 (visual features, values up to 2.6) and 2.1e-6 (log-probs)
-// between float32 and float64, so a float32 port with a different summation order gets visual
-// features atol 1e-3, log-probs and the model's intermediates atol 1e-4, losses rtol 1e-5,
-// gradient norms rtol 1e-3; token ids exactly (the smallest greedy top1-top2 margin is 0.0053,
-// three orders of magnitude above the float32 noise).
+// The R2GenCMN port: parity with the official code's outputs (the shared suite of
+// fixture_checks.hpp on fixtures/cmn_tiny, tagged [shared]; tolerances there) with the aliased
+// memory-attention keys, the index-gather top-k against upstream's expanded form, the
+// de-duplicated parameter list, incremental decoding, and the hard-negative features.
 #include "fixture_checks.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <fstream>
-#include <map>
 #include <set>
 
 #include "cmn.hpp"
@@ -26,236 +17,92 @@ using ihn_examples::cmn::CMNModel;
 using ihn_examples::cmn::CMNOptions;
 using ihn_examples::cmn::compute_loss;
 namespace enn = ihn_examples::nn;
-using ihn_test::at_key;
-using ihn_test::grad_norm_matches;
-using ihn_test::is_key_bias;
-using ihn_test::load_pt;
+using ihn_test::arg;
 using ihn_test::max_abs_diff;
 
 namespace {
 
-/// The tiny config of fixtures/cmn_tiny/config.json.
-CMNOptions tiny_options() {
-  return CMNOptions(760)
-      .visual_depth(101)
-      .d_model(64)
-      .d_ff(128)
-      .num_heads(4)
-      .num_layers(2)
-      .topk(8)
-      .cmm_size(128)
-      .cmm_dim(64);
-}
+/// The R2GenCMN side of the shared parity suite: the model from the fixture's official arguments
+/// (R2GenCMN's parse_agrs names), and which intermediates of a teacher-forced pass outputs.pt
+/// holds.
+struct CMNPort {
+  using Model = CMNModel;
+  static constexpr const char* fixture = "cmn_tiny";
+  static CMNOptions options(const nlohmann::json& args, int64_t vocab_size) {
+    return CMNOptions(vocab_size)
+        .d_model(arg(args, "d_model"))
+        .d_ff(arg(args, "d_ff"))
+        .num_heads(arg(args, "num_heads"))
+        .num_layers(arg(args, "num_layers"))
+        .dropout(args.at("dropout").get<double>())
+        .drop_prob_lm(args.at("drop_prob_lm").get<double>())
+        .topk(arg(args, "topk"))
+        .cmm_size(arg(args, "cmm_size"))
+        .cmm_dim(arg(args, "cmm_dim"));
+  }
+  static std::vector<std::pair<std::string, torch::Tensor>> intermediates(
+      const ihn_examples::cmn::CMNOutput& out) {
+    const auto& d = out.details;
+    return {{"tf_att_embed_out", d.att_embed_out},
+            {"tf_encoder_in", d.encoder_in},
+            {"tf_encoder_out", d.encoder_out},
+            {"tf_decoder_in", d.decoder_in},
+            {"tf_decoder_out", d.decoder_out}};
+  }
+};
 
-/// sum_i v_i and sum_i v_i * ((i mod 97) + 1) in double, as the fixture's checksums.
-std::pair<double, double> checksums(const torch::Tensor& t) {
-  auto flat = t.detach().flatten().to(torch::kCPU, torch::kDouble).contiguous();
-  auto weights = torch::arange(flat.numel(), torch::kLong).remainder(97).add(1).to(torch::kDouble);
-  return {flat.sum().item<double>(), (flat * weights).sum().item<double>()};
-}
-
-/// Built once: the filled tiny model, the fixture's inputs and outputs.
-ihn_test::TinyFixture<CMNModel>& fixture() {
-  static ihn_test::TinyFixture<CMNModel> fx("cmn_tiny", tiny_options());
+/// Built once: the filled model of fixtures/cmn_tiny, its inputs and outputs.
+ihn_test::ParityFixture<CMNPort>& fixture() {
+  static ihn_test::ParityFixture<CMNPort> fx;
   return fx;
 }
 
 }  // namespace
 
-TEST_CASE("cmn: state_dict keys, aliases and the deterministic fill match the fixture per key",
+TEST_CASE("cmn: state_dict keys, aliases, the deterministic fill and the parameter count match",
           "[cmn][shared]") {
-  auto& fx = fixture();
-  std::ifstream f(fx.dir / "weights_fill.json");
-  auto json = nlohmann::json::parse(f);
-  const auto& keys = json.at("keys");
-  REQUIRE(keys.size() == 632);
-  REQUIRE(fx.filled.size() == keys.size());
-  // The final tensors: an aliased key holds what its later alias wrote (value_from_k).
-  std::map<std::string, torch::Tensor> tensors;
-  for (const auto& p : fx.model->named_parameters()) tensors[p.key()] = p.value();
-  for (const auto& b : fx.model->named_buffers()) tensors[b.key()] = b.value();
-  int aliased = 0;
-  for (size_t k = 0; k < keys.size(); ++k) {
-    const auto& ref = keys[k];
-    const auto& got = fx.filled[k];
-    INFO("k=" << k << " key " << got.key);
-    REQUIRE(got.key == ref.at("key").get<std::string>());
-    CHECK(got.rule == ref.at("rule").get<std::string>());
-    REQUIRE(tensors.count(got.key) == 1);
-    const auto [sum, wsum] = checksums(tensors[got.key]);
-    // rtol 1e-12: the same float32 values summed in double (README: worst 6e-14).
-    const double c = ref.at("checksum").get<double>(), w = ref.at("wchecksum").get<double>();
-    CHECK(std::abs(sum - c) <= 1e-12 * std::max(1.0, std::abs(c)));
-    CHECK(std::abs(wsum - w) <= 1e-12 * std::max(1.0, std::abs(w)));
-    if (ref.contains("aliases")) {
-      ++aliased;
-      for (const auto& alias : ref.at("aliases")) {
-        // The same storage under both names, not two copies.
-        REQUIRE(tensors.count(alias.get<std::string>()) == 1);
-        CHECK(tensors[alias.get<std::string>()].data_ptr() == tensors[got.key].data_ptr());
-      }
-    } else {
-      // Unaliased keys keep what the fill wrote at their own k.
-      CHECK(std::abs(got.checksum - c) <= 1e-12 * std::max(1.0, std::abs(c)));
-    }
-  }
-  CHECK(aliased == 16);
-  std::set<std::string> skipped;
-  for (const auto& b : fx.model->named_buffers())
-    if (!b.value().is_floating_point()) skipped.insert(b.key());
-  std::set<std::string> ref_skipped;
-  for (const auto& s : json.at("skipped_integer_keys")) ref_skipped.insert(s.get<std::string>());
-  CHECK(skipped == ref_skipped);
-  // README: "Parameters: 42,921,977" (Python counts the shared tensors once).
-  int64_t n = 0;
-  for (const auto& p : fx.model->unique_parameters()) n += p.numel();
-  CHECK(n == 42921977);
+  ihn_test::check_fill_matches_fixture(fixture());
 }
 
 TEST_CASE("cmn: generated images match the fixture's checksums", "[cmn][shared]") {
-  auto& fx = fixture();
-  const auto [sum, wsum] = checksums(fx.images);
-  CHECK(std::abs(sum - fx.inputs.at("images_sum").toDouble()) < 1e-6 * std::abs(sum) + 1e-6);
-  CHECK(std::abs(wsum - fx.inputs.at("images_wsum").toDouble()) < 1e-9 * std::abs(wsum) + 1e-6);
-  CHECK(torch::equal(fx.images.flatten().narrow(0, 0, 64), at_key(fx.inputs, "images_head")));
-  CHECK(torch::equal(fx.images.flatten().narrow(0, fx.images.numel() - 64, 64),
-                     at_key(fx.inputs, "images_tail")));
+  ihn_test::check_images_match_fixture(fixture());
 }
 
 TEST_CASE("cmn: visual extractor matches (atol 1e-3)", "[cmn][shared]") {
-  auto& fx = fixture();
-  torch::NoGradGuard no_grad;
-  auto [att, fc] = fx.model->visual_features(fx.x);
-  auto patch0 = att.narrow(1, 0, 49);
-  // Rule B: values up to ~2.6, float32 vs float64 of the reference differs by 7.5e-7.
-  CHECK(max_abs_diff(patch0, at_key(fx.outputs, "ve_patch_feats_view0")) < 1e-3);
-  CHECK(max_abs_diff(fc.narrow(1, 0, 2048), at_key(fx.outputs, "ve_avg_feats_view0")) < 1e-3);
-  CHECK(max_abs_diff(fc.narrow(1, 2048, 2048), at_key(fx.outputs, "ve_avg_feats_view1")) < 1e-3);
-  // The two studies differ by up to 8.6e-3, so this also catches a batch mix-up.
-  CHECK(max_abs_diff(patch0[0], patch0[1]) > 1e-3);
+  ihn_test::check_visual_features_match_fixture(fixture());
 }
 
 TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][shared]") {
   auto& fx = fixture();
-  torch::NoGradGuard no_grad;
-  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
-  auto out = fx.model->forward(fx.x, ids, masks);
-  CHECK(max_abs_diff(out.details.att_embed_out, at_key(fx.outputs, "tf_att_embed_out")) < 1e-4);
-  CHECK(max_abs_diff(out.details.encoder_in, at_key(fx.outputs, "tf_encoder_in")) < 1e-4);
-  CHECK(max_abs_diff(out.details.encoder_out, at_key(fx.outputs, "tf_encoder_out")) < 1e-4);
-  CHECK(max_abs_diff(out.details.decoder_in, at_key(fx.outputs, "tf_decoder_in")) < 1e-4);
-  CHECK(max_abs_diff(out.details.decoder_out, at_key(fx.outputs, "tf_decoder_out")) < 1e-4);
-  CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "tf_logprobs")) < 1e-4);
-  // The memory response is a real part of encoder_in / decoder_in (not ~0): encoder_in differs
-  // from att_embed_out + pe by far more than the tolerance.
-  auto pe = fx.model->encoder_decoder->model->src_position->pe.narrow(1, 0, 98);
+  const auto out = ihn_test::check_teacher_forcing_matches_fixture<CMNPort>(fx);
+  // The memory response is a real part of encoder_in (not ~0): encoder_in differs from
+  // att_embed_out + pe by far more than the tolerance.
+  const auto tokens = out.details.att_embed_out.size(1);
+  auto pe = fx.model->encoder_decoder->model->src_position->pe.narrow(1, 0, tokens);
   CHECK(max_abs_diff(out.details.encoder_in, out.details.att_embed_out + pe) > 1e-2);
-  const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
-  const double ref = fx.outputs.at("tf_loss_float").toDouble();
-  CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
-  // Features for the hard-negative library: means of the same pass.
-  CHECK(out.image_features.sizes() == torch::IntArrayRef({2, 64}));
-  CHECK(torch::allclose(out.image_features.cpu(), at_key(fx.outputs, "tf_encoder_out").mean(1),
-                        1e-4, 1e-4));
-  auto m = masks.cpu().narrow(1, 0, ids.size(1) - 1).unsqueeze(-1);
-  auto ref_report = (at_key(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
-  CHECK(torch::allclose(out.report_features.cpu(), ref_report, 1e-4, 1e-4));
 }
 
 TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
-  auto& fx = fixture();
-  torch::NoGradGuard no_grad;
-  auto ids = at_key(fx.outputs, "pad_reports_ids").to(fx.device),
-       masks = at_key(fx.outputs, "pad_reports_masks").to(fx.device);
-  REQUIRE((masks == 0).any().item<bool>());  // the batch really is padded
-  auto images = fx.x.narrow(0, 0, ids.size(0));
-  auto out = fx.model->forward(images, ids, masks);
-  CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "pad_tf_logprobs")) < 1e-4);
-  const double loss = compute_loss(out.logprobs, ids, masks).item<double>();
-  const double ref = at_key(fx.outputs, "pad_tf_loss").item<double>();
-  CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
+  ihn_test::check_padded_batch_matches_fixture(fixture());
 }
 
 TEST_CASE("cmn: gradient norms match by name (rtol 1e-3)", "[cmn][shared]") {
-  auto& fx = fixture();
-  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
-  auto ref_names = fx.outputs.at("grad_norm_names").toList();
-  auto ref_norms = at_key(fx.outputs, "grad_norms");
-  REQUIRE(ref_names.size() == 414);
-  fx.model->zero_grad();
-  auto out = fx.model->forward(fx.x, ids, masks);
-  auto loss = compute_loss(out.logprobs, ids, masks);
-  loss.backward();
-  // Aliased tensors once, under Python's (first) name: exactly the fixture's 414 names.
-  std::map<std::string, double> norms;
-  for (const auto& p : fx.model->unique_named_parameters())
-    if (p.value().grad().defined())
-      norms[p.key()] = p.value().grad().to(torch::kDouble).norm().item<double>();
-  CHECK(norms.size() == ref_names.size());
-  int bad = 0;
-  double worst = 0;
-  for (size_t i = 0; i < ref_names.size(); ++i) {
-    const auto name = ref_names.get(i).toStringRef();
-    INFO("parameter " << name);
-    REQUIRE(norms.count(name) == 1);
-    const double r = ref_norms[i].item<double>();
-    const bool ok = grad_norm_matches(name, norms[name], r);
-    if (!ok) ++bad;
-    CHECK(ok);
-    if (!is_key_bias(name)) worst = std::max(worst, std::abs(norms[name] - r) / r);
-  }
-  CHECK(bad == 0);
-  CHECK(worst < 1e-3);  // the largest relative deviation, for the record
+  const auto norms = ihn_test::check_grad_norms_match_fixture(fixture());
   // The memory matrix and the memory attention do receive gradient.
   CHECK(norms.at("encoder_decoder.memory_matrix") > 0);
   CHECK(norms.at("encoder_decoder.cmn.linears.1.weight") > 0);
-  fx.model->zero_grad();
 }
 
 TEST_CASE("cmn: greedy decoding with and without trigram blocking matches", "[cmn][shared]") {
-  auto& fx = fixture();
-  ihn_test::check_greedy_matches_fixture(fx.model, fx.x, fx.outputs);
+  ihn_test::check_greedy_matches_fixture(fixture());
 }
 
-TEST_CASE("cmn: beam-3 search matches ids, lengths and scores", "[cmn][shared]") {
-  auto& fx = fixture();
-  ihn_test::check_beam_matches_fixture(fx.model, fx.x, fx.outputs);
+TEST_CASE("cmn: beam search matches ids, lengths and scores", "[cmn][shared]") {
+  ihn_test::check_beam_matches_fixture(fixture());
 }
 
 TEST_CASE("cmn: original sin/cos positional tables (alt_pe outputs)", "[cmn][shared]") {
-  auto& fx = fixture();
-  auto& tf = *fx.model->encoder_decoder->model;
-  std::vector<torch::Tensor*> tables = {&tf.src_position->pe, &tf.position->pe};
-  std::vector<torch::Tensor> saved;
-  {
-    torch::NoGradGuard no_grad;
-    for (auto* pe : tables) {
-      saved.push_back(pe->clone());
-      pe->copy_(enn::PositionalEncodingImpl::table(pe->size(1), pe->size(2)));
-    }
-  }
-  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
-  torch::Tensor logprobs;
-  {
-    torch::NoGradGuard no_grad;
-    logprobs = fx.model->forward(fx.x, ids, masks).logprobs;
-  }
-  auto greedy = fx.model->greedy(fx.x, enn::GreedyOptions().max_length(20));
-  auto beam = fx.model->beam_search(fx.x, enn::BeamSearchOptions().max_length(20));
-  {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < tables.size(); ++i) tables[i]->copy_(saved[i]);
-  }
-  CHECK(max_abs_diff(logprobs, at_key(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
-  const double loss = compute_loss(logprobs, ids, masks).item<double>();
-  const double ref = at_key(fx.outputs, "alt_pe_tf_loss").item<double>();
-  CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
-  CHECK(torch::equal(greedy.seq.cpu(), at_key(fx.outputs, "alt_pe_greedy_seq")));
-  CHECK(torch::equal(beam.seq.cpu(), at_key(fx.outputs, "alt_pe_beam_seq")));
-  auto sums = at_key(fx.outputs, "alt_pe_beam_all_logprob_sum");
-  for (int64_t b = 0; b < 2; ++b)
-    for (int64_t j = 0; j < 3; ++j)
-      CHECK(std::abs(beam.beams[b][j].logprob_sum - sums[b][j].item<double>()) < 1e-4);
+  ihn_test::check_original_positional_tables_match_fixture(fixture());
 }
 
 // ---------------------------------------------------------------------------------------------
