@@ -14,7 +14,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -50,7 +49,8 @@ TEST_CASE("tokenizer: both cleaners equal R2Gen on every adversarial case", "[da
   // Exact string equality: the fixture was produced by the official tokenizers.py.
   const auto cases = read_json(tokenizer_fixtures() / "clean_cases.json");
   const auto vocab = Tokenizer::load((tokenizer_fixtures() / "vocab.json").string());
-  REQUIRE(cases.size() == 60);
+  REQUIRE(cases.size() ==
+          read_json(tokenizer_fixtures() / "config.json").at("n_clean_cases").get<size_t>());
   for (const auto& c : cases) {
     const auto input = c["input"].get<std::string>();
     INFO("case " << c["n"] << " input " << c["input"].dump());
@@ -72,18 +72,23 @@ TEST_CASE("tokenizer: IU X-Ray vocabulary, ids, truncation and decoding equal R2
     WARN("skipped: " << iu_annotation() << " is absent (real IU X-Ray annotation)");
     return;
   }
+  // The vocabulary, truncation length and counts are the fixture's (config.json), so another
+  // threshold or length of the same format runs unchanged.
+  const auto config = read_json(tokenizer_fixtures() / "config.json");
   const auto annotation = read_json(iu_annotation());
   std::vector<std::string> train_reports;
   for (const auto& entry : annotation["train"]) train_reports.push_back(entry["report"]);
-  const auto tokenizer = Tokenizer::build(train_reports, Dataset::iu_xray, 3);
+  const auto tokenizer =
+      Tokenizer::build(train_reports, parse_dataset(config.at("dataset_name").get<std::string>()),
+                       config.at("threshold").get<int>());
   const auto golden_vocab = read_json(tokenizer_fixtures() / "vocab.json");
-  CHECK(tokenizer.vocab_size() == 760);
   REQUIRE(tokenizer.vocab_size() == golden_vocab["vocab_size"].get<int64_t>());
   for (int64_t id = 1; id <= tokenizer.vocab_size(); ++id)
     REQUIRE(tokenizer.token_of(id) == golden_vocab["id_to_token"][id].get<std::string>());
 
   const auto reports = read_json(tokenizer_fixtures() / "reports.json");
-  REQUIRE(reports.size() == 790);
+  REQUIRE(reports.size() == config.at("n_reports").get<size_t>());
+  const auto max_seq_length = config.at("max_seq_length").get<size_t>();
   int truncated = 0;
   for (const auto& r : reports) {
     const auto report = r["report"].get<std::string>();
@@ -92,14 +97,14 @@ TEST_CASE("tokenizer: IU X-Ray vocabulary, ids, truncation and decoding equal R2
     CHECK(split_whitespace(tokenizer.clean(report)) == r["tokens"].get<std::vector<std::string>>());
     const auto full = tokenizer.encode(report);
     CHECK(full == ints(r["ids_full"]));
-    const auto trunc = tokenizer.encode(report, 60);
+    const auto trunc = tokenizer.encode(report, max_seq_length);
     CHECK(trunc == ints(r["ids_trunc"]));
     truncated += trunc.back() != 0;
     CHECK(tokenizer.decode({trunc.begin() + 1, trunc.end()}) == r["decoded_gt"].get<std::string>());
     CHECK(tokenizer.decode({full.begin() + 1, full.end()}) == r["decoded_full"].get<std::string>());
-    CHECK(tokenizer.round_trip(report, 60) == r["decoded_gt"].get<std::string>());
+    CHECK(tokenizer.round_trip(report, max_seq_length) == r["decoded_gt"].get<std::string>());
   }
-  CHECK(truncated == 54);  // the README's count of reports that lose their EOS
+  CHECK(truncated == config.at("n_reports_truncated").get<int>());  // reports that lose their EOS
 }
 
 TEST_CASE("tokenizer: vocabulary rules, JSON round trip and errors", "[data]") {
@@ -1072,15 +1077,12 @@ TEST_CASE("negatives: the file round-trips and bad files are named", "[data]") {
                     Catch::Contains("absent.json") && Catch::Contains("not found"));
 }
 
-TEST_CASE("negatives: the real IU X-Ray training split in well under a second", "[data][shared]") {
+TEST_CASE("negatives: the real IU X-Ray training split, one negative per study", "[data][shared]") {
+  // Functional only: how long mining takes is a benchmark's question, not a unit test's.
   const auto ann = ihn_test::shared_dir() / "data" / "iu_xray" / "annotation.json";
   const auto train = load_annotation(ann.string()).train;
-  const auto start = std::chrono::steady_clock::now();
   const auto mined = mine_negatives(train, Dataset::iu_xray, ann.string());
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   CHECK(mined.ids.size() == train.size());
-  CHECK(seconds < 2.0);  // ~2k studies; the dense O(N^2) double loop alone is ~4M cosines
   // Spot-check against brute force on the first 300 studies (a different N changes the idf,
   // so the subset is mined on its own).
   std::vector<std::string> texts;
