@@ -24,9 +24,10 @@ struct Report {
   std::size_t line = 0;  ///< where it was read
 };
 
-/// Reads one report per non-blank line from `in` (`name` stands for the file in messages). The id may be a JSON string or integer (an integer is
-/// used in its decimal spelling). Throws EvalError "<file>:<line>: <what>" for malformed JSON,
-/// a missing or mistyped "id"/"report", bytes that are not UTF-8, and a repeated id.
+/// Reads one report per non-blank line from `in` (`name` stands for the file in messages). The id
+/// may be a JSON string or integer (an integer is used in its decimal spelling). Throws EvalError
+/// "<file>:<line>: <what>" for malformed JSON, a missing or mistyped "id"/"report", bytes that are
+/// not UTF-8, and a repeated id.
 inline std::vector<Report> read_reports_jsonl(std::istream& in, const std::string& name) {
   std::vector<Report> out;
   std::unordered_map<std::string, std::size_t> first_line;
