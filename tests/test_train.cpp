@@ -526,6 +526,63 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   REQUIRE_THROWS_AS(ihn_examples::train::config_from_json(k), TrainError);
 }
 
+TEST_CASE("train: presets are the documented recipes, per model", "[train]") {
+  namespace t = ihn_examples::train;
+  auto preset = [](const std::string& model, const std::string& name) {
+    TrainConfig c;
+    c.model = model;
+    t::apply_preset(c, name);
+    REQUIRE(c.preset == name);
+    REQUIRE_NOTHROW(t::validate_recipe(c));
+    return c;
+  };
+  const auto paper = preset("r2gen", "paper");  // R2Gen's IU X-Ray script
+  CHECK(paper.visual_depth == 101);
+  CHECK(paper.crop == 224);
+  CHECK(paper.d_model == 512);
+  CHECK(paper.num_layers == 3);
+  CHECK(paper.num_heads == 8);
+  CHECK(paper.epochs == 100);
+  CHECK(paper.lr_ve == 5e-5);
+  CHECK(paper.lr_ed == 1e-4);
+  CHECK(paper.lr_step == 50);
+  CHECK(paper.grad_clip == 0.1);
+  CHECK(paper.seed == 9223);
+  CHECK(paper.schedule == "exp:0.01");
+  const auto cmn = preset("cmn", "paper");  // R2GenCMN's IU X-Ray script and optimiser
+  CHECK(cmn.topk == 32);
+  CHECK(cmn.cmm_size == 2048);
+  CHECK(cmn.lr_ve == 1e-4);
+  CHECK(cmn.lr_ed == 5e-4);
+  CHECK(cmn.lr_step == 10);
+  CHECK(cmn.lr_gamma == 0.8);
+  CHECK(cmn.seed == 7580);
+  CHECK(cmn.grad_clip == 0);
+  CHECK(cmn.adam_beta2 == 0.98);
+  CHECK(cmn.adam_eps == 1e-9);
+  const auto small = preset("r2gen", "cpu-small");
+  CHECK(small.d_model == 128);
+  CHECK(small.lr_ve == 5e-4);
+  CHECK(small.lr_ed == 1e-3);
+  CHECK(small.schedule == "exp:0.1");
+  const auto bench = preset("cmn", "cpu-bench");  // cpu-small's, then the benchmark's fields
+  CHECK(bench.lr_ed == 1e-3);
+  CHECK(bench.grad_clip == 0);
+  CHECK(bench.synth_studies == 1500);
+  CHECK(bench.epochs == 18);
+  const auto gpu = preset("cmn", "gpu-bench");  // paper's (with CMN's numbers), then its own
+  CHECK(gpu.d_model == 512);
+  CHECK(gpu.lr_ve == 1e-4);
+  CHECK(gpu.lr_ed == 5e-4);
+  CHECK(gpu.seed == 7580);
+  CHECK(gpu.epochs == 30);
+  CHECK(gpu.schedule == "exp:0.05");
+  CHECK(preset("r2gen", "cpu-bench-full").synth_studies == 6000);
+  TrainConfig c;
+  REQUIRE_THROWS_WITH(t::apply_preset(c, "huge"), Catch::Contains("unknown preset 'huge'"));
+  REQUIRE_THROWS_WITH(t::apply_preset(c, "cmn"), Catch::Contains("unknown preset"));
+}
+
 TEST_CASE("train: the run folder has one writer, and a checkpoint's config is checked on load",
           "[train]") {
   namespace t = ihn_examples::train;
