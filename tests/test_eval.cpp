@@ -535,6 +535,35 @@ TEST_CASE("eval: paired bootstrap tells different systems from equal ones", "[ev
   CHECK(rounding.p_value == 1.0);
 }
 
+// Reference quantiles are R's qt(), to 15 significant digits; df 1 and 2 also have closed
+// forms. The tolerance, 1e-9, is far below the 3-decimal table and the 1.96 + 2.5 / df
+// approximation this function replaced (off by 7e-4 at df = 30).
+TEST_CASE("eval: Student t quantiles equal published values", "[eval]") {
+  const struct {
+    double probability, df, t;
+  } known[] = {{0.975, 1, 12.7062047361747},   {0.975, 2, 4.30265272974946},
+               {0.975, 10, 2.22813885198627},  {0.975, 30, 2.04227245630124},
+               {0.975, 100, 1.98397151852355}, {0.995, 5, 4.03214298355523},
+               {0.95, 1, 6.31375151467504},    {0.9, 3, 1.63774435369621}};
+  for (const auto& k : known) {
+    INFO("p = " << k.probability << ", df = " << k.df);
+    CHECK(student_t_quantile(k.probability, k.df) == Approx(k.t).margin(1e-9).epsilon(0));
+    CHECK(student_t_quantile(1 - k.probability, k.df) == Approx(-k.t).margin(1e-9).epsilon(0));
+  }
+  const double pi = std::acos(-1.0);
+  for (double p : {0.6, 0.8, 0.99, 0.9999}) {
+    INFO("p = " << p);
+    CHECK(student_t_quantile(p, 1) == Approx(std::tan(pi * (p - 0.5))).epsilon(1e-12));
+    CHECK(student_t_quantile(p, 2) ==
+          Approx((2 * p - 1) / std::sqrt(2 * p * (1 - p))).epsilon(1e-12));
+  }
+  // Large df tends to the normal quantile 1.959963984540054.
+  CHECK(student_t_quantile(0.975, 1e6) == Approx(1.959963984540054).margin(1e-5));
+  CHECK(student_t_quantile(0.5, 7) == 0.0);
+  CHECK_THROWS_WITH(student_t_quantile(1.0, 3), Catch::Contains("probability"));
+  CHECK_THROWS_WITH(student_t_quantile(0.975, 0), Catch::Contains("degrees of freedom"));
+}
+
 namespace {
 std::vector<Example> tiny_examples() {
   return {{"a", "the heart is enlarged .", "the heart is enlarged ."},

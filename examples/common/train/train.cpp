@@ -1721,9 +1721,7 @@ double mean_over(const std::vector<double>& v, const std::vector<size_t>& idx) {
 }
 
 double t_quantile_975(int df) {
-  static const double table[] = {0,     12.706, 4.303, 3.182, 2.776, 2.571, 2.447,
-                                 2.365, 2.306,  2.262, 2.228, 2.201, 2.179};
-  return df < 1 ? 0 : df <= 12 ? table[df] : 1.96 + 2.5 / df;
+  return df < 1 ? 0 : ihn::eval::student_t_quantile(0.975, df);
 }
 
 }  // namespace
