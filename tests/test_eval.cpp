@@ -38,6 +38,65 @@ TEST_CASE("eval: Python's split() and split(\" \")", "[eval]") {
 // the IU X-Ray test references (as many as the fixture's n_examples). 1e-9 is the project's
 // agreement threshold; the arithmetic follows the Python order, so the differences seen are a few
 // ulps (log/pow of another libm).
+// The one UTF-8 codec (ihn/eval/utf8.hpp): each well-formed length, each way strict UTF-8 is
+// violated (decoded but not well formed) and each structural error (not decoded at all).
+TEST_CASE("eval: UTF-8 decoding, validation and encoding", "[eval]") {
+  const struct {
+    std::string bytes;
+    char32_t code_point;
+    std::size_t length;
+    bool well_formed;
+  } cases[] = {
+      {"a", U'a', 1, true},
+      {"\xC3\xA9", 0xE9, 2, true},
+      {"\xE2\x80\xA8", 0x2028, 3, true},
+      {"\xF0\x9F\x98\x80", 0x1F600, 4, true},
+      {"\xF4\x8F\xBF\xBF", 0x10FFFF, 4, true},
+      {"\xC0\x80", 0, 2, false},                 // overlong NUL
+      {"\xC1\xBF", 0x7F, 2, false},              // overlong
+      {"\xE0\x80\xAF", 0x2F, 3, false},          // overlong '/'
+      {"\xF0\x8F\xBF\xBF", 0xFFFF, 4, false},    // overlong
+      {"\xED\xA0\x80", 0xD800, 3, false},        // surrogate
+      {"\xF4\x90\x80\x80", 0x110000, 4, false},  // above U+10FFFF
+      {"\xF7\xBF\xBF\xBF", 0x1FFFFF, 4, false},  // above U+10FFFF
+      {"\x80", 0, 0, false},                     // a continuation byte cannot start
+      {"\xF8\x88\x80\x80\x80", 0, 0, false},     // no five-byte forms
+      {"\xFF", 0, 0, false},
+      {"\xC3", 0, 0, false},  // the text ends inside the sequence
+      {"\xE2\x80", 0, 0, false},
+      {"\xC3(", 0, 0, false},  // not a continuation byte
+      {"\xF0\x9F\x98(", 0, 0, false},
+  };
+  for (const auto& c : cases) {
+    INFO("bytes of length " << c.bytes.size() << ", expected code point " << c.code_point);
+    const Utf8Sequence sequence = decode_utf8_sequence(c.bytes, 0);
+    CHECK(sequence.length == c.length);
+    CHECK(sequence.code_point == c.code_point);
+    CHECK((sequence.length > 0 && is_well_formed(sequence)) == c.well_formed);
+    CHECK((detail::first_invalid_utf8(c.bytes) == std::string::npos) == c.well_formed);
+    if (c.length > 1) {  // encoding gives back the bytes of every decoded sequence but overlongs
+      const char32_t shortest_from = c.length == 2 ? 0x80 : c.length == 3 ? 0x800 : 0x10000;
+      std::string encoded;
+      append_utf8(encoded, sequence.code_point);
+      CHECK((encoded == c.bytes) == (c.code_point >= shortest_from));
+    }
+  }
+  CHECK(detail::first_invalid_utf8("") == std::string::npos);
+  CHECK(detail::first_invalid_utf8("ok \xC3\xA9 \xED\xA0\x80 x") == 6);
+  CHECK(detail::first_invalid_utf8("ok \xC3\xA9 \xE2\x80") == 6);
+  std::size_t round_trip_failures = 0;
+  for (char32_t cp = 0; cp <= 0x10FFFF; ++cp) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    std::string encoded;
+    append_utf8(encoded, cp);
+    const Utf8Sequence back = decode_utf8_sequence(encoded, 0);
+    if (back.code_point != cp || back.length != encoded.size() || !is_well_formed(back) ||
+        detail::first_invalid_utf8(encoded) != std::string::npos)
+      ++round_trip_failures;
+  }
+  CHECK(round_trip_failures == 0);
+}
+
 TEST_CASE("eval: BLEU, ROUGE-L, CIDEr equal pycocoevalcap on every fixture set and example",
           "[eval][shared]") {
   const auto fixture = load_json(ihn_eval_test::fixtures_dir() / "metrics" / "metrics.json");

@@ -13,3 +13,4 @@
 #include <ihn/eval/meteor.hpp>
 #include <ihn/eval/retrieval.hpp>
 #include <ihn/eval/text.hpp>
+#include <ihn/eval/utf8.hpp>

@@ -1,6 +1,7 @@
 // R2Gen's tokenizer on Unicode code points (see tokenizer.hpp).
 #include "data/tokenizer.hpp"
 
+#include <ihn/eval/utf8.hpp>
 #include <nlohmann/json.hpp>
 
 #include <locale.h>
@@ -15,62 +16,21 @@
 namespace ihn::data {
 namespace {
 
-// ---- UTF-8 <-> code points. Invalid bytes become U+FFFD (Python would refuse to decode them;
-// JSON loaders only hand us valid UTF-8).
+// ---- UTF-8 <-> code points, with ihn's one codec (ihn/eval/utf8.hpp). Bytes that do not form
+// a sequence become U+FFFD (Python would refuse to decode them; JSON loaders only hand us valid
+// UTF-8).
 std::u32string decode_utf8(std::string_view text) {
   std::u32string out;
   out.reserve(text.size());
-  size_t i = 0;
-  while (i < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    int extra = byte < 0x80         ? 0
-                : (byte >> 5) == 6  ? 1
-                : (byte >> 4) == 14 ? 2
-                : (byte >> 3) == 30 ? 3
-                                    : -1;
-    if (extra < 0 || i + extra >= text.size()) {
-      out.push_back(0xFFFD);
-      ++i;
-      continue;
-    }
-    char32_t cp = extra == 0 ? byte : byte & (0x3F >> extra);
-    bool valid = true;
-    for (int k = 1; k <= extra; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xC0) != 0x80) {
-        valid = false;
-        break;
-      }
-      cp = (cp << 6) | (next & 0x3F);
-    }
-    if (!valid) {
-      out.push_back(0xFFFD);
-      ++i;
-      continue;
-    }
-    out.push_back(cp);
-    i += extra + 1;
+  for (size_t i = 0; i < text.size();) {
+    const ihn::eval::Utf8Sequence sequence = ihn::eval::decode_utf8_sequence(text, i);
+    out.push_back(sequence.length ? sequence.code_point : char32_t{0xFFFD});
+    i += sequence.length ? sequence.length : 1;
   }
   return out;
 }
 
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
+using ihn::eval::append_utf8;
 
 std::string encode_utf8(const std::u32string& text) {
   std::string out;

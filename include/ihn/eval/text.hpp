@@ -4,6 +4,8 @@
 // (np.mean), so that corpus means round the way the Python reference does.
 #pragma once
 
+#include <ihn/eval/utf8.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -28,38 +30,10 @@ namespace detail {
 /// Byte offset of the first invalid UTF-8 sequence in `s`, or npos when `s` is valid UTF-8
 /// (overlong forms, surrogates and code points above U+10FFFF count as invalid).
 inline std::size_t first_invalid_utf8(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const std::size_t n = s.size();
-  std::size_t i = 0;
-  while (i < n) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    std::uint32_t cp = 0;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return i;
-    }
-    if (i + len > n) return i;
-    for (std::size_t k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-      return i;
-    i += len;
+  for (std::size_t i = 0; i < s.size();) {
+    const Utf8Sequence sequence = decode_utf8_sequence(s, i);
+    if (sequence.length == 0 || !is_well_formed(sequence)) return i;
+    i += sequence.length;
   }
   return std::string_view::npos;
 }
