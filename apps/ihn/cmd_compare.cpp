@@ -10,6 +10,8 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -264,8 +266,8 @@ void run_compare(CompareArgs& a) {
       runs.push_back({c, arm, 0});
     }
   if (!a.table_only)
-    std::printf("ihn compare: %d seed(s) x {%s}, preset %s, %d run(s) at a time, output %s\n",
-                a.seeds, a.arms.c_str(), a.preset.c_str(), a.jobs, a.out.c_str());
+    fmt::print("ihn compare: {} seed(s) x {{{}}}, preset {}, {} run(s) at a time, output {}\n",
+               a.seeds, a.arms, a.preset, a.jobs, a.out);
   std::fflush(stdout);
   // One pretrained extractor for every run, made here (with all the runs' threads) before
   // they start, so parallel runs neither race to write it nor train it twice.
@@ -277,8 +279,8 @@ void run_compare(CompareArgs& a) {
     const std::string path = ihn_examples::train::pretrain_cache_path(c);
     const auto r = ihn_examples::train::ensure_pretrained(p, path);
     if (r.reused)
-      std::printf("[pretrain] reusing %s (held-out mean AUC %.3f)\n", path.c_str(),
-                  r.metrics.value("mean_auc", 0.0));
+      fmt::print("[pretrain] reusing {} (held-out mean AUC {:.3f})\n", path,
+                 r.metrics.value("mean_auc", 0.0));
     std::fflush(stdout);
     for (auto& run : runs) run.config.visual_init = path;
   }
@@ -291,8 +293,8 @@ void run_compare(CompareArgs& a) {
       if (a.reuse && same_recipe_finished(r.config)) {
         ++done;
         r.started = r.finished = 0;  // no duration: left out of the estimate
-        std::printf("%s reusing the finished run in %s — %zu/%zu runs done\n",
-                    r.config.label.c_str(), r.config.out.c_str(), done, runs.size());
+        fmt::print("{} reusing the finished run in {} — {}/{} runs done\n", r.config.label,
+                   r.config.out, done, runs.size());
         std::fflush(stdout);
         continue;
       }
@@ -318,18 +320,18 @@ void run_compare(CompareArgs& a) {
                         std::filesystem::exists(r.config.out + "/test.json");
         if (!ok) {
           failed = true;
-          std::fprintf(stderr,
-                       "%s failed or was interrupted (see above; continue it with ihn "
-                       "train --out %s --resume)\n",
-                       r.config.label.c_str(), r.config.out.c_str());
+          fmt::print(stderr,
+                     "{} failed or was interrupted (see above; continue it with ihn "
+                     "train --out {} --resume)\n",
+                     r.config.label, r.config.out);
           break;
         }
         r.finished = elapsed();
         const auto t = read_json(r.config.out + "/test.json");
-        std::printf(
-            "%s test BLEU-4 %.4f, R@1 %.4f — %zu/%zu runs done, %.0f s elapsed, ~%.0f s "
+        fmt::print(
+            "{} test BLEU-4 {:.4f}, R@1 {:.4f} — {}/{} runs done, {:.0f} s elapsed, ~{:.0f} s "
             "left\n",
-            r.config.label.c_str(), t.at("BLEU_4").get<double>(),
+            r.config.label, t.at("BLEU_4").get<double>(),
             t.at("retrieval").at("image_to_report").at("R@1").get<double>(), done, runs.size(),
             elapsed(), seconds_left(runs));
         std::fflush(stdout);
@@ -346,10 +348,10 @@ void run_compare(CompareArgs& a) {
   }
   const auto rows = ihn_examples::train::compare_evaluations(evals, a.resamples, 0);
   const std::string md = ihn_examples::train::compare_markdown(rows, arms);
-  std::printf(
-      "\nTest split, %d seed(s); mean ± 95%% CI over seeds (t); difference = arm − off, "
-      "paired bootstrap over seeds x studies (%d resamples); significant = p < 0.05\n\n%s",
-      a.seeds, a.resamples, md.c_str());
+  fmt::print(
+      "\nTest split, {} seed(s); mean ± 95% CI over seeds (t); difference = arm − off, "
+      "paired bootstrap over seeds x studies ({} resamples); significant = p < 0.05\n\n{}",
+      a.seeds, a.resamples, md);
   ihn::cli::write_file(a.out + "/compare.md", md);
   nlohmann::json j;
   j["seeds"] = a.seeds;
@@ -369,7 +371,7 @@ void run_compare(CompareArgs& a) {
   }
   ihn::cli::write_file(a.out + "/compare.json", j.dump(2) + "\n");
   const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
-  std::printf("\n");
+  fmt::print("\n");
   for (size_t arm = 1; arm < arms.size(); ++arm) {
     int better = 0, worse = 0, tested = 0;
     for (const auto& r : rows) {
@@ -377,16 +379,16 @@ void run_compare(CompareArgs& a) {
       ++tested;
       if (r.arms[arm - 1].significant) (r.arms[arm - 1].difference > 0 ? better : worse)++;
     }
-    std::printf(
-        "%s vs off: significantly better on %d metric(s), worse on %d, no significant "
-        "difference on %d\n",
-        arms[arm].c_str(), better, worse, tested - better - worse);
+    fmt::print(
+        "{} vs off: significantly better on {} metric(s), worse on {}, no significant "
+        "difference on {}\n",
+        arms[arm], better, worse, tested - better - worse);
   }
-  std::printf(
+  fmt::print(
       "(per study; see 'seeds +/=/-' for how many seeds carry each difference)\nwritten: "
-      "%s/compare.md, %s/compare.json%s\n%s%stotal %.0f s\n",
-      a.out.c_str(), a.out.c_str(), note.empty() ? (", " + a.out + "/curves.png").c_str() : "",
-      note.c_str(), note.empty() ? "" : "\n", elapsed());
+      "{}/compare.md, {}/compare.json{}\n{}{}total {:.0f} s\n",
+      a.out, a.out, note.empty() ? ", " + a.out + "/curves.png" : std::string(), note,
+      note.empty() ? "" : "\n", elapsed());
 }
 
 void add_compare_command(CLI::App& app) {

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -118,14 +120,13 @@ void run_stats(const StatsArgs& args) {
             << "lengths     in tokens of the cleaned report, without BOS/EOS; 'over' = longer "
                "than max_seq_length "
             << max_seq_length << " with BOS/EOS (truncated)\n";
-  std::printf("%-6s %8s %8s %6s %6s %6s\n", "split", "studies", "mean", "p95", "max", "over");
+  fmt::print("{:<6} {:>8} {:>8} {:>6} {:>6} {:>6}\n", "split", "studies", "mean", "p95", "max",
+             "over");
   for (const char* split : {"train", "val", "test"}) {
     const auto& s = out["splits"][split];
-    std::printf("%-6s %8zu %8.1f %6lld %6lld %6zu\n", split, s["studies"].get<size_t>(),
-                s["tokens_mean"].get<double>(),
-                static_cast<long long>(s["tokens_p95"].get<int64_t>()),
-                static_cast<long long>(s["tokens_max"].get<int64_t>()),
-                s["over_max_seq_length"].get<size_t>());
+    fmt::print("{:<6} {:8} {:8.1f} {:6} {:6} {:6}\n", split, s["studies"].get<size_t>(),
+               s["tokens_mean"].get<double>(), s["tokens_p95"].get<int64_t>(),
+               s["tokens_max"].get<int64_t>(), s["over_max_seq_length"].get<size_t>());
   }
   std::cout << "images      "
             << (args.image_root.empty() ? "not checked (pass --images DIR)"
@@ -235,8 +236,9 @@ void run_negatives(NegativesArgs args) {
   double mean = 0;
   for (double s : negatives.similarity) mean += s;
   mean /= std::max<size_t>(negatives.similarity.size(), 1);
-  std::printf("wrote %s: %zu training studies, mean TF-IDF cosine to the negative %.3f (%.2f s)\n",
-              args.out.c_str(), negatives.ids.size(), mean, seconds);
+  fmt::print(
+      "wrote {}: {} training studies, mean TF-IDF cosine to the negative {:.3f} ({:.2f} s)\n",
+      args.out, negatives.ids.size(), mean, seconds);
 }
 
 void add_data_command(CLI::App& app) {

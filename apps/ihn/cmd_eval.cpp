@@ -6,6 +6,8 @@
 
 #include <ihn/eval.hpp>
 
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -31,10 +33,10 @@ void warn_empty(const ihn::eval::EvalResult& r, const std::string& hyps, const s
   auto warn = [](const std::vector<std::string>& ids, const std::string& what,
                  const std::string& file) {
     if (ids.empty()) return;
-    std::fprintf(stderr,
-                 "ihn eval: warning: %zu empty %s in %s (first id \"%s\"); scored as "
-                 "pycocoevalcap scores them\n",
-                 ids.size(), what.c_str(), file.c_str(), ids[0].c_str());
+    fmt::print(stderr,
+               "ihn eval: warning: {} empty {} in {} (first id \"{}\"); scored as "
+               "pycocoevalcap scores them\n",
+               ids.size(), what, file, ids[0]);
   };
   warn(r.empty_hypotheses, "hypotheses", hyps);
   warn(r.empty_references, "references", refs);
@@ -42,16 +44,16 @@ void warn_empty(const ihn::eval::EvalResult& r, const std::string& hyps, const s
 
 void print_table(const ihn::eval::EvalResult& r, const EvalArgs& a) {
   using ihn::eval::ConfidenceInterval;
-  std::printf("ihn eval: %zu examples (hypotheses %s, references %s)\n\n", r.ids.size(),
-              a.hyps.c_str(), a.refs.c_str());
+  fmt::print("ihn eval: {} examples (hypotheses {}, references {})\n\n", r.ids.size(), a.hyps,
+             a.refs);
   const bool ci = !r.confidence_intervals.empty();
-  std::printf("%-22s %10s%s\n", "metric", "score", ci ? "    95% CI (bootstrap)" : "");
+  fmt::print("{:<22} {:>10}{}\n", "metric", "score", ci ? "    95% CI (bootstrap)" : "");
   auto row = [&](const std::string& name, double value) {
-    std::printf("%-22s %10.6f", name.c_str(), value);
+    fmt::print("{:<22} {:10.6f}", name, value);
     auto it = r.confidence_intervals.find(name);
     if (it != r.confidence_intervals.end())
-      std::printf("    [%.6f, %.6f]", it->second.lower, it->second.upper);
-    std::printf("\n");
+      fmt::print("    [{:.6f}, {:.6f}]", it->second.lower, it->second.upper);
+    fmt::print("\n");
   };
   for (int k = 0; k < 4; ++k) row("BLEU_" + std::to_string(k + 1), r.coco.bleu[k]);
   row("ROUGE_L", r.coco.rouge_l);
@@ -59,23 +61,24 @@ void print_table(const ihn::eval::EvalResult& r, const EvalArgs& a) {
   if (r.meteor) row(r.meteor->key, r.meteor->corpus);
   if (r.clinical) {
     const auto& c = *r.clinical;
-    std::printf(
+    fmt::print(
         "\nclinical (rule-based CheXpert-style labels, 14 observations; uncertain counted "
-        "as %s)\n",
+        "as {})\n",
         c.uncertain_as_positive ? "positive" : "negative");
-    std::printf("%-22s %10.6f %10.6f %10.6f\n", "micro P / R / F1", c.micro.precision,
-                c.micro.recall, c.micro.f1);
-    std::printf("%-22s %10.6f %10.6f %10.6f\n", "macro P / R / F1", c.macro.precision,
-                c.macro.recall, c.macro.f1);
+    fmt::print("{:<22} {:10.6f} {:10.6f} {:10.6f}\n", "micro P / R / F1", c.micro.precision,
+               c.micro.recall, c.micro.f1);
+    fmt::print("{:<22} {:10.6f} {:10.6f} {:10.6f}\n", "macro P / R / F1", c.macro.precision,
+               c.macro.recall, c.macro.f1);
     for (const char* name : {"clinical_micro_F1", "clinical_macro_F1"}) {
       auto it = r.confidence_intervals.find(name);
       if (it != r.confidence_intervals.end())
-        std::printf("%-22s            [%.6f, %.6f]\n", name, it->second.lower, it->second.upper);
+        fmt::print("{:<22}            [{:.6f}, {:.6f}]\n", name, it->second.lower,
+                   it->second.upper);
     }
   }
-  std::printf("\ndistinct reports %.6f   distinct-1 %.6f   distinct-2 %.6f\n",
-              r.distinct.distinct_reports, r.distinct.distinct_1, r.distinct.distinct_2);
-  if (r.meteor) std::printf("\n%s = %s\n", r.meteor->key.c_str(), r.meteor->description.c_str());
+  fmt::print("\ndistinct reports {:.6f}   distinct-1 {:.6f}   distinct-2 {:.6f}\n",
+             r.distinct.distinct_reports, r.distinct.distinct_1, r.distinct.distinct_2);
+  if (r.meteor) fmt::print("\n{} = {}\n", r.meteor->key, r.meteor->description);
 }
 
 nlohmann::json compare_systems(const ihn::eval::EvalResult& a, const ihn::eval::EvalResult& b,
@@ -162,22 +165,18 @@ void run_eval(const EvalArgs& a) {
     } else {
       print_table(result, a);
       if (!comparison.is_null()) {
-        std::printf("\npaired bootstrap, %s minus %s (%d resamples, seed %llu)\n", a.hyps.c_str(),
-                    a.compare.c_str(), comparison.begin()->at("resamples").get<int>(),
-                    static_cast<unsigned long long>(a.seed));
-        std::printf("%-22s %12s    %-28s %8s\n", "metric", "difference", "95% CI", "p");
+        fmt::print("\npaired bootstrap, {} minus {} ({} resamples, seed {})\n", a.hyps, a.compare,
+                   comparison.begin()->at("resamples").get<int>(), a.seed);
+        fmt::print("{:<22} {:>12}    {:<28} {:>8}\n", "metric", "difference", "95% CI", "p");
         for (const auto& [name, c] : comparison.items()) {
           // The p-value's resolution is 2 / resamples: say "<" rather than print a 0.
           const double p = c.at("p_value").get<double>();
           const double resolution = 2.0 / c.at("resamples").get<double>();
-          char p_text[32];
-          if (p == 0)
-            std::snprintf(p_text, sizeof p_text, "<%.4g", resolution);
-          else
-            std::snprintf(p_text, sizeof p_text, "%.4f", p);
-          std::printf("%-22s %12.6f    [%.6f, %.6f]   %8s\n", name.c_str(),
-                      c.at("difference").get<double>(), c.at("lower").get<double>(),
-                      c.at("upper").get<double>(), p_text);
+          const std::string p_text =
+              p == 0 ? fmt::format("<{:.4g}", resolution) : fmt::format("{:.4f}", p);
+          fmt::print("{:<22} {:12.6f}    [{:.6f}, {:.6f}]   {:>8}\n", name,
+                     c.at("difference").get<double>(), c.at("lower").get<double>(),
+                     c.at("upper").get<double>(), p_text);
         }
       }
     }

@@ -4,6 +4,8 @@
 #include "train/train.hpp"
 #include "train_options.hpp"
 
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -27,20 +29,20 @@ void run_evaluate(EvaluateArgs& a) {
   j.erase("per_example_data");
   if (!a.json_out.empty()) ihn::cli::write_file(a.json_out, j.dump(2) + "\n");
   if (a.json) {
-    std::printf("%s\n", j.dump(2).c_str());
+    fmt::print("{}\n", j.dump(2));
     return;
   }
   const auto& ci =
       j.contains("confidence_intervals") ? j["confidence_intervals"] : nlohmann::json::object();
-  std::printf("%s on the %s split (%d studies, beam %d)\n\n", a.options.checkpoint.c_str(),
-              a.options.split.c_str(), j["n_examples"].get<int>(), j["beam_size"].get<int>());
-  std::printf("%-22s %8s   %s\n", "metric", "value", "95% bootstrap CI");
+  fmt::print("{} on the {} split ({} studies, beam {})\n\n", a.options.checkpoint, a.options.split,
+             j["n_examples"].get<int>(), j["beam_size"].get<int>());
+  fmt::print("{:<22} {:>8}   {}\n", "metric", "value", "95% bootstrap CI");
   auto row = [&](const std::string& name, const std::string& key, double v) {
     if (ci.contains(key))
-      std::printf("%-22s %8.4f   [%.4f, %.4f]\n", name.c_str(), v, ci[key]["lower"].get<double>(),
-                  ci[key]["upper"].get<double>());
+      fmt::print("{:<22} {:8.4f}   [{:.4f}, {:.4f}]\n", name, v, ci[key]["lower"].get<double>(),
+                 ci[key]["upper"].get<double>());
     else
-      std::printf("%-22s %8.4f\n", name.c_str(), v);
+      fmt::print("{:<22} {:8.4f}\n", name, v);
   };
   for (int k = 1; k <= 4; ++k) {
     const std::string key = "BLEU_" + std::to_string(k);
@@ -59,9 +61,9 @@ void run_evaluate(EvaluateArgs& a) {
   row("retrieval R@1 (r->i)", "", j["retrieval"]["report_to_image"]["R@1"].get<double>());
   row("distinct reports", "", j["distinct"]["distinct_reports"].get<double>());
   row("distinct-2", "", j["distinct"]["distinct_2"].get<double>());
-  std::printf("\nreports: %s\n", a.options.reports_out.c_str());
+  fmt::print("\nreports: {}\n", a.options.reports_out);
   if (j.contains("notes") && j["notes"].contains("wordnet"))
-    std::printf("note: %s\n", j["notes"]["wordnet"].get<std::string>().c_str());
+    fmt::print("note: {}\n", j["notes"]["wordnet"].get<std::string>());
 }
 
 void add_evaluate_command(CLI::App& app) {

@@ -4,6 +4,8 @@
 #include "train/train.hpp"
 #include "train_options.hpp"
 
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <memory>
 
@@ -50,8 +52,7 @@ EXAMPLES
   ihn generate --checkpoint model_iu_xray.pth --ann data/iu_xray/annotation.json \
       --image data/iu_xray/images/CXR2384_IM-0942/0.png \
       --image data/iu_xray/images/CXR2384_IM-0942/1.png)");
-  cmd->callback(
-      [options] { std::printf("%s\n", ihn_examples::train::generate_report(*options).c_str()); });
+  cmd->callback([options] { fmt::print("{}\n", ihn_examples::train::generate_report(*options)); });
 }
 
 }  // namespace

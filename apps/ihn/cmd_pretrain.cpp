@@ -4,6 +4,8 @@
 #include "train/pretrain.hpp"
 #include "train/train.hpp"
 
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <memory>
 
@@ -67,7 +69,7 @@ EXAMPLES
   ihn train --visual-init runs/pretrain/r18.pt --freeze-visual --out runs/base)");
   cmd->callback([a] {
     const auto r = ihn_examples::train::pretrain_visual_extractor(a->config, a->out);
-    if (a->config.quiet) std::printf("%s\n", r.metrics.dump().c_str());
+    if (a->config.quiet) fmt::print("{}\n", r.metrics.dump());
   });
 }
 

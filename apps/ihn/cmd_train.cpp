@@ -3,6 +3,8 @@
 #include "command.hpp"
 #include "train_options.hpp"
 
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -72,23 +74,22 @@ void run_train(TrainArgs& a) {
   ihn_examples::train::install_signal_handlers();
   const auto r = ihn_examples::train::train(c);
   if (r.interrupted) {
-    std::printf(
-        "%sinterrupted after %d complete epochs; resume with: ihn train --out %s --resume\n",
-        c.label.empty() ? "" : (c.label + " ").c_str(), r.epochs_done, c.out.c_str());
+    fmt::print("{}interrupted after {} complete epochs; resume with: ihn train --out {} --resume\n",
+               c.label.empty() ? "" : (c.label + " "), r.epochs_done, c.out);
     return;
   }
   if (c.quiet) return;
   const std::string label = c.label.empty() ? "" : c.label + " ";
-  std::printf("%sdone: %d epochs in %.0f s; best validation %s %.4f at epoch %d (%s/best.pt)\n",
-              label.c_str(), r.epochs_done, r.seconds, c.select_metric.c_str(), r.best_val_score,
-              r.best_epoch, c.out.c_str());
+  fmt::print("{}done: {} epochs in {:.0f} s; best validation {} {:.4f} at epoch {} ({}/best.pt)\n",
+             label, r.epochs_done, r.seconds, c.select_metric, r.best_val_score, r.best_epoch,
+             c.out);
   if (!r.test.is_null())
-    std::printf(
-        "%stest (best.pt): BLEU-4 %.4f  ROUGE-L %.4f  CIDEr %.4f  retrieval R@1 %.4f "
-        "(all metrics: %s/test.json)\n",
-        label.c_str(), r.test.at("BLEU_4").get<double>(), r.test.at("ROUGE_L").get<double>(),
+    fmt::print(
+        "{}test (best.pt): BLEU-4 {:.4f}  ROUGE-L {:.4f}  CIDEr {:.4f}  retrieval R@1 {:.4f} "
+        "(all metrics: {}/test.json)\n",
+        label, r.test.at("BLEU_4").get<double>(), r.test.at("ROUGE_L").get<double>(),
         r.test.at("CIDEr").get<double>(),
-        r.test.at("retrieval").at("image_to_report").at("R@1").get<double>(), c.out.c_str());
+        r.test.at("retrieval").at("image_to_report").at("R@1").get<double>(), c.out);
 }
 
 void add_train_command(CLI::App& app) {

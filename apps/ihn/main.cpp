@@ -6,6 +6,8 @@
 
 #include "nn/allocator.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -31,10 +33,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const ihn::cli::CommandError& e) {
-    std::fprintf(stderr, "ihn: error: %s\n", e.what());
+    fmt::print(stderr, "ihn: error: {}\n", e.what());
     return e.exit_code;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ihn: error: %s\n", e.what());
+    fmt::print(stderr, "ihn: error: {}\n", e.what());
     return 1;
   }
   return 0;

@@ -9,6 +9,8 @@
 
 #include <torch/torch.h>
 
+#include <fmt/core.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -122,16 +124,15 @@ int main(int argc, char** argv) {
   auto fine_pattern = at::randn({kFine, kImageDim}, gen, at::kFloat);
   auto train_set = make_studies(4096, coarse_pattern, fine_pattern, 11);
   auto test_set = make_studies(512, coarse_pattern, fine_pattern, 12);
-  std::printf("ihn %s minimal example: 4096 training / 512 test studies, %lld epochs, seed %llu\n",
-              ihn::version_string, static_cast<long long>(epochs),
-              static_cast<unsigned long long>(model_seed));
-  std::printf("image->report recall@1 on the test studies (chance %.3f):\n",
-              1.0 / (kCoarse * kFine));
+  fmt::print("ihn {} minimal example: 4096 training / 512 test studies, {} epochs, seed {}\n",
+             ihn::version_string, epochs, model_seed);
+  fmt::print("image->report recall@1 on the test studies (chance {:.3f}):\n",
+             1.0 / (kCoarse * kFine));
   const double generation_only = train(train_set, test_set, 0, false);
-  std::printf("  generation loss only                    %.3f\n", generation_only);
+  fmt::print("  generation loss only                    {:.3f}\n", generation_only);
   const double in_batch = train(train_set, test_set, 0, true);
-  std::printf("  + in-batch alignment (no hard negatives) %.3f\n", in_batch);
+  fmt::print("  + in-batch alignment (no hard negatives) {:.3f}\n", in_batch);
   const double with_ihn = train(train_set, test_set, 4, true);
-  std::printf("  + ihn (4 increasingly hard negatives)    %.3f\n", with_ihn);
+  fmt::print("  + ihn (4 increasingly hard negatives)    {:.3f}\n", with_ihn);
   return 0;
 }

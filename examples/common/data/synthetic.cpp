@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -776,9 +778,7 @@ SyntheticStudy generate_study(const SyntheticOptions& options, int index, bool r
     throw std::out_of_range("synthetic study index " + std::to_string(index) + " outside 0.." +
                             std::to_string(options.studies - 1));
   SyntheticStudy out;
-  char id[32];
-  std::snprintf(id, sizeof id, "synth_%05d", index);
-  out.study.id = id;
+  out.study.id = fmt::format("synth_{:05}", index);
   out.study.image_paths = {out.study.id + "/0.png", out.study.id + "/1.png"};
   const int val = static_cast<int>(std::lround(options.studies * options.val_fraction));
   const int test = static_cast<int>(std::lround(options.studies * options.test_fraction));

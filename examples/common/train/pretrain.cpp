@@ -14,6 +14,8 @@
 #include "nn/resnet.hpp"
 #include "train/train.hpp"
 
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -224,11 +226,11 @@ PretrainResult pretrain_visual_extractor(const PretrainConfig& c, const std::str
   const ihn::data::ImageTransform train_transform(train_t), eval_transform(eval_t);
 
   if (!c.quiet)
-    std::printf(
-        "%spretrain: ResNet-%d on %zu labelled synthetic studies (seed %llu, %d px, %d view(s)), "
-        "%d epochs, 14 observations; held out %zu\n",
-        label.c_str(), c.visual_depth, train_idx.size(),
-        static_cast<unsigned long long>(c.synth_seed), c.crop, c.views, c.epochs, test_idx.size());
+    fmt::print(
+        "{}pretrain: ResNet-{} on {} labelled synthetic studies (seed {}, {} px, {} view(s)), "
+        "{} epochs, 14 observations; held out {}\n",
+        label, c.visual_depth, train_idx.size(), c.synth_seed, c.crop, c.views, c.epochs,
+        test_idx.size());
   std::mt19937_64 order_rng(c.seed);
   for (int epoch = 1; epoch <= c.epochs; ++epoch) {
     model.extractor->train();
@@ -252,9 +254,9 @@ PretrainResult pretrain_visual_extractor(const PretrainConfig& c, const std::str
       ++steps;
     }
     if (!c.quiet) {
-      std::printf("%spretrain epoch %d/%d  loss %.4f  %.0f s\n", label.c_str(), epoch, c.epochs,
-                  loss_sum / std::max(steps, 1),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count());
+      fmt::print("{}pretrain epoch {}/{}  loss {:.4f}  {:.0f} s\n", label, epoch, c.epochs,
+                 loss_sum / std::max(steps, 1),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count());
       std::fflush(stdout);
     }
   }
@@ -281,10 +283,11 @@ PretrainResult pretrain_visual_extractor(const PretrainConfig& c, const std::str
   r.path = path;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!c.quiet) {
-    std::printf(
-        "%spretrain: held-out mean AUC %.3f, macro F1 %.3f at 0.5 (%zu studies); %s (%.0f s)\n",
-        label.c_str(), r.metrics["mean_auc"].get<double>(),
-        r.metrics["macro_f1_at_0.5"].get<double>(), test_idx.size(), path.c_str(), r.seconds);
+    fmt::print(
+        "{}pretrain: held-out mean AUC {:.3f}, macro F1 {:.3f} at 0.5 ({} studies); {} ({:.0f} "
+        "s)\n",
+        label, r.metrics["mean_auc"].get<double>(), r.metrics["macro_f1_at_0.5"].get<double>(),
+        test_idx.size(), path, r.seconds);
     std::fflush(stdout);
   }
   return r;
