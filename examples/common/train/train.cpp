@@ -27,7 +27,9 @@
 #include "train/pretrain.hpp"
 
 #include <fcntl.h>
+#include <spawn.h>
 #include <sys/file.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1975,12 +1977,26 @@ json compare_json(const std::vector<CompareRow>& rows, const std::vector<std::st
 
 std::string plot_runs(const std::vector<std::string>& run_dirs,
                       const std::vector<std::string>& titles, const std::string& png) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
-    return "plots: gnuplot is not installed, no PNG written (apt-get install gnuplot-nox; "
-           "the numbers are in log.jsonl)";
+  // gnuplot runs from PATH without a shell (posix_spawnp with an argv), so no path or title is
+  // ever parsed by /bin/sh; it is looked up first so that nothing is written when it is absent.
+  const char* not_installed =
+      "plots: gnuplot is not installed, no PNG written (apt-get install gnuplot-nox; "
+      "the numbers are in log.jsonl)";
+  const char* search_path = std::getenv("PATH");
+  bool found = false;
+  std::istringstream path_dirs(search_path ? search_path : "");
+  for (std::string path_dir; !found && std::getline(path_dirs, path_dir, ':');)
+    found = ::access(((path_dir.empty() ? "." : path_dir) + "/gnuplot").c_str(), X_OK) == 0;
+  if (!found) return not_installed;
+  // In gnuplot's single-quoted strings a quote is written twice.
+  auto quoted = [](const std::string& text) {
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
+  };
   const fs::path dir = fs::path(png).parent_path();
   std::ostringstream script;
-  script << "set terminal png size 1000,400\nset output '" << png << "'\n"
+  script << "set terminal png size 1000,400\nset output " << quoted(png) << "\n"
          << "set multiplot layout 1,2\nset key bottom right\nset xlabel 'epoch'\n";
   std::vector<std::string> files;
   for (size_t r = 0; r < run_dirs.size(); ++r) {
@@ -2001,8 +2017,8 @@ std::string plot_runs(const std::vector<std::string>& run_dirs,
   auto plot = [&](const char* title, int column) {
     script << "set title '" << title << "'\nplot ";
     for (size_t r = 0; r < files.size(); ++r)
-      script << (r ? ", " : "") << "'" << files[r] << "' using 1:" << column
-             << " with linespoints title '" << titles[r] << "'";
+      script << (r ? ", " : "") << quoted(files[r]) << " using 1:" << column
+             << " with linespoints title " << quoted(titles[r]);
     script << "\n";
   };
   plot("training loss", 2);
@@ -2010,7 +2026,24 @@ std::string plot_runs(const std::vector<std::string>& run_dirs,
   script << "unset multiplot\n";
   const std::string gp = (dir / "curves.gp").string();
   std::ofstream(gp) << script.str();
-  if (std::system(("gnuplot '" + gp + "' >/dev/null 2>&1").c_str()) != 0)
+  // stdin from and stdout/stderr to /dev/null, as the shell redirections did.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  std::string program = "gnuplot";
+  std::vector<char*> argv = {program.data(), const_cast<char*>(gp.c_str()), nullptr};
+  pid_t pid = 0;
+  const int spawn_error = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawn_error == ENOENT) return not_installed;
+  int status = 0;
+  pid_t waited = -1;
+  if (spawn_error == 0) do
+      waited = waitpid(pid, &status, 0);
+    while (waited < 0 && errno == EINTR);
+  if (waited != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
     return "plots: gnuplot failed on " + gp + " (png terminal missing?)";
   return "";
 }
