@@ -8,7 +8,6 @@
 #include "train/authors_checkpoint.hpp"
 #include "train/options.hpp"
 
-#include <fmt/core.h>
 #include <ihn/eval.hpp>
 #include <ihn/hooks.hpp>
 #include <ihn/official.hpp>
@@ -31,6 +30,8 @@
 #include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <fmt/core.h>
 
 #include <algorithm>
 #include <atomic>
@@ -484,7 +485,7 @@ RunData build_data(const TrainConfig& c) {
     } catch (const std::exception& e) {
       throw TrainError(e.what());
     }
-    if (!ann.problems.empty() && !c.quiet) std::printf("%s\n", ann.summary().c_str());
+    if (!ann.problems.empty() && !c.quiet) fmt::print("{}\n", ann.summary());
     made.emplace(d::make_r2gen_data(ann, c.images, o));
   }
   RunData r{made->tokenizer, std::make_unique<d::ReportDataset>(made->train),
@@ -550,10 +551,10 @@ std::vector<int64_t> official_negatives(const TrainConfig& c, const RunData& dat
   }
   for (double s : negatives.similarity) mean += s;
   mean /= std::max<size_t>(negatives.similarity.size(), 1);
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "%s, mean TF-IDF cosine %.3f, %.2f s", negatives.method.c_str(),
-                mean, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  if (description) *description = where + " (" + buf + ")";
+  if (description)
+    *description =
+        fmt::format("{} ({}, mean TF-IDF cosine {:.3f}, {:.2f} s)", where, negatives.method, mean,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return out;
 }
 
@@ -798,19 +799,12 @@ void write_reports(const std::string& path, const Decoded& d) {
 }
 
 std::string format_score(double value) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.4f", value);
-  return buf;
+  return fmt::format("{:.4f}", value);
 }
 
 std::string format_duration(double seconds) {
-  char buf[32];
   const int s = static_cast<int>(std::lround(std::max(0.0, seconds)));
-  if (s >= 60)
-    std::snprintf(buf, sizeof buf, "%dm%02ds", s / 60, s % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%ds", s);
-  return buf;
+  return s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60) : fmt::format("{}s", s);
 }
 
 ihn::eval::MeteorOptions meteor_options(const std::string& wordnet, std::string* note) {
@@ -1927,23 +1921,17 @@ std::string compare_markdown(const std::vector<CompareRow>& rows,
   for (size_t a = 0; a < names.size(); ++a) o << "|---";
   for (size_t a = 1; a < names.size(); ++a) o << "|---|---|---|---";
   o << "|\n";
-  char buf[256];
   for (const auto& r : rows) {
-    std::snprintf(buf, sizeof buf, "| %s | %.4f ± %.4f", r.metric.c_str(), r.mean_off, r.ci_off);
-    o << buf;
-    for (const auto& a : r.arms) {
-      std::snprintf(buf, sizeof buf, " | %.4f ± %.4f", a.mean, a.ci);
-      o << buf;
-    }
+    o << fmt::format("| {} | {:.4f} ± {:.4f}", r.metric, r.mean_off, r.ci_off);
+    for (const auto& a : r.arms) o << fmt::format(" | {:.4f} ± {:.4f}", a.mean, a.ci);
     for (const auto& a : r.arms) {
       if (a.bootstrapped)
-        std::snprintf(buf, sizeof buf, " | %+.4f [%+.4f, %+.4f] | %.3f | %s | %d/%d/%d",
-                      a.difference, a.lower, a.upper, a.p_value, a.significant ? "yes" : "no",
-                      a.seeds_better, a.seeds_equal, a.seeds_worse);
+        o << fmt::format(" | {:+.4f} [{:+.4f}, {:+.4f}] | {:.3f} | {} | {}/{}/{}", a.difference,
+                         a.lower, a.upper, a.p_value, a.significant ? "yes" : "no", a.seeds_better,
+                         a.seeds_equal, a.seeds_worse);
       else
-        std::snprintf(buf, sizeof buf, " | %+.4f [n/a: set-level] | n/a | n/a | %d/%d/%d",
-                      a.difference, a.seeds_better, a.seeds_equal, a.seeds_worse);
-      o << buf;
+        o << fmt::format(" | {:+.4f} [n/a: set-level] | n/a | n/a | {}/{}/{}", a.difference,
+                         a.seeds_better, a.seeds_equal, a.seeds_worse);
     }
     o << " |\n";
   }
