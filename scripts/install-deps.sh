@@ -13,6 +13,7 @@ packages=(
   clang-14 libclang-rt-14-dev  # the libFuzzer targets and the ASan/UBSan tests (fuzz/)
   catch2                  # Catch2 v2 single header
   wordnet-base            # synonym stage of the METEOR variant
+  libstemmer-dev          # Snowball English stemmer: stem stage of the METEOR variant (ihn::eval)
 )
 if [[ "${IHN_WITH_PLOTS:-0}" == 1 ]]; then
   # Optional: loss/BLEU curves (PNG) from ihn train and ihn compare; without it they say so.

@@ -1,18 +1,21 @@
 // METEOR_esw: METEOR 1.5's alignment and scoring with the matcher stages that can be rebuilt
-// without its jar -- exact, Porter stem, WordNet synonyms -- and no paraphrase table. It is NOT
+// without its jar -- exact, Snowball stem, WordNet synonyms -- and no paraphrase table. It is NOT
 // METEOR 1.5 and must not be reported as such: METEOR 1.5 also matches paraphrases (weight 0.6),
-// uses its own function-word list, stems with Snowball and searches alignments with a beam; see
+// uses its own function-word list and searches alignments with a beam; see
 // docs/evaluation.md. What is kept exactly is the scoring of an alignment (MeteorScorer's
 // computeMetrics): weighted precision/recall with content/function weighting delta, Fmean with
 // alpha, fragmentation penalty gamma * (chunks / mean matches)^beta, the "identical" case with
 // no penalty, NaN -> 0, and the corpus score from summed sufficient statistics (identical
 // segments adding no chunks, as MeteorStats.addStats does).
 //
-// Provides: porter_stem() (Porter 1980), WordNet (synsets read at runtime from Debian's
-// wordnet-base files, with WordNet's morphological base forms), MeteorScorer, meteor_scores().
+// Provides: SnowballStemmer (METEOR 1.5's English stemmer, from Debian's libstemmer: ihn::eval
+// links -lstemmer), WordNet (synsets read at runtime from Debian's wordnet-base files, with
+// WordNet's morphological base forms), MeteorScorer, meteor_scores().
 #pragma once
 
 #include <ihn/eval/text.hpp>
+
+#include <libstemmer.h>
 
 #include <algorithm>
 #include <array>
@@ -37,242 +40,29 @@ namespace eval {
 
 namespace detail {
 
-/// Martin Porter's 1980 stemmer (the reference C implementation's rules, including its
-/// departures from the paper: "bli"->"ble", "logi"->"log"). Expects a lower-case word; words of
-/// one or two letters are returned unchanged.
-class PorterStemmer {
+/// METEOR 1.5's stemmer: Snowball's English algorithm (Porter2; METEOR's Constants.newStemmer
+/// wraps org.tartarus.snowball.ext.englishStemmer), here from Debian's libstemmer
+/// (libstemmer-dev). A Snowball stemmer is not thread-safe: use one per thread. Expects a
+/// lower-case UTF-8 word.
+class SnowballStemmer {
  public:
-  std::string operator()(std::string word) {
-    b_ = std::move(word);
-    k_ = static_cast<int>(b_.size()) - 1;
-    if (k_ <= 1) return b_;
-    step1ab();
-    if (k_ > 0) {
-      step1c();
-      step2();
-      step3();
-      step4();
-      step5();
-    }
-    return b_.substr(0, k_ + 1);
+  SnowballStemmer() : stemmer_(sb_stemmer_new("english", "UTF_8")) {
+    if (!stemmer_) throw EvalError("METEOR: libstemmer could not create its English stemmer");
+  }
+  std::string operator()(const std::string& word) {
+    const sb_symbol* stem =
+        sb_stemmer_stem(stemmer_.get(), reinterpret_cast<const sb_symbol*>(word.data()),
+                        static_cast<int>(word.size()));
+    if (!stem) throw EvalError("METEOR: libstemmer ran out of memory stemming \"" + word + "\"");
+    return std::string(reinterpret_cast<const char*>(stem),
+                       static_cast<std::size_t>(sb_stemmer_length(stemmer_.get())));
   }
 
  private:
-  bool cons(int i) const {
-    switch (b_[i]) {
-      case 'a':
-      case 'e':
-      case 'i':
-      case 'o':
-      case 'u':
-        return false;
-      case 'y':
-        return i == 0 ? true : !cons(i - 1);
-      default:
-        return true;
-    }
-  }
-  // The number of vowel-consonant sequences in b[0..j].
-  int m() const {
-    int n = 0, i = 0;
-    while (true) {
-      if (i > j_) return n;
-      if (!cons(i)) break;
-      ++i;
-    }
-    ++i;
-    while (true) {
-      while (true) {
-        if (i > j_) return n;
-        if (cons(i)) break;
-        ++i;
-      }
-      ++i;
-      ++n;
-      while (true) {
-        if (i > j_) return n;
-        if (!cons(i)) break;
-        ++i;
-      }
-      ++i;
-    }
-  }
-  bool vowel_in_stem() const {
-    for (int i = 0; i <= j_; ++i)
-      if (!cons(i)) return true;
-    return false;
-  }
-  bool double_consonant(int j) const { return j >= 1 && b_[j] == b_[j - 1] && cons(j); }
-  bool cvc(int i) const {
-    if (i < 2 || !cons(i) || cons(i - 1) || !cons(i - 2)) return false;
-    const char ch = b_[i];
-    return !(ch == 'w' || ch == 'x' || ch == 'y');
-  }
-  bool ends(std::string_view s) {
-    const int len = static_cast<int>(s.size());
-    if (len > k_ + 1) return false;
-    if (b_.compare(k_ - len + 1, len, s) != 0) return false;
-    j_ = k_ - len;
-    return true;
-  }
-  void set_to(std::string_view s) {
-    b_.replace(j_ + 1, k_ - j_, s);
-    k_ = j_ + static_cast<int>(s.size());
-    b_.resize(k_ + 1);
-  }
-  void r(std::string_view s) {
-    if (m() > 0) set_to(s);
-  }
-  void step1ab() {
-    if (b_[k_] == 's') {
-      if (ends("sses"))
-        k_ -= 2;
-      else if (ends("ies"))
-        set_to("i");
-      else if (b_[k_ - 1] != 's')
-        --k_;
-    }
-    if (ends("eed")) {
-      if (m() > 0) --k_;
-    } else if ((ends("ed") || ends("ing")) && vowel_in_stem()) {
-      k_ = j_;
-      b_.resize(k_ + 1);
-      if (ends("at"))
-        set_to("ate");
-      else if (ends("bl"))
-        set_to("ble");
-      else if (ends("iz"))
-        set_to("ize");
-      else if (double_consonant(k_)) {
-        --k_;
-        const char ch = b_[k_];
-        if (ch == 'l' || ch == 's' || ch == 'z') ++k_;
-      } else if (m() == 1 && cvc(k_)) {
-        j_ = k_;
-        set_to("e");
-      }
-    }
-    b_.resize(k_ + 1);
-  }
-  void step1c() {
-    if (ends("y") && vowel_in_stem()) b_[k_] = 'i';
-  }
-  bool rule(std::string_view suffix, std::string_view replacement) {
-    if (!ends(suffix)) return false;
-    r(replacement);
-    return true;
-  }
-  void step2() {
-    if (k_ < 1) return;
-    switch (b_[k_ - 1]) {
-      case 'a':
-        rule("ational", "ate") || rule("tional", "tion");
-        break;
-      case 'c':
-        rule("enci", "ence") || rule("anci", "ance");
-        break;
-      case 'e':
-        rule("izer", "ize");
-        break;
-      case 'l':
-        rule("bli", "ble") || rule("alli", "al") || rule("entli", "ent") || rule("eli", "e") ||
-            rule("ousli", "ous");
-        break;
-      case 'o':
-        rule("ization", "ize") || rule("ation", "ate") || rule("ator", "ate");
-        break;
-      case 's':
-        rule("alism", "al") || rule("iveness", "ive") || rule("fulness", "ful") ||
-            rule("ousness", "ous");
-        break;
-      case 't':
-        rule("aliti", "al") || rule("iviti", "ive") || rule("biliti", "ble");
-        break;
-      case 'g':
-        rule("logi", "log");
-        break;
-      default:
-        break;
-    }
-  }
-  void step3() {
-    switch (b_[k_]) {
-      case 'e':
-        rule("icate", "ic") || rule("ative", "") || rule("alize", "al");
-        break;
-      case 'i':
-        rule("iciti", "ic");
-        break;
-      case 'l':
-        rule("ical", "ic") || rule("ful", "");
-        break;
-      case 's':
-        rule("ness", "");
-        break;
-      default:
-        break;
-    }
-  }
-  void step4() {
-    if (k_ < 1) return;
-    bool found = false;
-    switch (b_[k_ - 1]) {
-      case 'a':
-        found = ends("al");
-        break;
-      case 'c':
-        found = ends("ance") || ends("ence");
-        break;
-      case 'e':
-        found = ends("er");
-        break;
-      case 'i':
-        found = ends("ic");
-        break;
-      case 'l':
-        found = ends("able") || ends("ible");
-        break;
-      case 'n':
-        found = ends("ant") || ends("ement") || ends("ment") || ends("ent");
-        break;
-      case 'o':
-        found = (ends("ion") && j_ >= 0 && (b_[j_] == 's' || b_[j_] == 't')) || ends("ou");
-        break;
-      case 's':
-        found = ends("ism");
-        break;
-      case 't':
-        found = ends("ate") || ends("iti");
-        break;
-      case 'u':
-        found = ends("ous");
-        break;
-      case 'v':
-        found = ends("ive");
-        break;
-      case 'z':
-        found = ends("ize");
-        break;
-      default:
-        break;
-    }
-    if (found && m() > 1) {
-      k_ = j_;
-      b_.resize(k_ + 1);
-    }
-  }
-  void step5() {
-    j_ = k_;
-    if (b_[k_] == 'e') {
-      const int a = m();
-      if (a > 1 || (a == 1 && !cvc(k_ - 1))) --k_;
-    }
-    if (b_[k_] == 'l' && double_consonant(k_) && m() > 1) --k_;
-    b_.resize(k_ + 1);
-  }
-
-  std::string b_;
-  int k_ = 0, j_ = 0;
+  struct Delete {
+    void operator()(sb_stemmer* stemmer) const { sb_stemmer_delete(stemmer); }
+  };
+  std::unique_ptr<sb_stemmer, Delete> stemmer_;
 };
 
 /// English function words used for METEOR's content/function weighting (delta). Our own list
@@ -534,7 +324,7 @@ class MeteorScorer {
     for (int stage_index = 0; stage_index < stages; ++stage_index) {
       const int stage = stage_index == 0 ? 0 : (stage_index == 1 && options_.stem ? 1 : 2);
       if (stage == 1) {  // only words still unmatched need their stems
-        detail::PorterStemmer stemmer;
+        detail::SnowballStemmer stemmer;
         hyp_stem.resize(hyp.size());
         ref_stem.resize(ref.size());
         for (std::size_t i = 0; i < hyp.size(); ++i)
