@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
   options.naive_topk(topk_mode == "naive");
   const int64_t image = cfg == "paper" ? 224 : 128;
   cmn::CMNModel model(options);
-  if (layout == "nhwc") ihn_examples::nn::to_channels_last(*model->visual_extractor);
+  if (layout == "nhwc") ihn_toolkit::nn::to_channels_last(*model->visual_extractor);
 
   auto images = torch::randn({batch, 2, 3, image, image});
   // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
     // Official build_optimizer (R2GenCMN): Adam, amsgrad, weight decay 5e-5, betas (0.9, 0.98),
     // eps 1e-9, lr_ve 5e-5 / lr_ed 7e-4. The shared memory attention goes in once.
     std::vector<torch::Tensor> ve = model->visual_extractor->parameters();
-    std::vector<torch::Tensor> ed = ihn_examples::nn::unique_parameters(*model->encoder_decoder);
+    std::vector<torch::Tensor> ed = ihn_toolkit::nn::unique_parameters(*model->encoder_decoder);
     auto adam = [](double lr) {
       return torch::optim::AdamOptions(lr)
           .betas({0.9, 0.98})
@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
     std::vector<torch::optim::OptimizerParamGroup> groups;
     groups.emplace_back(ve, std::make_unique<torch::optim::AdamOptions>(adam(5e-5)));
     groups.emplace_back(ed, std::make_unique<torch::optim::AdamOptions>(adam(7e-4)));
-    ihn_examples::nn::FusedAdam optimizer(std::move(groups), adam(7e-4));  // the port's Adam
+    ihn_toolkit::nn::FusedAdam optimizer(std::move(groups), adam(7e-4));  // the port's Adam
     for (int i = 0; i < warmup + reps; ++i) {
       const double t0 = now(), c0 = cpu_seconds();
       auto out = model->forward(images, ids, masks);
@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
         first_loss = loss_value;
         first_logprob_sum = out.logprobs.detach().to(torch::kDouble).sum().item<double>();
       }
-      ihn_examples::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
+      ihn_toolkit::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
       loss.backward();
       optimizer.step();
       if (i >= warmup) {

@@ -15,7 +15,7 @@
 #include <string>
 #include <thread>
 
-using namespace ihn::data;
+using namespace ihn_toolkit::data;
 
 namespace {
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -24,7 +24,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ihn_examples::nn::keep_freed_memory();  // as the ihn tool (nn/allocator.hpp)
+  ihn_toolkit::nn::keep_freed_memory();  // as the ihn tool (nn/allocator.hpp)
   const int studies = argc > 1 ? std::stoi(argv[1]) : 64;
   const int image_size = argc > 2 ? std::stoi(argv[2]) : 512;
   const int epochs = argc > 3 ? std::stoi(argv[3]) : 2;

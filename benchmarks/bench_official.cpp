@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-namespace tr = ihn_examples::train;
+namespace tr = ihn_toolkit::train;
 
 namespace {
 
@@ -100,7 +100,7 @@ int run(int warmup, int reps, int threads) {
                       std::make_unique<torch::optim::AdamOptions>(adam(1e-4)));
   groups.emplace_back(heads1->parameters(),
                       std::make_unique<torch::optim::AdamOptions>(adam(1e-4)));
-  ihn_examples::nn::FusedAdam optimizer(std::move(groups), adam(1e-4));
+  ihn_toolkit::nn::FusedAdam optimizer(std::move(groups), adam(1e-4));
   for (auto& p : heads2->parameters()) clipped.push_back(p);
   for (auto& p : heads1->parameters()) clipped.push_back(p);
 
@@ -141,7 +141,7 @@ int run(int warmup, int reps, int threads) {
                  .loss;
     }
     losses[arm] = loss.item<double>();
-    ihn_examples::nn::clear_grads(optimizer);
+    ihn_toolkit::nn::clear_grads(optimizer);
     loss.backward();
     torch::nn::utils::clip_grad_value_(clipped, 0.1);
     optimizer.step();

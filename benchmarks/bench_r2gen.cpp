@@ -72,7 +72,7 @@ Usage usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool kept_freed_memory = ihn_examples::nn::keep_freed_memory();
+  const bool kept_freed_memory = ihn_toolkit::nn::keep_freed_memory();
   if (argc < 3) {
     std::cerr << "usage: bench_r2gen small|paper train|beam|greedy|ihn_share [WARMUP REPS] "
                  "[THREADS] [nhwc|nchw] [profile] [phases]\n";
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   auto options = cfg == "paper" ? r2::R2GenOptions(vocab) : r2::R2GenOptions::small(vocab);
   const int64_t image = cfg == "paper" ? 224 : 128;
   r2::R2GenModel model(options);
-  if (channels_last) ihn_examples::nn::to_channels_last(*model->visual_extractor);
+  if (channels_last) ihn_toolkit::nn::to_channels_last(*model->visual_extractor);
 
   auto images = torch::randn({batch, 2, 3, image, image});
   // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
                                 torch::optim::AdamOptions(5e-5).weight_decay(5e-5).amsgrad(true)));
     groups.emplace_back(ed, std::make_unique<torch::optim::AdamOptions>(
                                 torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true)));
-    ihn_examples::nn::FusedAdam optimizer(
+    ihn_toolkit::nn::FusedAdam optimizer(
         std::move(groups),  // the port's Adam
         torch::optim::AdamOptions(1e-4).weight_decay(5e-5).amsgrad(true));
     auto params = model->parameters();
@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
       }
       last_loss = loss.item<double>();
       const double f1 = now();
-      ihn_examples::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
+      ihn_toolkit::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
       loss.backward();
       const double b1 = now();
       torch::nn::utils::clip_grad_value_(params, 0.1);

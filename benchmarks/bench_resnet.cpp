@@ -26,7 +26,7 @@
 #include "nn/multiview.hpp"
 #include "nn/resnet.hpp"
 
-namespace enn = ihn_examples::nn;
+namespace enn = ihn_toolkit::nn;
 
 int main(int argc, char** argv) {
   enn::keep_freed_memory();

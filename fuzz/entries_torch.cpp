@@ -60,7 +60,7 @@ int ihn_fuzz_checkpoint(const uint8_t* data, size_t size) {
   std::string text;
   if (tensor_text(state, "vocab.json", &text)) {
     try {
-      auto tokenizer = ihn::data::Tokenizer::from_json(text);
+      auto tokenizer = ihn_toolkit::data::Tokenizer::from_json(text);
       tokenizer.decode(tokenizer.encode("the heart is normal in size ."));
     } catch (const std::invalid_argument&) {
     }
@@ -77,13 +77,13 @@ int ihn_fuzz_image(const uint8_t* data, size_t size) {
   // Images within the limits but above 4 Mpixels decode for seconds under the sanitizers, which
   // is the limit's cost, not a defect: skipped, so that a run is not spent (or timed out) on them.
   int width = 0, height = 0;
-  if (ihn::data::probe_image_data(data + 1, size - 1, &width, &height).empty() &&
+  if (ihn_toolkit::data::probe_image_data(data + 1, size - 1, &width, &height).empty() &&
       int64_t{width} * height > (int64_t{1} << 22))
     return 0;
   try {
-    auto image = ihn::data::decode_image(data + 1, size - 1, "input.png", components[data[0] % 3]);
+    auto image = ihn_toolkit::data::decode_image(data + 1, size - 1, "input.png", components[data[0] % 3]);
     if (image.width > 0 && image.height > 0 && image.width <= 512 && image.height <= 512)
-      (void)ihn::data::resize_bilinear(image, 7, 5);
+      (void)ihn_toolkit::data::resize_bilinear(image, 7, 5);
   } catch (const std::runtime_error&) {
   }
   return 0;

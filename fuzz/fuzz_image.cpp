@@ -1,4 +1,4 @@
-// libFuzzer target: the image decoder (ihn::data::decode_image: size limits, then stb).
+// libFuzzer target: the image decoder (ihn_toolkit::data::decode_image: size limits, then stb).
 #include "fuzz_entries.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

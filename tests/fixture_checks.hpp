@@ -91,6 +91,17 @@ inline int64_t arg(const nlohmann::json& args, const std::string& name) {
 }
 
 /// `visual_extractor` "resnetN" -> N.
+/// The transformer options both ports share, from the official arguments (parse_agrs names).
+template <class Options>
+Options& transformer_args(Options& options, const nlohmann::json& args) {
+  return options.d_model(arg(args, "d_model"))
+      .d_ff(arg(args, "d_ff"))
+      .num_heads(arg(args, "num_heads"))
+      .num_layers(arg(args, "num_layers"))
+      .dropout(args.at("dropout").get<double>())
+      .drop_prob_lm(args.at("drop_prob_lm").get<double>());
+}
+
 inline int64_t resnet_depth(const nlohmann::json& args) {
   const auto name = args.at("visual_extractor").get<std::string>();
   std::smatch m;
@@ -164,7 +175,7 @@ struct ParityFixture {
         images(fixture_images(config, inputs)),
         device(test_device()) {
     torch::set_num_threads(2);
-    filled = ihn_examples::nn::deterministic_fill(*model, ihn_examples::nn::FillRuleset::B);
+    filled = ihn_toolkit::nn::deterministic_fill(*model, ihn_toolkit::nn::FillRuleset::B);
     model->eval();
     model->to(device);
     x = images.to(device);
@@ -182,7 +193,7 @@ struct ParityFixture {
   PickledDict inputs, outputs;
   int64_t vocab_size;
   Model model;
-  std::vector<ihn_examples::nn::FilledEntry> filled;
+  std::vector<ihn_toolkit::nn::FilledEntry> filled;
   torch::Tensor images;
   torch::Device device;
   torch::Tensor x;
@@ -246,7 +257,7 @@ void check_fill_matches_fixture(Fixture& fx) {
   CHECK(skipped == ref_skipped);
   // Python's parameter count (shared tensors once).
   int64_t n = 0;
-  for (const auto& p : ihn_examples::nn::unique_parameters(*fx.model)) n += p.numel();
+  for (const auto& p : ihn_toolkit::nn::unique_parameters(*fx.model)) n += p.numel();
   CHECK(n == fx.config.at("n_params").template get<int64_t>());
 }
 
@@ -299,7 +310,7 @@ auto check_teacher_forcing_matches_fixture(Fixture& fx, double feature_tol = 1e-
   }
   CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "tf_logprobs")) < 1e-4);
   const double loss =
-      ihn_examples::nn::compute_loss(out.logprobs, ids, masks).template item<double>();
+      ihn_toolkit::nn::compute_loss(out.logprobs, ids, masks).template item<double>();
   const double ref = fx.outputs.at("tf_loss_float").toDouble();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   CHECK(out.image_features.sizes() == torch::IntArrayRef({fx.batch_size(), fx.d_model()}));
@@ -323,7 +334,7 @@ void check_padded_batch_matches_fixture(Fixture& fx) {
   auto out = fx.model->forward(images, ids, masks);
   CHECK(max_abs_diff(out.logprobs, at_key(fx.outputs, "pad_tf_logprobs")) < 1e-4);
   const double loss =
-      ihn_examples::nn::compute_loss(out.logprobs, ids, masks).template item<double>();
+      ihn_toolkit::nn::compute_loss(out.logprobs, ids, masks).template item<double>();
   const double ref = at_key(fx.outputs, "pad_tf_loss").template item<double>();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   // With every token as decoder input (one padding column appended), three more padding columns
@@ -351,12 +362,12 @@ std::map<std::string, double> check_grad_norms_match_fixture(Fixture& fx) {
   CHECK(json.at("norms").size() == ref_names.size());
   fx.model->zero_grad();
   auto out = fx.model->forward(fx.x, ids, masks);
-  auto loss = ihn_examples::nn::compute_loss(out.logprobs, ids, masks);
+  auto loss = ihn_toolkit::nn::compute_loss(out.logprobs, ids, masks);
   const double ref_loss = json.at("loss").template get<double>();
   CHECK(std::abs(loss.template item<double>() - ref_loss) <= 1e-5 * std::abs(ref_loss));
   loss.backward();
   std::map<std::string, double> norms;
-  for (const auto& p : ihn_examples::nn::unique_named_parameters(*fx.model))
+  for (const auto& p : ihn_toolkit::nn::unique_named_parameters(*fx.model))
     if (p.value().grad().defined())
       norms[p.key()] = p.value().grad().to(torch::kDouble).norm().template item<double>();
   CHECK(norms.size() == ref_names.size());
@@ -383,7 +394,7 @@ std::map<std::string, double> check_grad_norms_match_fixture(Fixture& fx) {
 /// without trigram blocking, for the fixture's max_seq_length.
 template <class Fixture>
 void check_greedy_matches_fixture(Fixture& fx) {
-  namespace enn = ihn_examples::nn;
+  namespace enn = ihn_toolkit::nn;
   const auto options = enn::GreedyOptions().max_length(fx.max_length());
   auto on = fx.model->greedy(fx.x, enn::GreedyOptions(options).block_trigrams(true));
   CHECK(torch::equal(on.seq.cpu(), at_key(fx.outputs, "greedy_seq")));
@@ -400,7 +411,7 @@ void check_greedy_matches_fixture(Fixture& fx) {
 /// log-prob rows, and every final beam's ids, length and scores, for every study.
 template <class Fixture>
 void check_beam_matches_fixture(Fixture& fx) {
-  namespace enn = ihn_examples::nn;
+  namespace enn = ihn_toolkit::nn;
   auto res = fx.model->beam_search(
       fx.x, enn::BeamSearchOptions().beam_size(fx.beam_size()).max_length(fx.max_length()));
   CHECK(torch::equal(res.seq.cpu(), at_key(fx.outputs, "beam_seq")));
@@ -439,7 +450,7 @@ void check_beam_matches_fixture(Fixture& fx) {
 /// table, then teacher forcing, greedy and beam search as above; the filled tables restored.
 template <class Fixture>
 void check_original_positional_tables_match_fixture(Fixture& fx) {
-  namespace enn = ihn_examples::nn;
+  namespace enn = ihn_toolkit::nn;
   std::vector<torch::Tensor> tables, saved;
   const std::string suffix = ".pe";
   for (const auto& b : fx.model->named_buffers())
@@ -468,7 +479,7 @@ void check_original_positional_tables_match_fixture(Fixture& fx) {
     for (size_t i = 0; i < tables.size(); ++i) tables[i].copy_(saved[i]);
   }
   CHECK(max_abs_diff(logprobs, at_key(fx.outputs, "alt_pe_tf_logprobs")) < 1e-4);
-  const double loss = ihn_examples::nn::compute_loss(logprobs, ids, masks).template item<double>();
+  const double loss = ihn_toolkit::nn::compute_loss(logprobs, ids, masks).template item<double>();
   const double ref = at_key(fx.outputs, "alt_pe_tf_loss").template item<double>();
   CHECK(std::abs(loss - ref) <= 1e-5 * std::abs(ref));
   CHECK(torch::equal(greedy.seq.cpu(), at_key(fx.outputs, "alt_pe_greedy_seq")));

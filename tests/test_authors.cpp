@@ -1,4 +1,4 @@
-// Authors' checkpoints (examples/common/train/authors_checkpoint.hpp): architecture detection
+// Authors' checkpoints (toolkit/train/authors_checkpoint.hpp): architecture detection
 // and configuration inference on official key sets, the file sniffing, and — with Python's
 // torch — `.pth` files written in the official layout, generated from by the library and by
 // `ihn generate` / `ihn evaluate`, compared with our model holding the same weights.
@@ -28,12 +28,12 @@
 namespace {
 
 namespace fs = std::filesystem;
-namespace authors = ihn_examples::train::authors;
+namespace authors = ihn_toolkit::train::authors;
 using authors::Architecture;
 using authors::ShapeMap;
 using ihn_examples::r2gen::R2GenModel;
 using ihn_examples::r2gen::R2GenOptions;
-using ihn_examples::train::TrainError;
+using ihn_toolkit::train::TrainError;
 
 /// The state-dict names and shapes of our R2Gen port, which equal the official ones.
 ShapeMap r2gen_shapes(const R2GenOptions& options) {
@@ -54,7 +54,7 @@ ShapeMap cmn_shapes(int depth, int d_model, int d_ff, int layers, int vocab, int
   ShapeMap out;
   for (const auto& e : r2gen_shapes(R2GenOptions(4).visual_depth(depth)))
     if (e.first.rfind("visual_extractor.", 0) == 0) out.push_back(e);
-  const int64_t d = d_model, vf = ihn_examples::nn::resnet_out_channels(depth);
+  const int64_t d = d_model, vf = ihn_toolkit::nn::resnet_out_channels(depth);
   auto linear = [&out](const std::string& name, int64_t o, int64_t i) {
     out.push_back({name + ".weight", {o, i}});
     out.push_back({name + ".bias", {o}});
@@ -148,7 +148,7 @@ TEST_CASE("authors: R2Gen keys are recognised and every size inferred", "[author
   CHECK(c.rm_num_heads_from_default);
   CHECK(c.training_only_keys.empty());
 
-  ihn_examples::train::AuthorsCheckpointOptions o;
+  ihn_toolkit::train::AuthorsCheckpointOptions o;
   o.num_heads = 4;
   o.rm_num_heads = 3;
   const auto given = authors::infer_config(shapes, "r.pth", o);
@@ -194,7 +194,7 @@ TEST_CASE("authors: R2GenCMN and ITHN keys are recognised and sized", "[authors]
   CHECK(c.training_only_keys.empty());
   CHECK_THAT(c.describe(), Catch::Contains("R2GenCMN") && Catch::Contains("topk 32 (official"));
 
-  ihn_examples::train::AuthorsCheckpointOptions o;
+  ihn_toolkit::train::AuthorsCheckpointOptions o;
   o.topk = 8;
   o.num_heads = 4;
   const auto ithn_shapes = cmn_shapes(50, 32, 64, 1, 100, 128, 32, 700, true);
@@ -232,7 +232,7 @@ TEST_CASE("authors: unknown or broken key sets fail naming the file and key", "[
                authors::infer_config(without(shapes, "encoder_decoder.logit.weight"), "a.pth");
              }),
              Catch::Contains("encoder_decoder.logit.weight"));
-  ihn_examples::train::AuthorsCheckpointOptions o;
+  ihn_toolkit::train::AuthorsCheckpointOptions o;
   o.num_heads = 5;  // 32 is not divisible by 5
   CHECK_THAT(error_of([&] { authors::infer_config(shapes, "a.pth", o); }),
              Catch::Contains("--num-heads"));
@@ -336,15 +336,15 @@ TEST_CASE("authors: checkpoints are told apart by content", "[authors]") {
   CHECK_THAT(cut_error, Catch::Contains("cut.pth") && Catch::Contains("truncated or corrupt"));
   CHECK_THAT(cut_error, !Catch::Contains("neither"));
   // The whole path: generate on garbage names the file.
-  ihn_examples::train::GenerateOptions g;
+  ihn_toolkit::train::GenerateOptions g;
   g.checkpoint = garbage;
   g.images = {garbage};
-  CHECK_THAT(error_of([&] { ihn_examples::train::generate_report(g); }),
+  CHECK_THAT(error_of([&] { ihn_toolkit::train::generate_report(g); }),
              Catch::Contains(garbage) && Catch::Contains("neither"));
 }
 
 TEST_CASE("authors: the evaluation images get R2Gen's test transform", "[authors]") {
-  ihn_examples::train::AuthorsCheckpointOptions o;
+  ihn_toolkit::train::AuthorsCheckpointOptions o;
   const auto c = authors::to_train_config(authors::AuthorsConfig{}, o, "a.json", "imgs");
   CHECK(c.crop == 224);
   CHECK(c.resize == 224);
@@ -357,14 +357,14 @@ TEST_CASE("authors: the evaluation images get R2Gen's test transform", "[authors
   CHECK(m.max_seq_length == 100);
   // What our evaluation transform does with the config (train.cpp: resize = crop = c.crop)
   // equals Resize((224, 224)) + ToTensor + Normalize(ImageNet) written out.
-  auto image = ihn::data::Image::blank(300, 180, 3);
+  auto image = ihn_toolkit::data::Image::blank(300, 180, 3);
   for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = (i * 37 + i / 5) % 256;
-  auto t = ihn::data::TransformOptions::r2gen_eval();
+  auto t = ihn_toolkit::data::TransformOptions::r2gen_eval();
   t.resize = c.crop;
   t.crop = c.crop;
   std::mt19937_64 rng(0);
-  const auto got = ihn::data::ImageTransform(t)(image, rng);
-  auto resized = ihn::data::resize_bilinear(image, 224, 224);
+  const auto got = ihn_toolkit::data::ImageTransform(t)(image, rng);
+  auto resized = ihn_toolkit::data::resize_bilinear(image, 224, 224);
   auto expected = torch::from_blob(resized.pixels.data(), {224, 224, 3}, torch::kUInt8)
                       .permute({2, 0, 1})
                       .to(torch::kFloat32)
@@ -430,11 +430,11 @@ const char* const kReports[] = {
 void write_study_images(const fs::path& dir, int seed) {
   fs::create_directories(dir);
   for (int view = 0; view < 2; ++view) {
-    auto img = ihn::data::Image::blank(96 + 8 * view, 80, 1);
+    auto img = ihn_toolkit::data::Image::blank(96 + 8 * view, 80, 1);
     for (int y = 0; y < img.height; ++y)
       for (int x = 0; x < img.width; ++x)
         img.at(x, y) = static_cast<uint8_t>((x * (3 + seed) + y * (5 + view) + seed * 17) % 256);
-    ihn::data::write_png(img, (dir / (std::to_string(view) + ".png")).string());
+    ihn_toolkit::data::write_png(img, (dir / (std::to_string(view) + ".png")).string());
   }
 }
 
@@ -476,20 +476,20 @@ void write_key_spec(const torch::nn::Module& model, const fs::path& file) {
 /// Our model built from `options`, loaded from `pth` directly (ihn::io), decoding the images.
 template <class Model, class Options>
 std::string direct_report(const Options& options, const std::string& pth,
-                          const ihn::data::Tokenizer& tok, const std::vector<std::string>& images,
+                          const ihn_toolkit::data::Tokenizer& tok, const std::vector<std::string>& images,
                           const ihn::io::LoadOptions& load = {}) {
   Model model(options);
   const auto report = ihn::io::load_pth(*model, pth, load);
   REQUIRE(report.ok());
   model->eval();
   torch::NoGradGuard no_grad;
-  auto t = ihn::data::TransformOptions::r2gen_eval();
+  auto t = ihn_toolkit::data::TransformOptions::r2gen_eval();
   t.resize = 224;
   t.crop = 224;
   std::mt19937_64 rng(0);
   std::vector<at::Tensor> views;
   for (const auto& path : images)
-    views.push_back(ihn::data::ImageTransform(t)(ihn::data::load_image_rgb(path), rng));
+    views.push_back(ihn_toolkit::data::ImageTransform(t)(ihn_toolkit::data::load_image_rgb(path), rng));
   auto res =
       model->beam_search(torch::stack(views).unsqueeze(0),
                          ihn_examples::r2gen::BeamSearchOptions().beam_size(3).max_length(60));
@@ -516,9 +516,9 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
   const auto dir = ihn_test::scratch_dir("authors_pth");
   write_annotation(dir);
   const auto ann = (dir / "annotation.json").string();
-  const auto annotation = ihn::data::load_annotation(ann);
+  const auto annotation = ihn_toolkit::data::load_annotation(ann);
   const auto tok =
-      ihn::data::Tokenizer::build(annotation.train_reports(), ihn::data::Dataset::iu_xray, 3);
+      ihn_toolkit::data::Tokenizer::build(annotation.train_reports(), ihn_toolkit::data::Dataset::iu_xray, 3);
   REQUIRE(tok.vocab_size() > 5);
   // A small config whose heads are the official defaults (8, 8), so nothing needs overriding.
   const auto options = R2GenOptions(tok.vocab_size())
@@ -560,7 +560,7 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
     CHECK(c.max_positions == 120);
     CHECK(loaded.tokenizer.tokens() == tok.tokens());
     CHECK(loaded.train_config.model == "r2gen");
-    R2GenModel model(ihn_examples::train::R2GenTraits::options(loaded.train_config,
+    R2GenModel model(ihn_toolkit::train::R2GenTraits::options(loaded.train_config,
                                                                loaded.tokenizer.vocab_size()));
     const auto report = authors::load_authors_weights(*model, loaded.state, c, zip);
     CHECK(report.ok());
@@ -570,11 +570,11 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
   SECTION("generate: library, every file layout, and the CLI") {
     for (const char* file : {"model_best.pth", "model_legacy.pth", "model_dataparallel.pth"}) {
       INFO(file);
-      ihn_examples::train::GenerateOptions g;
+      ihn_toolkit::train::GenerateOptions g;
       g.checkpoint = (dir / file).string();
       g.images = images;
       g.ann = ann;
-      CHECK(ihn_examples::train::generate_report(g) == expected);
+      CHECK(ihn_toolkit::train::generate_report(g) == expected);
     }
     int status = 0;
     const auto out =
@@ -605,24 +605,24 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
   }
 
   SECTION("bad inputs name the file and the problem") {
-    ihn_examples::train::GenerateOptions g;
+    ihn_toolkit::train::GenerateOptions g;
     g.checkpoint = zip;
     g.images = images;
-    CHECK_THAT(error_of([&] { ihn_examples::train::generate_report(g); }),
+    CHECK_THAT(error_of([&] { ihn_toolkit::train::generate_report(g); }),
                Catch::Contains(zip) && Catch::Contains("--ann"));
     g.ann = ann;
     g.authors.threshold = 1;  // more words survive: a different vocabulary
     const auto bigger =
-        ihn::data::Tokenizer::build(annotation.train_reports(), ihn::data::Dataset::iu_xray, 1);
+        ihn_toolkit::data::Tokenizer::build(annotation.train_reports(), ihn_toolkit::data::Dataset::iu_xray, 1);
     REQUIRE(bigger.vocab_size() != tok.vocab_size());
-    CHECK_THAT(error_of([&] { ihn_examples::train::generate_report(g); }),
+    CHECK_THAT(error_of([&] { ihn_toolkit::train::generate_report(g); }),
                Catch::Contains(ann) && Catch::Contains(std::to_string(bigger.vocab_size())) &&
                    Catch::Contains(std::to_string(tok.vocab_size())) &&
                    Catch::Contains("--threshold"));
     g.authors.threshold = 0;
     g.checkpoint = (dir / "model_missing.pth").string();
     CHECK_THAT(
-        error_of([&] { ihn_examples::train::generate_report(g); }),
+        error_of([&] { ihn_toolkit::train::generate_report(g); }),
         Catch::Contains("model_missing.pth") && Catch::Contains("encoder_decoder.model.rm.W.bias"));
     int status = 0;
     run_capture(std::string(IHN_TOOL) + " generate --checkpoint " + zip + " --image " + images[0] +
@@ -685,8 +685,8 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
   const auto dir = ihn_test::scratch_dir("authors_cmn_pth");
   write_annotation(dir);
   const auto ann = (dir / "annotation.json").string();
-  const auto tok = ihn::data::Tokenizer::build(ihn::data::load_annotation(ann).train_reports(),
-                                               ihn::data::Dataset::iu_xray, 3);
+  const auto tok = ihn_toolkit::data::Tokenizer::build(ihn_toolkit::data::load_annotation(ann).train_reports(),
+                                               ihn_toolkit::data::Dataset::iu_xray, 3);
   // Heads and top-k are the official defaults (8, 32): nothing to override.
   const auto options = CMNOptions(tok.vocab_size())
                            .visual_depth(18)
@@ -725,7 +725,7 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
     }));
     // The model the authors' path builds holds exactly the file's weights (a random-weight CMN
     // decodes one word over and over, so equal reports alone would prove little).
-    CMNModel built(ihn_examples::train::CMNTraits::options(loaded.train_config, tok.vocab_size()));
+    CMNModel built(ihn_toolkit::train::CMNTraits::options(loaded.train_config, tok.vocab_size()));
     authors::load_authors_weights(*built, loaded.state, loaded.config, file);
     CMNModel direct(options);
     REQUIRE(ihn::io::load_pth(*direct, cmn_file).ok());
@@ -738,11 +738,11 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
     }
     CHECK(compared == direct_params.size());
     CHECK(built->encoder_decoder->memory_matrix.abs().sum().item<double>() > 0);
-    ihn_examples::train::GenerateOptions g;
+    ihn_toolkit::train::GenerateOptions g;
     g.checkpoint = file;
     g.images = images;
     g.ann = ann;
-    CHECK(ihn_examples::train::generate_report(g) == expected);
+    CHECK(ihn_toolkit::train::generate_report(g) == expected);
   }
   // The CLI, on the ITHN file.
   int status = 0;
@@ -759,6 +759,6 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
   const auto overridden = authors::read_authors_checkpoint(cmn_file, ann, "", overrides);
   CHECK(overridden.train_config.topk == 4);
   CHECK(overridden.train_config.num_heads == 4);
-  CHECK(ihn_examples::train::CMNTraits::options(overridden.train_config, tok.vocab_size()).topk() ==
+  CHECK(ihn_toolkit::train::CMNTraits::options(overridden.train_config, tok.vocab_size()).topk() ==
         4);
 }

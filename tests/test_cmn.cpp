@@ -16,7 +16,7 @@ using ihn_examples::cmn::CMNBatch;
 using ihn_examples::cmn::CMNModel;
 using ihn_examples::cmn::CMNOptions;
 using ihn_examples::cmn::compute_loss;
-namespace enn = ihn_examples::nn;
+namespace enn = ihn_toolkit::nn;
 using ihn_test::arg;
 using ihn_test::max_abs_diff;
 
@@ -29,13 +29,8 @@ struct CMNPort {
   using Model = CMNModel;
   static constexpr const char* fixture = "cmn_tiny";
   static CMNOptions options(const nlohmann::json& args, int64_t vocab_size) {
-    return CMNOptions(vocab_size)
-        .d_model(arg(args, "d_model"))
-        .d_ff(arg(args, "d_ff"))
-        .num_heads(arg(args, "num_heads"))
-        .num_layers(arg(args, "num_layers"))
-        .dropout(args.at("dropout").get<double>())
-        .drop_prob_lm(args.at("drop_prob_lm").get<double>())
+    CMNOptions options(vocab_size);
+    return ihn_test::transformer_args(options, args)
         .topk(arg(args, "topk"))
         .cmm_size(arg(args, "cmm_size"))
         .cmm_dim(arg(args, "cmm_dim"));

@@ -1,4 +1,4 @@
-// Report data (ihn::data): R2Gen's tokenizer against the golden outputs of the official code,
+// Report data (ihn_toolkit::data): R2Gen's tokenizer against the golden outputs of the official code,
 // annotation loading and validation, the image pipeline, the synthetic data set and the
 // LibTorch data loader.
 #include "test_common.hpp"
@@ -20,7 +20,7 @@
 #include <map>
 #include <set>
 
-using namespace ihn::data;
+using namespace ihn_toolkit::data;
 
 namespace {
 
@@ -923,16 +923,16 @@ TEST_CASE("synthetic: written to disk it loads through the real loaders", "[data
 // against) are checked.
 TEST_CASE("the CheXpert-style labeller reproduces the synthetic labels exactly",
           "[synthetic][clinical]") {
-  for (size_t o = 0; o < ihn::data::kChexpertObservations.size(); ++o)
-    REQUIRE(std::string(ihn::data::kChexpertObservations[o]) == ihn::eval::kObservations[o]);
-  ihn::data::SyntheticOptions options;
+  for (size_t o = 0; o < ihn_toolkit::data::kChexpertObservations.size(); ++o)
+    REQUIRE(std::string(ihn_toolkit::data::kChexpertObservations[o]) == ihn::eval::kObservations[o]);
+  ihn_toolkit::data::SyntheticOptions options;
   options.studies = 3000;
   options.seed = 11;
-  const auto studies = ihn::data::generate_synthetic(options, /*render_images=*/false);
+  const auto studies = ihn_toolkit::data::generate_synthetic(options, /*render_images=*/false);
   int mismatched_reports = 0;
   for (const auto& s : studies) {
     for (const std::string& text :
-         {s.study.report, ihn::data::clean_report_iu_xray(s.study.report)}) {
+         {s.study.report, ihn_toolkit::data::clean_report_iu_xray(s.study.report)}) {
       const auto labels = ihn::eval::label_report(text);
       bool same = true;
       for (int o = 0; o < ihn::eval::kNumObservations; ++o) {

@@ -1,4 +1,4 @@
-// The blocks under examples/common/nn that both ports stand on, and the library's checkpoint
+// The blocks under toolkit/nn that both ports stand on, and the library's checkpoint
 // reader: ihn::io (.pth files written by Python's torch.save, mismatches, the unpickler), the
 // channels-last ResNet, the attention's broadcast path, Linear through oneDNN, the hashed
 // dropout, and the optimiser (clear_grads, FusedAdam).
@@ -18,7 +18,7 @@
 #include "nn/training.hpp"
 #include "nn/transformer.hpp"
 
-namespace enn = ihn_examples::nn;
+namespace enn = ihn_toolkit::nn;
 using ihn_test::load_pt;
 using ihn_test::max_abs_diff;
 

@@ -15,7 +15,7 @@
 
 using ihn_examples::r2gen::R2GenModel;
 using ihn_examples::r2gen::R2GenOptions;
-namespace enn = ihn_examples::nn;
+namespace enn = ihn_toolkit::nn;
 using ihn_test::arg;
 using ihn_test::max_abs_diff;
 
@@ -27,13 +27,8 @@ struct R2GenPort {
   using Model = R2GenModel;
   static constexpr const char* fixture = "r2gen_tiny";
   static R2GenOptions options(const nlohmann::json& args, int64_t vocab_size) {
-    return R2GenOptions(vocab_size)
-        .d_model(arg(args, "d_model"))
-        .d_ff(arg(args, "d_ff"))
-        .num_heads(arg(args, "num_heads"))
-        .num_layers(arg(args, "num_layers"))
-        .dropout(args.at("dropout").get<double>())
-        .drop_prob_lm(args.at("drop_prob_lm").get<double>())
+    R2GenOptions options(vocab_size);
+    return ihn_test::transformer_args(options, args)
         .rm_num_slots(arg(args, "rm_num_slots"))
         .rm_num_heads(arg(args, "rm_num_heads"))
         .rm_d_model(arg(args, "rm_d_model"));

@@ -24,8 +24,8 @@
 
 namespace {
 
-using ihn_examples::train::TrainConfig;
-using ihn_examples::train::TrainError;
+using ihn_toolkit::train::TrainConfig;
+using ihn_toolkit::train::TrainError;
 
 /// A model and data set small enough that two epochs take about a second.
 TrainConfig tiny(const std::string& out) {
@@ -76,7 +76,7 @@ void require_identical(const std::filesystem::path& a, const std::filesystem::pa
 TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epochs", "[train]") {
   const auto root = ihn_test::scratch_dir("train_resume");
   auto full = tiny((root / "full").string());
-  const auto r_full = ihn_examples::train::train(full);
+  const auto r_full = ihn_toolkit::train::train(full);
   REQUIRE_FALSE(r_full.interrupted);
   REQUIRE(r_full.epochs_done == 2);
   REQUIRE(r_full.epoch_losses.size() == 2);
@@ -88,22 +88,22 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   // N/2 epochs, then --resume with the full budget.
   auto half = tiny((root / "half").string());
   half.epochs = 1;
-  REQUIRE(ihn_examples::train::train(half).epochs_done == 1);
+  REQUIRE(ihn_toolkit::train::train(half).epochs_done == 1);
   half.epochs = 2;
   half.resume = true;
-  const auto r_half = ihn_examples::train::train(half);
+  const auto r_half = ihn_toolkit::train::train(half);
   REQUIRE(r_half.epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
 
   // Stopped mid-epoch (as on Ctrl-C): 28 training studies / 8 = 4 steps per epoch.
   auto part = tiny((root / "part").string());
   part.stop_after = 3;
-  REQUIRE(ihn_examples::train::train(part).interrupted);
+  REQUIRE(ihn_toolkit::train::train(part).interrupted);
   part.resume = true;
-  REQUIRE(ihn_examples::train::train(part).interrupted);  // steps 4..6 cross into epoch 2
+  REQUIRE(ihn_toolkit::train::train(part).interrupted);  // steps 4..6 cross into epoch 2
   part.stop_after = 0;
   part.epochs = 0;  // what `ihn train --resume` without --epochs passes: the run's own count
-  const auto r_part = ihn_examples::train::train(part);
+  const auto r_part = ihn_toolkit::train::train(part);
   REQUIRE_FALSE(r_part.interrupted);
   REQUIRE(r_part.epochs_done == 2);
   REQUIRE(r_part.epoch_losses == r_full.epoch_losses);
@@ -116,13 +116,13 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   ihn::save_state(stale, root / "full" / "best.pt");
   auto again = tiny((root / "full").string());
   again.resume = true;
-  REQUIRE_THROWS_WITH(ihn_examples::train::train(again), Catch::Contains("best.pt holds epoch 99"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::train(again), Catch::Contains("best.pt holds epoch 99"));
 
   // A different seed really trains differently (the comparison above can fail).
   auto other = tiny((root / "other").string());
   other.seed = 1;
   other.epochs = 1;
-  REQUIRE(ihn_examples::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
+  REQUIRE(ihn_toolkit::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
 TEST_CASE("train: the channels-last ResNet (the CPU default) takes the NCHW one's first step",
@@ -144,8 +144,8 @@ TEST_CASE("train: the channels-last ResNet (the CPU default) takes the NCHW one'
   auto nchw = nhwc;
   nchw.out = (root / "nchw").string();
   nchw.channels_last = false;
-  REQUIRE(ihn_examples::train::train(nhwc).interrupted);
-  REQUIRE(ihn_examples::train::train(nchw).interrupted);
+  REQUIRE(ihn_toolkit::train::train(nhwc).interrupted);
+  REQUIRE(ihn_toolkit::train::train(nchw).interrupted);
   const auto x = ihn::load_state(root / "nhwc" / "last.pt");
   const auto y = ihn::load_state(root / "nchw" / "last.pt");
   REQUIRE(x.count("trainer.loss_count"));
@@ -191,7 +191,7 @@ TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[tr
   auto cmn = [&](const std::string& name) {
     auto c = tiny((root / name).string());
     c.model = "cmn";
-    ihn_examples::train::apply_preset(c, "cpu-small");  // the model's optimiser recipe
+    ihn_toolkit::train::apply_preset(c, "cpu-small");  // the model's optimiser recipe
     auto t = tiny((root / name).string());              // ... with the tiny sizes again
     t.model = "cmn";
     t.grad_clip = c.grad_clip;
@@ -207,7 +207,7 @@ TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[tr
   CHECK(full.grad_clip == 0);  // R2GenCMN does not clip; betas (0.9, 0.98), eps 1e-9
   CHECK(full.adam_beta2 == 0.98);
   CHECK(full.adam_eps == 1e-9);
-  const auto r_full = ihn_examples::train::train(full);
+  const auto r_full = ihn_toolkit::train::train(full);
   REQUIRE(r_full.epochs_done == 2);
   REQUIRE(std::isfinite(r_full.epoch_losses[1]));
   REQUIRE(r_full.test.contains("BLEU_4"));
@@ -218,15 +218,15 @@ TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[tr
                        entries.at("model.encoder_decoder.model.cmn.linears.0.weight")));
   auto half = cmn("half");
   half.epochs = 1;
-  REQUIRE(ihn_examples::train::train(half).epochs_done == 1);
+  REQUIRE(ihn_toolkit::train::train(half).epochs_done == 1);
   half.epochs = 2;
   half.resume = true;
-  REQUIRE(ihn_examples::train::train(half).epoch_losses == r_full.epoch_losses);
+  REQUIRE(ihn_toolkit::train::train(half).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
   // And the R2Gen model from the same seed trains differently (the model switch is real).
   auto r2gen = tiny((root / "r2gen").string());
   r2gen.epochs = 1;
-  REQUIRE(ihn_examples::train::train(r2gen).epoch_losses[0] != r_full.epoch_losses[0]);
+  REQUIRE(ihn_toolkit::train::train(r2gen).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
 TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[train]") {
@@ -234,26 +234,26 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
   auto full = tiny((root / "full").string());
   full.ihn = "official";
   full.schedule = "exp:0.01";
-  const auto r_full = ihn_examples::train::train(full);
+  const auto r_full = ihn_toolkit::train::train(full);
   REQUIRE(r_full.epochs_done == 2);
   REQUIRE(std::isfinite(r_full.epoch_losses[1]));
   // Whole epochs: one, then --resume to two.
   auto half = full;
   half.out = (root / "half").string();
   half.epochs = 1;
-  ihn_examples::train::train(half);
+  ihn_toolkit::train::train(half);
   half.epochs = 2;
   half.resume = true;
-  REQUIRE(ihn_examples::train::train(half).epoch_losses == r_full.epoch_losses);
+  REQUIRE(ihn_toolkit::train::train(half).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
   // Mid-epoch (4 steps per epoch): stopped after 3 steps, then resumed.
   auto part = full;
   part.out = (root / "part").string();
   part.stop_after = 3;
-  REQUIRE(ihn_examples::train::train(part).interrupted);
+  REQUIRE(ihn_toolkit::train::train(part).interrupted);
   part.stop_after = 0;
   part.resume = true;
-  REQUIRE(ihn_examples::train::train(part).epoch_losses == r_full.epoch_losses);
+  REQUIRE(ihn_toolkit::train::train(part).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
   // The heads (release names and shapes: fc_feats of one ResNet-18 view -> d_model) and the
   // temperatures are in the checkpoint and were trained.
@@ -274,31 +274,31 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
   REQUIRE(step["ihn/hardness"].get<double>() == Approx(1 - std::exp(-0.01)));
 
   // A negatives file written by `ihn data negatives` gives the same run as mining at start-up.
-  ihn::data::SyntheticOptions so;
+  ihn_toolkit::data::SyntheticOptions so;
   so.studies = full.synth_studies;
   so.seed = full.synth_seed;
   const auto train_studies =
-      ihn::data::to_annotation(ihn::data::generate_synthetic(so, false)).train;
+      ihn_toolkit::data::to_annotation(ihn_toolkit::data::generate_synthetic(so, false)).train;
   const auto file = (root / "negatives.json").string();
-  ihn::data::save_negatives(
-      ihn::data::mine_negatives(train_studies, ihn::data::Dataset::iu_xray, "synth"), file);
+  ihn_toolkit::data::save_negatives(
+      ihn_toolkit::data::mine_negatives(train_studies, ihn_toolkit::data::Dataset::iu_xray, "synth"), file);
   auto from_file = full;
   from_file.out = (root / "file").string();
   from_file.epochs = 1;
   from_file.negatives_file = file;
-  REQUIRE(ihn_examples::train::train(from_file).epoch_losses[0] == r_full.epoch_losses[0]);
+  REQUIRE(ihn_toolkit::train::train(from_file).epoch_losses[0] == r_full.epoch_losses[0]);
   // Two views and the legacy projection train differently (the options do something).
   auto two = from_file;
   two.out = (root / "two").string();
   two.views = 2;
-  REQUIRE(ihn_examples::train::train(two).epoch_losses[0] != r_full.epoch_losses[0]);
+  REQUIRE(ihn_toolkit::train::train(two).epoch_losses[0] != r_full.epoch_losses[0]);
   REQUIRE(ihn::load_state(root / "two" / "last.pt")
               .at("official.img_projection.linear1.weight")
               .size(1) == 1024);
   auto legacy = from_file;
   legacy.out = (root / "legacy").string();
   legacy.official_legacy = true;
-  REQUIRE(ihn_examples::train::train(legacy).epoch_losses[0] != r_full.epoch_losses[0]);
+  REQUIRE(ihn_toolkit::train::train(legacy).epoch_losses[0] != r_full.epoch_losses[0]);
   // A file for another data set is refused with its name.
   const auto other = (root / "other.json").string();
   std::ofstream(other)
@@ -306,12 +306,12 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
   auto bad = from_file;
   bad.out = (root / "bad").string();
   bad.negatives_file = other;
-  REQUIRE_THROWS_WITH(ihn_examples::train::train(bad),
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::train(bad),
                       Catch::Contains("other.json") && Catch::Contains("no negative"));
 }
 
 TEST_CASE("train: the official step is the released loss on two passes, by hand", "[train]") {
-  namespace tr = ihn_examples::train;
+  namespace tr = ihn_toolkit::train;
   torch::manual_seed(3);
   tr::TrainConfig c = tiny("unused");
   const int64_t vocab = 30, batch = 4, length = 9;
@@ -393,12 +393,12 @@ TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
   const auto root = ihn_test::scratch_dir("train_eval");
   auto c = tiny((root / "run").string());
   c.epochs = 1;
-  ihn_examples::train::train(c);
-  ihn_examples::train::EvaluateOptions eo;
+  ihn_toolkit::train::train(c);
+  ihn_toolkit::train::EvaluateOptions eo;
   eo.checkpoint = (root / "run" / "best.pt").string();
   eo.bootstrap = 20;
   eo.reports_out = (root / "reports.jsonl").string();
-  const auto j = ihn_examples::train::evaluate_checkpoint(eo);
+  const auto j = ihn_toolkit::train::evaluate_checkpoint(eo);
   REQUIRE(j.at("n_examples").get<int>() == 8);
   for (const char* key : {"BLEU_1", "BLEU_4", "ROUGE_L", "CIDEr"}) {
     INFO(key);
@@ -413,45 +413,45 @@ TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
   REQUIRE(std::filesystem::file_size(eo.reports_out) > 0);
 
   // The first test study's images as PNGs: generate must give evaluate's report for it.
-  ihn::data::SyntheticOptions so;
+  ihn_toolkit::data::SyntheticOptions so;
   so.studies = c.synth_studies;
   so.image_size = c.synth_image_size;
-  const auto studies = ihn::data::generate_synthetic(so);
-  const auto test = ihn::data::studies_of_split(studies, "test");
-  const auto images = ihn::data::images_of_split(studies, "test");
+  const auto studies = ihn_toolkit::data::generate_synthetic(so);
+  const auto test = ihn_toolkit::data::studies_of_split(studies, "test");
+  const auto images = ihn_toolkit::data::images_of_split(studies, "test");
   const auto& ids = j.at("per_example_data").at("ids");
   REQUIRE(ids[0].get<std::string>() == test[0].id);
-  ihn::data::write_png(images[0][0], (root / "frontal.png").string());
-  ihn::data::write_png(images[0][1], (root / "lateral.png").string());
-  ihn_examples::train::GenerateOptions go;
+  ihn_toolkit::data::write_png(images[0][0], (root / "frontal.png").string());
+  ihn_toolkit::data::write_png(images[0][1], (root / "lateral.png").string());
+  ihn_toolkit::train::GenerateOptions go;
   go.checkpoint = eo.checkpoint;
   go.images = {(root / "frontal.png").string(), (root / "lateral.png").string()};
-  REQUIRE(ihn_examples::train::generate_report(go) ==
+  REQUIRE(ihn_toolkit::train::generate_report(go) ==
           j.at("per_example_data").at("hypotheses")[0].get<std::string>());
 
   // Bad inputs: each error names the file.
   go.images = {(root / "absent.png").string()};
-  REQUIRE_THROWS_WITH(ihn_examples::train::generate_report(go),
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::generate_report(go),
                       Catch::Contains("absent.png") && Catch::Contains("not found"));
   std::ofstream(root / "corrupt.png") << "this is not a PNG";
   go.images = {(root / "corrupt.png").string()};
-  REQUIRE_THROWS_WITH(ihn_examples::train::generate_report(go),
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::generate_report(go),
                       Catch::Contains("corrupt.png") && Catch::Contains("cannot decode"));
   eo.checkpoint = (root / "missing.pt").string();
-  REQUIRE_THROWS_WITH(ihn_examples::train::evaluate_checkpoint(eo),
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::evaluate_checkpoint(eo),
                       Catch::Contains("missing.pt") && Catch::Contains("not found"));
   std::ofstream(root / "garbage.pt") << "garbage";
   eo.checkpoint = (root / "garbage.pt").string();
-  REQUIRE_THROWS_WITH(ihn_examples::train::evaluate_checkpoint(eo), Catch::Contains("garbage.pt"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::evaluate_checkpoint(eo), Catch::Contains("garbage.pt"));
 
   // Wrong vocabulary: the checkpoint evaluated on an annotation with other words.
   auto other = studies;
   for (auto& s : other) s.study.report = "zebra giraffe okapi . zebra giraffe okapi .";
-  ihn::data::write_synthetic(other, (root / "other").string());
+  ihn_toolkit::data::write_synthetic(other, (root / "other").string());
   eo.checkpoint = (root / "run" / "best.pt").string();
   eo.ann = (root / "other" / "annotation.json").string();
   eo.images = (root / "other" / "images").string();
-  REQUIRE_THROWS_WITH(ihn_examples::train::evaluate_checkpoint(eo),
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::evaluate_checkpoint(eo),
                       Catch::Contains("vocabulary") && Catch::Contains("best.pt"));
 }
 
@@ -459,44 +459,44 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   auto c = tiny("unused");
   c.ihn = "official";
   c.schedule = "linear:10";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("exp:ALPHA"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("exp:ALPHA"));
   c.schedule = "exp:0.01";
-  REQUIRE_NOTHROW(ihn_examples::train::validate(c));
-  REQUIRE(ihn_examples::train::views_of(c) == 1);  // the release's single-view IU protocol
+  REQUIRE_NOTHROW(ihn_toolkit::train::validate(c));
+  REQUIRE(ihn_toolkit::train::views_of(c) == 1);  // the release's single-view IU protocol
   c.views = 3;
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--views"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--views"));
   c.views = 0;
   c.negatives_file = "nowhere/negatives.json";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("nowhere/negatives.json") &&
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("nowhere/negatives.json") &&
                                                             Catch::Contains("ihn data negatives"));
   c.negatives_file.clear();
   c.ihn = "paper";
-  REQUIRE(ihn_examples::train::views_of(c) == 2);
+  REQUIRE(ihn_toolkit::train::views_of(c) == 2);
   c.official_legacy = true;
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--official-legacy"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--official-legacy"));
   c.official_legacy = false;
   c.model = "gpt";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--model gpt"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--model gpt"));
   c.model = "r2gen";
   c.ihn = "sometimes";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--ihn sometimes"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--ihn sometimes"));
   c.ihn = "paper";
   c.schedule = "exp:";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("--schedule"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--schedule"));
   c.schedule = "exp:0.01";
   c.data = "annotation";
   c.ann = "nowhere/annotation.json";
-  REQUIRE_THROWS_WITH(ihn_examples::train::validate(c), Catch::Contains("nowhere/annotation.json"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("nowhere/annotation.json"));
   auto r = tiny(ihn_test::scratch_dir("train_noresume").string());
   r.resume = true;
-  REQUIRE_THROWS_WITH(ihn_examples::train::train(r), Catch::Contains("last.pt"));
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::train(r), Catch::Contains("last.pt"));
   // Numbers out of range or not finite (issue 13: SIGFPE with zero heads; NaN options trained
   // and wrote checkpoints that could not be read back).
   auto refused = [](auto change, const std::string& flag) {
     auto b = tiny("unused");
     change(b);
     INFO(flag);
-    REQUIRE_THROWS_WITH(ihn_examples::train::validate(b), Catch::Contains(flag));
+    REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(b), Catch::Contains(flag));
   };
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
@@ -519,15 +519,15 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
       },
       "--topk");
   // The config survives JSON, and unknown keys are refused.
-  const auto j = ihn_examples::train::to_json(tiny("x"));
-  REQUIRE(ihn_examples::train::to_json(ihn_examples::train::config_from_json(j)) == j);
+  const auto j = ihn_toolkit::train::to_json(tiny("x"));
+  REQUIRE(ihn_toolkit::train::to_json(ihn_toolkit::train::config_from_json(j)) == j);
   auto k = j;
   k["bogus"] = 1;
-  REQUIRE_THROWS_AS(ihn_examples::train::config_from_json(k), TrainError);
+  REQUIRE_THROWS_AS(ihn_toolkit::train::config_from_json(k), TrainError);
 }
 
 TEST_CASE("train: presets are the documented recipes, per model", "[train]") {
-  namespace t = ihn_examples::train;
+  namespace t = ihn_toolkit::train;
   auto preset = [](const std::string& model, const std::string& name) {
     TrainConfig c;
     c.model = model;
@@ -585,7 +585,7 @@ TEST_CASE("train: presets are the documented recipes, per model", "[train]") {
 
 TEST_CASE("train: the run folder has one writer, and a checkpoint's config is checked on load",
           "[train]") {
-  namespace t = ihn_examples::train;
+  namespace t = ihn_toolkit::train;
   const auto root = ihn_test::scratch_dir("train_folder");
   auto c = tiny((root / "run").string());
   c.epochs = 1;
@@ -647,12 +647,12 @@ TEST_CASE("train: the run folder has one writer, and a checkpoint's config is ch
 
 TEST_CASE("train: real-data runs refuse empty splits and skip bad entries only when asked",
           "[train]") {
-  namespace t = ihn_examples::train;
+  namespace t = ihn_toolkit::train;
   const auto root = ihn_test::scratch_dir("train_annotation");
-  ihn::data::SyntheticOptions so;
+  ihn_toolkit::data::SyntheticOptions so;
   so.studies = 40;
   so.image_size = 32;
-  ihn::data::write_synthetic(ihn::data::generate_synthetic(so), (root / "data").string());
+  ihn_toolkit::data::write_synthetic(ihn_toolkit::data::generate_synthetic(so), (root / "data").string());
   auto json = nlohmann::json::parse(std::ifstream(root / "data" / "annotation.json"));
   auto c = tiny((root / "run").string());
   c.epochs = 1;
@@ -680,7 +680,7 @@ TEST_CASE("train: real-data runs refuse empty splits and skip bad entries only w
 
 TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical selection)",
           "[train]") {
-  namespace t = ihn_examples::train;
+  namespace t = ihn_toolkit::train;
   const auto root = ihn_test::scratch_dir("train_pretrained");
   // The preset is what the main job runs.
   TrainConfig bench;
@@ -815,7 +815,7 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
 
 TEST_CASE("train: --report-features text aligns report features computed without the image",
           "[train]") {
-  namespace t = ihn_examples::train;
+  namespace t = ihn_toolkit::train;
   const auto root = ihn_test::scratch_dir("train_text_features");
   auto c = tiny((root / "run").string());
   c.epochs = 1;
@@ -861,7 +861,7 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   };
   std::vector<std::vector<nlohmann::json>> evals = {{make(false, 0), make(false, 1)},
                                                     {make(true, 0), make(true, 1)}};
-  auto rows = ihn_examples::train::compare_evaluations(evals, 200, 0);
+  auto rows = ihn_toolkit::train::compare_evaluations(evals, 200, 0);
   // 11 overall rows, 3 on the abnormal studies, F1 of each of the 14 observations.
   REQUIRE(rows.size() == 28);
   for (const auto& r : rows) {
@@ -892,7 +892,7 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
   // the better arm keeps exactly the two-arm result.
   const auto two_arm = rows;
   evals.push_back(evals[0]);
-  rows = ihn_examples::train::compare_evaluations(evals, 200, 0);
+  rows = ihn_toolkit::train::compare_evaluations(evals, 200, 0);
   for (size_t m = 0; m < rows.size(); ++m) {
     const auto& r = rows[m];
     INFO(r.metric);
@@ -903,20 +903,20 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
     REQUIRE(r.arms[1].mean == r.mean_off);
     REQUIRE_FALSE(r.arms[1].significant);
   }
-  const auto md = ihn_examples::train::compare_markdown(rows, {"off", "paper", "official"});
+  const auto md = ihn_toolkit::train::compare_markdown(rows, {"off", "paper", "official"});
   REQUIRE(md.find("| BLEU-4 |") != std::string::npos);
   REQUIRE(md.find("official − off") != std::string::npos);
   REQUIRE(md.find("| distinct reports |") != std::string::npos);
   REQUIRE(md.find("[n/a: set-level] | n/a | n/a |") != std::string::npos);
-  const auto j = ihn_examples::train::compare_json(rows, {"off", "paper", "official"});
+  const auto j = ihn_toolkit::train::compare_json(rows, {"off", "paper", "official"});
   REQUIRE(j[0].contains("official"));
   REQUIRE(j[0]["paper"]["significant"].get<bool>());
   REQUIRE(j.back()["metric"] == "distinct reports");
   REQUIRE(j.back()["paper"]["p_value"].is_null());
   REQUIRE_FALSE(j.back()["paper"]["bootstrapped"].get<bool>());
-  REQUIRE_THROWS_AS(ihn_examples::train::compare_markdown(rows, {"off", "paper"}), TrainError);
+  REQUIRE_THROWS_AS(ihn_toolkit::train::compare_markdown(rows, {"off", "paper"}), TrainError);
   evals[2].pop_back();
-  REQUIRE_THROWS_AS(ihn_examples::train::compare_evaluations(evals, 200, 0), TrainError);
+  REQUIRE_THROWS_AS(ihn_toolkit::train::compare_evaluations(evals, 200, 0), TrainError);
 }
 
 // ------------------------------------------------------------------------------------------

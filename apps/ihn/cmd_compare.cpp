@@ -26,7 +26,7 @@ extern char** environ;
 
 namespace {
 
-using ihn_examples::train::TrainConfig;
+using ihn_toolkit::train::TrainConfig;
 
 struct CompareArgs {
   int seeds = 3;
@@ -104,17 +104,17 @@ bool same_recipe_finished(const TrainConfig& c) {
   } catch (const nlohmann::json::exception&) {
     return false;
   }
-  nlohmann::json here = ihn_examples::train::to_json(c);
+  nlohmann::json here = ihn_toolkit::train::to_json(c);
   try {
     // Read back through the config type: a field the file predates takes its default, and
     // views 0 (the default) becomes the views the run actually fed.
-    const TrainConfig read = ihn_examples::train::config_from_json(there);
-    there = ihn_examples::train::to_json(read);
-    there["views"] = ihn_examples::train::views_of(read);
+    const TrainConfig read = ihn_toolkit::train::config_from_json(there);
+    there = ihn_toolkit::train::to_json(read);
+    there["views"] = ihn_toolkit::train::views_of(read);
   } catch (const std::exception&) {
     return false;
   }
-  here["views"] = ihn_examples::train::views_of(c);
+  here["views"] = ihn_toolkit::train::views_of(c);
   for (const char* runtime : {"out", "label", "threads", "quiet", "plots", "device", "resume",
                               "stop_after", "channels_last", "visual_init", "pretrain_dir"}) {
     here.erase(runtime);
@@ -244,7 +244,7 @@ void run_compare(CompareArgs& a) {
     for (int arm = 0; arm < static_cast<int>(arms.size()); ++arm) {
       TrainConfig c;
       c.model = a.model;  // before the preset: the optimiser recipe is per model
-      ihn_examples::train::apply_preset(c, a.preset);
+      ihn_toolkit::train::apply_preset(c, a.preset);
       a.recipe->apply(c);
       c.ihn = arms[static_cast<size_t>(arm)];
       if (c.ihn != "official") {  // official-only options leave the other arms alone
@@ -262,7 +262,7 @@ void run_compare(CompareArgs& a) {
                                     : "official") +
                 "]";
       c.bootstrap = 0;  // the comparison bootstraps itself
-      ihn_examples::train::validate(c);
+      ihn_toolkit::train::validate(c);
       runs.push_back({c, arm, 0});
     }
   if (!a.table_only)
@@ -273,11 +273,11 @@ void run_compare(CompareArgs& a) {
   // they start, so parallel runs neither race to write it nor train it twice.
   if (!a.table_only && runs.front().config.pretrain && runs.front().config.visual_init.empty()) {
     const TrainConfig& c = runs.front().config;
-    auto p = ihn_examples::train::pretrain_config_for(c);
+    auto p = ihn_toolkit::train::pretrain_config_for(c);
     p.threads = (a.threads > 0 ? a.threads : 1) * a.jobs;
     p.label = "[pretrain]";
-    const std::string path = ihn_examples::train::pretrain_cache_path(c);
-    const auto r = ihn_examples::train::ensure_pretrained(p, path);
+    const std::string path = ihn_toolkit::train::pretrain_cache_path(c);
+    const auto r = ihn_toolkit::train::ensure_pretrained(p, path);
     if (r.reused)
       fmt::print("[pretrain] reusing {} (held-out mean AUC {:.3f})\n", path,
                  r.metrics.value("mean_auc", 0.0));
@@ -303,7 +303,7 @@ void run_compare(CompareArgs& a) {
         std::filesystem::remove_all(r.config.out);  // a fresh run, not a resumed one
       std::filesystem::create_directories(r.config.out);
       const std::string file = r.config.out + "/config.json";
-      ihn::cli::write_file(file, ihn_examples::train::to_json(r.config).dump(2) + "\n");
+      ihn::cli::write_file(file, ihn_toolkit::train::to_json(r.config).dump(2) + "\n");
       r.pid = spawn_run(file);
       r.started = elapsed();
       ++running;
@@ -346,8 +346,8 @@ void run_compare(CompareArgs& a) {
     dirs.push_back(r.config.out);
     titles.push_back(r.config.label);
   }
-  const auto rows = ihn_examples::train::compare_evaluations(evals, a.resamples, 0);
-  const std::string md = ihn_examples::train::compare_markdown(rows, arms);
+  const auto rows = ihn_toolkit::train::compare_evaluations(evals, a.resamples, 0);
+  const std::string md = ihn_toolkit::train::compare_markdown(rows, arms);
   fmt::print(
       "\nTest split, {} seed(s); mean ± 95% CI over seeds (t); difference = arm − off, "
       "paired bootstrap over seeds x studies ({} resamples); significant = p < 0.05\n\n{}",
@@ -359,7 +359,7 @@ void run_compare(CompareArgs& a) {
   j["preset"] = a.preset;
   j["arms"] = arms;
   j["seconds"] = elapsed();
-  j["rows"] = ihn_examples::train::compare_json(rows, arms);
+  j["rows"] = ihn_toolkit::train::compare_json(rows, arms);
   {
     size_t differ_text = 0, differ_findings = 0;
     j["examples"] = differing_examples(evals, arms, 8, &differ_text, &differ_findings);
@@ -370,7 +370,7 @@ void run_compare(CompareArgs& a) {
         examples_markdown(j["examples"], arms, a.first_seed, differ_text, differ_findings));
   }
   ihn::cli::write_file(a.out + "/compare.json", j.dump(2) + "\n");
-  const std::string note = ihn_examples::train::plot_runs(dirs, titles, a.out + "/curves.png");
+  const std::string note = ihn_toolkit::train::plot_runs(dirs, titles, a.out + "/curves.png");
   fmt::print("\n");
   for (size_t arm = 1; arm < arms.size(); ++arm) {
     int better = 0, worse = 0, tested = 0;

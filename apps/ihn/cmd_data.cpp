@@ -1,6 +1,6 @@
 // `ihn data`: inspect an R2Gen annotation (`ihn data stats`), write the synthetic data set
 // (`ihn data synth`) and mine the offline negatives of the official-compatible mode
-// (`ihn data negatives`). All use ihn::data, the same code the training ports load data with.
+// (`ihn data negatives`). All use ihn_toolkit::data, the same code the training ports load data with.
 #include "command.hpp"
 
 #include <data/annotation.hpp>
@@ -44,8 +44,8 @@ struct LengthStats {
 
 // Lengths in tokens of the cleaned report (without BOS/EOS); "over" counts reports whose
 // [0] + ids + [0] exceeds max_seq_length, i.e. those R2Gen truncates.
-LengthStats length_stats(const std::vector<ihn::data::Study>& studies,
-                         const ihn::data::Tokenizer& tokenizer, int max_seq_length) {
+LengthStats length_stats(const std::vector<ihn_toolkit::data::Study>& studies,
+                         const ihn_toolkit::data::Tokenizer& tokenizer, int max_seq_length) {
   LengthStats stats;
   std::vector<int64_t> lengths;
   for (const auto& study : studies)
@@ -63,7 +63,7 @@ LengthStats length_stats(const std::vector<ihn::data::Study>& studies,
 }
 
 void run_stats(const StatsArgs& args) {
-  using namespace ihn::data;
+  using namespace ihn_toolkit::data;
   Dataset dataset;
   try {
     dataset = parse_dataset(args.dataset);
@@ -139,13 +139,13 @@ void run_stats(const StatsArgs& args) {
 
 struct SynthArgs {
   std::string out;
-  ihn::data::SyntheticOptions options;
+  ihn_toolkit::data::SyntheticOptions options;
   std::string contact_sheet;
   int contact_studies = 6;
 };
 
 void run_synth(const SynthArgs& args) {
-  using namespace ihn::data;
+  using namespace ihn_toolkit::data;
   try {
     args.options.validate();
   } catch (const std::invalid_argument& e) {
@@ -185,14 +185,14 @@ struct NegativesArgs {
   std::string data = "synth";
   std::string annotation;
   std::string dataset = "iu_xray";
-  ihn::data::SyntheticOptions synth;
+  ihn_toolkit::data::SyntheticOptions synth;
   std::string out;
 };
 
 // The training split of the annotation (or of the synthetic set `ihn train --data synth`
 // generates with the same --studies/--seed), mined with the code the trainer runs at start-up.
 void run_negatives(NegativesArgs args) {
-  using namespace ihn::data;
+  using namespace ihn_toolkit::data;
   std::vector<Study> train;
   std::string source;
   Dataset dataset = Dataset::iu_xray;

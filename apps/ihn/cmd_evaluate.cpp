@@ -13,7 +13,7 @@
 namespace {
 
 struct EvaluateArgs {
-  ihn_examples::train::EvaluateOptions options;
+  ihn_toolkit::train::EvaluateOptions options;
   std::string json_out;
   bool json = false;
 };
@@ -25,7 +25,7 @@ void run_evaluate(EvaluateArgs& a) {
     const std::string dir = slash == std::string::npos ? "." : p.substr(0, slash);
     a.options.reports_out = dir + "/reports/evaluate_" + a.options.split + ".jsonl";
   }
-  auto j = ihn_examples::train::evaluate_checkpoint(a.options);
+  auto j = ihn_toolkit::train::evaluate_checkpoint(a.options);
   j.erase("per_example_data");
   if (!a.json_out.empty()) ihn::cli::write_file(a.json_out, j.dump(2) + "\n");
   if (a.json) {

@@ -12,7 +12,7 @@
 namespace {
 
 void add_generate_command(CLI::App& app) {
-  auto options = std::make_shared<ihn_examples::train::GenerateOptions>();
+  auto options = std::make_shared<ihn_toolkit::train::GenerateOptions>();
   auto& authors = options->authors;
   auto* cmd = app.add_subcommand("generate", "Write a report for one study's images");
   cmd->add_option("--checkpoint", options->checkpoint,
@@ -52,7 +52,7 @@ EXAMPLES
   ihn generate --checkpoint model_iu_xray.pth --ann data/iu_xray/annotation.json \
       --image data/iu_xray/images/CXR2384_IM-0942/0.png \
       --image data/iu_xray/images/CXR2384_IM-0942/1.png)");
-  cmd->callback([options] { fmt::print("{}\n", ihn_examples::train::generate_report(*options)); });
+  cmd->callback([options] { fmt::print("{}\n", ihn_toolkit::train::generate_report(*options)); });
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // `ihn pretrain`: a visual extractor pretrained as a 14-observation classifier on a labelled
-// synthetic set of its own seed, for `ihn train --visual-init FILE` (examples/common/train).
+// synthetic set of its own seed, for `ihn train --visual-init FILE` (toolkit/train).
 #include "command.hpp"
 #include "train/pretrain.hpp"
 #include "train/train.hpp"
@@ -11,7 +11,7 @@
 
 namespace {
 
-using ihn_examples::train::PretrainConfig;
+using ihn_toolkit::train::PretrainConfig;
 
 struct PretrainArgs {
   PretrainConfig config;
@@ -68,7 +68,7 @@ EXAMPLES
   ihn pretrain --out runs/pretrain/r18.pt --threads 2
   ihn train --visual-init runs/pretrain/r18.pt --freeze-visual --out runs/base)");
   cmd->callback([a] {
-    const auto r = ihn_examples::train::pretrain_visual_extractor(a->config, a->out);
+    const auto r = ihn_toolkit::train::pretrain_visual_extractor(a->config, a->out);
     if (a->config.quiet) fmt::print("{}\n", r.metrics.dump());
   });
 }

@@ -1,5 +1,5 @@
 // `ihn train`: trains a report generator with or without increasingly hard negatives
-// (examples/common/train), with checkpoints every epoch and bit-exact --resume.
+// (toolkit/train), with checkpoints every epoch and bit-exact --resume.
 #include "command.hpp"
 #include "train_options.hpp"
 
@@ -11,7 +11,7 @@
 
 namespace {
 
-using ihn_examples::train::TrainConfig;
+using ihn_toolkit::train::TrainConfig;
 
 struct TrainArgs {
   TrainConfig config;
@@ -29,7 +29,7 @@ TrainConfig read_config_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ihn::cli::CommandError(path + ": cannot read the --config file");
   try {
-    return ihn_examples::train::config_from_json(nlohmann::json::parse(in));
+    return ihn_toolkit::train::config_from_json(nlohmann::json::parse(in));
   } catch (const nlohmann::json::exception& e) {
     throw ihn::cli::CommandError(path + ": not a JSON training config (" + e.what() + ")");
   }
@@ -41,7 +41,7 @@ void run_train(TrainArgs& a) {
     c = read_config_file(a.config_file);  // the whole recipe, e.g. written by ihn compare
   } else {
     c.model = a.config.model;  // before the preset: the optimiser recipe is per model
-    ihn_examples::train::apply_preset(c, a.preset);
+    ihn_toolkit::train::apply_preset(c, a.preset);
   }
   a.recipe->apply(c);
   const bool from_file = !a.config_file.empty();
@@ -71,8 +71,8 @@ void run_train(TrainArgs& a) {
                                  ": only 'synth' is built in; for real data give --ann "
                                  "annotation.json --images DIR");
   }
-  ihn_examples::train::install_signal_handlers();
-  const auto r = ihn_examples::train::train(c);
+  ihn_toolkit::train::install_signal_handlers();
+  const auto r = ihn_toolkit::train::train(c);
   if (r.interrupted) {
     fmt::print("{}interrupted after {} complete epochs; resume with: ihn train --out {} --resume\n",
                c.label.empty() ? "" : (c.label + " "), r.epochs_done, c.out);

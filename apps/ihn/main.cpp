@@ -13,7 +13,7 @@
 #include <exception>
 
 int main(int argc, char** argv) {
-  ihn_examples::nn::keep_freed_memory();  // glibc reuses freed tensor buffers (allocator.hpp)
+  ihn_toolkit::nn::keep_freed_memory();  // glibc reuses freed tensor buffers (allocator.hpp)
   CLI::App app{
       "ihn: radiology report generation with increasingly hard negatives.\n"
       "Train, evaluate and compare report generators; score reports with the field's "

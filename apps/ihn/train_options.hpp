@@ -21,7 +21,7 @@ class RecipeOptions {
   /// Adds every option of IHN_TRAIN_OPTIONS that has help (--epochs, --lr-ve, ...) to `cmd`;
   /// `with_ihn` adds --ihn too (ihn compare chooses it per arm).
   RecipeOptions(CLI::App* cmd, bool with_ihn) {
-    using C = ihn_examples::train::TrainConfig;
+    using C = ihn_toolkit::train::TrainConfig;
 #define X(field, flag, check, help)                                  \
   if (*(help) != '\0' && (with_ihn || std::string(flag) != "--ihn")) \
     add(cmd, flag, scratch_.field, help, &C::field);
@@ -30,7 +30,7 @@ class RecipeOptions {
   }
 
   /// Copies the options that were given into `config`.
-  void apply(ihn_examples::train::TrainConfig& config) const {
+  void apply(ihn_toolkit::train::TrainConfig& config) const {
     for (const auto& a : appliers_) a(config);
   }
 
@@ -43,26 +43,26 @@ class RecipeOptions {
  private:
   template <class T>
   void add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
-           T ihn_examples::train::TrainConfig::*member) {
+           T ihn_toolkit::train::TrainConfig::*member) {
     CLI::Option* opt = nullptr;
     if constexpr (std::is_same_v<T, bool>)  // --pretrain and --no-pretrain (a preset may set it)
       opt = cmd->add_flag(flag + ",!--no-" + flag.substr(2), target, help);
     else
       opt = cmd->add_option(flag, target, help);
     options_[flag] = opt;
-    appliers_.push_back([opt, member, this](ihn_examples::train::TrainConfig& c) {
+    appliers_.push_back([opt, member, this](ihn_toolkit::train::TrainConfig& c) {
       if (opt->count() > 0) c.*member = scratch_.*member;
     });
   }
 
-  ihn_examples::train::TrainConfig scratch_;
+  ihn_toolkit::train::TrainConfig scratch_;
   std::map<std::string, CLI::Option*> options_;
-  std::vector<std::function<void(ihn_examples::train::TrainConfig&)>> appliers_;
+  std::vector<std::function<void(ihn_toolkit::train::TrainConfig&)>> appliers_;
 };
 
 /// What an authors' .pth cannot tell about itself (`ihn evaluate` and `ihn generate`).
 inline void add_authors_options(CLI::App* cmd,
-                                ihn_examples::train::AuthorsCheckpointOptions& authors) {
+                                ihn_toolkit::train::AuthorsCheckpointOptions& authors) {
   cmd->add_option("--dataset", authors.dataset, "Authors' .pth: iu_xray or mimic_cxr")
       ->capture_default_str();
   cmd->add_option("--threshold", authors.threshold,

@@ -1,6 +1,6 @@
 // R2GenCMN (Chen et al., ACL 2021, "Cross-modal Memory Networks for Radiology Report Generation")
 // ported to LibTorch from cuhksz-nlp/R2GenCMN @852512d. The same visual extractor, attention,
-// LayerNorm, positional encoding and decoding machinery as the R2Gen port (examples/common/nn),
+// LayerNorm, positional encoding and decoding machinery as the R2Gen port (toolkit/nn),
 // plus the cross-modal memory: a learned (cmm_size x cmm_dim) matrix
 // `encoder_decoder.memory_matrix` that the embedded visual tokens and the target embeddings both
 // query with multi-head attention keeping only the top-k memory slots per head (softmax over those
@@ -42,6 +42,10 @@
 #include "nn/resnet.hpp"
 #include "nn/training.hpp"
 #include "nn/transformer.hpp"
+
+namespace ihn_examples {
+namespace nn = ihn_toolkit::nn;  // the toolkit's blocks the ports are built from
+}  // namespace ihn_examples
 
 namespace ihn_examples::cmn {
 

@@ -25,6 +25,10 @@
 #include "nn/training.hpp"
 #include "nn/transformer.hpp"
 
+namespace ihn_examples {
+namespace nn = ihn_toolkit::nn;  // the toolkit's blocks the ports are built from
+}  // namespace ihn_examples
+
 namespace ihn_examples::r2gen {
 
 using nn::BeamSearchOptions;

@@ -1,0 +1,154 @@
+// Every field of TrainConfig declared once: its key in config.json (the field's name), its
+// command-line flag, the values it accepts and, for the recipe options that `ihn train` and
+// `ihn compare` share, its help. The JSON reader and writer, the validation of every config
+// (command line, --config files, checkpoints) and the CLI bindings (apps/ihn/train_options.hpp)
+// are generated from IHN_TRAIN_OPTIONS; the defaults are the struct's initialisers
+// (train.hpp). Options without help are bound by each command itself (--out, --model, ...) or
+// come only from presets and config files (Adam's betas, dropout).
+#pragma once
+
+#include <limits>
+
+namespace ihn_toolkit::train {
+
+/// The values an option accepts. Numbers: finite and within [min, max] (either end open);
+/// strings: one of `choices` ("a|b|c"; null = any). `model`: checked only for that --model.
+struct OptionCheck {
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
+  bool min_open = false, max_open = false;
+  const char* choices = nullptr;
+  const char* model = nullptr;
+  constexpr OptionCheck for_model(const char* name) const {
+    OptionCheck c = *this;
+    c.model = name;
+    return c;
+  }
+};
+
+namespace checks {
+constexpr OptionCheck any() {
+  return {};
+}
+constexpr OptionCheck finite() {
+  return {};
+}  // numbers are always checked for finiteness
+constexpr OptionCheck at_least(double min) {
+  OptionCheck c;
+  c.min = min;
+  return c;
+}
+constexpr OptionCheck above(double min) {
+  OptionCheck c;
+  c.min = min;
+  c.min_open = true;
+  return c;
+}
+constexpr OptionCheck between(double min, double max) {
+  OptionCheck c;
+  c.min = min;
+  c.max = max;
+  return c;
+}
+/// [0, 1): dropout, Adam's betas.
+constexpr OptionCheck probability() {
+  OptionCheck c = between(0, 1);
+  c.max_open = true;
+  return c;
+}
+/// (0, 1): a share of the studies that must leave some for the other splits.
+constexpr OptionCheck open_unit() {
+  OptionCheck c = above(0);
+  c.max = 1;
+  c.max_open = true;
+  return c;
+}
+constexpr OptionCheck one_of(const char* choices) {
+  OptionCheck c;
+  c.choices = choices;
+  return c;
+}
+}  // namespace checks
+
+// X(field, flag, check, help): in TrainConfig's order.
+// clang-format off
+#define IHN_TRAIN_OPTIONS(X) \
+  X(model, "--model", one_of("r2gen|cmn"), "") \
+  X(preset, "--preset", any(), "") \
+  X(data, "--data", any(), "") \
+  X(ann, "--ann", any(), "") \
+  X(images, "--images", any(), "") \
+  X(dataset, "--dataset", one_of("iu_xray|mimic_cxr"), "") \
+  X(synth_studies, "--synth-studies", between(10, 1e7), "Synthetic set: studies (300)") \
+  X(synth_seed, "--synth-seed", any(), "Synthetic set: seed (0)") \
+  X(synth_image_size, "--synth-image-size", between(32, 4096), "Synthetic set: rendered image side") \
+  X(synth_val_fraction, "--synth-val-fraction", open_unit(), "Synthetic set: share of studies in the validation split (0.1)") \
+  X(synth_test_fraction, "--synth-test-fraction", open_unit(), "Synthetic set: share of studies in the test split (0.2)") \
+  X(synth_normal_fraction, "--synth-normal-fraction", between(0, 1), "Synthetic set: share of studies without findings (0.667)") \
+  X(resize, "--resize", between(32, 4096), "Train: shorter side before the random crop (paper 256)") \
+  X(crop, "--image-size", between(32, 4096), "Image side fed to the network (crop; paper 224)") \
+  X(threshold, "--threshold", at_least(1), "Vocabulary: minimum count in train (3)") \
+  X(skip_bad, "--skip-bad", any(), "Leave out annotation entries with problems (listed) instead of stopping") \
+  X(max_seq_length, "--max-seq-length", between(3, 4096), "Tokens per report incl. BOS/EOS (60)") \
+  X(visual_depth, "--visual-depth", any(), "ResNet depth: 18, 34, 50 or 101") \
+  X(visual_init, "--visual-init", any(), "Start the visual extractor from this `ihn pretrain` file") \
+  X(pretrain, "--pretrain", any(), "Pretrain the visual extractor first as a 14-observation classifier on a disjoint  synthetic set (cached in --pretrain-dir and reused)") \
+  X(pretrain_studies, "--pretrain-studies", at_least(1), "Pretraining set: studies (2400)") \
+  X(pretrain_seed, "--pretrain-seed", any(), "Pretraining set: synthetic seed, not the generator's (1000)") \
+  X(pretrain_epochs, "--pretrain-epochs", at_least(1), "Pretraining epochs (8)") \
+  X(pretrain_dir, "--pretrain-dir", any(), "Cache of pretrained extractors (runs/pretrain)") \
+  X(freeze_visual, "--freeze-visual", any(), "Keep the (pretrained) visual extractor fixed: no gradient, batch norm in inference mode") \
+  X(d_model, "--d-model", between(1, 65536), "Transformer width (paper 512)") \
+  X(d_ff, "--d-ff", between(1, 262144), "Feed-forward width (paper 512)") \
+  X(num_heads, "--num-heads", between(1, 1024), "Attention heads (paper 8)") \
+  X(num_layers, "--num-layers", between(1, 64), "Encoder and decoder layers (paper 3)") \
+  X(rm_num_slots, "--rm-num-slots", between(1, 1024).for_model("r2gen"), "") \
+  X(rm_num_heads, "--rm-num-heads", between(1, 1024).for_model("r2gen"), "Relational memory heads (paper 8)") \
+  X(rm_d_model, "--rm-d-model", between(1, 65536).for_model("r2gen"), "Relational memory width (paper 512)") \
+  X(dropout, "--dropout", probability(), "") \
+  X(drop_prob_lm, "--drop-prob-lm", probability(), "") \
+  X(topk, "--topk", at_least(1).for_model("cmn"), "CMN: memory slots each query reads (paper 32)") \
+  X(cmm_size, "--cmm-size", between(1, 1 << 20).for_model("cmn"), "CMN: cross-modal memory slots (paper 2048)") \
+  X(cmm_dim, "--cmm-dim", between(1, 65536).for_model("cmn"), "CMN: cross-modal memory width (paper 512)") \
+  X(views, "--views", between(0, 2), "Views fed to the model: 1 (frontal) or 2 (frontal + lateral); default 1 with --ihn  official (the release's IU X-Ray protocol) and for MIMIC-CXR, else 2") \
+  X(epochs, "--epochs", at_least(1), "Training epochs (paper 100, cpu-small 10)") \
+  X(batch_size, "--batch-size", between(1, 1 << 20), "Studies per batch (16)") \
+  X(lr_ve, "--lr-ve", above(0), "Adam learning rate of the visual extractor (paper 5e-5)") \
+  X(lr_ed, "--lr-ed", above(0), "Adam learning rate of everything else (paper 1e-4)") \
+  X(weight_decay, "--weight-decay", at_least(0), "Adam weight decay (5e-5)") \
+  X(amsgrad, "--amsgrad", any(), "") \
+  X(adam_beta1, "--adam-beta1", probability(), "") \
+  X(adam_beta2, "--adam-beta2", probability(), "") \
+  X(adam_eps, "--adam-eps", above(0), "") \
+  X(max_positions, "--max-positions", between(0, 1 << 20), "") \
+  X(lr_step, "--lr-step", at_least(1), "StepLR step size in epochs (50)") \
+  X(lr_gamma, "--lr-gamma", above(0), "StepLR factor (0.1)") \
+  X(grad_clip, "--grad-clip", finite(), "Clip gradients by value (0.1; 0 = off)") \
+  X(seed, "--seed", any(), "") \
+  X(early_stop, "--early-stop", at_least(1), "Stop after this many epochs without a better validation score (50)") \
+  X(select_metric, "--select-metric", one_of("BLEU_4|clinical_f1_macro|CIDEr"), "Validation score that picks best.pt: BLEU_4 (R2Gen's), clinical_f1_macro or CIDEr") \
+  X(beam_size, "--beam-size", between(1, 256), "Beam size for validation and test decoding (3)") \
+  X(ihn, "--ihn", one_of("off|paper|official"), "Hard negatives: off, paper or official (the released loss; see ihn train --help)") \
+  X(negatives, "--negatives", between(0, 65536), "ihn: hard negatives per sample K (4)") \
+  X(ihn_weight, "--ihn-weight", at_least(0), "ihn: weight of the alignment term (0.1)") \
+  X(temperature, "--temperature", above(0), "ihn: InfoNCE temperature (0.07)") \
+  X(schedule, "--schedule", any(), "ihn: hardness schedule exp:ALPHA | linear:RAMP | cosine:RAMP | const:LAMBDA  (paper exp:0.01, cpu-small exp:0.1)") \
+  X(ascent_steps, "--ascent-steps", between(0, 1000), "ihn: gradient-ascent steps of the max step (5)") \
+  X(alignment, "--alignment", one_of("info_nce|hinge"), "ihn: the alignment term, info_nce (the paper's) or hinge (triplet margin 0.2)") \
+  X(report_features, "--report-features", one_of("decoder|text"), "ihn: report features aligned with the image, decoder (the paper's) or text (extension,  R2Gen: decoder states of a pass without the image)") \
+  X(negatives_file, "--negatives-file", any(), "ihn official: negative pairs from `ihn data negatives` (default: mined at start-up  with the same code)") \
+  X(official_legacy, "--official-legacy", any(), "ihn official: the release's B x B projection that mixes every sample with all others") \
+  X(out, "--out", any(), "") \
+  X(device, "--device", any(), "") \
+  X(channels_last, "--channels-last", any(), "") \
+  X(threads, "--threads", at_least(0), "") \
+  X(resume, "--resume", any(), "") \
+  X(quiet, "--quiet", any(), "") \
+  X(stop_after, "--stop-after", at_least(0), "") \
+  X(plots, "--plots", any(), "") \
+  X(label, "--label", any(), "") \
+  X(bootstrap, "--bootstrap", at_least(0), "Resamples for the test-set intervals (1000)") \
+  X(wordnet, "--wordnet", any(), "")
+// clang-format on
+
+}  // namespace ihn_toolkit::train

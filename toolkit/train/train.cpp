@@ -1,0 +1,2039 @@
+// The trainer (train.hpp): one translation unit on purpose — every file that includes
+// <torch/torch.h> costs ~20 s and ~1 GB to compile, so the data, model, loop, checkpoints,
+// evaluation and comparison share this one.
+#include "train/train.hpp"
+
+#include <torch/torch.h>
+
+#include "train/authors_checkpoint.hpp"
+#include "train/options.hpp"
+
+#include <ihn/eval.hpp>
+#include <ihn/hooks.hpp>
+#include <ihn/official.hpp>
+#include <ihn/state.hpp>
+
+#include "data/annotation.hpp"
+#include "data/image.hpp"
+#include "data/loader.hpp"
+#include "data/negatives.hpp"
+#include "data/synthetic.hpp"
+#include "data/tokenizer.hpp"
+#include "nn/fused_adam.hpp"
+#include "nn/generator.hpp"
+#include "train/models.hpp"
+#include "train/official_step.hpp"
+#include "train/pretrain.hpp"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <type_traits>
+#include <unordered_map>
+
+namespace ihn_toolkit::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ------------------------------------------------------------------------------------------
+// Configuration
+
+json to_json(const TrainConfig& c) {
+  json j;
+#define X(field, flag, check, help) j[#field] = c.field;
+  IHN_TRAIN_OPTIONS(X)
+#undef X
+  return j;
+}
+
+TrainConfig config_from_json(const json& j) {
+  TrainConfig c;
+  std::set<std::string> known;
+  // Each field read on its own, so that a mistyped value names its field.
+  auto read = [&](const char* name, auto& target) {
+    known.insert(name);
+    if (!j.contains(name)) return;
+    try {
+      j.at(name).get_to(target);
+    } catch (const json::exception& e) {
+      throw TrainError(std::string("config: '") + name + "' is " + j.at(name).dump() + " (" +
+                       e.what() + ")");
+    }
+  };
+#define X(field, flag, check, help) read(#field, c.field);
+  IHN_TRAIN_OPTIONS(X)
+#undef X
+  for (const auto& item : j.items())
+    if (!known.count(item.key()))
+      throw TrainError("config: unknown key '" + item.key() +
+                       "' (written by a newer ihn? rebuild ihn from the same version)");
+  return c;
+}
+
+namespace {
+
+/// The presets, as data: each sets the fields it names (config.json's keys) over a base preset
+/// or over TrainConfig's defaults (which are cpu-small's model), then, for --model cmn, the
+/// fields under "cmn". "why" says where the numbers come from.
+const json& preset_table() {
+  static const json table = json::parse(R"({
+  "cpu-small": {
+    "why": "Sized so that ihn compare (3 seeds x 2 arms) finishes in minutes on 2 cores: ResNet-18 on 64 px views, one 128-wide layer, trained from scratch at 10x R2Gen's learning rates. The hardness schedule is compressed so that the last epoch reaches the hardness the paper's reaches after ~100 epochs (alpha * epochs ~ 1).",
+    "set": {"lr_ve": 5e-4, "lr_ed": 1e-3, "schedule": "exp:0.1"}
+  },
+  "paper": {
+    "why": "R2Gen's IU X-Ray run script (REFERENCE.md), R2GenCMN's for its memory and optimiser, and the paper's ihn defaults.",
+    "set": {"synth_image_size": 256, "resize": 256, "crop": 224, "visual_depth": 101,
+            "d_model": 512, "d_ff": 512, "rm_d_model": 512, "num_heads": 8, "rm_num_heads": 8,
+            "num_layers": 3, "topk": 32, "cmm_size": 2048, "cmm_dim": 512, "epochs": 100,
+            "schedule": "exp:0.01"},
+    "cmn": {"lr_ve": 1e-4, "lr_ed": 5e-4, "lr_step": 10, "lr_gamma": 0.8, "seed": 7580}
+  },
+  "cpu-bench": {
+    "why": "The main job's calibrated benchmark (docs/results.md): cpu-small's model on 1,500 synthetic studies (300 test), a quarter of them normal, its visual extractor pretrained as a 14-observation classifier on a disjoint synthetic set and kept fixed, 18 epochs, best epoch on validation clinical F1 (macro). Chosen on the baseline arm only, on a calibration seed (7) of the synthetic set that the reported run does not use.",
+    "base": "cpu-small",
+    "set": {"synth_studies": 1500, "synth_normal_fraction": 0.25, "pretrain": true,
+            "freeze_visual": true, "epochs": 18, "select_metric": "clinical_f1_macro"}
+  },
+  "cpu-bench-full": {
+    "why": "The same benchmark at four times the size (1,200 test studies), trained longer.",
+    "base": "cpu-bench",
+    "set": {"synth_studies": 6000, "pretrain_studies": 6000, "pretrain_epochs": 10, "epochs": 20}
+  },
+  "gpu-bench": {
+    "why": "The benchmark at the paper's model size (ResNet-101 at 224 px, three 512-wide layers) on 6,000 studies rendered at 256 px, for a GPU (--device cuda).",
+    "base": "paper",
+    "set": {"synth_studies": 6000, "pretrain": true, "pretrain_studies": 6000,
+            "pretrain_epochs": 10, "freeze_visual": true, "epochs": 30, "lr_ed": 5e-4,
+            "schedule": "exp:0.05", "select_metric": "clinical_f1_macro"}
+  },
+  "cmn": {
+    "why": "R2GenCMN's official optimiser: no gradient clipping, Adam betas (0.9, 0.98), eps 1e-9.",
+    "set": {"grad_clip": 0, "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_eps": 1e-9}
+  }
+})");
+  return table;
+}
+
+/// `fields` (config.json keys) over `c`, through the same reader as config files.
+void set_fields(TrainConfig& c, const json& fields) {
+  json j = to_json(c);
+  j.update(fields);
+  c = config_from_json(j);
+}
+
+void apply_preset_fields(TrainConfig& c, const std::string& name) {
+  const json& table = preset_table();
+  if (name == "cmn" || !table.contains(name))
+    throw TrainError("unknown preset '" + name +
+                     "' (use paper, cpu-small, cpu-bench, cpu-bench-full or gpu-bench)");
+  const json& preset = table.at(name);
+  if (preset.contains("base")) apply_preset_fields(c, preset.at("base").get<std::string>());
+  set_fields(c, preset.at("set"));
+  if (c.model == "cmn" && preset.contains("cmn")) set_fields(c, preset.at("cmn"));
+}
+
+}  // namespace
+
+void apply_preset(TrainConfig& c, const std::string& name) {
+  apply_preset_fields(c, name);
+  if (c.model == "cmn") set_fields(c, preset_table().at("cmn").at("set"));
+  c.preset = name;
+}
+
+namespace {
+
+/// --schedule through the library's parser, as a TrainError naming the option.
+ihn::HardnessSchedule parse_schedule(const std::string& text) {
+  try {
+    return ihn::parse_schedule(text);
+  } catch (const std::invalid_argument& e) {
+    throw TrainError(std::string("--") + e.what());
+  }
+}
+
+/// --ihn official: the release's λ = exp(−α·epoch), so the schedule must be exp:ALPHA per epoch.
+double official_alpha_of(const std::string& text) {
+  const auto schedule = parse_schedule(text);
+  const auto* exp = std::get_if<ihn::ExponentialHardness>(&schedule);
+  if (!exp || exp->unit != ihn::ScheduleUnit::epoch)
+    throw TrainError(
+        "--ihn official follows the release's exp:ALPHA schedule (per epoch); got "
+        "--schedule " +
+        text);
+  return exp->alpha;
+}
+
+}  // namespace
+
+namespace {
+
+// One check per kind of field, from its OptionCheck (options.hpp). Every number must be finite:
+// NaN or Inf would train and then write checkpoints that cannot be read; the upper bounds, far
+// above any published recipe, stop a typo or a corrupt checkpoint from asking LibTorch for
+// terabytes; the lower ones, a zero head count from dividing by zero deep inside LibTorch.
+void check_option(const TrainConfig& c, const char* flag, double v, const OptionCheck& k) {
+  if (k.model && c.model != k.model) return;
+  if (!std::isfinite(v))
+    throw TrainError(fmt::format("{} must be a finite number (got {})", flag, v));
+  if (k.min_open ? !(v > k.min) : v < k.min)
+    throw TrainError(
+        fmt::format("{} must be {} {} (got {})", flag, k.min_open ? ">" : ">=", k.min, v));
+  if (k.max_open ? !(v < k.max) : v > k.max)
+    throw TrainError(
+        fmt::format("{} must be {} {} (got {})", flag, k.max_open ? "<" : "<=", k.max, v));
+}
+void check_option(const TrainConfig& c, const char* flag, int v, const OptionCheck& k) {
+  check_option(c, flag, static_cast<double>(v), k);
+}
+void check_option(const TrainConfig&, const char*, uint64_t, const OptionCheck&) {}  // seeds
+void check_option(const TrainConfig&, const char*, bool, const OptionCheck&) {}
+void check_option(const TrainConfig& c, const char* flag, const std::string& v,
+                  const OptionCheck& k) {
+  if (!k.choices || (k.model && c.model != k.model)) return;
+  std::vector<std::string> choices;
+  for (std::string_view rest = k.choices;;) {
+    const auto bar = rest.find('|');
+    choices.emplace_back(rest.substr(0, bar));
+    if (bar == std::string_view::npos) break;
+    rest.remove_prefix(bar + 1);
+  }
+  if (std::find(choices.begin(), choices.end(), v) != choices.end()) return;
+  std::string list;
+  for (size_t i = 0; i < choices.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + choices[i];
+  throw TrainError(fmt::format("{} {}: use {}", flag, v, list));
+}
+
+}  // namespace
+
+void validate_recipe(const TrainConfig& c) {
+  {
+    using namespace checks;
+#define X(field, flag, check, help) check_option(c, flag, c.field, check);
+    IHN_TRAIN_OPTIONS(X)
+#undef X
+  }
+  // What one field cannot say alone.
+  if (c.visual_depth != 18 && c.visual_depth != 34 && c.visual_depth != 50 &&
+      c.visual_depth != 101 && c.visual_depth != 152)
+    throw TrainError("--visual-depth " + std::to_string(c.visual_depth) +
+                     ": use 18, 34, 50, 101 or 152");
+  if (c.d_model % c.num_heads != 0)
+    throw TrainError("--num-heads " + std::to_string(c.num_heads) + " must divide --d-model " +
+                     std::to_string(c.d_model));
+  if (c.model == "r2gen" && c.rm_d_model % c.rm_num_heads != 0)
+    throw TrainError("--rm-num-heads " + std::to_string(c.rm_num_heads) +
+                     " must divide --rm-d-model " + std::to_string(c.rm_d_model));
+  if (c.model == "cmn" && c.cmm_size < c.topk)
+    throw TrainError("--cmm-size " + std::to_string(c.cmm_size) + " must be >= --topk " +
+                     std::to_string(c.topk));
+  if (c.resize < c.crop) throw TrainError("--resize must be >= --image-size (the crop)");
+  if (c.data != "synth" && c.data != "annotation")
+    throw TrainError("--data " + c.data + ": use synth, or give --ann and --images");
+  if (c.data == "annotation" && c.ann.empty())
+    throw TrainError("--ann is required unless --data synth");
+  if (c.synth_val_fraction + c.synth_test_fraction >= 1)
+    throw TrainError("--synth-val-fraction and --synth-test-fraction must sum to < 1");
+  if (c.views == 2 && c.dataset == "mimic_cxr")
+    throw TrainError("--views 2: MIMIC-CXR studies are single-view in R2Gen's protocol");
+  if (c.ihn == "official") official_alpha_of(c.schedule);
+  if (c.ihn == "paper") parse_schedule(c.schedule);
+  if (c.ihn != "official" && (c.official_legacy || !c.negatives_file.empty()))
+    throw TrainError(std::string(c.official_legacy ? "--official-legacy" : "--negatives-file") +
+                     " belongs to --ihn official (got --ihn " + c.ihn + ")");
+  if (c.ihn == "paper" && c.report_features == "text" && c.model != "r2gen")
+    throw TrainError("--report-features text is implemented for --model r2gen only");
+  if (c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
+    throw TrainError("--device " + c.device + ": use cpu or cuda");
+  if (c.pretrain && c.pretrain_seed == c.synth_seed && c.data == "synth")
+    throw TrainError("--pretrain-seed " + std::to_string(c.pretrain_seed) +
+                     " is the seed of the generator's own synthetic set: pretrain on a "
+                     "disjoint set (another seed)");
+  if (c.freeze_visual && c.visual_init.empty() && !c.pretrain)
+    throw TrainError(
+        "--freeze-visual keeps the visual extractor fixed: give it pretrained "
+        "weights (--pretrain or --visual-init FILE)");
+}
+
+void validate(const TrainConfig& c) {
+  validate_recipe(c);
+  if (c.data == "annotation") {
+    if (!fs::exists(c.ann))
+      throw TrainError(c.ann + ": annotation file not found (give R2Gen's annotation.json)");
+    if (c.images.empty() || !fs::is_directory(c.images))
+      throw TrainError("--images '" + c.images + "': not a folder (the image root of " + c.ann +
+                       ")");
+  }
+  if (!c.negatives_file.empty() && !fs::exists(c.negatives_file))
+    throw TrainError(c.negatives_file +
+                     ": negatives file not found (write it with `ihn data negatives`, or leave "
+                     "--negatives-file out to mine them at start-up)");
+  if (!c.visual_init.empty() && !c.resume && !fs::exists(c.visual_init))
+    throw TrainError("--visual-init " + c.visual_init +
+                     ": file not found (write one with `ihn pretrain`, or use --pretrain)");
+  if (c.out.empty()) throw TrainError("--out RUN_DIR is required");
+}
+
+int views_of(const TrainConfig& c) {
+  if (c.views > 0) return c.views;
+  return c.dataset == "mimic_cxr" || c.ihn == "official" ? 1 : 2;
+}
+
+// ------------------------------------------------------------------------------------------
+// Signals
+
+namespace {
+std::atomic<bool> g_stop{false};
+extern "C" void ihn_train_on_signal(int sig) {
+  g_stop.store(true);
+  std::signal(sig, SIG_DFL);  // a second Ctrl-C kills at once
+}
+}  // namespace
+
+void install_signal_handlers() {
+  std::signal(SIGINT, ihn_train_on_signal);
+  std::signal(SIGTERM, ihn_train_on_signal);
+}
+bool stop_requested() {
+  return g_stop.load();
+}
+
+// ------------------------------------------------------------------------------------------
+// The run folder: one writer at a time, last.pt as the commit record, a log that matches it
+
+namespace {
+
+/// IHN_KILL_AT=POINT or POINT@N (the N-th time the run reaches POINT) ends the process with
+/// SIGKILL there, as a power cut or the OOM killer would; tests/test_train.cpp's fault-injection
+/// case uses it to kill a run around every checkpoint write. Points: "step" (after a step's log
+/// line), "before_best", "between_checkpoints" (best.pt written, last.pt not yet), "after_last".
+void kill_point(const char* point) {
+  static const std::pair<std::string, long> target = [] {
+    const char* v = std::getenv("IHN_KILL_AT");
+    std::string spec = v ? v : "";
+    const auto at = spec.find('@');
+    if (at == std::string::npos) return std::make_pair(spec, 1L);
+    return std::make_pair(spec.substr(0, at), std::strtol(spec.c_str() + at + 1, nullptr, 10));
+  }();
+  static long hits = 0;
+  if (target.first.empty() || target.first != point) return;
+  if (++hits == target.second) {
+    std::fflush(nullptr);
+    std::raise(SIGKILL);
+  }
+}
+
+/// An exclusive lock on RUN/.lock for as long as a run writes the folder: two runs on one
+/// folder would share last.pt.tmp and interleave log.jsonl. flock() locks die with the process,
+/// so a killed run leaves nothing to clean up; the file is kept (unlinking it would let a third
+/// run lock a new inode while the second still holds the old one).
+class RunFolderLock {
+ public:
+  explicit RunFolderLock(const fs::path& dir) {
+    const fs::path path = dir / ".lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0)
+      throw TrainError(path.string() + ": cannot create the run folder's lock file (" +
+                       std::strerror(errno) + ")");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      char holder[32] = {0};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      ::close(fd_);
+      if (err == EWOULDBLOCK)
+        throw TrainError(
+            dir.string() + ": another ihn train" +
+            (n > 0 ? " (pid " + std::string(holder, static_cast<size_t>(n)) + ")" : std::string()) +
+            " is writing this run folder; wait for it to end, or give another --out");
+      throw TrainError(path.string() + ": cannot lock the run folder (" + std::strerror(err) + ")");
+    }
+    const std::string pid = std::to_string(::getpid());
+    if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+      // The pid is only for the message above; the lock holds without it.
+    }
+  }
+  RunFolderLock(const RunFolderLock&) = delete;
+  RunFolderLock& operator=(const RunFolderLock&) = delete;
+  ~RunFolderLock() { ::close(fd_); }
+
+ private:
+  int fd_ = -1;
+};
+
+/// Removes `*.tmp` left by a write that was killed or failed (a full disk stays full otherwise).
+void remove_stale_temporaries(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.path().extension() == ".tmp") fs::remove(entry.path(), ec);
+}
+
+/// The largest epoch of an "epoch" row of log.jsonl (0 when none or no file).
+int64_t max_logged_epoch(const fs::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  int64_t epoch = 0;
+  while (std::getline(in, line)) {
+    const json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_object() && row.value("type", "") == "epoch")
+      epoch = std::max(epoch, row.value("epoch", int64_t{0}));
+  }
+  return epoch;
+}
+
+/// Keeps the rows of log.jsonl that the checkpoint being resumed has seen: steps up to its
+/// global step and epochs up to its epoch. A run killed after logging steps (or an epoch) but
+/// before writing last.pt repeats them when resumed; without this they would appear twice. A
+/// line cut short by the kill is dropped too. Written atomically, as the checkpoints are.
+void truncate_log(const fs::path& file, int64_t epoch_done, int64_t global_step) {
+  std::ifstream in(file);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_discarded() || !row.is_object()) continue;
+    const std::string type = row.value("type", "");
+    if (type == "step" && row.value("step", int64_t{0}) > global_step) continue;
+    if (type == "epoch" && row.value("epoch", int64_t{0}) > epoch_done) continue;
+    kept += line + "\n";
+  }
+  in.close();
+  fs::path tmp = file;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << kept;
+    out.close();
+    if (out.fail()) {
+      fs::remove(tmp);
+      throw TrainError("writing " + tmp.string() + " failed (disk full?)");
+    }
+  }
+  fs::rename(tmp, file);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Data, model and checkpoint pieces
+
+namespace {
+
+struct RunData {
+  ihn_toolkit::data::Tokenizer tokenizer;
+  std::unique_ptr<ihn_toolkit::data::ReportDataset> train, val, test;
+  std::unordered_map<std::string, int64_t> train_index;  // study id -> training-set index
+  std::vector<std::string> train_keys;                   // cleaned report per training index
+  int64_t views = 2;
+};
+
+RunData build_data(const TrainConfig& c) {
+  namespace d = ihn_toolkit::data;
+  d::R2GenDataOptions o;
+  o.threshold = c.threshold;
+  o.max_seq_length = static_cast<size_t>(c.max_seq_length);
+  o.seed = c.seed;
+  o.train_transform = d::TransformOptions::r2gen_train();
+  o.train_transform.resize = c.resize;
+  o.train_transform.crop = c.crop;
+  o.eval_transform = d::TransformOptions::r2gen_eval();
+  o.eval_transform.resize = c.crop;
+  o.eval_transform.crop = c.crop;
+  std::optional<d::R2GenData> made;
+  if (c.data == "synth") {
+    d::SyntheticOptions so;
+    so.studies = c.synth_studies;
+    so.seed = c.synth_seed;
+    so.image_size = c.synth_image_size;
+    so.val_fraction = c.synth_val_fraction;
+    so.test_fraction = c.synth_test_fraction;
+    so.normal_fraction = c.synth_normal_fraction;
+    so.validate();
+    const auto studies = d::generate_synthetic(so);
+    made.emplace(d::make_r2gen_data(d::to_annotation(studies), d::images_by_split(studies), o));
+  } else {
+    d::AnnotationOptions ao;
+    ao.dataset = d::parse_dataset(c.dataset);
+    ao.image_root = c.images;
+    ao.on_bad_entry = c.skip_bad ? d::OnBadEntry::skip : d::OnBadEntry::fail;
+    d::Annotation ann;
+    try {
+      ann = d::load_annotation(c.ann, ao);
+    } catch (const std::exception& e) {
+      throw TrainError(e.what());
+    }
+    if (!ann.problems.empty() && !c.quiet) fmt::print("{}\n", ann.summary());
+    made.emplace(d::make_r2gen_data(ann, c.images, o));
+  }
+  RunData r{made->tokenizer, std::make_unique<d::ReportDataset>(made->train),
+            std::make_unique<d::ReportDataset>(made->val),
+            std::make_unique<d::ReportDataset>(made->test)};
+  const size_t n = *r.train->size();
+  for (size_t i = 0; i < n; ++i) {
+    r.train_index.emplace(r.train->study(i).id, static_cast<int64_t>(i));
+    r.train_keys.push_back(r.tokenizer.clean(r.train->study(i).report));
+  }
+  r.views = views_of(c);
+  return r;
+}
+
+/// The first `views` views of a batch (B, V, 3, H, W): the loader yields every view the data
+/// set has; the single-view protocol keeps the frontal one (image_path[0]).
+at::Tensor select_views(const at::Tensor& images, int64_t views) {
+  return images.size(1) > views ? images.narrow(1, 0, views) : images;
+}
+
+/// "synth:studies=N,seed=S" or the annotation path: the source `ihn data negatives` records.
+std::string data_source(const TrainConfig& c) {
+  return c.data == "synth" ? "synth:studies=" + std::to_string(c.synth_studies) +
+                                 ",seed=" + std::to_string(c.synth_seed)
+                           : c.ann;
+}
+
+/// Training index -> training index of its offline negative (--ihn official), from
+/// --negatives-file or mined at start-up with the same code as `ihn data negatives`.
+std::vector<int64_t> official_negatives(const TrainConfig& c, const RunData& data,
+                                        std::string* description) {
+  std::vector<ihn_toolkit::data::Study> studies;
+  const size_t n = *data.train->size();
+  for (size_t i = 0; i < n; ++i) studies.push_back(data.train->study(i));
+  ihn_toolkit::data::Negatives negatives;
+  std::string where = c.negatives_file;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    if (c.negatives_file.empty()) {
+      negatives =
+          ihn_toolkit::data::mine_negatives(studies, ihn_toolkit::data::parse_dataset(c.dataset), data_source(c));
+      where = "mined at start-up";
+    } else {
+      negatives = ihn_toolkit::data::load_negatives(c.negatives_file);
+    }
+  } catch (const ihn_toolkit::data::NegativesError& e) {
+    throw TrainError(e.what());
+  }
+  const auto map = negatives.by_id();
+  std::vector<int64_t> out(n);
+  double mean = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& id = studies[i].id;
+    auto it = map.find(id);
+    if (it == map.end())
+      throw TrainError(where + ": no negative for training study '" + id +
+                       "' (written for another data set? rerun `ihn data negatives` on this one)");
+    auto neg = data.train_index.find(it->second);
+    if (neg == data.train_index.end())
+      throw TrainError(where + ": the negative '" + it->second + "' of '" + id +
+                       "' is not a training study of this data set");
+    out[i] = neg->second;
+  }
+  for (double s : negatives.similarity) mean += s;
+  mean /= std::max<size_t>(negatives.similarity.size(), 1);
+  if (description)
+    *description =
+        fmt::format("{} ({}, mean TF-IDF cosine {:.3f}, {:.2f} s)", where, negatives.method, mean,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return out;
+}
+
+at::Tensor bytes_tensor(const std::string& s) {
+  auto t = torch::empty({static_cast<int64_t>(s.size())}, torch::kUInt8);
+  if (!s.empty()) std::memcpy(t.data_ptr(), s.data(), s.size());
+  return t;
+}
+std::string tensor_bytes(const at::Tensor& t) {
+  auto c = t.contiguous().to(torch::kCPU);
+  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()));
+}
+at::Tensor scalar_tensor(double v) {
+  return torch::tensor({v}, torch::kFloat64);
+}
+double tensor_scalar(const ihn::StateDict& s, const std::string& key, const std::string& file) {
+  auto it = s.find(key);
+  if (it == s.end())
+    throw TrainError(file + ": no entry '" + key + "' (not an ihn train checkpoint)");
+  return it->second.to(torch::kFloat64).item<double>();
+}
+
+void put_model(ihn::StateDict& s, torch::nn::Module& model) {
+  for (const auto& p : model.named_parameters()) s["model." + p.key()] = p.value().detach();
+  for (const auto& b : model.named_buffers()) s["model." + b.key()] = b.value().detach();
+}
+
+void load_model(torch::nn::Module& model, const ihn::StateDict& s, const std::string& file) {
+  torch::NoGradGuard no_grad;
+  auto copy = [&](const std::string& name, at::Tensor& target) {
+    auto it = s.find("model." + name);
+    if (it == s.end())
+      throw TrainError(file + ": no weights for '" + name +
+                       "' (checkpoint of a different model/config?)");
+    if (it->second.sizes() != target.sizes())
+      throw TrainError(file + ": '" + name + "' has shape " + std::to_string(it->second.numel()) +
+                       " elements, the model expects " + std::to_string(target.numel()) +
+                       " (vocabulary or config differ from the checkpoint's)");
+    target.copy_(it->second);
+  };
+  for (auto& p : model.named_parameters()) copy(p.key(), p.value());
+  for (auto& b : model.named_buffers()) copy(b.key(), b.value());
+}
+
+std::string optimizer_bytes(torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream os;
+  archive.save_to(os);
+  return os.str();
+}
+void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes,
+                    torch::Device device) {
+  torch::serialize::InputArchive archive;
+  std::istringstream is(bytes);
+  archive.load_from(is, device);  // Adam's moments live where the parameters do
+  optimizer.load(archive);
+}
+
+struct Checkpoint {
+  ihn::StateDict state;
+  TrainConfig config;
+  ihn_toolkit::data::Tokenizer tokenizer;
+};
+
+Checkpoint read_checkpoint(const std::string& path) {
+  if (!fs::exists(path))
+    throw TrainError(path +
+                     ": checkpoint not found (train one with `ihn train --out RUN`; "
+                     "then use RUN/best.pt)");
+  ihn::StateDict s;
+  try {
+    s = ihn::load_state(path);
+  } catch (const std::exception& e) {
+    throw TrainError(std::string(e.what()) + " (pass a best.pt/last.pt written by ihn train)");
+  }
+  auto config_it = s.find("config.json");
+  auto vocab_it = s.find("vocab.json");
+  if (config_it == s.end() || vocab_it == s.end())
+    throw TrainError(path + ": not an ihn train checkpoint (no config/vocabulary entries)");
+  TrainConfig c;
+  try {
+    c = config_from_json(json::parse(tensor_bytes(config_it->second)));
+    // Before any model is built from it: a zero head count divides by zero inside LibTorch.
+    validate_recipe(c);
+  } catch (const std::exception& e) {
+    throw TrainError(path + ": the run config stored in the checkpoint is invalid: " + e.what());
+  }
+  auto tok = [&] {
+    try {
+      return ihn_toolkit::data::Tokenizer::from_json(tensor_bytes(vocab_it->second));
+    } catch (const std::exception& e) {
+      throw TrainError(path + ": the vocabulary stored in the checkpoint is invalid: " + e.what());
+    }
+  }();
+  return {std::move(s), std::move(c), std::move(tok)};
+}
+
+/// A checkpoint's run config, vocabulary and loaded model, from a checkpoint written by ihn train
+/// or from an authors' .pth of the official code (authors_checkpoint.hpp; told apart by content,
+/// `ann` rebuilds its vocabulary).
+template <class Model>
+struct LoadedCheckpoint {
+  TrainConfig config;
+  ihn_toolkit::data::Tokenizer tokenizer;
+  Model model;
+  bool authors = false;
+};
+
+/// Loads `path` and calls fn(traits, LoadedCheckpoint<Traits::Model>) for the model it holds.
+template <class F>
+decltype(auto) with_checkpoint_model(const std::string& path, const std::string& ann,
+                                     const std::string& images,
+                                     const AuthorsCheckpointOptions& authors_options, F&& fn) {
+  if (authors::sniff_checkpoint(path) == authors::CheckpointFormat::pytorch) {
+    auto a = authors::read_authors_checkpoint(path, ann, images, authors_options);
+    return dispatch_model(a.train_config.model, [&](auto traits) {
+      using Traits = decltype(traits);
+      typename Traits::Model model(Traits::options(a.train_config, a.tokenizer.vocab_size()));
+      authors::load_authors_weights(*model, std::move(a.state), a.config, path);
+      return fn(traits,
+                LoadedCheckpoint<typename Traits::Model>{a.train_config, a.tokenizer, model, true});
+    });
+  }
+  auto ck = read_checkpoint(path);
+  return dispatch_model(ck.config.model, [&](auto traits) {
+    using Traits = decltype(traits);
+    typename Traits::Model model(Traits::options(ck.config, ck.tokenizer.vocab_size()));
+    load_model(*model, ck.state, path);
+    return fn(traits,
+              LoadedCheckpoint<typename Traits::Model>{ck.config, ck.tokenizer, model, false});
+  });
+}
+
+namespace {
+/// Moves the model to `device` and, on the CPU with `channels_last` (the default), stores the
+/// ResNet's weights channels-last so that the trunk runs NHWC: oneDNN's convolutions then need no
+/// layout reorder of every activation (docs/performance.md). The values are the same.
+template <class Model>
+void place_model(Model& model, const TrainConfig& c, const torch::Device& device) {
+  model->to(device);
+  if (c.channels_last && device.is_cpu()) nn::to_channels_last(*model->visual_extractor);
+}
+}  // namespace
+
+torch::Device parse_device(const std::string& name) {
+  torch::Device device(name);
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw TrainError("--device " + name +
+                     ": CUDA is not available in this LibTorch build or machine (use cpu)");
+  return device;
+}
+
+std::vector<int64_t> row_ids(const at::Tensor& seq_row) {
+  auto r = seq_row.to(torch::kCPU).contiguous();
+  const int64_t* p = r.data_ptr<int64_t>();
+  return std::vector<int64_t>(p, p + r.numel());
+}
+
+struct Decoded {
+  std::vector<std::string> ids, hypotheses, references;
+  std::vector<std::vector<float>> image_features, report_features;
+};
+
+constexpr int kDecodeBatch = 64;
+
+/// --report-features text: the masked mean of R2Gen's decoder states from a pass without the
+/// image.
+at::Tensor text_report_features(r2gen::R2GenModel& model, const at::Tensor& ids,
+                                const at::Tensor& masks) {
+  return nn::masked_mean(model->encoder_decoder->text_only_decoder_states(ids),
+                         nn::decoder_input_mask(ids, masks));
+}
+
+/// Beam-searches every study of `dataset`; with `features`, also the teacher-forced image and
+/// report features for retrieval.
+template <class Model>
+Decoded decode_split(Model& model, const ihn_toolkit::data::ReportDataset& dataset,
+                     const ihn_toolkit::data::Tokenizer& tok, const TrainConfig& c, int beam_size,
+                     torch::Device device, bool features) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  Decoded out;
+  ihn_toolkit::data::ReportLoaderOptions lo;
+  // Decoding has no batch-norm statistics or gradients to keep small: wide batches amortise the
+  // per-token work of beam search over more studies (each study's beams are its own).
+  lo.batch_size = static_cast<size_t>(std::max(c.batch_size, kDecodeBatch));
+  auto loader = ihn_toolkit::data::make_report_loader(dataset, lo);
+  size_t index = 0;
+  for (auto& batch : *loader) {
+    auto images = select_views(batch.images, views_of(c)).to(device);
+    auto result = model->beam_search(
+        images, nn::BeamSearchOptions().beam_size(beam_size).max_length(c.max_seq_length));
+    for (int64_t b = 0; b < result.seq.size(0); ++b, ++index) {
+      out.ids.push_back(batch.ids[b]);
+      out.hypotheses.push_back(tok.decode(row_ids(result.seq[b])));
+      out.references.push_back(
+          tok.round_trip(dataset.study(index).report, static_cast<size_t>(c.max_seq_length)));
+    }
+    if (features) {
+      auto fwd =
+          model->forward(images, batch.reports_ids.to(device), batch.reports_masks.to(device));
+      auto add = [](std::vector<std::vector<float>>& rows, const at::Tensor& t) {
+        auto f = t.to(torch::kCPU, torch::kFloat32).contiguous();
+        for (int64_t b = 0; b < f.size(0); ++b) {
+          const float* p = f[b].data_ptr<float>();
+          rows.emplace_back(p, p + f.size(1));
+        }
+      };
+      add(out.image_features, fwd.image_features);
+      if constexpr (std::is_same_v<Model, r2gen::R2GenModel>) {
+        add(out.report_features, c.report_features == "text"
+                                     ? text_report_features(model, batch.reports_ids.to(device),
+                                                            batch.reports_masks.to(device))
+                                     : fwd.report_features);
+      } else {
+        add(out.report_features, fwd.report_features);
+      }
+    }
+  }
+  return out;
+}
+
+Eigen::MatrixXd to_matrix(const std::vector<std::vector<float>>& rows) {
+  Eigen::MatrixXd m(static_cast<Eigen::Index>(rows.size()),
+                    rows.empty() ? 0 : static_cast<Eigen::Index>(rows[0].size()));
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (size_t j = 0; j < rows[i].size(); ++j) m(i, j) = rows[i][j];
+  return m;
+}
+
+void write_reports(const std::string& path, const Decoded& d) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream out(path);
+  if (!out) throw TrainError("cannot write " + path);
+  for (size_t i = 0; i < d.ids.size(); ++i)
+    out << json{{"id", d.ids[i]}, {"report", d.hypotheses[i]}, {"reference", d.references[i]}}
+               .dump()
+        << "\n";
+  out.close();
+  if (out.fail()) throw TrainError("writing " + path + " failed (disk full?)");
+}
+
+std::string format_score(double value) {
+  return fmt::format("{:.4f}", value);
+}
+
+std::string format_duration(double seconds) {
+  const int s = static_cast<int>(std::lround(std::max(0.0, seconds)));
+  return s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60) : fmt::format("{}s", s);
+}
+
+ihn::eval::MeteorOptions meteor_options(const std::string& wordnet, std::string* note) {
+  ihn::eval::MeteorOptions mo;
+  mo.wordnet_dir = wordnet;
+  if (wordnet.empty() || !fs::exists(fs::path(wordnet) / "data.noun")) {
+    mo.synonyms = false;
+    if (note)
+      *note = "WordNet not found at '" + wordnet +
+              "': METEOR without the synonym stage (apt-get install wordnet-base)";
+  }
+  return mo;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Training
+
+namespace {
+
+// The negative pair's augmentation comes from this epoch offset, so it is drawn independently
+// of the crop/flip the same study gets as a positive in that epoch (the release transforms the
+// negative image separately too).
+constexpr int64_t kNegativeEpochOffset = 1000003;
+
+template <class Traits>
+TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
+                        std::chrono::steady_clock::time_point t_start);
+
+/// The pretrained extractor a run starts from: --visual-init, or the cached --pretrain file
+/// (trained first when missing); "" = from scratch.
+std::string visual_init_path(const TrainConfig& c) {
+  if (!c.visual_init.empty()) return c.visual_init;
+  if (!c.pretrain) return "";
+  return ensure_pretrained(pretrain_config_for(c), pretrain_cache_path(c)).path;
+}
+
+}  // namespace
+
+TrainResult train(TrainConfig config) {
+  const auto t_start = std::chrono::steady_clock::now();
+  if (config.out.empty()) throw TrainError("--out RUN_DIR is required");
+  const fs::path out_dir = config.out, last_path = out_dir / "last.pt";
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec)
+    throw TrainError(out_dir.string() + ": cannot create the run folder (" + ec.message() + ")");
+  const RunFolderLock lock(out_dir);
+  remove_stale_temporaries(out_dir);
+  ihn::StateDict resume_state;
+  if (!config.resume && fs::exists(last_path))
+    throw TrainError(out_dir.string() +
+                     " already holds a run (last.pt): continue it with --resume, or give "
+                     "another --out (nothing was changed)");
+  if (!config.resume) {
+    // No last.pt. A run killed before its first last.pt committed nothing (best.pt is written
+    // first, so it may be there, from epoch 1): its log rows and best.pt would mix with this
+    // run's. Anything more (later epochs, test results) is a finished run whose last.pt was
+    // removed by hand, and is kept.
+    if (fs::exists(out_dir / "test.json") || max_logged_epoch(out_dir / "log.jsonl") > 1)
+      throw TrainError(out_dir.string() +
+                       " holds the results of an earlier run (test.json or epochs in log.jsonl) "
+                       "but no last.pt to resume: give another --out (nothing was changed)");
+    fs::remove(out_dir / "log.jsonl", ec);
+    fs::remove(out_dir / "best.pt", ec);
+  }
+  if (config.resume) {
+    if (!fs::exists(last_path))
+      throw TrainError(last_path.string() +
+                       ": nothing to resume (no last.pt; start without --resume)");
+    auto ck = read_checkpoint(last_path.string());
+    // The recipe comes from the checkpoint; only runtime options and the epoch budget change.
+    TrainConfig merged = ck.config;
+    merged.epochs = config.epochs > 0 ? config.epochs : ck.config.epochs;  // 0: the run's own
+    merged.out = config.out;
+    merged.device = config.device;
+    merged.threads = config.threads;
+    merged.quiet = config.quiet;
+    merged.stop_after = config.stop_after;
+    merged.plots = config.plots;
+    merged.label = config.label;
+    merged.resume = true;
+    config = merged;
+    resume_state = std::move(ck.state);
+  }
+  validate(config);
+  return dispatch_model(config.model, [&](auto traits) {
+    return train_model<decltype(traits)>(std::move(config), std::move(resume_state), t_start);
+  });
+}
+
+namespace {
+
+/// The trainer's counters and running sums; all of it goes into the checkpoint.
+struct TrainerState {
+  int64_t epoch_done = 0, batch_in_epoch = 0, global_step = 0, best_epoch = 0, bad_epochs = 0;
+  double best_score = -1, loss_sum = 0, loss_count = 0;
+  std::vector<double> epoch_losses;
+  std::map<std::string, double> log_sums;  ///< the epoch's per-step logs, summed
+
+  void save(ihn::StateDict& s) const {
+    s["trainer.epoch"] = scalar_tensor(static_cast<double>(epoch_done));
+    s["trainer.batch"] = scalar_tensor(static_cast<double>(batch_in_epoch));
+    s["trainer.global_step"] = scalar_tensor(static_cast<double>(global_step));
+    s["trainer.best_epoch"] = scalar_tensor(static_cast<double>(best_epoch));
+    s["trainer.bad_epochs"] = scalar_tensor(static_cast<double>(bad_epochs));
+    // The best score keeps the key "trainer.best_bleu4", older than the choice of metric.
+    s["trainer.best_bleu4"] = scalar_tensor(best_score);
+    s["trainer.loss_sum"] = scalar_tensor(loss_sum);
+    s["trainer.loss_count"] = scalar_tensor(loss_count);
+    s["trainer.epoch_losses"] =
+        torch::tensor(epoch_losses.empty() ? std::vector<double>{} : epoch_losses, torch::kFloat64);
+    for (const auto& [k, v] : log_sums) s["trainer.logs." + k] = scalar_tensor(v);
+  }
+
+  void load(const ihn::StateDict& s, const std::string& file) {
+    auto count = [&](const char* key) { return static_cast<int64_t>(tensor_scalar(s, key, file)); };
+    epoch_done = count("trainer.epoch");
+    batch_in_epoch = count("trainer.batch");
+    global_step = count("trainer.global_step");
+    best_epoch = count("trainer.best_epoch");
+    bad_epochs = count("trainer.bad_epochs");
+    best_score = tensor_scalar(s, "trainer.best_bleu4", file);
+    loss_sum = tensor_scalar(s, "trainer.loss_sum", file);
+    loss_count = tensor_scalar(s, "trainer.loss_count", file);
+    auto it = s.find("trainer.epoch_losses");
+    if (it == s.end()) throw TrainError(file + ": no entry 'trainer.epoch_losses'");
+    const auto losses = it->second.to(torch::kFloat64).contiguous();
+    epoch_losses.assign(losses.data_ptr<double>(), losses.data_ptr<double>() + losses.numel());
+    for (const auto& [k, v] : ihn::sub_state(s, "trainer.logs")) log_sums[k] = v.item<double>();
+  }
+
+  double mean_loss() const { return loss_sum / std::max(loss_count, 1.0); }
+
+  /// Records an epoch's validation score; true when it is the best so far.
+  bool record_score(int64_t epoch, double score) {
+    if (!(score > best_score)) {
+      ++bad_epochs;
+      return false;
+    }
+    best_score = score;
+    best_epoch = epoch;
+    bad_epochs = 0;
+    return true;
+  }
+
+  /// Closes `epoch`: the sums start again for the next one.
+  void close_epoch(int64_t epoch) {
+    epoch_done = epoch;
+    batch_in_epoch = 0;
+    loss_sum = loss_count = 0;
+    log_sums.clear();
+  }
+};
+
+/// --ihn official: the release's heads and temperatures, its offline negatives and its λ.
+struct OfficialMode {
+  OfficialHeads heads{nullptr};
+  std::vector<int64_t> negative_of;  ///< training index -> training index of its negative
+  std::string negatives_note;
+  ihn::OfficialLossOptions loss;
+  double alpha = 0;
+  int64_t parameters = 0;
+  explicit operator bool() const { return !heads.is_empty(); }
+};
+
+template <class Traits>
+OfficialMode make_official_mode(const TrainConfig& config, const typename Traits::Options& options,
+                                int64_t views, const RunData& data, torch::Device device) {
+  OfficialMode m;
+  if (config.ihn != "official") return m;
+  // The heads draw from their own seed and leave torch's generator where it was, so dropout
+  // sees the same draws as the run without ihn.
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  const auto saved = generator.get_state();
+  torch::manual_seed(config.seed + 1);
+  m.heads = OfficialHeads(Traits::official_image_dim(options, views),
+                          Traits::official_report_dim(options), config.d_model);
+  generator.set_state(saved);
+  m.heads->to(device);
+  for (const auto& p : m.heads->parameters()) m.parameters += p.numel();
+  m.negative_of = official_negatives(config, data, &m.negatives_note);
+  m.alpha = official_alpha_of(config.schedule);
+  m.loss.alpha(m.alpha).legacy_batch_mixing(config.official_legacy);
+  return m;
+}
+
+/// R2Gen's build_optimizer: Adam over two groups, the visual extractor (lr_ve) and the rest
+/// (lr_ed); official mode's heads learn at lr_ed in a third group, as the release gives every
+/// non-visual parameter. `clipped` is every trained tensor, for clipping by value.
+struct Optimisation {
+  std::vector<at::Tensor> clipped;
+  std::unique_ptr<nn::FusedAdam> adam;  // Adam, one pass per tensor
+};
+
+template <class Traits>
+Optimisation make_optimisation(typename Traits::Model& model, const TrainConfig& config,
+                               const OfficialMode& official) {
+  std::vector<at::Tensor> ve_params, ed_params;
+  for (const auto& [name, p] : Traits::named_parameters(model))
+    (Traits::is_visual_parameter(name) ? ve_params : ed_params).push_back(p);
+  Optimisation o;
+  o.clipped = ve_params;
+  o.clipped.insert(o.clipped.end(), ed_params.begin(), ed_params.end());
+  auto adam = [&](double lr) {
+    return torch::optim::AdamOptions(lr)
+        .betas({config.adam_beta1, config.adam_beta2})
+        .eps(config.adam_eps)
+        .weight_decay(config.weight_decay)
+        .amsgrad(config.amsgrad);
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));
+  groups.emplace_back(ed_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+  if (official) {
+    for (const auto& p : official.heads->parameters())
+      o.clipped.push_back(p);  // the release clips model.parameters(), heads included
+    groups.emplace_back(official.heads->parameters(),
+                        std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+  }
+  o.adam = std::make_unique<nn::FusedAdam>(std::move(groups), adam(config.lr_ed));
+  return o;
+}
+
+/// StepLR per epoch, computed from the epoch so that resuming needs no scheduler object.
+/// Returns the factor applied to lr_ve and lr_ed.
+double set_epoch_learning_rates(nn::FusedAdam& optimizer, const TrainConfig& config,
+                                int64_t epoch) {
+  const double factor =
+      std::pow(config.lr_gamma, static_cast<double>((epoch - 1) / config.lr_step));
+  auto& groups = optimizer.param_groups();
+  static_cast<torch::optim::AdamOptions&>(groups[0].options()).lr(config.lr_ve * factor);
+  for (size_t g = 1; g < groups.size(); ++g)
+    static_cast<torch::optim::AdamOptions&>(groups[g].options()).lr(config.lr_ed * factor);
+  return factor;
+}
+
+/// --ihn paper: the library's augmenter as a callback of the loop.
+template <class Model>
+std::vector<std::shared_ptr<ihn::Callback>> make_callbacks(Model& model, const TrainConfig& config,
+                                                           torch::Device device) {
+  std::vector<std::shared_ptr<ihn::Callback>> callbacks;
+  if (config.ihn != "paper") return callbacks;
+  callbacks.push_back(std::make_shared<ihn::HardNegativeCallback<Model>>(
+      model,
+      ihn::Options{}
+          .negatives_per_sample(config.negatives)
+          .weight(config.ihn_weight)
+          .temperature(config.temperature)
+          .schedule(parse_schedule(config.schedule))
+          .ascent_steps(config.ascent_steps)
+          .loss_kind(config.alignment == "hinge" ? ihn::AlignmentKind::hinge
+                                                 : ihn::AlignmentKind::info_nce)
+          .seed(config.seed),
+      device));
+  return callbacks;
+}
+
+/// One training run: the parts built from the config (data, model, optimiser, ihn), then a
+/// loop of epochs (train_epoch, validate_epoch, commit_epoch) and the test evaluation (finish).
+template <class Traits>
+class TrainingRun {
+ public:
+  using Model = typename Traits::Model;
+
+  TrainingRun(TrainConfig config, const ihn::StateDict& resume_state)
+      : config_(std::move(config)),
+        out_dir_(config_.out),
+        last_path_(out_dir_ / "last.pt"),
+        best_path_(out_dir_ / "best.pt"),
+        device_(parse_device(config_.device)),
+        data_(build_data(config_)),
+        label_(config_.label.empty() ? "" : config_.label + " "),
+        options_(Traits::options(config_, data_.tokenizer.vocab_size())) {
+    fs::create_directories(out_dir_ / "reports");
+    for (const auto& [name, split, why] :
+         {std::tuple{"train", data_.train.get(), "nothing to train on"},
+          std::tuple{"val", data_.val.get(), "best.pt is selected on it"},
+          std::tuple{"test", data_.test.get(), "the run ends by scoring best.pt on it"}})
+      if (*split->size() == 0)
+        throw TrainError(data_source(config_) + ": the " + name + " split is empty (" + why + ")");
+    // Pretraining (--pretrain without a cached file) draws from torch's generator: done before
+    // the seed, a run that pretrains gives the same weights as one that finds the file.
+    const std::string init = config_.resume ? "" : visual_init_path(config_);
+    torch::manual_seed(config_.seed);
+    model_ = Model(options_);
+    if (!init.empty()) load_visual_init(init);
+    if (config_.freeze_visual)
+      for (auto& p : model_->visual_extractor->parameters()) p.requires_grad_(false);
+    place_model(model_, config_, device_);
+    official_ = make_official_mode<Traits>(config_, options_, data_.views, data_, device_);
+    optimisation_ = make_optimisation<Traits>(model_, config_, official_);
+    callbacks_ = make_callbacks(model_, config_, device_);
+    if (config_.resume) restore(resume_state, last_path_.string());
+    if (config_.resume) truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
+    log_.open(out_dir_ / "log.jsonl", std::ios::app);
+    if (!log_) throw TrainError("cannot write " + (out_dir_ / "log.jsonl").string());
+  }
+
+  TrainResult run(std::chrono::steady_clock::time_point t_start) {
+    print_header();
+    if (config_.freeze_visual && !official_) compute_frozen_features();
+    TrainResult result;
+    for (auto& cb : callbacks_) cb->on_train_start();
+    while (state_.epoch_done < config_.epochs && state_.bad_epochs < config_.early_stop) {
+      const int64_t epoch = state_.epoch_done + 1;
+      const auto t_epoch = std::chrono::steady_clock::now();
+      const EpochSteps steps = train_epoch(epoch);
+      if (steps.interrupted) {
+        save_interrupted(epoch);
+        result.interrupted = true;
+        break;
+      }
+      for (auto& cb : callbacks_) cb->on_train_epoch_end(epoch);
+      commit_epoch(epoch, steps, validate_epoch(epoch), t_epoch);
+      if (stop_requested() || budget_spent()) {
+        result.interrupted = state_.epoch_done < config_.epochs;
+        if (result.interrupted && !config_.quiet)
+          fmt::print("{}stopped after epoch {}; saved {} (continue with --resume)\n", label_, epoch,
+                     last_path_.string());
+        break;
+      }
+    }
+    for (auto& cb : callbacks_) cb->on_train_end();
+    log_.close();
+    result.epochs_done = static_cast<int>(state_.epoch_done);
+    result.best_epoch = static_cast<int>(state_.best_epoch);
+    result.best_val_score = state_.best_score;
+    result.epoch_losses = state_.epoch_losses;
+    if (!result.interrupted && fs::exists(best_path_)) finish(result);
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    return result;
+  }
+
+ private:
+  struct EpochSteps {
+    int64_t done = 0;    ///< steps taken in this process (not those before a resume)
+    double seconds = 0;  ///< of those steps
+    double lr_factor = 1;
+    bool interrupted = false;
+  };
+  struct Validation {
+    std::map<std::string, double> metrics;
+    double bleu4 = 0;
+  };
+
+  void load_visual_init(const std::string& init) {
+    // A pretrained extractor replaces the random one before anything else draws from torch's
+    // generator, so both arms of a comparison start from the same weights.
+    const json info = load_pretrained_extractor(*model_->visual_extractor, init);
+    if (!config_.quiet)
+      fmt::print("{}visual extractor: {} (held-out mean AUC {:.3f}){}\n", label_, init,
+                 info.at("metrics").value("mean_auc", 0.0),
+                 config_.freeze_visual ? ", frozen" : "");
+  }
+
+  void restore(const ihn::StateDict& s, const std::string& file) {
+    load_model(*model_, s, file);
+    if (!s.count("optimizer"))
+      throw TrainError(file + ": no optimiser state (not a training checkpoint of ihn train)");
+    load_optimizer(*optimisation_.adam, tensor_bytes(s.at("optimizer")), device_);
+    state_.load(s, file);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle on the global one
+    generator.set_state(s.at("rng.cpu"));
+    if (device_.is_cuda()) {
+      if (auto it = s.find("rng.cuda"); it != s.end()) {
+        at::Generator cuda_generator = at::globalContext().defaultGenerator(device_);
+        cuda_generator.set_state(it->second);
+      } else {
+        fmt::print(stderr,
+                   "note: {} was written on the CPU; on the GPU the resumed run continues "
+                   "correctly but not bit-identically to an uninterrupted one\n",
+                   file);
+      }
+    }
+    for (auto& cb : callbacks_) cb->on_load_checkpoint(s);
+    if (official_) {
+      torch::NoGradGuard no_grad;
+      for (auto& p : official_.heads->named_parameters()) {
+        auto it = s.find("official." + p.key());
+        if (it == s.end())
+          throw TrainError(file + ": no official-mode head '" + p.key() +
+                           "' (the checkpoint was not written by --ihn official)");
+        p.value().copy_(it->second);
+      }
+    }
+  }
+
+  ihn::StateDict checkpoint_state() {
+    ihn::StateDict s;
+    put_model(s, *model_);
+    s["optimizer"] = bytes_tensor(optimizer_bytes(*optimisation_.adam));
+    s["config.json"] = bytes_tensor(to_json(config_).dump());
+    s["vocab.json"] = bytes_tensor(data_.tokenizer.to_json());
+    s["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+    // On a GPU, dropout draws from the device's generator: without its state a resumed run
+    // would drop other units than the uninterrupted one.
+    if (device_.is_cuda())
+      s["rng.cuda"] = at::globalContext().defaultGenerator(device_).get_state();
+    state_.save(s);
+    for (const auto& cb : callbacks_) cb->on_save_checkpoint(s);
+    if (official_)
+      for (const auto& p : official_.heads->named_parameters())
+        s["official." + p.key()] = p.value().detach();
+    return s;
+  }
+
+  int64_t batches_per_epoch() const {
+    return (static_cast<int64_t>(*data_.train->size()) + config_.batch_size - 1) /
+           config_.batch_size;
+  }
+  bool budget_spent() const {
+    return config_.stop_after > 0 && steps_this_run_ >= config_.stop_after;
+  }
+
+  void print_header() {
+    if (config_.quiet) return;
+    int64_t parameters = 0;
+    for (const auto& [name, p] : Traits::named_parameters(model_)) parameters += p.numel();
+    if (state_.epoch_done == 0 && state_.batch_in_epoch == 0)
+      fmt::print(
+          "{}train: {} studies ({} batches/epoch), val {}, test {}, vocabulary {}, {} "
+          "parameters, ihn {}, {} epochs on {}\n",
+          label_, *data_.train->size(), batches_per_epoch(), *data_.val->size(),
+          *data_.test->size(), data_.tokenizer.vocab_size(), parameters, config_.ihn,
+          config_.epochs, device_.str());
+    if (official_)
+      fmt::print(
+          "{}ihn official: adds {} parameters (image head {}x{}, report head {}x{}, two "
+          "temperatures); {} view(s); negatives {}; lambda = exp(-{:g}*epoch){}\n",
+          label_, official_.parameters, config_.d_model,
+          Traits::official_image_dim(options_, data_.views), config_.d_model,
+          Traits::official_report_dim(options_), data_.views, official_.negatives_note,
+          official_.alpha, config_.official_legacy ? ", legacy B x B batch mixing" : "");
+    std::fflush(stdout);
+  }
+
+  /// --freeze-visual: the fixed extractor's output for every training study, computed once (the
+  /// evaluation transform, so without crop/flip augmentation). Each step then starts at the
+  /// encoder-decoder; the released recipe (--ihn official) runs its own two passes from images.
+  void compute_frozen_features() {
+    const auto plain = data_.train->with_transform(data_.val->options().transform);
+    const int64_t n_train = static_cast<int64_t>(*data_.train->size());
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    std::vector<at::Tensor> att, fc;
+    for (int64_t start = 0; start < n_train; start += 64) {
+      std::vector<ihn_toolkit::data::ReportExample> examples;
+      for (int64_t i = start; i < std::min(n_train, start + 64); ++i)
+        examples.push_back(plain.example(static_cast<size_t>(i)));
+      auto feats = model_->visual_features(
+          select_views(ihn_toolkit::data::collate_reports(std::move(examples)).images, data_.views)
+              .to(device_));
+      att.push_back(feats.first.contiguous());
+      fc.push_back(feats.second.contiguous());
+    }
+    frozen_att_ = torch::cat(att);
+    frozen_fc_ = torch::cat(fc);
+  }
+
+  /// The loss of one batch and what the callbacks read (features, logs), in ctx.
+  template <class Batch>
+  void forward(ihn::BatchContext& ctx, const Batch& batch,
+               const ihn_toolkit::data::ReportDataset& negative_set, double lambda) {
+    const StepBatch positive{select_views(batch.images, data_.views).to(device_),
+                             batch.reports_ids.to(device_), batch.reports_masks.to(device_)};
+    if (official_) {
+      // The release's step: the negative pairs (their images and reports, loaded like the
+      // batch) through the model in a second pass, then heads and the released loss.
+      std::vector<ihn_toolkit::data::ReportExample> negatives;
+      for (int64_t i : ctx.ids)
+        negatives.push_back(negative_set.example(
+            static_cast<size_t>(official_.negative_of[static_cast<size_t>(i)])));
+      auto neg = ihn_toolkit::data::collate_reports(std::move(negatives));
+      const StepBatch negative{select_views(neg.images, data_.views).to(device_),
+                               neg.reports_ids.to(device_), neg.reports_masks.to(device_)};
+      auto r = official_step<Traits>(model_, official_.heads, positive, negative, lambda,
+                                     official_.loss);
+      ctx.loss = r.loss;
+      ctx.logs["gen_loss"] = r.generation_loss.template item<double>();
+      ctx.logs["ihn/l_cp"] = r.terms.l_cp.template item<double>();
+      ctx.logs["ihn/l_cs"] = r.terms.l_cs.template item<double>();
+      ctx.logs["ihn/hardness"] = 1 - lambda;
+      ctx.image_features = r.image_features;
+      ctx.report_features = r.report_features;
+      return;
+    }
+    using Output = decltype(model_->forward(positive.images, positive.ids, positive.masks));
+    auto out = [&]() -> Output {
+      if (!frozen_att_.defined())
+        return model_->forward(positive.images, positive.ids, positive.masks);
+      const auto rows = torch::tensor(ctx.ids, torch::kLong).to(device_);
+      return nn::generator_forward_features<Output>(*model_, frozen_att_.index_select(0, rows),
+                                                    frozen_fc_.index_select(0, rows), positive.ids,
+                                                    positive.masks);
+    }();
+    ctx.loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
+    ctx.logs["gen_loss"] = ctx.loss.template item<double>();
+    ctx.image_features = out.image_features;
+    ctx.report_features = out.report_features;
+    if constexpr (std::is_same_v<Traits, R2GenTraits>) {
+      if (config_.report_features == "text")
+        ctx.report_features = text_report_features(model_, positive.ids, positive.masks);
+    }
+  }
+
+  /// Backward, clipping and the optimiser step, with the callbacks' hooks around them.
+  void step(ihn::BatchContext& ctx) {
+    for (auto& cb : callbacks_) cb->on_before_backward(ctx);
+    nn::clear_grads(*optimisation_.adam);
+    ctx.loss.backward();
+    for (auto& cb : callbacks_) cb->on_after_backward(ctx);
+    if (config_.grad_clip > 0)
+      torch::nn::utils::clip_grad_value_(optimisation_.clipped, config_.grad_clip);
+    for (auto& cb : callbacks_) cb->on_before_optimizer_step(ctx);
+    optimisation_.adam->step();
+    ++state_.global_step;
+    for (auto& cb : callbacks_) cb->on_train_batch_end(ctx);
+  }
+
+  /// The epoch's remaining batches (those before an interruption are skipped); stops early on
+  /// a signal or when --stop-after is reached.
+  EpochSteps train_epoch(int64_t epoch) {
+    EpochSteps r;
+    r.lr_factor = set_epoch_learning_rates(*optimisation_.adam, config_, epoch);
+    for (auto& cb : callbacks_) cb->on_train_epoch_start(epoch);
+    model_->train();
+    if (config_.freeze_visual) model_->visual_extractor->eval();  // running statistics fixed
+    ihn_toolkit::data::ReportLoaderOptions lo;
+    lo.batch_size = static_cast<size_t>(config_.batch_size);
+    lo.shuffle = true;
+    auto train_set = data_.train->with_epoch(epoch);
+    auto negative_set = data_.train->with_epoch(epoch + kNegativeEpochOffset);
+    const double lambda = ihn::official_lambda(official_.alpha, epoch);
+    auto loader = ihn_toolkit::data::make_report_loader(train_set, lo);
+    const int64_t skip = state_.batch_in_epoch;  // batches done before an interruption
+    const auto t_steps = std::chrono::steady_clock::now();
+    int64_t b = 0;
+    for (auto& batch : *loader) {
+      if (b++ < skip) continue;
+      ihn::BatchContext ctx;
+      ctx.epoch = epoch;
+      ctx.global_step = state_.global_step;
+      ctx.batch_index = b - 1;
+      for (const auto& id : batch.ids) {
+        const int64_t i = data_.train_index.at(id);
+        ctx.ids.push_back(i);
+        ctx.report_keys.push_back(data_.train_keys[static_cast<size_t>(i)]);
+      }
+      for (auto& cb : callbacks_) cb->on_train_batch_start(ctx);
+      forward(ctx, batch, negative_set, lambda);
+      step(ctx);
+      record_step(epoch, ctx, b);
+      ++r.done;
+      print_progress(epoch, b, skip, t_steps);
+      if (stop_requested() || budget_spent()) {
+        r.interrupted = b < batches_per_epoch();
+        break;
+      }
+    }
+    if (tty()) fmt::print("\n");
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
+    return r;
+  }
+
+  void record_step(int64_t epoch, const ihn::BatchContext& ctx, int64_t batch) {
+    const double loss = ctx.loss.item<double>();
+    state_.loss_sum += loss;
+    state_.loss_count += 1;
+    for (const auto& [k, v] : ctx.logs) state_.log_sums[k] += v;
+    state_.batch_in_epoch = batch;
+    ++steps_this_run_;
+    json row{{"type", "step"}, {"epoch", epoch}, {"step", state_.global_step}, {"loss", loss}};
+    for (const auto& [k, v] : ctx.logs) row[k] = v;
+    log_ << row.dump() << "\n";
+    kill_point("step");
+  }
+
+  bool tty() const { return !config_.quiet && isatty(fileno(stdout)); }
+
+  void print_progress(int64_t epoch, int64_t b, int64_t skip,
+                      std::chrono::steady_clock::time_point t_steps) const {
+    if (!tty()) return;
+    const double el =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_steps).count();
+    const double its = static_cast<double>(b - skip) / std::max(el, 1e-9);
+    const int64_t batches = batches_per_epoch(), width = 24, filled = width * b / batches;
+    fmt::print("\r{}epoch {}/{} [{}{}] {}/{} loss {:.4f} {:.2f} it/s ETA {}   ", label_, epoch,
+               config_.epochs, std::string(static_cast<size_t>(filled), '#'),
+               std::string(static_cast<size_t>(width - filled), '.'), b, batches,
+               state_.mean_loss(), its, format_duration(static_cast<double>(batches - b) / its));
+    std::fflush(stdout);
+  }
+
+  void save_interrupted(int64_t epoch) {
+    log_.flush();
+    ihn::save_state(checkpoint_state(), last_path_);
+    if (!config_.quiet)
+      fmt::print("{}stopped in epoch {} after step {}; saved {} (continue with --resume)\n", label_,
+                 epoch, state_.global_step, last_path_.string());
+  }
+
+  /// Beam search on the val split; the scores best.pt is selected on.
+  Validation validate_epoch(int64_t epoch) {
+    auto val = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size,
+                            device_, false);
+    write_reports(
+        (out_dir_ / "reports" / ("epoch_" + std::to_string(epoch) + "_val.jsonl")).string(), val);
+    const auto coco = ihn::eval::coco_scores(val.hypotheses, val.references);
+    Validation v;
+    auto& m = v.metrics;
+    for (int k = 0; k < 4; ++k) m["val_BLEU_" + std::to_string(k + 1)] = coco.bleu[k];
+    m["val_ROUGE_L"] = coco.rouge_l;
+    m["val_CIDEr"] = coco.cider;
+    m["val_distinct_reports"] = ihn::eval::distinctness(val.hypotheses).distinct_reports;
+    const auto clinical = ihn::eval::clinical_scores(val.hypotheses, val.references);
+    m["val_clinical_f1_macro"] = clinical.macro.f1;
+    m["val_clinical_f1_micro"] = clinical.micro.f1;
+    v.bleu4 = coco.bleu[3];
+    for (auto& cb : callbacks_) cb->on_validation_epoch_end(epoch, m);
+    return v;
+  }
+
+  /// The epoch's log row and checkpoints. best.pt is written first: killed between the two
+  /// writes, last.pt still describes the epoch before, and resuming recomputes this epoch
+  /// bit-exactly and writes both again. The other order would leave a last.pt naming a best
+  /// epoch that best.pt does not hold.
+  void commit_epoch(int64_t epoch, const EpochSteps& steps, const Validation& v,
+                    std::chrono::steady_clock::time_point t_epoch) {
+    const double mean_loss = state_.mean_loss();
+    state_.epoch_losses.push_back(mean_loss);
+    const double score = v.metrics.at("val_" + config_.select_metric);
+    const bool improved = state_.record_score(epoch, score);
+    json row{{"type", "epoch"},
+             {"epoch", epoch},
+             {"step", state_.global_step},
+             {"train_loss", mean_loss},
+             {"lr_ve", config_.lr_ve * steps.lr_factor},
+             {"lr_ed", config_.lr_ed * steps.lr_factor},
+             {"train_seconds", steps.seconds},
+             {"it_per_s", static_cast<double>(steps.done) / std::max(steps.seconds, 1e-9)},
+             {"best_epoch", state_.best_epoch}};
+    for (const auto& [k, x] : v.metrics) row[k] = x;
+    for (const auto& [k, x] : state_.log_sums)
+      row["train_" + k] = x / std::max(state_.loss_count, 1.0);
+    log_ << row.dump() << "\n";
+    log_.flush();
+
+    state_.close_epoch(epoch);
+    const auto state = checkpoint_state();
+    kill_point("before_best");
+    if (improved) ihn::save_state(state, best_path_);
+    kill_point("between_checkpoints");
+    ihn::save_state(state, last_path_);
+    kill_point("after_last");
+
+    const double epoch_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
+    seconds_per_epoch_ =
+        seconds_per_epoch_ == 0 ? epoch_seconds : 0.7 * seconds_per_epoch_ + 0.3 * epoch_seconds;
+    print_epoch(epoch, row, v, score, epoch_seconds);
+  }
+
+  void print_epoch(int64_t epoch, const json& row, const Validation& v, double score,
+                   double epoch_seconds) const {
+    if (config_.quiet) return;
+    std::string extra;
+    if (row.contains("train_ihn/alignment"))
+      extra = fmt::format("  align {:.3f} hard {:.2f}", row.at("train_ihn/alignment").get<double>(),
+                          row.at("train_ihn/hardness").get<double>());
+    else if (row.contains("train_ihn/l_cp"))
+      extra = fmt::format(
+          "  l_cp {:.3f} l_cs {:.3f} hard {:.2f}", row.at("train_ihn/l_cp").get<double>(),
+          row.at("train_ihn/l_cs").get<double>(), row.at("train_ihn/hardness").get<double>());
+    std::string val_line = "val BLEU-4 " + format_score(v.bleu4);
+    if (config_.select_metric != "BLEU_4")
+      val_line += " distinct " + format_score(v.metrics.at("val_distinct_reports")) + " " +
+                  config_.select_metric + " " + format_score(score);
+    fmt::print("{}epoch {}/{}  loss {:.4f}{}  {:.2f} it/s  {} (best {:.4f} @{})  {}  ETA {}\n",
+               label_, epoch, config_.epochs, row.at("train_loss").get<double>(), extra,
+               row.at("it_per_s").get<double>(), val_line, state_.best_score, state_.best_epoch,
+               format_duration(epoch_seconds),
+               format_duration(seconds_per_epoch_ * static_cast<double>(config_.epochs - epoch)));
+    std::fflush(stdout);
+  }
+
+  /// best.pt on the test split (test.json, reports/test.jsonl) and the curves.
+  void finish(TrainResult& result) {
+    // The weights scored below must be the epoch the log calls best.
+    const double best_file_epoch =
+        tensor_scalar(ihn::load_state(best_path_), "trainer.epoch", best_path_.string());
+    if (static_cast<int64_t>(best_file_epoch) != state_.best_epoch)
+      throw TrainError(best_path_.string() + " holds epoch " +
+                       std::to_string(static_cast<int64_t>(best_file_epoch)) + ", but " +
+                       last_path_.string() + " names epoch " + std::to_string(state_.best_epoch) +
+                       " as the best: the run folder was changed by hand or by another run");
+    if (!config_.quiet && state_.bad_epochs >= config_.early_stop &&
+        state_.epoch_done < config_.epochs)
+      fmt::print("{}early stop: no better validation {} for {} epochs\n", label_,
+                 config_.select_metric, config_.early_stop);
+    EvaluateOptions eo;
+    eo.checkpoint = best_path_.string();
+    eo.device = config_.device;
+    eo.bootstrap = config_.bootstrap;
+    eo.wordnet = config_.wordnet;
+    eo.reports_out = (out_dir_ / "reports" / "test.jsonl").string();
+    result.test = evaluate_checkpoint(eo);
+    {
+      std::ofstream test_json((out_dir_ / "test.json").string());
+      test_json << result.test.dump(2) << "\n";
+      test_json.close();
+      if (test_json.fail())
+        throw TrainError("writing " + (out_dir_ / "test.json").string() + " failed");
+    }
+    if (!config_.plots) return;
+    const std::string png = (out_dir_ / "curves.png").string();
+    const std::string note = plot_runs({out_dir_.string()}, {"train"}, png);
+    if (!config_.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
+  }
+
+  TrainConfig config_;
+  fs::path out_dir_, last_path_, best_path_;
+  torch::Device device_;
+  RunData data_;
+  std::string label_;  ///< "LABEL " before every line printed, or ""
+  typename Traits::Options options_;
+  Model model_{nullptr};
+  OfficialMode official_;
+  Optimisation optimisation_;
+  std::vector<std::shared_ptr<ihn::Callback>> callbacks_;
+  TrainerState state_;
+  std::ofstream log_;
+  at::Tensor frozen_att_, frozen_fc_;  ///< --freeze-visual: extractor output per training study
+  int64_t steps_this_run_ = 0;
+  double seconds_per_epoch_ = 0;
+};
+
+template <class Traits>
+TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
+                        std::chrono::steady_clock::time_point t_start) {
+  // Before the data are built: the synthetic set's rendering runs on LibTorch's threads.
+  if (config.threads > 0) at::set_num_threads(config.threads);
+  return TrainingRun<Traits>(std::move(config), resume_state).run(t_start);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Evaluation and generation
+
+namespace {
+
+template <class Model>
+json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model>& ck) {
+  TrainConfig c = ck.config;
+  if (!options.ann.empty()) {
+    c.data = "annotation";
+    c.ann = options.ann;
+    c.images = options.images.empty() ? c.images : options.images;
+  }
+  c.skip_bad = c.skip_bad || options.skip_bad;
+  c.out = "-";
+  // The checkpoint holds the extractor's weights: the pretraining that started it is history.
+  c.visual_init.clear();
+  c.pretrain = c.freeze_visual = false;
+  validate(c);
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  const auto device = parse_device(options.device);
+  RunData data = build_data(c);
+  if (data.tokenizer.tokens() != ck.tokenizer.tokens())
+    throw TrainError(options.checkpoint + ": its vocabulary (" +
+                     std::to_string(ck.tokenizer.vocab_size()) +
+                     " tokens) differs from the one built from the data (" +
+                     std::to_string(data.tokenizer.vocab_size()) +
+                     " tokens): evaluate with the annotation the model was trained on");
+  Model model = ck.model;
+  place_model(model, c, device);
+  const ihn_toolkit::data::ReportDataset* split = nullptr;
+  if (options.split == "test")
+    split = data.test.get();
+  else if (options.split == "val")
+    split = data.val.get();
+  else if (options.split == "train")
+    split = data.train.get();
+  else
+    throw TrainError("--split " + options.split + ": use train, val or test");
+  if (*split->size() == 0) throw TrainError("split '" + options.split + "' is empty");
+  const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
+  auto dec = decode_split(model, *split, ck.tokenizer, c, beam, device, true);
+  if (!options.reports_out.empty()) write_reports(options.reports_out, dec);
+
+  std::vector<ihn::eval::Example> examples;
+  for (size_t i = 0; i < dec.ids.size(); ++i)
+    examples.push_back({dec.ids[i], dec.hypotheses[i], dec.references[i]});
+  ihn::eval::EvalOptions eo;
+  std::string note;
+  eo.meteor_options = meteor_options(options.wordnet.empty() ? c.wordnet : options.wordnet, &note);
+  eo.bootstrap = {options.bootstrap, options.bootstrap_seed, 0.95};
+  const auto r = ihn::eval::evaluate(examples, eo);
+  json j = ihn::eval::to_json(r);
+  const auto ret =
+      ihn::eval::retrieval_scores(to_matrix(dec.image_features), to_matrix(dec.report_features));
+  j["retrieval"] = {{"image_to_report",
+                     {{"R@1", ret.image_to_report.recall_at_1},
+                      {"R@5", ret.image_to_report.recall_at_5},
+                      {"R@10", ret.image_to_report.recall_at_10},
+                      {"median_rank", ret.image_to_report.median_rank}}},
+                    {"report_to_image",
+                     {{"R@1", ret.report_to_image.recall_at_1},
+                      {"R@5", ret.report_to_image.recall_at_5},
+                      {"R@10", ret.report_to_image.recall_at_10},
+                      {"median_rank", ret.report_to_image.median_rank}}},
+                    {"features",
+                     "image: mean of R2Gen's encoder output; report: masked mean of the final "
+                     "decoder states on the reference (teacher forcing); cosine similarity"}};
+  j["checkpoint"] = options.checkpoint;
+  j["split"] = options.split;
+  j["beam_size"] = beam;
+  if (!note.empty()) j["notes"]["wordnet"] = note;
+  j["per_example_data"] = {{"ids", dec.ids},
+                           {"hypotheses", dec.hypotheses},
+                           {"references", dec.references},
+                           {"i2r_ranks", ret.image_to_report.ranks}};
+  return j;
+}
+
+template <class Model>
+std::string generate_with_model(const GenerateOptions& options, const LoadedCheckpoint<Model>& ck) {
+  const TrainConfig& c = ck.config;
+  if (!options.ann.empty() && !ck.authors)
+    throw TrainError("--ann rebuilds the vocabulary of an authors' .pth; " + options.checkpoint +
+                     " was written by ihn train and carries its own: leave --ann out");
+  const auto device = parse_device(options.device);
+  ihn_toolkit::data::TransformOptions t = ihn_toolkit::data::TransformOptions::r2gen_eval();
+  t.resize = c.crop;
+  t.crop = c.crop;
+  ihn_toolkit::data::ImageTransform transform(t);
+  std::mt19937_64 rng(0);  // unused by the eval transform
+  std::vector<at::Tensor> views;
+  for (const auto& path : options.images) {
+    if (!fs::exists(path)) throw TrainError(path + ": image not found");
+    ihn_toolkit::data::Image img;
+    try {
+      img = ihn_toolkit::data::load_image_rgb(path);
+    } catch (const std::exception& e) {
+      throw TrainError(path + ": cannot decode the image (" + e.what() +
+                       "); give a PNG or JPEG chest X-ray");
+    }
+    views.push_back(transform(img, rng));
+  }
+  const int64_t want = views_of(c);
+  while (static_cast<int64_t>(views.size()) < want) views.push_back(views.front());
+  views.resize(static_cast<size_t>(want));
+  auto images = torch::stack(views).unsqueeze(0).to(device);
+  Model model = ck.model;
+  place_model(model, c, device);
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
+  auto res = model->beam_search(
+      images, nn::BeamSearchOptions().beam_size(beam).max_length(c.max_seq_length));
+  return ck.tokenizer.decode(row_ids(res.seq[0]));
+}
+
+}  // namespace
+
+json evaluate_checkpoint(const EvaluateOptions& options) {
+  return with_checkpoint_model(options.checkpoint, options.ann, options.images, options.authors,
+                               [&](auto, const auto& ck) { return evaluate_model(options, ck); });
+}
+
+std::string generate_report(const GenerateOptions& options) {
+  if (options.images.empty() || options.images.size() > 2)
+    throw TrainError("give one or two --image files (frontal, then lateral)");
+  return with_checkpoint_model(
+      options.checkpoint, options.ann, "", options.authors,
+      [&](auto, const auto& ck) { return generate_with_model(options, ck); });
+}
+
+// ------------------------------------------------------------------------------------------
+// Comparison
+
+namespace {
+
+struct SeedScores {
+  ihn::eval::EvalResult result;
+  std::vector<long> ranks;
+  std::vector<std::string> hypotheses;
+  /// The reference has a finding (its labels are not No Finding alone): the studies where a
+  /// template of the normal report cannot be right.
+  std::vector<bool> abnormal;
+};
+
+/// The examples of `idx` whose reference is abnormal.
+std::vector<size_t> abnormal_only(const SeedScores& s, const std::vector<size_t>& idx) {
+  std::vector<size_t> out;
+  for (auto i : idx)
+    if (s.abnormal[i]) out.push_back(i);
+  return out;
+}
+
+using Metric = std::function<double(const SeedScores&, const std::vector<size_t>&)>;
+
+double mean_over(const std::vector<double>& v, const std::vector<size_t>& idx) {
+  double s = 0;
+  for (auto i : idx) s += v[i];
+  return idx.empty() ? 0 : s / static_cast<double>(idx.size());
+}
+
+double t_quantile_975(int df) {
+  return df < 1 ? 0 : ihn::eval::student_t_quantile(0.975, df);
+}
+
+}  // namespace
+
+std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>& evals,
+                                            int resamples, uint64_t seed) {
+  const size_t arms = evals.size();
+  if (arms < 2 || evals[0].empty())
+    throw TrainError("compare: need runs without ihn and at least one arm with it");
+  for (const auto& arm : evals)
+    if (arm.size() != evals[0].size())
+      throw TrainError("compare: every arm needs the same number of seeds");
+  const size_t seeds = evals[0].size();
+  ihn::eval::MeteorOptions mo = meteor_options("", nullptr);  // score() needs no WordNet
+  std::vector<std::vector<SeedScores>> scores(arms);
+  std::string meteor_key = "METEOR";
+  for (size_t arm = 0; arm < arms; ++arm)
+    for (const auto& e : evals[arm]) {
+      const auto& d = e.at("per_example_data");
+      SeedScores s;
+      std::vector<ihn::eval::Example> ex;
+      const auto ids = d.at("ids").get<std::vector<std::string>>();
+      const auto hyps = d.at("hypotheses").get<std::vector<std::string>>();
+      const auto refs = d.at("references").get<std::vector<std::string>>();
+      for (size_t i = 0; i < ids.size(); ++i) ex.push_back({ids[i], hyps[i], refs[i]});
+      ihn::eval::EvalOptions eo;
+      eo.meteor_options = meteor_options(
+          fs::exists("/usr/share/wordnet/data.noun") ? "/usr/share/wordnet" : "", nullptr);
+      s.result = ihn::eval::evaluate(ex, eo);
+      meteor_key = s.result.meteor->key;
+      s.ranks = d.at("i2r_ranks").get<std::vector<long>>();
+      s.hypotheses = hyps;
+      for (const auto& labels : s.result.clinical->reference_labels)
+        s.abnormal.push_back(labels[ihn::eval::kNoFinding] != ihn::eval::Label::positive);
+      scores[arm].push_back(std::move(s));
+    }
+  const ihn::eval::MeteorScorer scorer(mo);
+  auto labels = [](const std::vector<ihn::eval::ReportLabels>& all,
+                   const std::vector<size_t>& idx) {
+    std::vector<ihn::eval::ReportLabels> out;
+    for (auto i : idx) out.push_back(all[i]);
+    return out;
+  };
+  std::vector<std::pair<std::string, Metric>> metrics;
+  // Metrics of the set of reports rather than of each study: a bootstrap resample repeats
+  // studies, which changes the set itself (its percentile interval need not even contain the
+  // estimate), so they get no interval or p-value.
+  const std::set<std::string> set_level = {"distinct reports"};
+  for (int k = 0; k < 4; ++k)
+    metrics.emplace_back("BLEU-" + std::to_string(k + 1),
+                         [k](const SeedScores& s, const std::vector<size_t>& idx) {
+                           return ihn::eval::corpus_bleu(s.result.coco.bleu_stats, idx)[k];
+                         });
+  metrics.emplace_back(meteor_key, [&scorer](const SeedScores& s, const std::vector<size_t>& idx) {
+    ihn::eval::MeteorStats total;
+    for (auto i : idx) total += s.result.meteor->stats[i];
+    return scorer.score(total);
+  });
+  metrics.emplace_back("ROUGE-L", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    return mean_over(s.result.coco.rouge_l_per_example, idx);
+  });
+  metrics.emplace_back("CIDEr", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    return mean_over(s.result.coco.cider_per_example, idx);
+  });
+  auto clinical = [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
+    const auto& c = *s.result.clinical;
+    return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
+                                      labels(c.reference_labels, idx));
+  };
+  metrics.emplace_back("clinical F1 micro",
+                       [clinical](const SeedScores& s, const std::vector<size_t>& idx) {
+                         return clinical(s, idx).micro.f1;
+                       });
+  metrics.emplace_back("clinical F1 macro",
+                       [clinical](const SeedScores& s, const std::vector<size_t>& idx) {
+                         return clinical(s, idx).macro.f1;
+                       });
+  // The same scores on the abnormal studies alone, and F1 per observation: where a generator
+  // that writes the normal template scores nothing.
+  metrics.emplace_back("clinical F1 macro, abnormal",
+                       [clinical](const SeedScores& s, const std::vector<size_t>& all) {
+                         return clinical(s, abnormal_only(s, all)).macro.f1;
+                       });
+  metrics.emplace_back("clinical F1 micro, abnormal",
+                       [clinical](const SeedScores& s, const std::vector<size_t>& all) {
+                         return clinical(s, abnormal_only(s, all)).micro.f1;
+                       });
+  metrics.emplace_back("BLEU-4, abnormal", [](const SeedScores& s, const std::vector<size_t>& all) {
+    return ihn::eval::corpus_bleu(s.result.coco.bleu_stats, abnormal_only(s, all))[3];
+  });
+  for (int o = 0; o < ihn::eval::kNumObservations; ++o)
+    metrics.emplace_back(std::string("F1 ") + ihn::eval::kObservations[static_cast<size_t>(o)],
+                         [clinical, o](const SeedScores& s, const std::vector<size_t>& idx) {
+                           return clinical(s, idx).per_observation[static_cast<size_t>(o)].f1;
+                         });
+  metrics.emplace_back("retrieval R@1", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    double hits = 0;
+    for (auto i : idx) hits += s.ranks[i] == 1;
+    return idx.empty() ? 0 : hits / static_cast<double>(idx.size());
+  });
+  metrics.emplace_back("distinct reports", [](const SeedScores& s, const std::vector<size_t>& idx) {
+    std::set<size_t> unique_examples(idx.begin(), idx.end());
+    std::set<std::string> texts;
+    for (auto i : unique_examples) texts.insert(s.hypotheses[i]);
+    return unique_examples.empty()
+               ? 0
+               : static_cast<double>(texts.size()) / static_cast<double>(unique_examples.size());
+  });
+
+  // Examples of all seeds in one list, so the bootstrap resamples seeds x examples; the
+  // statistic is the mean over seeds of each seed's corpus metric on its resampled examples.
+  std::vector<size_t> offset(seeds + 1, 0);
+  for (size_t s = 0; s < seeds; ++s) {
+    const size_t n = scores[0][s].hypotheses.size();
+    for (size_t arm = 1; arm < arms; ++arm)
+      if (scores[arm][s].hypotheses.size() != n)
+        throw TrainError("compare: runs of seed " + std::to_string(s) +
+                         " have different test sets");
+    offset[s + 1] = offset[s] + n;
+  }
+  std::vector<CompareRow> rows;
+  for (const auto& [name, metric] : metrics) {
+    CompareRow row;
+    row.metric = name;
+    auto statistic = [&, m = metric](size_t arm) {
+      return [&, arm, m](const std::vector<size_t>& idx) {
+        std::vector<std::vector<size_t>> per(seeds);
+        for (auto i : idx) {
+          const size_t s = static_cast<size_t>(std::upper_bound(offset.begin(), offset.end(), i) -
+                                               offset.begin() - 1);
+          per[s].push_back(i - offset[s]);
+        }
+        double sum = 0;
+        int used = 0;
+        for (size_t s = 0; s < seeds; ++s)
+          if (!per[s].empty()) {
+            sum += m(scores[arm][s], per[s]);
+            ++used;
+          }
+        return used ? sum / used : 0.0;
+      };
+    };
+    std::vector<std::vector<double>> per_seed(arms);
+    row.arms.resize(arms - 1);
+    for (size_t arm = 0; arm < arms; ++arm) {
+      std::vector<double>& values = per_seed[arm];
+      for (size_t s = 0; s < seeds; ++s) {
+        std::vector<size_t> all(offset[s + 1] - offset[s]);
+        std::iota(all.begin(), all.end(), size_t{0});
+        values.push_back(metric(scores[arm][s], all));
+      }
+      const double mean = std::accumulate(values.begin(), values.end(), 0.0) / values.size();
+      double var = 0;
+      for (double v : values) var += (v - mean) * (v - mean);
+      const double half = values.size() > 1
+                              ? t_quantile_975(static_cast<int>(values.size()) - 1) *
+                                    std::sqrt(var / (values.size() - 1)) / std::sqrt(values.size())
+                              : 0.0;
+      (arm == 0 ? row.mean_off : row.arms[arm - 1].mean) = mean;
+      (arm == 0 ? row.ci_off : row.arms[arm - 1].ci) = half;
+    }
+    for (size_t arm = 1; arm < arms; ++arm) {
+      auto& a = row.arms[arm - 1];
+      for (size_t s = 0; s < seeds; ++s) {
+        const double d = per_seed[arm][s] - per_seed[0][s];
+        (std::abs(d) < 1e-12 ? a.seeds_equal : d > 0 ? a.seeds_better : a.seeds_worse)++;
+      }
+      if (set_level.count(name)) {
+        a.difference = a.mean - row.mean_off;
+        a.lower = a.upper = a.p_value = std::numeric_limits<double>::quiet_NaN();
+        a.significant = false;
+        a.bootstrapped = false;
+        continue;
+      }
+      // The same resample seed for every arm: each arm's interval is the two-arm comparison
+      // it would be on its own.
+      const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(arm), statistic(0),
+                                                  {resamples, seed, 0.95});
+      a.difference = pc.difference;
+      a.lower = pc.lower;
+      a.upper = pc.upper;
+      a.p_value = pc.p_value;
+      a.significant = pc.p_value < 0.05;
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::string compare_markdown(const std::vector<CompareRow>& rows,
+                             const std::vector<std::string>& names) {
+  if (!rows.empty() && names.size() != rows[0].arms.size() + 1)
+    throw TrainError("compare: " + std::to_string(names.size()) + " arm names for " +
+                     std::to_string(rows[0].arms.size() + 1) + " arms");
+  std::ostringstream o;
+  o << "| metric | " << names[0];
+  for (size_t a = 1; a < names.size(); ++a) o << " | " << names[a];
+  for (size_t a = 1; a < names.size(); ++a)
+    o << " | " << names[a] << " − " << names[0] << " [95% CI] | p | significant | seeds +/=/-";
+  o << " |\n|---";
+  for (size_t a = 0; a < names.size(); ++a) o << "|---";
+  for (size_t a = 1; a < names.size(); ++a) o << "|---|---|---|---";
+  o << "|\n";
+  for (const auto& r : rows) {
+    o << fmt::format("| {} | {:.4f} ± {:.4f}", r.metric, r.mean_off, r.ci_off);
+    for (const auto& a : r.arms) o << fmt::format(" | {:.4f} ± {:.4f}", a.mean, a.ci);
+    for (const auto& a : r.arms) {
+      if (a.bootstrapped)
+        o << fmt::format(" | {:+.4f} [{:+.4f}, {:+.4f}] | {:.3f} | {} | {}/{}/{}", a.difference,
+                         a.lower, a.upper, a.p_value, a.significant ? "yes" : "no", a.seeds_better,
+                         a.seeds_equal, a.seeds_worse);
+      else
+        o << fmt::format(" | {:+.4f} [n/a: set-level] | n/a | n/a | {}/{}/{}", a.difference,
+                         a.seeds_better, a.seeds_equal, a.seeds_worse);
+    }
+    o << " |\n";
+  }
+  return o.str();
+}
+
+json compare_json(const std::vector<CompareRow>& rows, const std::vector<std::string>& names) {
+  json j = json::array();
+  for (const auto& r : rows) {
+    json row{{"metric", r.metric},
+             {names.at(0), {{"mean", r.mean_off}, {"ci95_half_width", r.ci_off}}}};
+    for (size_t a = 0; a < r.arms.size(); ++a) {
+      const auto& d = r.arms[a];
+      row[names.at(a + 1)] = {
+          {"mean", d.mean},
+          {"ci95_half_width", d.ci},
+          {"difference", d.difference},
+          {"difference_ci95", d.bootstrapped ? json{d.lower, d.upper} : json(nullptr)},
+          {"p_value", d.bootstrapped ? json(d.p_value) : json(nullptr)},
+          {"significant", d.bootstrapped ? json(d.significant) : json(nullptr)},
+          {"bootstrapped", d.bootstrapped},
+          {"seeds_better_equal_worse", {d.seeds_better, d.seeds_equal, d.seeds_worse}}};
+    }
+    j.push_back(row);
+  }
+  return j;
+}
+
+// ------------------------------------------------------------------------------------------
+// Plots
+
+std::string plot_runs(const std::vector<std::string>& run_dirs,
+                      const std::vector<std::string>& titles, const std::string& png) {
+  // gnuplot runs from PATH without a shell (posix_spawnp with an argv), so no path or title is
+  // ever parsed by /bin/sh; it is looked up first so that nothing is written when it is absent.
+  const char* not_installed =
+      "plots: gnuplot is not installed, no PNG written (apt-get install gnuplot-nox; "
+      "the numbers are in log.jsonl)";
+  const char* search_path = std::getenv("PATH");
+  bool found = false;
+  std::istringstream path_dirs(search_path ? search_path : "");
+  for (std::string path_dir; !found && std::getline(path_dirs, path_dir, ':');)
+    found = ::access(((path_dir.empty() ? "." : path_dir) + "/gnuplot").c_str(), X_OK) == 0;
+  if (!found) return not_installed;
+  // In gnuplot's single-quoted strings a quote is written twice.
+  auto quoted = [](const std::string& text) {
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
+  };
+  const fs::path dir = fs::path(png).parent_path();
+  std::ostringstream script;
+  script << "set terminal png size 1000,400\nset output " << quoted(png) << "\n"
+         << "set multiplot layout 1,2\nset key bottom right\nset xlabel 'epoch'\n";
+  std::vector<std::string> files;
+  for (size_t r = 0; r < run_dirs.size(); ++r) {
+    const std::string dat = (dir / ("curve_" + std::to_string(r) + ".dat")).string();
+    std::ifstream in((fs::path(run_dirs[r]) / "log.jsonl").string());
+    std::ofstream out(dat);
+    std::string line;
+    std::map<int, std::pair<double, double>> by_epoch;  // a resumed run may repeat an epoch
+    while (std::getline(in, line)) {
+      auto j = json::parse(line, nullptr, false);
+      if (j.is_discarded() || j.value("type", "") != "epoch") continue;
+      by_epoch[j["epoch"].get<int>()] = {j["train_loss"].get<double>(),
+                                         j["val_BLEU_4"].get<double>()};
+    }
+    for (const auto& [e, v] : by_epoch) out << e << " " << v.first << " " << v.second << "\n";
+    files.push_back(dat);
+  }
+  auto plot = [&](const char* title, int column) {
+    script << "set title '" << title << "'\nplot ";
+    for (size_t r = 0; r < files.size(); ++r)
+      script << (r ? ", " : "") << quoted(files[r]) << " using 1:" << column
+             << " with linespoints title " << quoted(titles[r]);
+    script << "\n";
+  };
+  plot("training loss", 2);
+  plot("validation BLEU-4", 3);
+  script << "unset multiplot\n";
+  const std::string gp = (dir / "curves.gp").string();
+  std::ofstream(gp) << script.str();
+  // stdin from and stdout/stderr to /dev/null, as the shell redirections did.
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  std::string program = "gnuplot";
+  std::vector<char*> argv = {program.data(), const_cast<char*>(gp.c_str()), nullptr};
+  pid_t pid = 0;
+  const int spawn_error = posix_spawnp(&pid, "gnuplot", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (spawn_error == ENOENT) return not_installed;
+  int status = 0;
+  pid_t waited = -1;
+  if (spawn_error == 0) do
+      waited = waitpid(pid, &status, 0);
+    while (waited < 0 && errno == EINTR);
+  if (waited != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return "plots: gnuplot failed on " + gp + " (png terminal missing?)";
+  return "";
+}
+
+}  // namespace ihn_toolkit::train
