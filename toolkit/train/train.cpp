@@ -525,8 +525,8 @@ std::vector<int64_t> official_negatives(const TrainConfig& c, const RunData& dat
   const auto t0 = std::chrono::steady_clock::now();
   try {
     if (c.negatives_file.empty()) {
-      negatives =
-          ihn_toolkit::data::mine_negatives(studies, ihn_toolkit::data::parse_dataset(c.dataset), data_source(c));
+      negatives = ihn_toolkit::data::mine_negatives(
+          studies, ihn_toolkit::data::parse_dataset(c.dataset), data_source(c));
       where = "mined at start-up";
     } else {
       negatives = ihn_toolkit::data::load_negatives(c.negatives_file);
@@ -1722,19 +1722,17 @@ double t_quantile_975(int df) {
 
 }  // namespace
 
-std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>& evals,
-                                            int resamples, uint64_t seed) {
-  const size_t arms = evals.size();
-  if (arms < 2 || evals[0].empty())
-    throw TrainError("compare: need runs without ihn and at least one arm with it");
-  for (const auto& arm : evals)
-    if (arm.size() != evals[0].size())
-      throw TrainError("compare: every arm needs the same number of seeds");
-  const size_t seeds = evals[0].size();
-  ihn::eval::MeteorOptions mo = meteor_options("", nullptr);  // score() needs no WordNet
-  std::vector<std::vector<SeedScores>> scores(arms);
-  std::string meteor_key = "METEOR";
-  for (size_t arm = 0; arm < arms; ++arm)
+namespace {
+
+/// Every run's test evaluation rescored per example (the metrics need per-study statistics),
+/// scores[arm][seed]; `meteor_key` gets the METEOR variant's name.
+std::vector<std::vector<SeedScores>> rescore(const std::vector<std::vector<json>>& evals,
+                                             std::string* meteor_key) {
+  std::vector<std::vector<SeedScores>> scores(evals.size());
+  ihn::eval::EvalOptions eo;
+  eo.meteor_options = meteor_options(
+      fs::exists("/usr/share/wordnet/data.noun") ? "/usr/share/wordnet" : "", nullptr);
+  for (size_t arm = 0; arm < evals.size(); ++arm)
     for (const auto& e : evals[arm]) {
       const auto& d = e.at("per_example_data");
       SeedScores s;
@@ -1743,38 +1741,30 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
       const auto hyps = d.at("hypotheses").get<std::vector<std::string>>();
       const auto refs = d.at("references").get<std::vector<std::string>>();
       for (size_t i = 0; i < ids.size(); ++i) ex.push_back({ids[i], hyps[i], refs[i]});
-      ihn::eval::EvalOptions eo;
-      eo.meteor_options = meteor_options(
-          fs::exists("/usr/share/wordnet/data.noun") ? "/usr/share/wordnet" : "", nullptr);
       s.result = ihn::eval::evaluate(ex, eo);
-      meteor_key = s.result.meteor->key;
+      *meteor_key = s.result.meteor->key;
       s.ranks = d.at("i2r_ranks").get<std::vector<long>>();
       s.hypotheses = hyps;
       for (const auto& labels : s.result.clinical->reference_labels)
         s.abnormal.push_back(labels[ihn::eval::kNoFinding] != ihn::eval::Label::positive);
       scores[arm].push_back(std::move(s));
     }
-  const ihn::eval::MeteorScorer scorer(mo);
-  auto labels = [](const std::vector<ihn::eval::ReportLabels>& all,
-                   const std::vector<size_t>& idx) {
-    std::vector<ihn::eval::ReportLabels> out;
-    for (auto i : idx) out.push_back(all[i]);
-    return out;
-  };
+  return scores;
+}
+
+/// The compared metrics, each a function of one seed's scores on a subset of its studies.
+std::vector<std::pair<std::string, Metric>> compare_metrics(
+    const std::string& meteor_key, std::shared_ptr<const ihn::eval::MeteorScorer> scorer) {
   std::vector<std::pair<std::string, Metric>> metrics;
-  // Metrics of the set of reports rather than of each study: a bootstrap resample repeats
-  // studies, which changes the set itself (its percentile interval need not even contain the
-  // estimate), so they get no interval or p-value.
-  const std::set<std::string> set_level = {"distinct reports"};
   for (int k = 0; k < 4; ++k)
     metrics.emplace_back("BLEU-" + std::to_string(k + 1),
                          [k](const SeedScores& s, const std::vector<size_t>& idx) {
                            return ihn::eval::corpus_bleu(s.result.coco.bleu_stats, idx)[k];
                          });
-  metrics.emplace_back(meteor_key, [&scorer](const SeedScores& s, const std::vector<size_t>& idx) {
+  metrics.emplace_back(meteor_key, [scorer](const SeedScores& s, const std::vector<size_t>& idx) {
     ihn::eval::MeteorStats total;
     for (auto i : idx) total += s.result.meteor->stats[i];
-    return scorer.score(total);
+    return scorer->score(total);
   });
   metrics.emplace_back("ROUGE-L", [](const SeedScores& s, const std::vector<size_t>& idx) {
     return mean_over(s.result.coco.rouge_l_per_example, idx);
@@ -1782,19 +1772,21 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
   metrics.emplace_back("CIDEr", [](const SeedScores& s, const std::vector<size_t>& idx) {
     return mean_over(s.result.coco.cider_per_example, idx);
   });
-  auto clinical = [&labels](const SeedScores& s, const std::vector<size_t>& idx) {
+  const auto clinical = [](const SeedScores& s, const std::vector<size_t>& idx) {
+    const auto labels = [&idx](const std::vector<ihn::eval::ReportLabels>& all) {
+      std::vector<ihn::eval::ReportLabels> out;
+      for (auto i : idx) out.push_back(all[i]);
+      return out;
+    };
     const auto& c = *s.result.clinical;
-    return ihn::eval::clinical_scores(labels(c.hypothesis_labels, idx),
-                                      labels(c.reference_labels, idx));
+    return ihn::eval::clinical_scores(labels(c.hypothesis_labels), labels(c.reference_labels));
   };
-  metrics.emplace_back("clinical F1 micro",
-                       [clinical](const SeedScores& s, const std::vector<size_t>& idx) {
-                         return clinical(s, idx).micro.f1;
-                       });
-  metrics.emplace_back("clinical F1 macro",
-                       [clinical](const SeedScores& s, const std::vector<size_t>& idx) {
-                         return clinical(s, idx).macro.f1;
-                       });
+  metrics.emplace_back("clinical F1 micro", [clinical](const SeedScores& s, const auto& idx) {
+    return clinical(s, idx).micro.f1;
+  });
+  metrics.emplace_back("clinical F1 macro", [clinical](const SeedScores& s, const auto& idx) {
+    return clinical(s, idx).macro.f1;
+  });
   // The same scores on the abnormal studies alone, and F1 per observation: where a generator
   // that writes the normal template scores nothing.
   metrics.emplace_back("clinical F1 macro, abnormal",
@@ -1826,84 +1818,120 @@ std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>
                ? 0
                : static_cast<double>(texts.size()) / static_cast<double>(unique_examples.size());
   });
+  return metrics;
+}
 
-  // Examples of all seeds in one list, so the bootstrap resamples seeds x examples; the
-  // statistic is the mean over seeds of each seed's corpus metric on its resampled examples.
+/// The examples of all seeds in one list, seed s at [offset[s], offset[s + 1]), so that the
+/// bootstrap resamples seeds x examples.
+std::vector<size_t> seed_offsets(const std::vector<std::vector<SeedScores>>& scores) {
+  const size_t seeds = scores[0].size();
   std::vector<size_t> offset(seeds + 1, 0);
   for (size_t s = 0; s < seeds; ++s) {
     const size_t n = scores[0][s].hypotheses.size();
-    for (size_t arm = 1; arm < arms; ++arm)
+    for (size_t arm = 1; arm < scores.size(); ++arm)
       if (scores[arm][s].hypotheses.size() != n)
         throw TrainError("compare: runs of seed " + std::to_string(s) +
                          " have different test sets");
     offset[s + 1] = offset[s] + n;
   }
-  std::vector<CompareRow> rows;
-  for (const auto& [name, metric] : metrics) {
-    CompareRow row;
-    row.metric = name;
-    auto statistic = [&, m = metric](size_t arm) {
-      return [&, arm, m](const std::vector<size_t>& idx) {
-        std::vector<std::vector<size_t>> per(seeds);
-        for (auto i : idx) {
-          const size_t s = static_cast<size_t>(std::upper_bound(offset.begin(), offset.end(), i) -
-                                               offset.begin() - 1);
-          per[s].push_back(i - offset[s]);
+  return offset;
+}
+
+/// One metric's row: each arm's mean over seeds with its t interval, and each arm against the
+/// first (seeds better/equal/worse; paired bootstrap over seeds x studies unless `set_level`).
+CompareRow compare_row(const std::string& name, const Metric& metric,
+                       const std::vector<std::vector<SeedScores>>& scores,
+                       const std::vector<size_t>& offset, bool set_level, int resamples,
+                       uint64_t seed) {
+  const size_t arms = scores.size(), seeds = scores[0].size();
+  // The statistic of a resample: the mean over seeds of each seed's metric on its examples.
+  auto statistic = [&](size_t arm) {
+    return [&, arm](const std::vector<size_t>& idx) {
+      std::vector<std::vector<size_t>> per(seeds);
+      for (auto i : idx) {
+        const auto s = static_cast<size_t>(std::upper_bound(offset.begin(), offset.end(), i) -
+                                           offset.begin() - 1);
+        per[s].push_back(i - offset[s]);
+      }
+      double sum = 0;
+      int used = 0;
+      for (size_t s = 0; s < seeds; ++s)
+        if (!per[s].empty()) {
+          sum += metric(scores[arm][s], per[s]);
+          ++used;
         }
-        double sum = 0;
-        int used = 0;
-        for (size_t s = 0; s < seeds; ++s)
-          if (!per[s].empty()) {
-            sum += m(scores[arm][s], per[s]);
-            ++used;
-          }
-        return used ? sum / used : 0.0;
-      };
+      return used ? sum / used : 0.0;
     };
-    std::vector<std::vector<double>> per_seed(arms);
-    row.arms.resize(arms - 1);
-    for (size_t arm = 0; arm < arms; ++arm) {
-      std::vector<double>& values = per_seed[arm];
-      for (size_t s = 0; s < seeds; ++s) {
-        std::vector<size_t> all(offset[s + 1] - offset[s]);
-        std::iota(all.begin(), all.end(), size_t{0});
-        values.push_back(metric(scores[arm][s], all));
-      }
-      const double mean = std::accumulate(values.begin(), values.end(), 0.0) / values.size();
-      double var = 0;
-      for (double v : values) var += (v - mean) * (v - mean);
-      const double half = values.size() > 1
-                              ? t_quantile_975(static_cast<int>(values.size()) - 1) *
-                                    std::sqrt(var / (values.size() - 1)) / std::sqrt(values.size())
-                              : 0.0;
-      (arm == 0 ? row.mean_off : row.arms[arm - 1].mean) = mean;
-      (arm == 0 ? row.ci_off : row.arms[arm - 1].ci) = half;
+  };
+  CompareRow row;
+  row.metric = name;
+  row.arms.resize(arms - 1);
+  std::vector<std::vector<double>> per_seed(arms);
+  for (size_t arm = 0; arm < arms; ++arm) {
+    std::vector<double>& values = per_seed[arm];
+    for (size_t s = 0; s < seeds; ++s) {
+      std::vector<size_t> all(offset[s + 1] - offset[s]);
+      std::iota(all.begin(), all.end(), size_t{0});
+      values.push_back(metric(scores[arm][s], all));
     }
-    for (size_t arm = 1; arm < arms; ++arm) {
-      auto& a = row.arms[arm - 1];
-      for (size_t s = 0; s < seeds; ++s) {
-        const double d = per_seed[arm][s] - per_seed[0][s];
-        (std::abs(d) < 1e-12 ? a.seeds_equal : d > 0 ? a.seeds_better : a.seeds_worse)++;
-      }
-      if (set_level.count(name)) {
-        a.difference = a.mean - row.mean_off;
-        a.lower = a.upper = a.p_value = std::numeric_limits<double>::quiet_NaN();
-        a.significant = false;
-        a.bootstrapped = false;
-        continue;
-      }
-      // The same resample seed for every arm: each arm's interval is the two-arm comparison
-      // it would be on its own.
-      const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(arm), statistic(0),
-                                                  {resamples, seed, 0.95});
-      a.difference = pc.difference;
-      a.lower = pc.lower;
-      a.upper = pc.upper;
-      a.p_value = pc.p_value;
-      a.significant = pc.p_value < 0.05;
-    }
-    rows.push_back(row);
+    const double mean = std::accumulate(values.begin(), values.end(), 0.0) / values.size();
+    double var = 0;
+    for (double v : values) var += (v - mean) * (v - mean);
+    const double half = values.size() > 1
+                            ? t_quantile_975(static_cast<int>(values.size()) - 1) *
+                                  std::sqrt(var / (values.size() - 1)) / std::sqrt(values.size())
+                            : 0.0;
+    (arm == 0 ? row.mean_off : row.arms[arm - 1].mean) = mean;
+    (arm == 0 ? row.ci_off : row.arms[arm - 1].ci) = half;
   }
+  for (size_t arm = 1; arm < arms; ++arm) {
+    auto& a = row.arms[arm - 1];
+    for (size_t s = 0; s < seeds; ++s) {
+      const double d = per_seed[arm][s] - per_seed[0][s];
+      (std::abs(d) < 1e-12 ? a.seeds_equal : d > 0 ? a.seeds_better : a.seeds_worse)++;
+    }
+    if (set_level) {
+      a.difference = a.mean - row.mean_off;
+      a.lower = a.upper = a.p_value = std::numeric_limits<double>::quiet_NaN();
+      a.significant = false;
+      a.bootstrapped = false;
+      continue;
+    }
+    // The same resample seed for every arm: each arm's interval is the two-arm comparison it
+    // would be on its own.
+    const auto pc = ihn::eval::paired_bootstrap(offset[seeds], statistic(arm), statistic(0),
+                                                {resamples, seed, 0.95});
+    a.difference = pc.difference;
+    a.lower = pc.lower;
+    a.upper = pc.upper;
+    a.p_value = pc.p_value;
+    a.significant = pc.p_value < 0.05;
+  }
+  return row;
+}
+
+}  // namespace
+
+std::vector<CompareRow> compare_evaluations(const std::vector<std::vector<json>>& evals,
+                                            int resamples, uint64_t seed) {
+  if (evals.size() < 2 || evals[0].empty())
+    throw TrainError("compare: need runs without ihn and at least one arm with it");
+  for (const auto& arm : evals)
+    if (arm.size() != evals[0].size())
+      throw TrainError("compare: every arm needs the same number of seeds");
+  std::string meteor_key = "METEOR";
+  const auto scores = rescore(evals, &meteor_key);
+  const auto offset = seed_offsets(scores);
+  // score() needs no WordNet: the per-example statistics already hold the matches.
+  const auto scorer = std::make_shared<const ihn::eval::MeteorScorer>(meteor_options("", nullptr));
+  // Metrics of the set of reports rather than of each study: a bootstrap resample repeats
+  // studies, which changes the set itself (its percentile interval need not even contain the
+  // estimate), so they get no interval or p-value.
+  const std::set<std::string> set_level = {"distinct reports"};
+  std::vector<CompareRow> rows;
+  for (const auto& [name, metric] : compare_metrics(meteor_key, scorer))
+    rows.push_back(
+        compare_row(name, metric, scores, offset, set_level.count(name) > 0, resamples, seed));
   return rows;
 }
 
