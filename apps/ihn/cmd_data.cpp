@@ -1,6 +1,7 @@
 // `ihn data`: inspect an R2Gen annotation (`ihn data stats`), write the synthetic data set
 // (`ihn data synth`) and mine the offline negatives of the official-compatible mode
-// (`ihn data negatives`). All use ihn_toolkit::data, the same code the training ports load data with.
+// (`ihn data negatives`). All use ihn_toolkit::data, the same code the training ports load data
+// with.
 #include "command.hpp"
 
 #include <data/annotation.hpp>

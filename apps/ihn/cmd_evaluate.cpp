@@ -80,8 +80,7 @@ void add_evaluate_command(CLI::App& app) {
                 "Leave out bad entries of --ann (listed) instead of stopping");
   auto& authors = args->options.authors;
   ihn::cli::add_authors_options(cmd, authors);
-  cmd->add_option("--beam-size", args->options.beam_size, "Beam size (default: the run's)")
-      ->check(CLI::PositiveNumber);
+  ihn::cli::add_beam_size_option(cmd, args->options.beam_size);
   cmd->add_option("--bootstrap", args->options.bootstrap, "Bootstrap resamples (0 = none)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

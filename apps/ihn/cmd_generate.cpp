@@ -20,8 +20,7 @@ void add_generate_command(CLI::App& app) {
       ->required();
   cmd->add_option("--image", options->images, "Frontal image, then optionally the lateral")
       ->required();
-  cmd->add_option("--beam-size", options->beam_size, "Beam size (default: the run's; 3)")
-      ->check(CLI::PositiveNumber);
+  ihn::cli::add_beam_size_option(cmd, options->beam_size);
   cmd->add_option("--device", options->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--ann", options->ann,
                   "Authors' .pth: the annotation.json it was trained on (rebuilds the vocabulary)");

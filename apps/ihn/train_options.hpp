@@ -60,6 +60,13 @@ class RecipeOptions {
   std::vector<std::function<void(ihn_toolkit::train::TrainConfig&)>> appliers_;
 };
 
+/// --beam-size of evaluate and generate: 0 or absent = the run's own (beam_size_for).
+inline void add_beam_size_option(CLI::App* cmd, int& beam_size) {
+  cmd->add_option("--beam-size", beam_size,
+                  "Beam size (default: the run's; an authors' .pth: R2Gen's 3)")
+      ->check(CLI::PositiveNumber);
+}
+
 /// What an authors' .pth cannot tell about itself (`ihn evaluate` and `ihn generate`).
 inline void add_authors_options(CLI::App* cmd,
                                 ihn_toolkit::train::AuthorsCheckpointOptions& authors) {

@@ -313,14 +313,13 @@ TrainConfig to_train_config(const AuthorsConfig& config, const Overrides& overri
   c.cmm_size = config.cmm_size;
   c.cmm_dim = config.cmm_dim;
   c.max_positions = config.max_positions;
-  c.beam_size = 3;
-  c.batch_size = 16;
+  // Beam size and batch: TrainConfig's defaults, the official scripts' (3, 16).
   c.out = "-";
   return c;
 }
 
 ihn_toolkit::data::Tokenizer rebuild_vocabulary(const std::string& ann, const Overrides& overrides,
-                                        int64_t vocab_size, const std::string& checkpoint) {
+                                                int64_t vocab_size, const std::string& checkpoint) {
   if (ann.empty())
     throw TrainError(checkpoint +
                      ": an authors' checkpoint carries no vocabulary; give --ann with the "
@@ -342,7 +341,8 @@ ihn_toolkit::data::Tokenizer rebuild_vocabulary(const std::string& ann, const Ov
     throw TrainError(e.what());
   }
   const int threshold = effective_threshold(overrides);
-  auto tokenizer = ihn_toolkit::data::Tokenizer::build(annotation.train_reports(), dataset, threshold);
+  auto tokenizer =
+      ihn_toolkit::data::Tokenizer::build(annotation.train_reports(), dataset, threshold);
   if (tokenizer.vocab_size() != vocab_size)
     throw TrainError(
         ann + ": the vocabulary rebuilt from its " + std::to_string(annotation.train.size()) +

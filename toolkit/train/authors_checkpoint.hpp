@@ -91,7 +91,7 @@ TrainConfig to_train_config(const AuthorsConfig& config, const Overrides& overri
 /// checked against the checkpoint's `vocab_size`; a mismatch throws TrainError naming the
 /// annotation, both sizes and the likely fix.
 ihn_toolkit::data::Tokenizer rebuild_vocabulary(const std::string& ann, const Overrides& overrides,
-                                        int64_t vocab_size, const std::string& checkpoint);
+                                                int64_t vocab_size, const std::string& checkpoint);
 
 /// An authors' checkpoint read and checked, before a model is built from it.
 struct AuthorsCheckpoint {

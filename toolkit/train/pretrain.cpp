@@ -143,9 +143,10 @@ std::pair<torch::Tensor, torch::Tensor> make_batch(
   return {torch::stack(images), torch::stack(labels)};
 }
 
-json held_out_metrics(Classifier& model, const std::vector<ihn_toolkit::data::SyntheticStudy>& studies,
-                      const std::vector<size_t>& test, const ihn_toolkit::data::ImageTransform& transform,
-                      int views) {
+json held_out_metrics(Classifier& model,
+                      const std::vector<ihn_toolkit::data::SyntheticStudy>& studies,
+                      const std::vector<size_t>& test,
+                      const ihn_toolkit::data::ImageTransform& transform, int views) {
   torch::NoGradGuard no_grad;
   model.extractor->eval();
   std::vector<std::vector<float>> scores(ihn::eval::kNumObservations);
@@ -187,6 +188,61 @@ json held_out_metrics(Classifier& model, const std::vector<ihn_toolkit::data::Sy
           {"mean_auc", auc_n ? auc_sum / auc_n : 0.0},
           {"macro_f1_at_0.5", f1_sum / ihn::eval::kNumObservations},
           {"per_observation", per}};
+}
+
+/// One epoch of the multi-label classifier on the training studies, in a seeded order.
+void train_epoch(Classifier& model, torch::optim::Adam& adam,
+                 const std::vector<ihn_toolkit::data::SyntheticStudy>& studies,
+                 const std::vector<size_t>& train_idx,
+                 const ihn_toolkit::data::ImageTransform& transform, const PretrainConfig& c,
+                 int epoch, std::mt19937_64& order_rng) {
+  model.extractor->train();
+  std::vector<size_t> order = train_idx;
+  std::shuffle(order.begin(), order.end(), order_rng);
+  double loss_sum = 0;
+  int steps = 0;
+  const auto te = std::chrono::steady_clock::now();
+  // Drop a last batch of one: batch norm cannot train on a single image.
+  for (size_t start = 0; start + 1 < order.size(); start += static_cast<size_t>(c.batch_size)) {
+    std::vector<size_t> idx(
+        order.begin() + static_cast<std::ptrdiff_t>(start),
+        order.begin() + static_cast<std::ptrdiff_t>(
+                            std::min(order.size(), start + static_cast<size_t>(c.batch_size))));
+    auto [images, labels] = make_batch(studies, idx, transform, c.views, c.seed, epoch);
+    auto loss = torch::binary_cross_entropy_with_logits(model.logits(images), labels);
+    adam.zero_grad();
+    loss.backward();
+    adam.step();
+    loss_sum += loss.item<double>();
+    ++steps;
+  }
+  if (c.quiet) return;
+  fmt::print("{}pretrain epoch {}/{}  loss {:.4f}  {:.0f} s\n",
+             c.label.empty() ? "" : c.label + " ", epoch, c.epochs, loss_sum / std::max(steps, 1),
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count());
+  std::fflush(stdout);
+}
+
+/// The extractor under the generator's own names, the head, and the config and metrics.
+void save_pretrained(const Classifier& model, const PretrainConfig& c, const json& metrics,
+                     const std::string& path) {
+  ihn::StateDict state;
+  for (const auto& p : model.extractor->named_parameters())
+    state["visual_extractor." + p.key()] = p.value().detach().contiguous();
+  for (const auto& b : model.extractor->named_buffers())
+    state["visual_extractor." + b.key()] = b.value().detach().contiguous();
+  for (const auto& p : model.head->named_parameters())
+    state["classifier." + p.key()] = p.value().detach();
+  const std::string info = json{{"config", to_json(c)}, {"metrics", metrics}}.dump();
+  state["pretrain.json"] = torch::from_blob(const_cast<char*>(info.data()),
+                                            {static_cast<int64_t>(info.size())}, torch::kUInt8)
+                               .clone();
+  if (!fs::path(path).parent_path().empty()) fs::create_directories(fs::path(path).parent_path());
+  try {
+    ihn::save_state(state, path);
+  } catch (const std::exception& e) {
+    throw TrainError(std::string("pretrain: ") + e.what());
+  }
 }
 
 }  // namespace
@@ -232,54 +288,12 @@ PretrainResult pretrain_visual_extractor(const PretrainConfig& c, const std::str
         label, c.visual_depth, train_idx.size(), c.synth_seed, c.crop, c.views, c.epochs,
         test_idx.size());
   std::mt19937_64 order_rng(c.seed);
-  for (int epoch = 1; epoch <= c.epochs; ++epoch) {
-    model.extractor->train();
-    std::vector<size_t> order = train_idx;
-    std::shuffle(order.begin(), order.end(), order_rng);
-    double loss_sum = 0;
-    int steps = 0;
-    const auto te = std::chrono::steady_clock::now();
-    // Drop a last batch of one: batch norm cannot train on a single image.
-    for (size_t start = 0; start + 1 < order.size(); start += static_cast<size_t>(c.batch_size)) {
-      std::vector<size_t> idx(
-          order.begin() + static_cast<std::ptrdiff_t>(start),
-          order.begin() + static_cast<std::ptrdiff_t>(
-                              std::min(order.size(), start + static_cast<size_t>(c.batch_size))));
-      auto [images, labels] = make_batch(studies, idx, train_transform, c.views, c.seed, epoch);
-      auto loss = torch::binary_cross_entropy_with_logits(model.logits(images), labels);
-      adam.zero_grad();
-      loss.backward();
-      adam.step();
-      loss_sum += loss.item<double>();
-      ++steps;
-    }
-    if (!c.quiet) {
-      fmt::print("{}pretrain epoch {}/{}  loss {:.4f}  {:.0f} s\n", label, epoch, c.epochs,
-                 loss_sum / std::max(steps, 1),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count());
-      std::fflush(stdout);
-    }
-  }
+  for (int epoch = 1; epoch <= c.epochs; ++epoch)
+    train_epoch(model, adam, studies, train_idx, train_transform, c, epoch, order_rng);
   PretrainResult r;
   r.metrics = held_out_metrics(model, studies, test_idx, eval_transform, c.views);
 
-  ihn::StateDict state;
-  for (const auto& p : model.extractor->named_parameters())
-    state["visual_extractor." + p.key()] = p.value().detach().contiguous();
-  for (const auto& b : model.extractor->named_buffers())
-    state["visual_extractor." + b.key()] = b.value().detach().contiguous();
-  for (const auto& p : model.head->named_parameters())
-    state["classifier." + p.key()] = p.value().detach();
-  const std::string info = json{{"config", to_json(c)}, {"metrics", r.metrics}}.dump();
-  state["pretrain.json"] = torch::from_blob(const_cast<char*>(info.data()),
-                                            {static_cast<int64_t>(info.size())}, torch::kUInt8)
-                               .clone();
-  if (!fs::path(path).parent_path().empty()) fs::create_directories(fs::path(path).parent_path());
-  try {
-    ihn::save_state(state, path);
-  } catch (const std::exception& e) {
-    throw TrainError(std::string("pretrain: ") + e.what());
-  }
+  save_pretrained(model, c, r.metrics, path);
   r.path = path;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!c.quiet) {

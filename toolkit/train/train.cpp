@@ -1594,7 +1594,7 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
   else
     throw TrainError("--split " + options.split + ": use train, val or test");
   if (*split->size() == 0) throw TrainError("split '" + options.split + "' is empty");
-  const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
+  const int beam = beam_size_for(options.beam_size, c);
   auto dec = decode_split(model, *split, ck.tokenizer, c, beam, device, true);
   if (!options.reports_out.empty()) write_reports(options.reports_out, dec);
 
@@ -1665,7 +1665,7 @@ std::string generate_with_model(const GenerateOptions& options, const LoadedChec
   place_model(model, c, device);
   model->eval();
   torch::NoGradGuard no_grad;
-  const int beam = options.beam_size > 0 ? options.beam_size : c.beam_size;
+  const int beam = beam_size_for(options.beam_size, c);
   auto res = model->beam_search(
       images, nn::BeamSearchOptions().beam_size(beam).max_length(c.max_seq_length));
   return ck.tokenizer.decode(row_ids(res.seq[0]));

@@ -166,12 +166,17 @@ struct AuthorsCheckpointOptions {
   int topk = 0;            ///< 0 = 32 (R2GenCMN's memory)
 };
 
+/// The beam size evaluate and generate decode with: the one asked for, or (0) the run's own.
+inline int beam_size_for(int requested, const TrainConfig& run) {
+  return requested > 0 ? requested : run.beam_size;
+}
+
 struct EvaluateOptions {
   std::string checkpoint;
   std::string split = "test";
   std::string ann, images;  ///< override the checkpoint's data (annotation runs)
   bool skip_bad = false;    ///< leave out (and list) bad entries of --ann instead of stopping
-  int beam_size = 0;        ///< 0 = the checkpoint's
+  int beam_size = 0;        ///< 0 = the checkpoint's (beam_size_for)
   int bootstrap = 1000;
   uint64_t bootstrap_seed = 0;
   std::string device = "cpu";
@@ -191,7 +196,7 @@ struct GenerateOptions {
   std::string checkpoint;
   std::vector<std::string> images;  ///< frontal [, lateral]; one image is used for every view
   std::string ann;                  ///< rebuild the vocabulary of an authors' checkpoint
-  int beam_size = 0;
+  int beam_size = 0;                ///< 0 = the checkpoint's (beam_size_for)
   std::string device = "cpu";
   /// CPU: the ResNet runs channels-last (NHWC), the faster layout for oneDNN; same values.
   bool channels_last = true;
