@@ -227,7 +227,7 @@ METRICS
       F-measure (beta 1.2) averaged; CIDEr-D (sigma 6, x10, document frequencies from these
       references).
   METEOR_esw (METEOR_es with --no-synonyms)
-      METEOR 1.5's scoring with only the exact, Porter-stem and WordNet-synonym stages; no
+      METEOR 1.5's scoring with only the exact, Snowball-stem and WordNet-synonym stages; no
       paraphrase table. Not comparable with published METEOR 1.5 numbers.
   clinical
       Precision, recall and F1, micro (pooled over observations) and macro (mean over the 14),

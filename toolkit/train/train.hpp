@@ -6,7 +6,7 @@
 // reports and gnuplot plots.
 //
 // This header needs neither LibTorch nor Eigen, so the command-line front ends that include
-// it compile in seconds; everything heavy lives in train.cpp (one translation unit).
+// it compile in seconds; everything that needs LibTorch lives in train.cpp.
 #pragma once
 
 #include <nlohmann/json.hpp>
