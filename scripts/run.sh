@@ -18,4 +18,9 @@ if [[ "${1:-}" == minimal ]]; then
 fi
 bash "$root/scripts/build.sh" --target ihn_tool
 cd "$root"
-exec "$root/build/bin/ihn" compare --preset cpu-bench --out runs/compare "$@"
+# runs/compare unless the arguments name another --out (ihn takes one).
+out=(--out runs/compare)
+for arg in "$@"; do
+  [[ "$arg" == --out || "$arg" == --out=* ]] && out=()
+done
+exec "$root/build/bin/ihn" compare --preset cpu-bench "${out[@]}" "$@"
