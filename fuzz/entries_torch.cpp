@@ -81,7 +81,8 @@ int ihn_fuzz_image(const uint8_t* data, size_t size) {
       int64_t{width} * height > (int64_t{1} << 22))
     return 0;
   try {
-    auto image = ihn_toolkit::data::decode_image(data + 1, size - 1, "input.png", components[data[0] % 3]);
+    auto image =
+        ihn_toolkit::data::decode_image(data + 1, size - 1, "input.png", components[data[0] % 3]);
     if (image.width > 0 && image.height > 0 && image.width <= 512 && image.height <= 512)
       (void)ihn_toolkit::data::resize_bilinear(image, 7, 5);
   } catch (const std::runtime_error&) {

@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     return 0;
   }
-  const auto dataset = data[0] & 2 ? ihn_toolkit::data::Dataset::mimic_cxr : ihn_toolkit::data::Dataset::iu_xray;
+  const auto dataset =
+      data[0] & 2 ? ihn_toolkit::data::Dataset::mimic_cxr : ihn_toolkit::data::Dataset::iu_xray;
   (void)ihn_toolkit::data::split_whitespace(text);
   const auto tokenizer = ihn_toolkit::data::Tokenizer::build({std::string(text)}, dataset, 1);
   const auto ids = tokenizer.encode(text);

@@ -476,7 +476,8 @@ void write_key_spec(const torch::nn::Module& model, const fs::path& file) {
 /// Our model built from `options`, loaded from `pth` directly (ihn::io), decoding the images.
 template <class Model, class Options>
 std::string direct_report(const Options& options, const std::string& pth,
-                          const ihn_toolkit::data::Tokenizer& tok, const std::vector<std::string>& images,
+                          const ihn_toolkit::data::Tokenizer& tok,
+                          const std::vector<std::string>& images,
                           const ihn::io::LoadOptions& load = {}) {
   Model model(options);
   const auto report = ihn::io::load_pth(*model, pth, load);
@@ -489,7 +490,8 @@ std::string direct_report(const Options& options, const std::string& pth,
   std::mt19937_64 rng(0);
   std::vector<at::Tensor> views;
   for (const auto& path : images)
-    views.push_back(ihn_toolkit::data::ImageTransform(t)(ihn_toolkit::data::load_image_rgb(path), rng));
+    views.push_back(
+        ihn_toolkit::data::ImageTransform(t)(ihn_toolkit::data::load_image_rgb(path), rng));
   auto res =
       model->beam_search(torch::stack(views).unsqueeze(0),
                          ihn_examples::r2gen::BeamSearchOptions().beam_size(3).max_length(60));
@@ -517,8 +519,8 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
   write_annotation(dir);
   const auto ann = (dir / "annotation.json").string();
   const auto annotation = ihn_toolkit::data::load_annotation(ann);
-  const auto tok =
-      ihn_toolkit::data::Tokenizer::build(annotation.train_reports(), ihn_toolkit::data::Dataset::iu_xray, 3);
+  const auto tok = ihn_toolkit::data::Tokenizer::build(annotation.train_reports(),
+                                                       ihn_toolkit::data::Dataset::iu_xray, 3);
   REQUIRE(tok.vocab_size() > 5);
   // A small config whose heads are the official defaults (8, 8), so nothing needs overriding.
   const auto options = R2GenOptions(tok.vocab_size())
@@ -561,7 +563,7 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
     CHECK(loaded.tokenizer.tokens() == tok.tokens());
     CHECK(loaded.train_config.model == "r2gen");
     R2GenModel model(ihn_toolkit::train::R2GenTraits::options(loaded.train_config,
-                                                               loaded.tokenizer.vocab_size()));
+                                                              loaded.tokenizer.vocab_size()));
     const auto report = authors::load_authors_weights(*model, loaded.state, c, zip);
     CHECK(report.ok());
     CHECK(report.loaded == r2gen_shapes(options).size());
@@ -612,8 +614,8 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
                Catch::Contains(zip) && Catch::Contains("--ann"));
     g.ann = ann;
     g.authors.threshold = 1;  // more words survive: a different vocabulary
-    const auto bigger =
-        ihn_toolkit::data::Tokenizer::build(annotation.train_reports(), ihn_toolkit::data::Dataset::iu_xray, 1);
+    const auto bigger = ihn_toolkit::data::Tokenizer::build(annotation.train_reports(),
+                                                            ihn_toolkit::data::Dataset::iu_xray, 1);
     REQUIRE(bigger.vocab_size() != tok.vocab_size());
     CHECK_THAT(error_of([&] { ihn_toolkit::train::generate_report(g); }),
                Catch::Contains(ann) && Catch::Contains(std::to_string(bigger.vocab_size())) &&
@@ -685,8 +687,9 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
   const auto dir = ihn_test::scratch_dir("authors_cmn_pth");
   write_annotation(dir);
   const auto ann = (dir / "annotation.json").string();
-  const auto tok = ihn_toolkit::data::Tokenizer::build(ihn_toolkit::data::load_annotation(ann).train_reports(),
-                                               ihn_toolkit::data::Dataset::iu_xray, 3);
+  const auto tok =
+      ihn_toolkit::data::Tokenizer::build(ihn_toolkit::data::load_annotation(ann).train_reports(),
+                                          ihn_toolkit::data::Dataset::iu_xray, 3);
   // Heads and top-k are the official defaults (8, 32): nothing to override.
   const auto options = CMNOptions(tok.vocab_size())
                            .visual_depth(18)

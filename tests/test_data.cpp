@@ -1,5 +1,5 @@
-// Report data (ihn_toolkit::data): R2Gen's tokenizer against the golden outputs of the official code,
-// annotation loading and validation, the image pipeline, the synthetic data set and the
+// Report data (ihn_toolkit::data): R2Gen's tokenizer against the golden outputs of the official
+// code, annotation loading and validation, the image pipeline, the synthetic data set and the
 // LibTorch data loader.
 #include "test_common.hpp"
 
@@ -924,7 +924,8 @@ TEST_CASE("synthetic: written to disk it loads through the real loaders", "[data
 TEST_CASE("the CheXpert-style labeller reproduces the synthetic labels exactly",
           "[synthetic][clinical]") {
   for (size_t o = 0; o < ihn_toolkit::data::kChexpertObservations.size(); ++o)
-    REQUIRE(std::string(ihn_toolkit::data::kChexpertObservations[o]) == ihn::eval::kObservations[o]);
+    REQUIRE(std::string(ihn_toolkit::data::kChexpertObservations[o]) ==
+            ihn::eval::kObservations[o]);
   ihn_toolkit::data::SyntheticOptions options;
   options.studies = 3000;
   options.seed = 11;

@@ -192,7 +192,7 @@ TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[tr
     auto c = tiny((root / name).string());
     c.model = "cmn";
     ihn_toolkit::train::apply_preset(c, "cpu-small");  // the model's optimiser recipe
-    auto t = tiny((root / name).string());              // ... with the tiny sizes again
+    auto t = tiny((root / name).string());             // ... with the tiny sizes again
     t.model = "cmn";
     t.grad_clip = c.grad_clip;
     t.adam_beta1 = c.adam_beta1;
@@ -281,7 +281,9 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
       ihn_toolkit::data::to_annotation(ihn_toolkit::data::generate_synthetic(so, false)).train;
   const auto file = (root / "negatives.json").string();
   ihn_toolkit::data::save_negatives(
-      ihn_toolkit::data::mine_negatives(train_studies, ihn_toolkit::data::Dataset::iu_xray, "synth"), file);
+      ihn_toolkit::data::mine_negatives(train_studies, ihn_toolkit::data::Dataset::iu_xray,
+                                        "synth"),
+      file);
   auto from_file = full;
   from_file.out = (root / "file").string();
   from_file.epochs = 1;
@@ -468,7 +470,7 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   c.views = 0;
   c.negatives_file = "nowhere/negatives.json";
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("nowhere/negatives.json") &&
-                                                            Catch::Contains("ihn data negatives"));
+                                                           Catch::Contains("ihn data negatives"));
   c.negatives_file.clear();
   c.ihn = "paper";
   REQUIRE(ihn_toolkit::train::views_of(c) == 2);
@@ -652,7 +654,8 @@ TEST_CASE("train: real-data runs refuse empty splits and skip bad entries only w
   ihn_toolkit::data::SyntheticOptions so;
   so.studies = 40;
   so.image_size = 32;
-  ihn_toolkit::data::write_synthetic(ihn_toolkit::data::generate_synthetic(so), (root / "data").string());
+  ihn_toolkit::data::write_synthetic(ihn_toolkit::data::generate_synthetic(so),
+                                     (root / "data").string());
   auto json = nlohmann::json::parse(std::ifstream(root / "data" / "annotation.json"));
   auto c = tiny((root / "run").string());
   c.epochs = 1;
