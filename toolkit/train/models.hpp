@@ -41,6 +41,18 @@ struct ModelTraitsBase {
   static bool is_visual_parameter(const std::string& name) {
     return name.rfind("visual_extractor.", 0) == 0;
   }
+  /// The fields both ports' options share (extractor, transformer, dropout, positions).
+  template <class Options>
+  static Options& shared_options(Options& o, const TrainConfig& c) {
+    return o.visual_depth(c.visual_depth)
+        .d_model(c.d_model)
+        .d_ff(c.d_ff)
+        .num_heads(c.num_heads)
+        .num_layers(c.num_layers)
+        .dropout(c.dropout)
+        .drop_prob_lm(c.drop_prob_lm)
+        .max_positions(max_positions(c));
+  }
   /// Rows of the positional-encoding table: the config's, or just enough for the reports.
   static int64_t max_positions(const TrainConfig& c) {
     return c.max_positions > 0 ? c.max_positions : std::max(c.max_seq_length + 1, 100);
@@ -60,18 +72,11 @@ struct R2GenTraits : ModelTraitsBase {
   using Options = r2gen::R2GenOptions;
   static constexpr const char* name = "r2gen";
   static Options options(const TrainConfig& c, int64_t vocab_size) {
-    return Options(vocab_size)
-        .visual_depth(c.visual_depth)
-        .d_model(c.d_model)
-        .d_ff(c.d_ff)
-        .num_heads(c.num_heads)
-        .num_layers(c.num_layers)
+    Options o(vocab_size);
+    return shared_options(o, c)
         .rm_num_slots(c.rm_num_slots)
         .rm_num_heads(c.rm_num_heads)
-        .rm_d_model(c.rm_d_model)
-        .dropout(c.dropout)
-        .drop_prob_lm(c.drop_prob_lm)
-        .max_positions(max_positions(c));
+        .rm_d_model(c.rm_d_model);
   }
   /// Width of official_image_input for `views` views (fc_feats concatenates the views).
   static int64_t official_image_dim(const Options& o, int64_t views) { return views * o.d_vf(); }
@@ -90,18 +95,8 @@ struct CMNTraits : ModelTraitsBase {
   using Options = cmn::CMNOptions;
   static constexpr const char* name = "cmn";
   static Options options(const TrainConfig& c, int64_t vocab_size) {
-    return Options(vocab_size)
-        .visual_depth(c.visual_depth)
-        .d_model(c.d_model)
-        .d_ff(c.d_ff)
-        .num_heads(c.num_heads)
-        .num_layers(c.num_layers)
-        .dropout(c.dropout)
-        .drop_prob_lm(c.drop_prob_lm)
-        .topk(c.topk)
-        .cmm_size(c.cmm_size)
-        .cmm_dim(c.cmm_dim)
-        .max_positions(max_positions(c));
+    Options o(vocab_size);
+    return shared_options(o, c).topk(c.topk).cmm_size(c.cmm_size).cmm_dim(c.cmm_dim);
   }
   static int64_t official_image_dim(const Options& o, int64_t views) { return views * o.d_vf(); }
   static int64_t official_report_dim(const Options& o) { return o.d_model(); }

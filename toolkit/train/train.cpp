@@ -841,8 +841,10 @@ class TrainingRun {
     official_ = make_official_mode<Traits>(config_, options_, data_.views, data_, device_);
     optimisation_ = make_optimisation<Traits>(model_, config_, official_);
     callbacks_ = make_callbacks(model_, config_, device_);
-    if (config_.resume) restore(resume_state, last_path_.string());
-    if (config_.resume) truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
+    if (config_.resume) {
+      restore(resume_state, last_path_.string());
+      truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
+    }
     log_.open(out_dir_ / "log.jsonl", std::ios::app);
     if (!log_) throw TrainError("cannot write " + (out_dir_ / "log.jsonl").string());
   }
