@@ -537,6 +537,26 @@ TEST_CASE("eval: retrieval recall@K and median rank, pessimistic ties", "[eval]"
   CHECK_THROWS_AS(retrieval_scores(images, reports.leftCols(1)), EvalError);
 }
 
+TEST_CASE("eval: nearest reports of each image, most similar first, ties to the lower index",
+          "[eval]") {
+  Eigen::MatrixXd images(3, 2), reports(3, 2);
+  images << 1, 0, 0, 1, 1, 1;
+  reports << 2, 0, 0, 3, 1, 0;
+  const auto n = nearest_reports(images, reports, 2);
+  // image 0: sims (1, 0, 1): reports 0 and 2 tie, the lower index first.
+  CHECK(n.index[0] == std::vector<long>{0, 2});
+  CHECK(n.similarity[0][0] == Approx(1.0));
+  CHECK(n.similarity[0][1] == Approx(1.0));
+  CHECK(n.index[1] == std::vector<long>{1, 0});  // sims (0, 1, 0)
+  CHECK(n.similarity[1][1] == Approx(0.0).margin(1e-12));
+  // The ranks of retrieval_scores agree: image 1's own report is first.
+  CHECK(retrieval_scores(images, reports).image_to_report.ranks[1] == 1);
+  // k beyond the candidates gives all of them; k 0 none.
+  CHECK(nearest_reports(images, reports, 10).index[2].size() == 3);
+  CHECK(nearest_reports(images, reports, 0).index[2].empty());
+  CHECK_THROWS_AS(nearest_reports(images, reports.leftCols(1), 1), EvalError);
+}
+
 TEST_CASE("eval: distinctness", "[eval]") {
   const auto d = distinctness({"the heart is normal", "the heart is normal", "no effusion"});
   CHECK(d.distinct_reports == Approx(2.0 / 3.0));

@@ -92,6 +92,38 @@ inline Retrieval retrieval_scores(const Eigen::MatrixXd& image_features,
   return r;
 }
 
+/// The `k` most similar reports of each image (rows), most similar first; ties go to the lower
+/// index. What an image "retrieves" from the model's features, for showing next to the study.
+struct NearestReports {
+  std::vector<std::vector<long>> index;         ///< [image][rank] -> report row
+  std::vector<std::vector<double>> similarity;  ///< the cosine of each
+};
+
+inline NearestReports nearest_reports(const Eigen::MatrixXd& image_features,
+                                      const Eigen::MatrixXd& report_features, int k) {
+  if (image_features.cols() != report_features.cols())
+    throw EvalError("nearest_reports: image features have " +
+                    std::to_string(image_features.cols()) + " columns but report features " +
+                    std::to_string(report_features.cols()));
+  const Eigen::MatrixXd sim = detail::normalized_rows(image_features) *
+                              detail::normalized_rows(report_features).transpose();
+  NearestReports out;
+  const long n = static_cast<long>(sim.cols());
+  const long take = std::min<long>(std::max(k, 0), n);
+  std::vector<long> order(static_cast<std::size_t>(n));
+  for (Eigen::Index i = 0; i < sim.rows(); ++i) {
+    for (long j = 0; j < n; ++j) order[static_cast<std::size_t>(j)] = j;
+    std::partial_sort(order.begin(), order.begin() + take, order.end(), [&](long a, long b) {
+      return sim(i, a) > sim(i, b) || (sim(i, a) == sim(i, b) && a < b);
+    });
+    out.index.emplace_back(order.begin(), order.begin() + take);
+    std::vector<double> s;
+    for (long t = 0; t < take; ++t) s.push_back(sim(i, order[static_cast<std::size_t>(t)]));
+    out.similarity.push_back(std::move(s));
+  }
+  return out;
+}
+
 struct Distinctness {
   double distinct_reports = 0;  ///< distinct generated reports / reports
   double distinct_1 = 0;        ///< distinct unigrams / unigrams, over all generated reports
