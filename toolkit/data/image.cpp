@@ -230,6 +230,14 @@ Image load_image(const std::string& path) {
   return load_with_components(path, 0);
 }
 
+namespace {
+/// stb's write callback: the encoded bytes go into the std::string `context`.
+void append_to_string(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data),
+                                             static_cast<size_t>(size));
+}
+}  // namespace
+
 void write_png(const Image& image, const std::string& path) {
   if (image.channels != 1 && image.channels != 3 && image.channels != 4)
     throw std::invalid_argument("write_png '" + path + "': unsupported channel count " +
@@ -237,11 +245,7 @@ void write_png(const Image& image, const std::string& path) {
   // Encoded in memory and written with every step checked: stbi_write_png ignores fwrite's
   // result, so a full disk would leave an empty file and report success.
   std::string png;
-  auto append = [](void* context, void* data, int size) {
-    static_cast<std::string*>(context)->append(static_cast<const char*>(data),
-                                               static_cast<size_t>(size));
-  };
-  if (!stbi_write_png_to_func(append, &png, image.width, image.height, image.channels,
+  if (!stbi_write_png_to_func(append_to_string, &png, image.width, image.height, image.channels,
                               image.pixels.data(), image.width * image.channels))
     throw std::runtime_error("cannot encode PNG '" + path + "'");
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -253,6 +257,18 @@ void write_png(const Image& image, const std::string& path) {
   if (out.fail())
     throw std::runtime_error("writing PNG '" + path + "' failed: " + std::strerror(errno) +
                              " (disk full?)");
+}
+
+std::string encode_jpeg(const Image& image, int quality) {
+  if (image.channels != 1 && image.channels != 3)
+    throw std::invalid_argument("encode_jpeg: unsupported channel count " +
+                                std::to_string(image.channels));
+  std::string jpeg;
+  if (!stbi_write_jpg_to_func(append_to_string, &jpeg, image.width, image.height, image.channels,
+                              image.pixels.data(), quality))
+    throw std::runtime_error("cannot encode a JPEG of " + std::to_string(image.width) + "x" +
+                             std::to_string(image.height));
+  return jpeg;
 }
 
 Image to_rgb(const Image& image) {

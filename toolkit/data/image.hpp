@@ -62,6 +62,9 @@ std::string probe_image(const std::string& path, bool full_decode = false);
 /// Writes a PNG (1 or 3 channels). Throws std::runtime_error naming the file.
 void write_png(const Image& image, const std::string& path);
 /// Gray -> RGB by replicating the channel; RGB unchanged.
+/// JPEG bytes of a gray or RGB image (stb's baseline encoder), for thumbnails.
+std::string encode_jpeg(const Image& image, int quality = 85);
+
 Image to_rgb(const Image& image);
 
 /// Pillow's Image.resize((width, height), BILINEAR) with its antialiasing (reducing_gap None).

@@ -351,6 +351,10 @@ json compare_json(const std::vector<CompareRow>& rows, const std::vector<std::st
 // ------------------------------------------------------------------------------------------
 // Plots
 
+std::string compare_arm_folder(const std::string& arm) {
+  return arm == "off" ? "without" : arm == "paper" ? "with_ihn" : arm;
+}
+
 std::string plot_runs(const std::vector<std::string>& run_dirs,
                       const std::vector<std::string>& titles, const std::string& png) {
   // gnuplot runs from PATH without a shell (posix_spawnp with an argv), so no path or title is

@@ -13,6 +13,7 @@
 #include <ihn/hooks.hpp>
 #include <ihn/official.hpp>
 #include <ihn/state.hpp>
+#include <ihn/version.hpp>
 
 #include "data/annotation.hpp"
 #include "data/image.hpp"
@@ -41,6 +42,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -204,6 +206,18 @@ struct RunData {
   int64_t views = 2;
 };
 
+ihn_toolkit::data::SyntheticOptions synthetic_options_of(const TrainConfig& c) {
+  ihn_toolkit::data::SyntheticOptions so;
+  so.studies = c.synth_studies;
+  so.seed = c.synth_seed;
+  so.image_size = c.synth_image_size;
+  so.val_fraction = c.synth_val_fraction;
+  so.test_fraction = c.synth_test_fraction;
+  so.normal_fraction = c.synth_normal_fraction;
+  so.validate();
+  return so;
+}
+
 RunData build_data(const TrainConfig& c) {
   namespace d = ihn_toolkit::data;
   d::R2GenDataOptions o;
@@ -218,15 +232,7 @@ RunData build_data(const TrainConfig& c) {
   o.eval_transform.crop = c.crop;
   std::optional<d::R2GenData> made;
   if (c.data == "synth") {
-    d::SyntheticOptions so;
-    so.studies = c.synth_studies;
-    so.seed = c.synth_seed;
-    so.image_size = c.synth_image_size;
-    so.val_fraction = c.synth_val_fraction;
-    so.test_fraction = c.synth_test_fraction;
-    so.normal_fraction = c.synth_normal_fraction;
-    so.validate();
-    const auto studies = d::generate_synthetic(so);
+    const auto studies = d::generate_synthetic(synthetic_options_of(c));
     made.emplace(d::make_r2gen_data(d::to_annotation(studies), d::images_by_split(studies), o));
   } else {
     d::AnnotationOptions ao;
@@ -1370,10 +1376,21 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
   j["split"] = options.split;
   j["beam_size"] = beam;
   if (!note.empty()) j["notes"]["wordnet"] = note;
+  // The data and model it ran on (what the HTML report rebuilds the images from) and what
+  // produced it.
+  j["config"] = to_json(c);
+  // How the run was driven, not what it is: a resumed run's evaluation is the same result.
+  for (const char* runtime : {"out", "resume", "threads", "quiet", "plots", "label", "stop_after"})
+    j["config"].erase(runtime);
+  j["provenance"] = provenance();
+  const auto nearest =
+      ihn::eval::nearest_reports(to_matrix(dec.image_features), to_matrix(dec.report_features), 3);
   j["per_example_data"] = {{"ids", dec.ids},
                            {"hypotheses", dec.hypotheses},
                            {"references", dec.references},
-                           {"i2r_ranks", ret.image_to_report.ranks}};
+                           {"i2r_ranks", ret.image_to_report.ranks},
+                           {"i2r_nearest", nearest.index},
+                           {"i2r_nearest_similarity", nearest.similarity}};
   return j;
 }
 
@@ -1416,6 +1433,87 @@ std::string generate_with_model(const GenerateOptions& options, const LoadedChec
 }
 
 }  // namespace
+
+namespace {
+
+/// `image` reduced (never enlarged) so that its longer side is at most `max_side`, as JPEG.
+std::string thumbnail_jpeg(const ihn_toolkit::data::Image& image, int max_side) {
+  const int longer = std::max(image.width, image.height);
+  if (longer <= max_side) return ihn_toolkit::data::encode_jpeg(image);
+  const double f = static_cast<double>(max_side) / longer;
+  return ihn_toolkit::data::encode_jpeg(ihn_toolkit::data::resize_bilinear(
+      image, std::max(1, static_cast<int>(std::lround(image.width * f))),
+      std::max(1, static_cast<int>(std::lround(image.height * f)))));
+}
+
+}  // namespace
+
+StudyImages study_images(const TrainConfig& c, const std::vector<std::string>& ids, int max_side) {
+  namespace d = ihn_toolkit::data;
+  StudyImages out;
+  const std::set<std::string> wanted(ids.begin(), ids.end());
+  if (c.data == "synth") {
+    out.view_names = {"frontal", "lateral"};
+    // Studies depend only on (options, index): list them without rendering, render the wanted.
+    const auto so = synthetic_options_of(c);
+    const auto listed = d::generate_synthetic(so, false);
+    for (size_t i = 0; i < listed.size(); ++i)
+      if (wanted.count(listed[i].study.id)) {
+        const auto s = d::generate_study(so, static_cast<int>(i), true);
+        out.jpeg[s.study.id] = {thumbnail_jpeg(s.frontal, max_side),
+                                thumbnail_jpeg(s.lateral, max_side)};
+      }
+    return out;
+  }
+  d::AnnotationOptions ao;
+  ao.dataset = d::parse_dataset(c.dataset);
+  ao.image_root = c.images;
+  ao.on_bad_entry = d::OnBadEntry::skip;  // the report shows what it can
+  const d::Annotation ann = d::load_annotation(c.ann, ao);
+  const bool iu = c.dataset == "iu_xray";
+  for (const auto* split : {&ann.test, &ann.val, &ann.train})
+    for (const auto& study : *split) {
+      if (!wanted.count(study.id)) continue;
+      auto& views = out.jpeg[study.id];
+      for (const auto& path : study.image_paths) {
+        const std::string file = (fs::path(c.images) / path).string();
+        try {
+          views.push_back(thumbnail_jpeg(d::load_image(file), max_side));
+        } catch (const std::exception& e) {
+          out.problems.push_back(file + ": " + e.what());
+          views.clear();
+          break;
+        }
+      }
+      while (out.view_names.size() < views.size())
+        out.view_names.push_back(iu ? (out.view_names.empty() ? "frontal" : "lateral")
+                                    : "view " + std::to_string(out.view_names.size() + 1));
+    }
+  return out;
+}
+
+json provenance() {
+  std::string command;
+  {
+    std::ifstream in("/proc/self/cmdline", std::ios::binary);
+    std::string arg;
+    for (int i = 0; std::getline(in, arg, '\0'); ++i) {
+      if (i == 0) arg = "ihn";  // the binary's path (or /proc/self/exe for compare's runs)
+      const bool quote = arg.empty() || arg.find_first_of(" \t'\"$\\") != std::string::npos;
+      std::string q;
+      for (char ch : arg) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+      command += (command.empty() ? "" : " ") + (quote ? "'" + q + "'" : arg);
+    }
+  }
+  const std::time_t now = std::time(nullptr);
+  char utc[32];
+  std::strftime(utc, sizeof utc, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return {{"command", command},
+          {"ihn", ihn::version_string},
+          {"libtorch", TORCH_VERSION},
+          {"compiler", std::string(__VERSION__)},
+          {"created", utc}};
+}
 
 json evaluate_checkpoint(const EvaluateOptions& options) {
   return with_checkpoint_model(options.checkpoint, options.ann, options.images, options.authors,

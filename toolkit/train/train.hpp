@@ -234,6 +234,25 @@ std::string compare_markdown(const std::vector<CompareRow>& rows,
 nlohmann::json compare_json(const std::vector<CompareRow>& rows,
                             const std::vector<std::string>& names);
 
+/// What produced a result: the command line of this process (argv[0] shown as `ihn`), the
+/// versions of ihn, LibTorch and the compiler, and the UTC time.
+nlohmann::json provenance();
+
+/// The images of the studies `ids` as the run's data holds them (the synthetic set rebuilt
+/// from its seed, or the annotation's files), each view reduced to at most `max_side` pixels
+/// and encoded as JPEG; a study whose image cannot be read gets none and a line in `problems`.
+struct StudyImages {
+  std::vector<std::string> view_names;  ///< "frontal", "lateral" (IU X-Ray) or "view 1", ...
+  std::map<std::string, std::vector<std::string>> jpeg;  ///< id -> JPEG bytes of each view
+  std::vector<std::string> problems;
+};
+StudyImages study_images(const TrainConfig& config, const std::vector<std::string>& ids,
+                         int max_side = 192);
+
+/// The run folder of an arm of `ihn compare` inside seed_S/ (the two-arm layout keeps its
+/// historic names: without, with_ihn).
+std::string compare_arm_folder(const std::string& arm);
+
 /// Installs SIGINT/SIGTERM handlers that ask train() to stop after the current step.
 void install_signal_handlers();
 bool stop_requested();
