@@ -2,6 +2,7 @@
 // official) from the same seeds, evaluates every run on the test split and prints one
 // side-by-side table, each arm against the run without ihn, with significance.
 #include "command.hpp"
+#include "html_report.hpp"
 #include "train/pretrain.hpp"
 #include "train_options.hpp"
 
@@ -85,11 +86,6 @@ std::vector<std::string> parse_arms(const std::string& text) {
         "least one ihn arm, e.g. off,paper or off,paper,official",
         2);
   return arms;
-}
-
-// Run folder and progress label of an arm (the two-arm layout keeps its historic names).
-std::string arm_folder(const std::string& arm) {
-  return arm == "off" ? "without" : arm == "paper" ? "with_ihn" : arm;
 }
 
 /// The run folder of `c` holds a finished run (test.json) of the same recipe: only where it
@@ -254,7 +250,8 @@ void run_compare(CompareArgs& a) {
       c.seed = a.first_seed + static_cast<uint64_t>(s);
       c.device = a.device;
       c.threads = a.threads > 0 ? a.threads : (a.jobs > 1 ? 1 : 0);
-      c.out = a.out + "/seed_" + std::to_string(c.seed) + "/" + arm_folder(c.ihn);
+      c.out = a.out + "/seed_" + std::to_string(c.seed) + "/" +
+              ihn_toolkit::train::compare_arm_folder(c.ihn);
       c.plots = false;
       c.label = "[seed " + std::to_string(c.seed) + " " +
                 (c.ihn == "off"     ? "without"
@@ -369,9 +366,11 @@ void run_compare(CompareArgs& a) {
         a.out + "/examples.md",
         examples_markdown(j["examples"], arms, a.first_seed, differ_text, differ_findings));
   }
+  j["provenance"] = ihn_toolkit::train::provenance();
   ihn::cli::write_file(a.out + "/compare.json", j.dump(2) + "\n");
   const std::string note = ihn_toolkit::train::plot_runs(dirs, titles, a.out + "/curves.png");
   fmt::print("\n");
+  ihn::cli::write_html_report(a.out);
   for (size_t arm = 1; arm < arms.size(); ++arm) {
     int better = 0, worse = 0, tested = 0;
     for (const auto& r : rows) {
@@ -455,6 +454,11 @@ OUTPUT (in --out)
   examples.md                       test studies of the first seed where the arms' reports
                                     differ, abnormal first: each arm's report, the reference,
                                     and the labeller's findings of each
+  report.html                       one page to open in a browser: the table, the charts and
+                                    every test study of the first seed with its views, the
+                                    reference and each arm's report, findings marked per
+                                    sentence (true/false positive, missed); filterable
+  curves_loss.svg, curves_validation.svg, f1_per_observation.svg   the charts, for papers
   curves.png                        training loss and validation BLEU-4 of every run (gnuplot)
 
 EXAMPLES

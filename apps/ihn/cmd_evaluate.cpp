@@ -1,12 +1,14 @@
 // `ihn evaluate`: every metric of a trained checkpoint on a split (table or JSON), the
 // generated reports as JSON Lines, bootstrap intervals, and retrieval from the model's features.
 #include "command.hpp"
+#include "html_report.hpp"
 #include "train/train.hpp"
 #include "train_options.hpp"
 
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
@@ -15,21 +17,33 @@ namespace {
 struct EvaluateArgs {
   ihn_toolkit::train::EvaluateOptions options;
   std::string json_out;
+  std::string out;
   bool json = false;
+  bool no_report = false;
 };
 
 void run_evaluate(EvaluateArgs& a) {
-  if (a.options.reports_out.empty()) {
-    auto p = a.options.checkpoint;
-    const auto slash = p.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : p.substr(0, slash);
-    a.options.reports_out = dir + "/reports/evaluate_" + a.options.split + ".jsonl";
-  }
+  namespace fs = std::filesystem;
+  const std::string run_dir = fs::path(a.options.checkpoint).parent_path().empty()
+                                  ? std::string(".")
+                                  : fs::path(a.options.checkpoint).parent_path().string();
+  if (a.options.reports_out.empty())
+    a.options.reports_out = run_dir + "/reports/evaluate_" + a.options.split + ".jsonl";
+  if (a.out.empty()) a.out = run_dir + "/evaluate_" + a.options.split;
   auto j = ihn_toolkit::train::evaluate_checkpoint(a.options);
+  if (!a.no_report) {
+    // The whole evaluation, per-study data included, is what `ihn report` rebuilds from.
+    std::error_code ec;
+    fs::create_directories(a.out, ec);
+    if (ec)
+      throw ihn::cli::CommandError(a.out + ": cannot create the folder (" + ec.message() + ")");
+    ihn::cli::write_file(a.out + "/evaluation.json", j.dump(2) + "\n");
+  }
   j.erase("per_example_data");
   if (!a.json_out.empty()) ihn::cli::write_file(a.json_out, j.dump(2) + "\n");
   if (a.json) {
     fmt::print("{}\n", j.dump(2));
+    if (!a.no_report) ihn_toolkit::report::write_report(a.out);
     return;
   }
   const auto& ci =
@@ -62,6 +76,7 @@ void run_evaluate(EvaluateArgs& a) {
   row("distinct reports", "", j["distinct"]["distinct_reports"].get<double>());
   row("distinct-2", "", j["distinct"]["distinct_2"].get<double>());
   fmt::print("\nreports: {}\n", a.options.reports_out);
+  if (!a.no_report) ihn::cli::write_html_report(a.out);
   if (j.contains("notes") && j["notes"].contains("wordnet"))
     fmt::print("note: {}\n", j["notes"]["wordnet"].get<std::string>());
 }
@@ -92,6 +107,10 @@ void add_evaluate_command(CLI::App& app) {
   cmd->add_option("--reports", args->options.reports_out,
                   "Generated reports, JSON Lines (default RUN/reports/evaluate_SPLIT.jsonl)");
   cmd->add_option("--json-out", args->json_out, "Also write the JSON to this file");
+  cmd->add_option("--out", args->out,
+                  "Folder for evaluation.json (with per-study data) and report.html (default "
+                  "RUN/evaluate_SPLIT)");
+  cmd->add_flag("--no-report", args->no_report, "Write neither evaluation.json nor report.html");
   cmd->add_flag("--json", args->json, "Print JSON instead of the table");
   cmd->footer(R"(DESCRIPTION
   Rebuilds the run's data (the synthetic set from its seed, or its annotation) and model from
@@ -110,6 +129,12 @@ AUTHORS' CHECKPOINTS
   it was trained on (--ann, which rebuilds the vocabulary), the image root (--images) and
   --dataset; sizes are inferred from the weights, heads default to the official 8, images get
   Resize((224, 224)) and ImageNet normalisation, beam size 3. See docs/authors_checkpoints.md.
+
+OUTPUT
+  RUN/reports/evaluate_SPLIT.jsonl   the generated reports (--reports)
+  RUN/evaluate_SPLIT/evaluation.json every metric and the per-study data (--out)
+  RUN/evaluate_SPLIT/report.html     results, charts, every study with its views, reports,
+                                     findings and closest reports (ihn report rebuilds it)
 
 ERRORS
   A missing or foreign checkpoint, a vocabulary that differs from the data's, or a bad split

@@ -1,6 +1,7 @@
 // `ihn train`: trains a report generator with or without increasingly hard negatives
 // (toolkit/train), with checkpoints every epoch and bit-exact --resume.
 #include "command.hpp"
+#include "html_report.hpp"
 #include "train_options.hpp"
 
 #include <fmt/core.h>
@@ -78,8 +79,14 @@ void run_train(TrainArgs& a) {
                c.label.empty() ? "" : (c.label + " "), r.epochs_done, c.out);
     return;
   }
-  if (c.quiet) return;
   const std::string label = c.label.empty() ? "" : c.label + " ";
+  if (c.plots && !r.test.is_null()) {
+    if (c.quiet)
+      ihn_toolkit::report::write_report(c.out);
+    else
+      ihn::cli::write_html_report(c.out, label);
+  }
+  if (c.quiet) return;
   fmt::print("{}done: {} epochs in {:.0f} s; best validation {} {:.4f} at epoch {} ({}/best.pt)\n",
              label, r.epochs_done, r.seconds, c.select_metric, r.best_val_score, r.best_epoch,
              c.out);
@@ -125,7 +132,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--nchw", args->nchw,
                 "CPU: keep the ResNet in LibTorch's default NCHW layout instead of channels-last "
                 "(same values up to rounding; channels-last is faster)");
-  cmd->add_flag("--no-plots", args->config.plots, "Do not call gnuplot");
+  cmd->add_flag("--no-plots", args->config.plots,
+                "Write neither report.html nor curves.png (gnuplot)");
   args->recipe = std::make_shared<ihn::cli::RecipeOptions>(cmd, true);
   cmd->footer(R"(DESCRIPTION
   Trains R2Gen (memory-driven transformer) with the upstream recipe: Adam with amsgrad and
@@ -166,6 +174,8 @@ OUTPUT (in --out)
   .lock               held while a run writes the folder: a second run on it is refused
   reports/            generated validation reports per epoch, test reports of best.pt
   test.json           all metrics of best.pt on the test split (as ihn evaluate)
+  report.html         results, charts and every test study with its report (ihn report)
+  curves_*.svg, f1_per_observation.svg   the charts, for papers
   curves.png          loss and validation BLEU-4 (when gnuplot is installed)
 
 SIGNALS
