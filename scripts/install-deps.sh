@@ -14,10 +14,12 @@ packages=(
   catch2                  # Catch2 v2 single header
   wordnet-base            # synonym stage of the METEOR variant
   libstemmer-dev          # Snowball English stemmer: stem stage of the METEOR variant (ihn::eval)
+  gnuplot-nox             # curves.png of ihn train / compare (report.html draws its own SVG)
+  python3                 # tests/report/check_report.py reads report.html
 )
-if [[ "${IHN_WITH_PLOTS:-0}" == 1 ]]; then
-  # Optional: loss/BLEU curves (PNG) from ihn train and ihn compare; without it they say so.
-  packages+=(gnuplot-nox)
+if [[ "${IHN_WITH_BROWSER:-0}" == 1 ]]; then
+  # The test that opens report.html in headless Chromium (scripts/test.sh sets this).
+  packages+=(chromium)
 fi
 if [[ "${IHN_WITH_PYTHON:-0}" == 1 ]]; then
   # The tests that read Python-written checkpoints and compare with Pillow (scripts/test.sh

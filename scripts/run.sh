@@ -4,7 +4,8 @@
 # a visual extractor pretrained once on a disjoint synthetic set (cached in runs/pretrain), then
 # 3 seeds x {without, with ihn} on 1,500 studies (300 test), two runs at a time — about 11
 # minutes on 2 cores after the build — ending with the side-by-side table (also in
-# runs/compare/compare.md and compare.json) and examples.md. Extra arguments go to
+# runs/compare/compare.md and compare.json), examples.md and report.html (open it in a
+# browser: table, charts, every test study with each arm's report). Extra arguments go to
 # `ihn compare` (e.g. `scripts/run.sh --seeds 1 --out runs/quick`).
 #
 # `scripts/run.sh minimal [ARGS]` runs the minimal plug-in example instead (two toy encoders,

@@ -4,6 +4,8 @@ set -euo pipefail
 # Some tests read checkpoints written by Python's torch.save and compare against Pillow: install
 # them, and fail (not skip) those tests if they are missing.
 export IHN_WITH_PYTHON=${IHN_WITH_PYTHON:-1} IHN_REQUIRE_PYTHON=${IHN_REQUIRE_PYTHON:-1}
+# The HTML report is tested in headless Chromium: install it, and fail (not skip) without it.
+export IHN_WITH_BROWSER=${IHN_WITH_BROWSER:-1} IHN_REQUIRE_BROWSER=${IHN_REQUIRE_BROWSER:-1}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/build.sh"
 cd "$root/build"
