@@ -14,6 +14,7 @@
 
 #include <ihn/detail/arg.hpp>
 #include <ihn/detail/checks.hpp>
+#include <ihn/detail/precision.hpp>
 #include <ihn/features.hpp>
 
 #include <torch/types.h>
@@ -64,10 +65,17 @@ class AlignmentLoss {
   /// or K = 0 for none). negative_mask: B x K bool, false = unused slot. same_report: B x B
   /// bool, true where reports i and j share a key (diagonal ignored). Sample i's hard
   /// negatives enter only term i, which the max step relies on.
-  at::Tensor per_sample(const at::Tensor& images, const at::Tensor& reports,
-                        const at::Tensor& negatives = {}, const at::Tensor& negative_mask = {},
+  /// In float32 inside an autocast region too (detail/precision.hpp).
+  at::Tensor per_sample(const at::Tensor& images_in, const at::Tensor& reports_in,
+                        const at::Tensor& negatives_in = {}, const at::Tensor& negative_mask = {},
                         const at::Tensor& same_report = {}) const {
     constexpr std::string_view where = "ihn::AlignmentLoss";
+    detail::check_floating(images_in, where, "image features");
+    detail::check_floating(reports_in, where, "report features");
+    const detail::Float32Region float32_region;
+    const at::Tensor images = detail::at_least_float32(images_in);
+    const at::Tensor reports = detail::at_least_float32(reports_in);
+    const at::Tensor negatives = detail::at_least_float32(negatives_in);
     detail::check_floating(images, where, "image features");
     detail::check_floating(reports, where, "report features");
     detail::check_dim(images, 2, where, "image features", "B x D");

@@ -24,6 +24,7 @@
 #include <ihn/alignment_loss.hpp>
 #include <ihn/detail/arg.hpp>
 #include <ihn/detail/checks.hpp>
+#include <ihn/detail/precision.hpp>
 #include <ihn/encoder_traits.hpp>
 #include <ihn/features.hpp>
 #include <ihn/negatives.hpp>
@@ -122,10 +123,19 @@ class HardNegativeAugmenter {
   /// ids (enables the feature bank and persistent negatives; empty = in-batch peers only).
   /// report_keys: text that identifies identical reports (e.g. the cleaned report); samples
   /// with equal keys are never each other's negatives (empty = every sample distinct).
-  at::Tensor loss(const at::Tensor& image_features, const at::Tensor& report_features,
+  ///
+  /// Inside an autocast region (mixed precision) it computes in float32: reduced-precision
+  /// features are converted on entry (gradients flow back in their dtype), see
+  /// detail/precision.hpp for why.
+  at::Tensor loss(const at::Tensor& image_features_in, const at::Tensor& report_features_in,
                   const std::vector<int64_t>& ids = {},
                   const std::vector<std::string>& report_keys = {}) {
     constexpr std::string_view where = "ihn::HardNegativeAugmenter::loss";
+    detail::check_floating(image_features_in, where, "image features");
+    detail::check_floating(report_features_in, where, "report features");
+    const detail::Float32Region float32_region;
+    const at::Tensor image_features = detail::at_least_float32(image_features_in);
+    const at::Tensor report_features = detail::at_least_float32(report_features_in);
     detail::check_floating(image_features, where, "image features");
     detail::check_floating(report_features, where, "report features");
     detail::check_dim(image_features, 2, where, "image features", "B x D");
