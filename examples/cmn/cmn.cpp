@@ -223,7 +223,7 @@ EncoderDecoderOutput EncoderDecoderImpl::forward(const torch::Tensor& att_feats,
   auto embedded = model->embed(seq);
   out.decoder_in = embedded + memory_response(embedded, kv);
   out.decoder_out = model->decoder(out.decoder_in, out.encoder_out, torch::Tensor(), tgt_mask);
-  out.logprobs = torch::log_softmax(logit(out.decoder_out), -1);
+  out.logprobs = torch::log_softmax(logit(out.decoder_out), -1, torch::kFloat);
   return out;
 }
 
@@ -272,7 +272,7 @@ class CMNStepper final : public nn::IncrementalDecoder {
     }
     ++position_;
     auto out = tf.decoder->norm(x).select(1, 0);
-    return torch::log_softmax(ed_.logit(out), -1);
+    return torch::log_softmax(ed_.logit(out), -1, torch::kFloat);
   }
 
   void expand(int64_t n) override {

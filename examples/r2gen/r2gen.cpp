@@ -339,7 +339,7 @@ EncoderDecoderOutput EncoderDecoderImpl::forward(const torch::Tensor& att_feats,
   out.decoder_in = model->embed(seq);
   out.decoder_out =
       model->decoder(out.decoder_in, out.encoder_out, torch::Tensor(), tgt_mask, out.rm_memory);
-  out.logprobs = torch::log_softmax(logit(out.decoder_out), -1);
+  out.logprobs = torch::log_softmax(logit(out.decoder_out), -1, torch::kFloat);
   return out;
 }
 
@@ -408,7 +408,7 @@ class R2GenStepper final : public nn::IncrementalDecoder {
     }
     ++position_;
     auto out = tf.decoder->norm(x).select(1, 0);
-    return torch::log_softmax(ed_.logit(out), -1);
+    return torch::log_softmax(ed_.logit(out), -1, torch::kFloat);
   }
 
   void expand(int64_t n) override {

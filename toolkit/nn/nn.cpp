@@ -8,6 +8,7 @@
 #include "dropout.hpp"
 #include "linear.hpp"
 #include "multiview.hpp"
+#include "precision.hpp"
 #include "resnet.hpp"
 #include "training.hpp"
 
@@ -133,7 +134,9 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight,
   // Training only: under no_grad (evaluation, decoding) the products have a few rows per step,
   // where oneDNN's sgemm is not faster (docs/performance.md), and the reports decoded stay
   // those of LibTorch's BLAS.
-  if (at::GradMode::is_enabled() && dnnl_applies(x, weight, bias))
+  // Inside autocast the product belongs to at::linear, which runs it in bf16 / fp16.
+  if (at::GradMode::is_enabled() && dnnl_applies(x, weight, bias) &&
+      !autocast_enabled(x.device().type()))
     return bias.defined() ? LinearFunction::apply(x, weight, bias)
                           : LinearFunction::apply(x, weight);
 #endif
@@ -222,7 +225,9 @@ struct StepLinearFunction : torch::autograd::Function<StepLinearFunction> {
 SharedWeightLinear::SharedWeightLinear(const torch::Tensor& weight, const torch::Tensor& bias)
     : weight_(weight), bias_(bias) {
   TORCH_CHECK(bias.defined(), "SharedWeightLinear: a bias is required");
-  if (at::GradMode::is_enabled() && (weight.requires_grad() || bias.requires_grad())) {
+  // Inside autocast the steps are plain linear() calls: at::linear casts their operands.
+  if (at::GradMode::is_enabled() && (weight.requires_grad() || bias.requires_grad()) &&
+      !autocast_enabled(weight.device().type())) {
     records_ = c10::make_intrusive<Records>();
     auto gathered = GatherWeightGradFunction::apply(weight, bias, records_);
     weight_ = gathered[0];
