@@ -3,12 +3,14 @@
 // backward, clip_grad_value_(0.1), Adam amsgrad with the two learning-rate groups) and one
 // beam-3 / greedy decode of a batch of 16 IU X-Ray studies (two views), random weights.
 //
-//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc|nchw] [profile] [phases]
+//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc|nchw] [fp32|bf16] [profile] [phases]
 //     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
 //     WHAT  train | beam | greedy | ihn_share (plain and ihn training steps interleaved in one
 //           process, and the augmenter's own time inside the ihn step: its share of a step)
 //     nhwc  (default, as `ihn train` on the CPU) the ResNet's convolution weights channels-last
 //           (nn::to_channels_last); nchw keeps LibTorch's default layout
+//     bf16  the forward pass (training) or the whole decode under bf16 autocast, as
+//           `ihn train --precision bf16` (nn/precision.hpp); fp32 (default) as before
 //     phases  (train) print each step's forward / backward / clip / Adam seconds
 //     profile  (train) run one more step under LibTorch's autograd profiler and print the ops
 //           with the most self CPU time (as bench_train.py's `profile` mode does for Python)
@@ -36,6 +38,7 @@
 #include "bench_profile.hpp"
 #include "nn/allocator.hpp"
 #include "nn/fused_adam.hpp"
+#include "nn/precision.hpp"
 #include "r2gen.hpp"
 
 namespace r2 = ihn_examples::r2gen;
@@ -75,7 +78,7 @@ int main(int argc, char** argv) {
   const bool kept_freed_memory = ihn_toolkit::nn::keep_freed_memory();
   if (argc < 3) {
     std::cerr << "usage: bench_r2gen small|paper train|beam|greedy|ihn_share [WARMUP REPS] "
-                 "[THREADS] [nhwc|nchw] [profile] [phases]\n";
+                 "[THREADS] [nhwc|nchw] [fp32|bf16] [profile] [phases]\n";
     return 2;
   }
   const std::string cfg = argv[1], what = argv[2];
@@ -84,10 +87,13 @@ int main(int argc, char** argv) {
   const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
   bool channels_last = true;  // as `ihn train` on the CPU
   bool profile = false, phases = false;
+  auto precision = ihn_toolkit::nn::Precision::fp32;
   for (int a = 6; a < argc; ++a) {
     const std::string flag = argv[a];
     if (flag == "nhwc" || flag == "nchw") {
       channels_last = flag == "nhwc";
+    } else if (flag == "fp32" || flag == "bf16") {
+      precision = ihn_toolkit::nn::parse_precision(flag);
     } else if (flag == "profile") {
       profile = true;
     } else if (flag == "phases") {
@@ -152,8 +158,12 @@ int main(int argc, char** argv) {
     }
     auto step = [&](bool with_ihn, int i) {
       const double t0 = now();
-      auto out = model->forward(images, ids, masks);
-      auto loss = r2::compute_loss(out.logprobs, ids, masks);
+      auto [out, loss] = [&] {
+        const ihn_toolkit::nn::AutocastGuard autocast(precision, torch::kCPU);
+        auto o = model->forward(images, ids, masks);
+        auto l = r2::compute_loss(o.logprobs, ids, masks);
+        return std::make_pair(o, l);
+      }();
       if (with_ihn) {
         const double a0 = now();
         std::vector<int64_t> sample_ids;
@@ -188,6 +198,7 @@ int main(int argc, char** argv) {
       if (i == warmup) timed_start = usage();
       const double t0 = now();
       torch::Tensor seq;
+      const ihn_toolkit::nn::AutocastGuard autocast(precision, torch::kCPU);
       if (what == "beam")
         seq = model->beam_search(images, r2::BeamSearchOptions().beam_size(3).max_length(max_len))
                   .seq;
@@ -212,13 +223,14 @@ int main(int argc, char** argv) {
   const double per_rep = 1.0 / std::max(reps, 1);
   std::printf(
       "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"r2gen\", \"cfg\": \"%s\", "
-      "\"threads\": %d, \"malloc\": \"%s\", \"channels_last\": %s, \"warmup\": %d, "
+      "\"threads\": %d, \"precision\": \"%s\", \"malloc\": \"%s\", \"channels_last\": %s, "
+      "\"warmup\": %d, "
       "\"reps\": %d, \"batch\": %ld, \"image\": %ld, \"loss\": %.6f, "
       "\"max_generated_len\": %ld, \"minflt_per_rep\": %.0f, \"cpu_s_per_rep\": %.3f, "
       "\"seconds\": %s}\n",
-      what.c_str(), cfg.c_str(), threads, kept_freed_memory ? "keep" : "glibc",
-      channels_last ? "true" : "false", warmup, reps, static_cast<long>(batch),
-      static_cast<long>(image), last_loss, static_cast<long>(generated),
+      what.c_str(), cfg.c_str(), threads, ihn_toolkit::nn::to_string(precision),
+      kept_freed_memory ? "keep" : "glibc", channels_last ? "true" : "false", warmup, reps,
+      static_cast<long>(batch), static_cast<long>(image), last_loss, static_cast<long>(generated),
       (timed_end.minor_faults - timed_start.minor_faults) * per_rep,
       (timed_end.cpu_seconds - timed_start.cpu_seconds) * per_rep, json_times(times).c_str());
   return 0;

@@ -101,6 +101,9 @@ void add_evaluate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", args->options.bootstrap_seed, "Bootstrap seed");
   cmd->add_option("--device", args->options.device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--precision", args->options.precision,
+                  "Decoding arithmetic: fp32, bf16 or fp16 (default: the run's --precision)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   cmd->add_option("--threads", args->options.threads, "Intra-op threads (0 = default)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--wordnet", args->options.wordnet, "WordNet dict folder for METEOR synonyms");

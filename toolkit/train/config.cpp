@@ -227,6 +227,10 @@ void validate_recipe(const TrainConfig& c) {
     throw TrainError("--report-features text is implemented for --model r2gen only");
   if (c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
     throw TrainError("--device " + c.device + ": use cpu or cuda");
+  if (c.precision == "fp16" && c.device == "cpu")
+    throw TrainError(
+        "--precision fp16 runs on CUDA only (LibTorch's CPU autocast has no float16 kernels); "
+        "on the CPU use --precision bf16");
   if (c.pretrain && c.pretrain_seed == c.synth_seed && c.data == "synth")
     throw TrainError("--pretrain-seed " + std::to_string(c.pretrain_seed) +
                      " is the seed of the generator's own synthetic set: pretrain on a "

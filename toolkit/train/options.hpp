@@ -138,6 +138,7 @@ constexpr OptionCheck one_of(const char* choices) {
   X(report_features, "--report-features", one_of("decoder|text"), "ihn: report features aligned with the image, decoder (the paper's) or text (extension,  R2Gen: decoder states of a pass without the image)") \
   X(negatives_file, "--negatives-file", any(), "ihn official: negative pairs from `ihn data negatives` (default: mined at start-up  with the same code)") \
   X(official_legacy, "--official-legacy", any(), "ihn official: the release's B x B projection that mixes every sample with all others") \
+  X(precision, "--precision", one_of("fp32|bf16|fp16"), "Forward-pass arithmetic: fp32, bf16 (autocast: CPUs with AVX512-BF16, CUDA) or fp16 (CUDA, loss scaling); weights and checkpoints stay float32") \
   X(out, "--out", any(), "") \
   X(device, "--device", any(), "") \
   X(channels_last, "--channels-last", any(), "") \

@@ -23,6 +23,7 @@
 #include "data/tokenizer.hpp"
 #include "nn/fused_adam.hpp"
 #include "nn/generator.hpp"
+#include "nn/precision.hpp"
 #include "train/models.hpp"
 #include "train/official_step.hpp"
 #include "train/pretrain.hpp"
@@ -504,6 +505,11 @@ Decoded decode_split(Model& model, const ihn_toolkit::data::ReportDataset& datas
   lo.batch_size = static_cast<size_t>(std::max(c.batch_size, kDecodeBatch));
   auto loader = ihn_toolkit::data::make_report_loader(dataset, lo);
   size_t index = 0;
+  // Decoding in the run's precision (a float32 run decodes exactly as before); an fp16 (CUDA)
+  // checkpoint decodes on the CPU in float32.
+  auto precision = nn::parse_precision(c.precision);
+  if (precision == nn::Precision::fp16 && device.is_cpu()) precision = nn::Precision::fp32;
+  const nn::AutocastGuard autocast(precision, device.type());
   for (auto& batch : *loader) {
     auto images = select_views(batch.images, views_of(c)).to(device);
     auto result = model->beam_search(
@@ -653,8 +659,13 @@ struct TrainerState {
   double best_score = -1, loss_sum = 0, loss_count = 0;
   std::vector<double> epoch_losses;
   std::map<std::string, double> log_sums;  ///< the epoch's per-step logs, summed
+  double loss_scale = 1;                   ///< fp16: GradScaler's scale and its finite steps
+  int64_t loss_scale_finite_steps = 0;
 
   void save(ihn::StateDict& s) const {
+    s["trainer.loss_scale"] = scalar_tensor(loss_scale);
+    s["trainer.loss_scale_finite_steps"] =
+        scalar_tensor(static_cast<double>(loss_scale_finite_steps));
     s["trainer.epoch"] = scalar_tensor(static_cast<double>(epoch_done));
     s["trainer.batch"] = scalar_tensor(static_cast<double>(batch_in_epoch));
     s["trainer.global_step"] = scalar_tensor(static_cast<double>(global_step));
@@ -684,6 +695,10 @@ struct TrainerState {
     const auto losses = it->second.to(torch::kFloat64).contiguous();
     epoch_losses.assign(losses.data_ptr<double>(), losses.data_ptr<double>() + losses.numel());
     for (const auto& [k, v] : ihn::sub_state(s, "trainer.logs")) log_sums[k] = v.item<double>();
+    if (s.count("trainer.loss_scale")) {  // absent before mixed precision: float32 runs
+      loss_scale = tensor_scalar(s, "trainer.loss_scale", file);
+      loss_scale_finite_steps = count("trainer.loss_scale_finite_steps");
+    }
   }
 
   double mean_loss() const { return loss_sum / std::max(loss_count, 1.0); }
@@ -827,7 +842,10 @@ class TrainingRun {
         device_(parse_device(config_.device)),
         data_(build_data(config_)),
         label_(config_.label.empty() ? "" : config_.label + " "),
-        options_(Traits::options(config_, data_.tokenizer.vocab_size())) {
+        options_(Traits::options(config_, data_.tokenizer.vocab_size())),
+        precision_(nn::parse_precision(config_.precision)),
+        scaler_(precision_ == nn::Precision::fp16) {
+    nn::check_precision(precision_, device_);
     fs::create_directories(out_dir_ / "reports");
     for (const auto& [name, split, why] :
          {std::tuple{"train", data_.train.get(), "nothing to train on"},
@@ -849,6 +867,7 @@ class TrainingRun {
     callbacks_ = make_callbacks(model_, config_, device_);
     if (config_.resume) {
       restore(resume_state, last_path_.string());
+      scaler_.restore(state_.loss_scale, state_.loss_scale_finite_steps);
       truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
     }
     log_.open(out_dir_ / "log.jsonl", std::ios::app);
@@ -1067,12 +1086,22 @@ class TrainingRun {
   void step(ihn::BatchContext& ctx) {
     for (auto& cb : callbacks_) cb->on_before_backward(ctx);
     nn::clear_grads(*optimisation_.adam);
-    ctx.loss.backward();
+    scaler_.scale_loss(ctx.loss).backward();
+    // fp16: true gradients before the hooks and clipping; a step with an Inf or NaN in them is
+    // skipped (the scale backs off), as torch.cuda.amp does.
+    const bool finite = scaler_.unscale_gradients(optimisation_.clipped);
     for (auto& cb : callbacks_) cb->on_after_backward(ctx);
     if (config_.grad_clip > 0)
       torch::nn::utils::clip_grad_value_(optimisation_.clipped, config_.grad_clip);
     for (auto& cb : callbacks_) cb->on_before_optimizer_step(ctx);
-    optimisation_.adam->step();
+    if (finite) optimisation_.adam->step();
+    scaler_.update(!finite);
+    state_.loss_scale = scaler_.scale();
+    state_.loss_scale_finite_steps = scaler_.finite_steps();
+    if (scaler_.enabled()) {
+      ctx.logs["loss_scale"] = scaler_.scale();
+      ctx.logs["skipped_step"] = finite ? 0.0 : 1.0;
+    }
     ++state_.global_step;
     for (auto& cb : callbacks_) cb->on_train_batch_end(ctx);
   }
@@ -1107,7 +1136,12 @@ class TrainingRun {
         ctx.report_keys.push_back(data_.train_keys[static_cast<size_t>(i)]);
       }
       for (auto& cb : callbacks_) cb->on_train_batch_start(ctx);
-      forward(ctx, batch, negative_set, lambda);
+      {
+        // The model's forward pass in the run's precision; the hooks (ihn's loss) and the
+        // backward pass run outside, in float32 (weights stay float32).
+        const nn::AutocastGuard autocast(precision_, device_.type());
+        forward(ctx, batch, negative_set, lambda);
+      }
       step(ctx);
       record_step(epoch, ctx, b);
       ++r.done;
@@ -1283,6 +1317,8 @@ class TrainingRun {
   RunData data_;
   std::string label_;  ///< "LABEL " before every line printed, or ""
   typename Traits::Options options_;
+  nn::Precision precision_;
+  nn::GradScaler scaler_;
   Model model_{nullptr};
   OfficialMode official_;
   Optimisation optimisation_;
@@ -1318,6 +1354,7 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
     c.images = options.images.empty() ? c.images : options.images;
   }
   c.skip_bad = c.skip_bad || options.skip_bad;
+  if (!options.precision.empty()) c.precision = options.precision;
   c.out = "-";
   // The checkpoint holds the extractor's weights: the pretraining that started it is history.
   c.visual_init.clear();

@@ -111,6 +111,9 @@ struct TrainConfig {
   std::string negatives_file;
   /// --ihn official: the release's B x B projection (mixes every sample with all others).
   bool official_legacy = false;
+  /// Arithmetic of the forward passes (training and decoding): fp32, bf16 or fp16 under
+  /// autocast; weights, optimiser state and checkpoints stay float32 (nn/precision.hpp).
+  std::string precision = "fp32";
   // Runtime (not part of the recipe; may change on resume).
   std::string out;
   std::string device = "cpu";
@@ -185,6 +188,7 @@ struct EvaluateOptions {
   int threads = 0;
   std::string wordnet;      ///< empty = the checkpoint's config; missing WordNet drops synonyms
   std::string reports_out;  ///< JSONL of generated reports ("" = none)
+  std::string precision;    ///< decoding arithmetic, fp32 | bf16 | fp16 ("" = the run's)
   AuthorsCheckpointOptions authors;  ///< an authors' .pth (then --ann and --images are needed)
 };
 
