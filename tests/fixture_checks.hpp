@@ -24,6 +24,8 @@
 
 #include "test_common.hpp"
 
+#include "nn/precision.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -320,6 +322,45 @@ auto check_teacher_forcing_matches_fixture(Fixture& fx, double feature_tol = 1e-
   auto ref_report = (at_key(fx.outputs, "tf_decoder_out") * m).sum(1) / m.sum(1);
   CHECK(torch::allclose(out.report_features.cpu(), ref_report, 1e-4, 1e-4));
   return out;
+}
+
+/// Teacher forcing under autocast in reduced precision — bf16 on the CPU, fp16 on CUDA, as
+/// `ihn train --precision` runs the forward pass — against the fixture's float32 outputs.
+///
+/// Tolerance: bf16 keeps 8 significant bits, so each convolution and matrix product rounds its
+/// inputs by up to u = 2^-9 ≈ 0.2 % (oneDNN and cuBLAS accumulate in float32); the roundings of
+/// independent inputs add up like a random walk, not in one direction, so the logits move by a
+/// few u relative and the log-probs (log-softmax in float32; 1-Lipschitz per logit shift) by a
+/// few u times the logits' scale. The loss — a mean of log-probs over the report's tokens —
+/// must stay within 10 u = 2 % of float32's, and the log-probs within 0.1 in the mean over
+/// tokens; and it must differ from float32's at all (autocast really ran).
+template <class Fixture>
+void check_reduced_precision_forward(Fixture& fx) {
+  namespace nn = ihn_toolkit::nn;
+  torch::NoGradGuard no_grad;
+  const auto precision = fx.device.is_cuda() ? nn::Precision::fp16 : nn::Precision::bf16;
+  auto ids = fx.in("reports_ids"), masks = fx.in("reports_masks");
+  auto out = [&] {
+    const nn::AutocastGuard autocast(precision, fx.device.type());
+    return fx.model->forward(fx.x, ids, masks);
+  }();
+  CHECK(out.logprobs.scalar_type() == torch::kFloat);  // log-softmax runs in float32
+  const double loss =
+      ihn_toolkit::nn::compute_loss(out.logprobs, ids, masks).template item<double>();
+  const double ref = fx.outputs.at("tf_loss_float").toDouble();
+  const double relative = std::abs(loss - ref) / std::abs(ref);
+  INFO("loss " << loss << " in " << nn::to_string(precision) << ", float32 " << ref);
+  CHECK(relative <= 10 * std::pow(2.0, -9));
+  CHECK(relative > 0);
+  const auto m = masks.cpu().narrow(1, 1, ids.size(1) - 1).unsqueeze(-1);
+  const auto token_diff =
+      ((out.logprobs.cpu() - at_key(fx.outputs, "tf_logprobs")).abs() * m).sum() /
+      (m.sum() * out.logprobs.size(-1));
+  CHECK(token_diff.template item<double>() < 0.1);
+  // Outside the guard everything is float32 again, and the weights never left it.
+  CHECK(fx.model->forward(fx.x, ids, masks)
+            .logprobs.equal(fx.model->forward(fx.x, ids, masks).logprobs));
+  for (const auto& p : fx.model->parameters()) CHECK(p.scalar_type() == torch::kFloat);
 }
 
 /// The padded teacher-forced batch (pad_*): log-probs and loss; report features ignore padding

@@ -77,6 +77,11 @@ TEST_CASE("cmn: teacher-forced log-probs, intermediates and loss match", "[cmn][
   CHECK(max_abs_diff(out.details.encoder_in, out.details.att_embed_out + pe) > 1e-2);
 }
 
+TEST_CASE("cmn: bf16 autocast (fp16 on CUDA) stays within bf16 rounding of float32",
+          "[cmn][shared][precision]") {
+  ihn_test::check_reduced_precision_forward(fixture());
+}
+
 TEST_CASE("cmn: padded teacher-forced batch matches", "[cmn][shared]") {
   ihn_test::check_padded_batch_matches_fixture(fixture());
 }

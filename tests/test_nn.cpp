@@ -9,11 +9,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "nn/dropout.hpp"
 #include "nn/fused_adam.hpp"
 #include "nn/linear.hpp"
+#include "nn/precision.hpp"
 #include "nn/resnet.hpp"
 #include "nn/training.hpp"
 #include "nn/transformer.hpp"
@@ -503,4 +505,108 @@ TEST_CASE("training: FusedAdam steps as torch::optim::Adam and shares its state"
     const auto& s = static_cast<torch::optim::AdamParamState&>(*reloaded.state().begin()->second);
     CHECK(s.step() >= 4);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixed precision (nn/precision.hpp)
+
+TEST_CASE("precision: autocast runs products in bf16 inside the guard only, and nests",
+          "[precision]") {
+  namespace nn = ihn_toolkit::nn;
+  auto a = torch::randn({8, 16}), b = torch::randn({16, 4});
+  CHECK(a.mm(b).scalar_type() == torch::kFloat);
+  {
+    const nn::AutocastGuard outer(nn::Precision::bf16, torch::kCPU);
+    CHECK(nn::autocast_enabled(torch::kCPU));
+    CHECK(a.mm(b).scalar_type() == torch::kBFloat16);
+    {
+      const nn::AutocastGuard inner(nn::Precision::fp32, torch::kCPU);  // fp32: no change
+      CHECK(a.mm(b).scalar_type() == torch::kBFloat16);
+    }
+    CHECK(nn::autocast_enabled(torch::kCPU));
+  }
+  CHECK_FALSE(nn::autocast_enabled(torch::kCPU));
+  CHECK(a.mm(b).scalar_type() == torch::kFloat);
+}
+
+TEST_CASE("precision: nn::linear hands its product to autocast, gradients stay float32",
+          "[precision]") {
+  namespace nn = ihn_toolkit::nn;
+  torch::manual_seed(3);
+  nn::Linear layer(16, 8);
+  auto x = torch::randn({5, 16});
+  auto y32 = layer(x);
+  torch::Tensor y16;
+  {
+    const nn::AutocastGuard autocast(nn::Precision::bf16, torch::kCPU);
+    y16 = layer(x);
+  }
+  CHECK(y16.scalar_type() == torch::kBFloat16);
+  // bf16 rounds inputs by up to 2^-9 relative; 16-term dot products of N(0,1) values.
+  CHECK(max_abs_diff(y16.to(torch::kFloat), y32) < 0.05);
+  CHECK(max_abs_diff(y16.to(torch::kFloat), y32) > 0);
+  y16.to(torch::kFloat).sum().backward();
+  CHECK(layer->weight.grad().scalar_type() == torch::kFloat);
+  CHECK(layer->weight.scalar_type() == torch::kFloat);
+}
+
+TEST_CASE("precision: names, and fp16 refused on the CPU", "[precision]") {
+  namespace nn = ihn_toolkit::nn;
+  CHECK(nn::parse_precision("bf16") == nn::Precision::bf16);
+  CHECK(std::string(nn::to_string(nn::parse_precision("fp16"))) == "fp16");
+  CHECK_THROWS_WITH(nn::parse_precision("fp8"), Catch::Contains("use fp32, bf16 or fp16"));
+  CHECK_THROWS_WITH(nn::check_precision(nn::Precision::fp16, torch::kCPU),
+                    Catch::Contains("CUDA only"));
+  CHECK_NOTHROW(nn::check_precision(nn::Precision::bf16, torch::kCPU));
+  CHECK(nn::precision_support().find("bf16") != std::string::npos);
+}
+
+TEST_CASE("precision: the fp16 loss scaler skips steps with Inf or NaN gradients", "[precision]") {
+  namespace nn = ihn_toolkit::nn;
+  nn::GradScaler scaler(true, /*initial_scale=*/1024, 2.0, 0.5, /*growth_interval=*/3);
+  auto w = torch::ones({4}, torch::requires_grad());
+  auto loss = (w * w).sum();
+  auto scaled = scaler.scale_loss(loss);
+  CHECK(scaled.item<double>() == Approx(4 * 1024));
+  scaled.backward();
+  CHECK(scaler.unscale_gradients({w}));  // finite: the true gradient 2w
+  CHECK(torch::allclose(w.grad(), torch::full({4}, 2.0f)));
+  scaler.update(false);
+  CHECK(scaler.scale() == 1024);
+  // An overflowing step: Inf in one gradient -> skip, scale halves, the count restarts.
+  w.mutable_grad().fill_(1.0f);
+  w.mutable_grad()[2] = std::numeric_limits<float>::infinity();
+  CHECK_FALSE(scaler.unscale_gradients({w}));
+  scaler.update(true);
+  CHECK(scaler.scale() == 512);
+  CHECK(scaler.finite_steps() == 0);
+  w.mutable_grad().fill_(std::nanf(""));
+  CHECK_FALSE(scaler.unscale_gradients({w}));
+  // Three finite steps in a row double it.
+  scaler.update(true);  // 256
+  for (int i = 0; i < 3; ++i) scaler.update(false);
+  CHECK(scaler.scale() == 512);
+  // Disabled (bf16, fp32): identity, never skips.
+  nn::GradScaler off(false);
+  w.mutable_grad().fill_(std::numeric_limits<float>::infinity());
+  CHECK(off.unscale_gradients({w}));
+  CHECK(off.scale_loss(loss).item<double>() == loss.item<double>());
+  CHECK_THROWS(nn::GradScaler(true, -1.0));
+}
+
+TEST_CASE("precision: ihn's loss runs in float32 inside a caller's bf16 autocast", "[precision]") {
+  namespace nn = ihn_toolkit::nn;
+  torch::manual_seed(5);
+  auto images = torch::randn({6, 32}), reports = torch::randn({6, 32});
+  ihn::AlignmentLoss loss;
+  const auto reference = loss(images.to(torch::kBFloat16).to(torch::kFloat),
+                              reports.to(torch::kBFloat16).to(torch::kFloat));
+  torch::Tensor under_autocast;
+  {
+    const nn::AutocastGuard autocast(nn::Precision::bf16, torch::kCPU);
+    under_autocast = loss(images.to(torch::kBFloat16), reports.to(torch::kBFloat16));
+  }
+  CHECK(under_autocast.scalar_type() == torch::kFloat);
+  // The same float32 arithmetic on the same (bf16-valued) inputs: equal, not merely close.
+  CHECK(under_autocast.item<float>() == reference.item<float>());
 }

@@ -68,6 +68,11 @@ TEST_CASE("r2gen: teacher-forced log-probs, intermediates and loss match", "[r2g
   ihn_test::check_teacher_forcing_matches_fixture<R2GenPort>(fixture(), /*feature_tol=*/1e-5);
 }
 
+TEST_CASE("r2gen: bf16 autocast (fp16 on CUDA) stays within bf16 rounding of float32",
+          "[r2gen][shared][precision]") {
+  ihn_test::check_reduced_precision_forward(fixture());
+}
+
 TEST_CASE("r2gen: padded teacher-forced batch matches", "[r2gen][shared]") {
   ihn_test::check_padded_batch_matches_fixture(fixture());
 }

@@ -125,6 +125,50 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   REQUIRE(ihn_toolkit::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
+TEST_CASE("train: bf16 autocast trains near float32, keeps float32 checkpoints, resumes exactly",
+          "[train][precision]") {
+  const auto root = ihn_test::scratch_dir("train_bf16");
+  auto fp32 = tiny((root / "fp32").string());
+  fp32.epochs = 1;
+  const auto r32 = ihn_toolkit::train::train(fp32);
+  auto full = tiny((root / "full").string());
+  full.precision = "bf16";
+  const auto r_full = ihn_toolkit::train::train(full);
+  REQUIRE(r_full.epochs_done == 2);
+  // bf16 really ran (the loss differs), within its rounding of float32's first epoch: the
+  // first steps start from the same weights, and bf16's relative rounding is 2^-9.
+  REQUIRE(r_full.epoch_losses[0] != r32.epoch_losses[0]);
+  REQUIRE(std::abs(r_full.epoch_losses[0] - r32.epoch_losses[0]) <
+          0.05 * std::abs(r32.epoch_losses[0]));
+  for (const auto& [name, value] : model_entries(root / "full" / "last.pt")) {
+    INFO(name);
+    if (value.is_floating_point()) REQUIRE(value.scalar_type() != torch::kBFloat16);
+  }
+  // Stopped mid-epoch and resumed: the same weights as the uninterrupted bf16 run.
+  auto part = tiny((root / "part").string());
+  part.precision = "bf16";
+  part.stop_after = 3;
+  REQUIRE(ihn_toolkit::train::train(part).interrupted);
+  part.resume = true;
+  part.stop_after = 0;
+  const auto r_part = ihn_toolkit::train::train(part);
+  REQUIRE(r_part.epoch_losses == r_full.epoch_losses);
+  require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
+  // A float32 evaluation of the bf16 checkpoint: checkpoints are interchangeable.
+  ihn_toolkit::train::EvaluateOptions eo;
+  eo.checkpoint = (root / "full" / "best.pt").string();
+  eo.bootstrap = 0;
+  eo.precision = "fp32";
+  const auto as_fp32 = ihn_toolkit::train::evaluate_checkpoint(eo);
+  REQUIRE(as_fp32.at("config").at("precision") == "fp32");
+  REQUIRE(as_fp32.contains("BLEU_4"));
+  // fp16 is CUDA's.
+  auto half = tiny((root / "fp16").string());
+  half.precision = "fp16";
+  REQUIRE_THROWS_WITH(ihn_toolkit::train::train(half),
+                      Catch::Contains("--precision fp16 runs on CUDA only"));
+}
+
 TEST_CASE("train: the channels-last ResNet (the CPU default) takes the NCHW one's first step",
           "[train]") {
   // Same recipe, same seed, one step: only the ResNet's memory layout differs
