@@ -20,12 +20,18 @@ class RecipeOptions {
  public:
   /// Adds every option of IHN_TRAIN_OPTIONS that has help (--epochs, --lr-ve, ...) to `cmd`;
   /// `with_ihn` adds --ihn too (ihn compare chooses it per arm).
+  /// Each component's options form a section of --help (IHN_TRAIN_OPTION_GROUPS).
   RecipeOptions(CLI::App* cmd, bool with_ihn) {
     using C = ihn_toolkit::train::TrainConfig;
+    std::string group;
 #define X(field, flag, check, help)                                  \
   if (*(help) != '\0' && (with_ihn || std::string(flag) != "--ihn")) \
-    add(cmd, flag, scratch_.field, help, &C::field);
-    IHN_TRAIN_OPTIONS(X)
+    add(cmd, flag, scratch_.field, help, &C::field)->group(group);
+#define G(title, OPTIONS) \
+  group = title;          \
+  OPTIONS(X)
+    IHN_TRAIN_OPTION_GROUPS(G)
+#undef G
 #undef X
   }
 
@@ -42,8 +48,8 @@ class RecipeOptions {
 
  private:
   template <class T>
-  void add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
-           T ihn_toolkit::train::TrainConfig::*member) {
+  CLI::Option* add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
+                   T ihn_toolkit::train::TrainConfig::*member) {
     CLI::Option* opt = nullptr;
     if constexpr (std::is_same_v<T, bool>)  // --pretrain and --no-pretrain (a preset may set it)
       opt = cmd->add_flag(flag + ",!--no-" + flag.substr(2), target, help);
@@ -53,6 +59,7 @@ class RecipeOptions {
     appliers_.push_back([opt, member, this](ihn_toolkit::train::TrainConfig& c) {
       if (opt->count() > 0) c.*member = scratch_.*member;
     });
+    return opt;
   }
 
   ihn_toolkit::train::TrainConfig scratch_;

@@ -70,11 +70,11 @@ constexpr OptionCheck one_of(const char* choices) {
 }
 }  // namespace checks
 
-// X(field, flag, check, help): in TrainConfig's order.
+// Each component's options: X(field, flag, check, help). The groups are also the sections of
+// `ihn train --help` (IHN_TRAIN_OPTION_GROUPS).
 // clang-format off
-#define IHN_TRAIN_OPTIONS(X) \
-  X(model, "--model", one_of("r2gen|cmn"), "") \
-  X(preset, "--preset", any(), "") \
+/// Data: the data set, its images and reports.
+#define IHN_DATA_OPTIONS(X) \
   X(data, "--data", any(), "") \
   X(ann, "--ann", any(), "") \
   X(images, "--images", any(), "") \
@@ -87,9 +87,13 @@ constexpr OptionCheck one_of(const char* choices) {
   X(synth_normal_fraction, "--synth-normal-fraction", between(0, 1), "Synthetic set: share of studies without findings (0.667)") \
   X(resize, "--resize", between(32, 4096), "Train: shorter side before the random crop (paper 256)") \
   X(crop, "--image-size", between(32, 4096), "Image side fed to the network (crop; paper 224)") \
+  X(views, "--views", between(0, 2), "Views fed to the model: 1 (frontal) or 2 (frontal + lateral); default 1 with --ihn  official (the release's IU X-Ray protocol) and for MIMIC-CXR, else 2") \
   X(threshold, "--threshold", at_least(1), "Vocabulary: minimum count in train (3)") \
-  X(skip_bad, "--skip-bad", any(), "Leave out annotation entries with problems (listed) instead of stopping") \
   X(max_seq_length, "--max-seq-length", between(3, 4096), "Tokens per report incl. BOS/EOS (60)") \
+  X(skip_bad, "--skip-bad", any(), "Leave out annotation entries with problems (listed) instead of stopping")
+/// Model: the generator and its visual extractor.
+#define IHN_MODEL_OPTIONS(X) \
+  X(model, "--model", one_of("r2gen|cmn"), "") \
   X(visual_depth, "--visual-depth", any(), "ResNet depth: 18, 34, 50 or 101") \
   X(visual_init, "--visual-init", any(), "Start the visual extractor from this `ihn pretrain` file") \
   X(pretrain, "--pretrain", any(), "Pretrain the visual extractor first as a 14-observation classifier on a disjoint  synthetic set (cached in --pretrain-dir and reused)") \
@@ -110,7 +114,9 @@ constexpr OptionCheck one_of(const char* choices) {
   X(topk, "--topk", at_least(1).for_model("cmn"), "CMN: memory slots each query reads (paper 32)") \
   X(cmm_size, "--cmm-size", between(1, 1 << 20).for_model("cmn"), "CMN: cross-modal memory slots (paper 2048)") \
   X(cmm_dim, "--cmm-dim", between(1, 65536).for_model("cmn"), "CMN: cross-modal memory width (paper 512)") \
-  X(views, "--views", between(0, 2), "Views fed to the model: 1 (frontal) or 2 (frontal + lateral); default 1 with --ihn  official (the release's IU X-Ray protocol) and for MIMIC-CXR, else 2") \
+  X(max_positions, "--max-positions", between(0, 1 << 20), "")
+/// Optimisation: epochs, Adam, the learning-rate schedule, selection, precision.
+#define IHN_OPTIMISATION_OPTIONS(X) \
   X(epochs, "--epochs", at_least(1), "Training epochs (paper 100, cpu-small 10)") \
   X(batch_size, "--batch-size", between(1, 1 << 20), "Studies per batch (16)") \
   X(lr_ve, "--lr-ve", above(0), "Adam learning rate of the visual extractor (paper 5e-5)") \
@@ -120,14 +126,15 @@ constexpr OptionCheck one_of(const char* choices) {
   X(adam_beta1, "--adam-beta1", probability(), "") \
   X(adam_beta2, "--adam-beta2", probability(), "") \
   X(adam_eps, "--adam-eps", above(0), "") \
-  X(max_positions, "--max-positions", between(0, 1 << 20), "") \
   X(lr_step, "--lr-step", at_least(1), "StepLR step size in epochs (50)") \
   X(lr_gamma, "--lr-gamma", above(0), "StepLR factor (0.1)") \
   X(grad_clip, "--grad-clip", finite(), "Clip gradients by value (0.1; 0 = off)") \
   X(seed, "--seed", any(), "") \
   X(early_stop, "--early-stop", at_least(1), "Stop after this many epochs without a better validation score (50)") \
   X(select_metric, "--select-metric", one_of("BLEU_4|clinical_f1_macro|CIDEr"), "Validation score that picks best.pt: BLEU_4 (R2Gen's), clinical_f1_macro or CIDEr") \
-  X(beam_size, "--beam-size", between(1, 256), "Beam size for validation and test decoding (3)") \
+  X(precision, "--precision", one_of("fp32|bf16|fp16"), "Forward-pass arithmetic: fp32, bf16 (autocast: CPUs with AVX512-BF16, CUDA) or fp16 (CUDA, loss scaling); weights and checkpoints stay float32")
+/// ihn: hard negatives: the library's options (ihn::Options) and the released mode.
+#define IHN_IHN_OPTIONS(X) \
   X(ihn, "--ihn", one_of("off|paper|official"), "Hard negatives: off, paper or official (the released loss; see ihn train --help)") \
   X(negatives, "--negatives", between(0, 65536), "ihn: hard negatives per sample K (4)") \
   X(ihn_weight, "--ihn-weight", at_least(0), "ihn: weight of the alignment term (0.1)") \
@@ -137,8 +144,15 @@ constexpr OptionCheck one_of(const char* choices) {
   X(alignment, "--alignment", one_of("info_nce|hinge"), "ihn: the alignment term, info_nce (the paper's) or hinge (triplet margin 0.2)") \
   X(report_features, "--report-features", one_of("decoder|text"), "ihn: report features aligned with the image, decoder (the paper's) or text (extension,  R2Gen: decoder states of a pass without the image)") \
   X(negatives_file, "--negatives-file", any(), "ihn official: negative pairs from `ihn data negatives` (default: mined at start-up  with the same code)") \
-  X(official_legacy, "--official-legacy", any(), "ihn official: the release's B x B projection that mixes every sample with all others") \
-  X(precision, "--precision", one_of("fp32|bf16|fp16"), "Forward-pass arithmetic: fp32, bf16 (autocast: CPUs with AVX512-BF16, CUDA) or fp16 (CUDA, loss scaling); weights and checkpoints stay float32") \
+  X(official_legacy, "--official-legacy", any(), "ihn official: the release's B x B projection that mixes every sample with all others")
+/// Decoding and evaluation: beam search and the test-set statistics.
+#define IHN_EVALUATION_OPTIONS(X) \
+  X(beam_size, "--beam-size", between(1, 256), "Beam size for validation and test decoding (3)") \
+  X(bootstrap, "--bootstrap", at_least(0), "Resamples for the test-set intervals (1000)") \
+  X(wordnet, "--wordnet", any(), "")
+/// Run: where and how the run executes (not part of the recipe).
+#define IHN_RUN_OPTIONS(X) \
+  X(preset, "--preset", any(), "") \
   X(out, "--out", any(), "") \
   X(device, "--device", any(), "") \
   X(channels_last, "--channels-last", any(), "") \
@@ -147,9 +161,14 @@ constexpr OptionCheck one_of(const char* choices) {
   X(quiet, "--quiet", any(), "") \
   X(stop_after, "--stop-after", at_least(0), "") \
   X(plots, "--plots", any(), "") \
-  X(label, "--label", any(), "") \
-  X(bootstrap, "--bootstrap", at_least(0), "Resamples for the test-set intervals (1000)") \
-  X(wordnet, "--wordnet", any(), "")
+  X(label, "--label", any(), "")
+/// Every option of TrainConfig.
+#define IHN_TRAIN_OPTIONS(X) IHN_DATA_OPTIONS(X) IHN_MODEL_OPTIONS(X) IHN_OPTIMISATION_OPTIONS(X) \
+  IHN_IHN_OPTIONS(X) IHN_EVALUATION_OPTIONS(X) IHN_RUN_OPTIONS(X)
+/// G(section title, options macro) for each group, in the order of --help.
+#define IHN_TRAIN_OPTION_GROUPS(G) G("Data", IHN_DATA_OPTIONS) G("Model", IHN_MODEL_OPTIONS) \
+  G("Optimisation", IHN_OPTIMISATION_OPTIONS) G("ihn", IHN_IHN_OPTIONS) \
+  G("Decoding and evaluation", IHN_EVALUATION_OPTIONS) G("Run", IHN_RUN_OPTIONS)
 // clang-format on
 
 }  // namespace ihn_toolkit::train
