@@ -87,9 +87,11 @@ std::string jpeg_problem(const unsigned char* data, size_t size) {
 /// stb_image allocates what a PNG chunk declares before it reads the chunk (a 100-byte file with
 /// an IDAT chunk claiming 2 GB made it allocate 2 GB, found by fuzz/fuzz_image): every chunk stb
 /// reads, up to IEND, must lie inside the file. Then stb's buffers are bounded by the file's
-/// size, and the decoded image by the size limits.
+/// size, and the decoded image by the size limits. An empty IDAT chunk before the image data is
+/// refused too (below).
 std::string png_problem(const unsigned char* data, size_t size) {
   if (size < 8 || std::memcmp(data, "\x89PNG\r\n\x1a\n", 8) != 0) return "";
+  bool seen_image_data = false;
   for (size_t at = 8; at + 8 <= size;) {
     const uint64_t length = (uint64_t{data[at]} << 24) | (uint64_t{data[at + 1]} << 16) |
                             (uint64_t{data[at + 2]} << 8) | uint64_t{data[at + 3]};
@@ -99,6 +101,12 @@ std::string png_problem(const unsigned char* data, size_t size) {
              std::to_string(length) + " bytes, past the file's end (" + std::to_string(size) +
              " bytes)";
     if (type == "IEND") break;
+    // stb 2.27 copies an empty first IDAT into its not yet allocated buffer (memcpy to NULL,
+    // undefined behaviour; found by fuzz/fuzz_image). No encoder writes one.
+    if (type == "IDAT" && length == 0 && !seen_image_data)
+      return "corrupt PNG: empty IDAT chunk at byte " + std::to_string(at) +
+             " before any image data";
+    seen_image_data = seen_image_data || (type == "IDAT" && length > 0);
     at += 12 + length;
   }
   return "";
