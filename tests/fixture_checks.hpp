@@ -328,12 +328,12 @@ auto check_teacher_forcing_matches_fixture(Fixture& fx, double feature_tol = 1e-
 /// `ihn train --precision` runs the forward pass — against the fixture's float32 outputs.
 ///
 /// Tolerance: bf16 keeps 8 significant bits, so each convolution and matrix product rounds its
-/// inputs by up to u = 2^-9 ≈ 0.2 % (oneDNN and cuBLAS accumulate in float32); the roundings of
-/// independent inputs add up like a random walk, not in one direction, so the logits move by a
-/// few u relative and the log-probs (log-softmax in float32; 1-Lipschitz per logit shift) by a
-/// few u times the logits' scale. The loss — a mean of log-probs over the report's tokens —
-/// must stay within 10 u = 2 % of float32's, and the log-probs within 0.1 in the mean over
-/// tokens; and it must differ from float32's at all (autocast really ran).
+/// inputs by up to u = 2^-9 ≈ 0.2 % (oneDNN and cuBLAS accumulate in float32). The roundings of
+/// independent inputs have random signs and partly cancel in every sum, and the loss — a mean of
+/// log-probs over the report's tokens (log-softmax in float32) — averages them again: its
+/// relative error must stay below one u (measured on the fixtures: R2Gen 1.9e-4, CMN 5e-6), the
+/// log-probs within 0.1 in the mean over tokens, and it must differ from float32's at all
+/// (autocast really ran).
 template <class Fixture>
 void check_reduced_precision_forward(Fixture& fx) {
   namespace nn = ihn_toolkit::nn;
@@ -350,16 +350,17 @@ void check_reduced_precision_forward(Fixture& fx) {
   const double ref = fx.outputs.at("tf_loss_float").toDouble();
   const double relative = std::abs(loss - ref) / std::abs(ref);
   INFO("loss " << loss << " in " << nn::to_string(precision) << ", float32 " << ref);
-  CHECK(relative <= 10 * std::pow(2.0, -9));
+  CHECK(relative <= std::pow(2.0, -9));
   CHECK(relative > 0);
   const auto m = masks.cpu().narrow(1, 1, ids.size(1) - 1).unsqueeze(-1);
   const auto token_diff =
       ((out.logprobs.cpu() - at_key(fx.outputs, "tf_logprobs")).abs() * m).sum() /
       (m.sum() * out.logprobs.size(-1));
   CHECK(token_diff.template item<double>() < 0.1);
-  // Outside the guard everything is float32 again, and the weights never left it.
-  CHECK(fx.model->forward(fx.x, ids, masks)
-            .logprobs.equal(fx.model->forward(fx.x, ids, masks).logprobs));
+  // Outside the guard the forward pass is float32 again (within the parity tolerance of
+  // check_teacher_forcing_matches_fixture), and the weights never left float32.
+  CHECK(max_abs_diff(fx.model->forward(fx.x, ids, masks).logprobs,
+                     at_key(fx.outputs, "tf_logprobs")) < 1e-4);
   for (const auto& p : fx.model->parameters()) CHECK(p.scalar_type() == torch::kFloat);
 }
 
