@@ -43,7 +43,7 @@ void run_evaluate(EvaluateArgs& a) {
   if (!a.json_out.empty()) ihn::cli::write_file(a.json_out, j.dump(2) + "\n");
   if (a.json) {
     fmt::print("{}\n", j.dump(2));
-    if (!a.no_report) ihn_toolkit::report::write_report(a.out);
+    if (!a.no_report) ihn::cli::write_html_report(a.out, "", /*quiet=*/true);
     return;
   }
   const auto& ci =

@@ -80,12 +80,7 @@ void run_train(TrainArgs& a) {
     return;
   }
   const std::string label = c.label.empty() ? "" : c.label + " ";
-  if (c.plots && !r.test.is_null()) {
-    if (c.quiet)
-      ihn_toolkit::report::write_report(c.out);
-    else
-      ihn::cli::write_html_report(c.out, label);
-  }
+  if (c.plots && !r.test.is_null()) ihn::cli::write_html_report(c.out, label, c.quiet);
   if (c.quiet) return;
   fmt::print("{}done: {} epochs in {:.0f} s; best validation {} {:.4f} at epoch {} ({}/best.pt)\n",
              label, r.epochs_done, r.seconds, c.select_metric, r.best_val_score, r.best_epoch,

@@ -11,9 +11,11 @@
 namespace ihn::cli {
 
 /// Writes DIR/report.html and its charts, prints where, and returns the page's path.
-inline std::string write_html_report(const std::string& dir, const std::string& label = "") {
+inline std::string write_html_report(const std::string& dir, const std::string& label = "",
+                                     bool quiet = false) {
   try {
     const auto files = ihn_toolkit::report::write_report(dir);
+    if (quiet) return files.html;
     for (const auto& note : files.notes) fmt::print("{}report: {}\n", label, note);
     fmt::print("{}report: {} (charts: {} SVG files beside it)\n", label, files.html,
                files.charts.size());

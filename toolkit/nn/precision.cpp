@@ -141,15 +141,17 @@ torch::Tensor GradScaler::scale_loss(const torch::Tensor& loss) const {
 bool GradScaler::unscale_gradients(const std::vector<torch::Tensor>& parameters) const {
   if (!enabled_) return true;
   torch::NoGradGuard no_grad;
-  bool finite = true;
   const double inverse = 1.0 / scale_;
+  // One device-to-host read per step, not one per parameter: the flags stay on the device.
+  torch::Tensor all_finite;
   for (const auto& p : parameters) {
     auto& g = p.mutable_grad();
     if (!g.defined()) continue;
     g.mul_(inverse);
-    if (finite && !torch::isfinite(g).all().item<bool>()) finite = false;
+    auto finite = torch::isfinite(g).all();
+    all_finite = all_finite.defined() ? all_finite.logical_and(finite) : finite;
   }
-  return finite;
+  return !all_finite.defined() || all_finite.item<bool>();
 }
 
 void GradScaler::update(bool found_inf) {
