@@ -2,7 +2,9 @@
 // max step, the min-step term) plus its backward, at the paper's sizes (B 16, D 512, K 4,
 // a bank of 2,069 = IU X-Ray's training set, 5 ascent steps), and how it scales with each.
 // Threads are set explicitly (default 2, the machines here; first argument overrides).
-//   build/bin/bench_augmenter [threads] [repeats]
+//   build/bin/bench_augmenter [threads] [repeats] [mimic]
+// `mimic`: a bank and negatives store of MIMIC-CXR's 270,000 training reports, float32
+// against compact storage, with the memory each holds.
 #include <ihn/ihn.hpp>
 
 #include <torch/torch.h>
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -20,15 +23,31 @@ struct NoModel {};
 
 struct Config {
   int64_t batch = 16, dim = 512, k = 4, bank = 2069, steps = 5;
+  ihn::Storage storage = ihn::Storage::float32;
+  bool full_store = false;  // every id visited once: the negatives store is full too
 };
 
+struct Timing {
+  double ms = 0;             // median loss() + backward
+  double memory_mb = 0;      // the augmenter's own tensors (memory_bytes)
+  double rss_growth_mb = 0;  // process RSS after the timed calls minus before the augmenter
+};
+
+long rss_kb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  return 0;
+}
+
 // Median milliseconds of one loss()+backward after the bank is full.
-double time_config(const Config& c, int repeats) {
+Timing time_config(const Config& c, int repeats) {
+  const long rss_before = rss_kb();
   NoModel model;
   ihn::HardNegativeAugmenter<NoModel> augmenter(
-      model, ihn::Options{}.negatives_per_sample(c.k).ascent_steps(c.steps));
+      model, ihn::Options{}.negatives_per_sample(c.k).ascent_steps(c.steps).storage(c.storage));
   auto gen = at::detail::createCPUGenerator(7);
-  auto bank_features = at::randn({c.bank, c.dim}, gen, at::kFloat);
   std::vector<std::string> keys;
   for (int64_t i = 0; i < c.bank; ++i) keys.push_back(std::to_string(i % 700));
   {  // a full bank, as after the first epoch
@@ -36,8 +55,12 @@ double time_config(const Config& c, int repeats) {
     std::vector<int64_t> hashes;
     for (const auto& key : keys) hashes.push_back(ihn::detail::fnv1a64(key));
     state["bank.ids"] = at::arange(c.bank, at::kLong);
-    state["bank.features"] = ihn::l2_normalize(bank_features);
+    state["bank.features"] = ihn::l2_normalize(at::randn({c.bank, c.dim}, gen, at::kFloat));
     state["bank.key_hashes"] = at::tensor(hashes, at::kLong);
+    if (c.full_store) {
+      state["negatives.values"] = ihn::l2_normalize(at::randn({c.bank, c.k, c.dim}, gen));
+      state["negatives.peer_ids"] = at::randint(c.bank, {c.bank, c.k}, gen, at::kLong);
+    }
     augmenter.load_state_dict(state);
   }
   std::vector<double> ms;
@@ -58,7 +81,32 @@ double time_config(const Config& c, int repeats) {
     ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
   std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
-  return ms[ms.size() / 2];
+  Timing out;
+  out.ms = ms[ms.size() / 2];
+  out.memory_mb = static_cast<double>(augmenter.memory_bytes()) / 1e6;
+  out.rss_growth_mb = static_cast<double>(rss_kb() - rss_before) / 1e3;
+  return out;
+}
+
+// MIMIC-CXR's training set (about 270,000 reports) in the bank and in the negatives store,
+// float32 against compact storage, next to the IU X-Ray-sized bank of the same run.
+int mimic_scale(int repeats) {
+  Config iu;
+  iu.full_store = true;
+  const Timing base = time_config(iu, repeats);
+  std::printf("%-40s %9.3f ms  %8.1f MB held\n", "IU X-Ray bank (2,069), float32", base.ms,
+              base.memory_mb);
+  for (auto storage : {ihn::Storage::float32, ihn::Storage::compact}) {
+    Config c;
+    c.bank = 270000;
+    c.full_store = true;
+    c.storage = storage;
+    const Timing t = time_config(c, repeats);
+    const std::string label = std::string("MIMIC-CXR bank (270,000), ") + ihn::to_string(storage);
+    std::printf("%-40s %9.3f ms  %8.1f MB held  (RSS +%.0f MB)\n", label.c_str(), t.ms, t.memory_mb,
+                t.rss_growth_mb);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -69,11 +117,12 @@ int main(int argc, char** argv) {
   at::set_num_threads(threads);
   std::printf("ihn augmenter: loss() + backward, median of %d, %d intra-op threads\n", repeats,
               threads);
+  if (argc > 3 && std::string(argv[3]) == "mimic") return mimic_scale(repeats);
   const Config paper;
-  const double base = time_config(paper, repeats);
+  const double base = time_config(paper, repeats).ms;
   std::printf("%-34s %9.3f ms  (1.00x)\n", "paper: B16 D512 K4 bank2069 steps5", base);
   auto row = [&](const char* label, Config c) {
-    const double t = time_config(c, repeats);
+    const double t = time_config(c, repeats).ms;
     std::printf("%-34s %9.3f ms  (%.2fx)\n", label, t, t / base);
   };
   Config c;

@@ -222,6 +222,105 @@ TEST_CASE("closest peers equal a brute-force search and skip same-key reports", 
   }
 }
 
+TEST_CASE("compact storage: the same peers wherever bfloat16 cannot tell them apart",
+          "[peers][storage]") {
+  const int64_t n = 3000, dim = 64, k = 4, queries = 24;
+  // Clustered features, as reports are: many peers within a few hundredths of each other.
+  auto centres = random_features(30, dim, 31);
+  auto features =
+      centres.index_select(0, at::arange(n, at::kLong) % 30) + 0.35 * random_features(n, dim, 32);
+  std::vector<int64_t> ids(n), keys(n);
+  for (int64_t i = 0; i < n; ++i) {
+    ids[static_cast<size_t>(i)] = 5000 + i;
+    keys[static_cast<size_t>(i)] = i % 7 == 0 ? 1 : i;
+  }
+  ihn::FeatureBank exact, compact(ihn::Storage::compact);
+  exact.update(torch::tensor(ids), features, torch::tensor(keys));
+  compact.update(torch::tensor(ids), features, torch::tensor(keys));
+  CHECK(compact.features().scalar_type() == at::kBFloat16);
+  CHECK(compact.memory_bytes() < exact.memory_bytes() * 3 / 5);
+  auto q = features.narrow(0, 0, queries);
+  auto q_ids = torch::tensor(ids).narrow(0, 0, queries);
+  auto q_keys = torch::tensor(keys).narrow(0, 0, queries);
+  auto a = ihn::closest_peers_in_bank(exact, q, q_ids, q_keys, k);
+  auto b = ihn::closest_peers_in_bank(compact, q, q_ids, q_keys, k);
+  // The exact similarities of every peer compact chose, against its own stored values.
+  auto stored = compact.similarity(ihn::l2_normalize(q));
+  const double tol = compact.similarity_tolerance();
+  int64_t separated = 0;
+  for (int64_t i = 0; i < queries; ++i) {
+    // Ranks whose exact similarity is further than the tolerance (plus bfloat16's storage
+    // rounding, 2^-8) from every other candidate must be chosen identically.
+    auto row = a.similarity[i];
+    for (int64_t s = 0; s < k; ++s) {
+      CHECK(b.mask[i][s].item<bool>());
+      const int64_t row_b = compact.row_of(b.peer_ids[i][s].item<int64_t>());
+      CHECK(b.similarity[i][s].item<double>() ==
+            Approx(stored[i][row_b].item<double>()).margin(1e-5));
+      CHECK(keys[static_cast<size_t>(row_b)] != keys[static_cast<size_t>(i)]);
+      const double gap_above = s == 0 ? 1.0 : row[s - 1].item<double>() - row[s].item<double>();
+      const double gap_below = s + 1 < k ? row[s].item<double>() - row[s + 1].item<double>() : 1.0;
+      if (std::min(gap_above, gap_below) > tol + 1.0 / 128) {
+        ++separated;
+        CHECK(b.peer_ids[i][s].item<int64_t>() == a.peer_ids[i][s].item<int64_t>());
+      }
+      // Never worse than the tolerance allows: a compact peer is as close as the exact one
+      // up to the two roundings.
+      CHECK(b.similarity[i][s].item<double>() >= row[s].item<double>() - tol - 1.0 / 128);
+    }
+  }
+  CHECK(separated > 0);  // the check above ran
+
+  SECTION("negatives as int8: within 1/254 of each vector's largest component, state exact") {
+    ihn::NegativeStore store(ihn::Storage::compact);
+    auto negatives = ihn::l2_normalize(random_features(10 * k, dim, 40).view({10, k, dim}));
+    auto rows = at::arange(10, at::kLong);
+    store.reserve(10, k, negatives);
+    store.put(rows, negatives, at::full({10, k}, 3, at::kLong));
+    auto back = store.negatives(rows);
+    auto bound = negatives.abs().amax(-1, true) / 254.0 + 1e-7;
+    CHECK(((back - negatives).abs() <= bound).all().item<bool>());
+    ihn::NegativeStore reloaded(ihn::Storage::compact);
+    reloaded.load_state_dict(store.state_dict(10), at::kCPU);
+    CHECK(torch::equal(reloaded.negatives(rows), back));
+    CHECK(torch::equal(reloaded.peers(rows), store.peers(rows)));
+    ihn::NegativeStore widened;  // a compact state loads into float32 storage, and back
+    widened.load_state_dict(store.state_dict(10), at::kCPU);
+    CHECK(torch::equal(widened.negatives(rows), back));
+    ihn::NegativeStore exact_store;
+    exact_store.reserve(10, k, negatives);
+    exact_store.put(rows, negatives, store.peers(rows));
+    CHECK(store.memory_bytes() * 3 < exact_store.memory_bytes());
+    ihn::NegativeStore narrowed(ihn::Storage::compact);
+    narrowed.load_state_dict(exact_store.state_dict(10), at::kCPU);
+    CHECK(torch::equal(narrowed.negatives(rows), back));
+  }
+}
+
+TEST_CASE("reserve() preallocates without changing a single result", "[augmenter][storage]") {
+  ToyModel model;
+  const auto storage = GENERATE(ihn::Storage::float32, ihn::Storage::compact);
+  auto options = ihn::Options{}.negatives_per_sample(2).seed(3).storage(storage);
+  ihn::HardNegativeAugmenter<ToyModel> grown(model, options), reserved(model, options);
+  reserved.reserve(40);
+  CHECK(reserved.bank().size() == 0);
+  int64_t held = 0;
+  for (int64_t b = 0; b < 12; ++b) {
+    auto z = random_features(4, 8, 700 + static_cast<uint64_t>(b));
+    auto u = random_features(4, 8, 800 + static_cast<uint64_t>(b));
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < 4; ++i) ids.push_back((b * 4 + i) % 40);
+    CHECK(torch::equal(grown.loss(z, u, ids), reserved.loss(z, u, ids)));
+    CHECK(torch::equal(grown.last_negatives(), reserved.last_negatives()));
+    if (b == 0) {  // the first call allocated room for 40 ids, 4 of them in use
+      held = reserved.memory_bytes() - 4 * ihn::FeatureBank::index_entry_bytes;
+      CHECK(held >= 40 * 8 * (storage == ihn::Storage::compact ? 2 : 4));
+    }
+  }
+  // Nothing reallocated: only the id index grew, by one entry per id.
+  CHECK(reserved.memory_bytes() == held + 40 * ihn::FeatureBank::index_entry_bytes);
+}
+
 TEST_CASE("the max step: monotone, inside the trust region, behind the margin", "[max_step]") {
   const double radius = 0.6, margin = 0.05;
   for (uint64_t trial = 0; trial < 20; ++trial) {
@@ -388,7 +487,9 @@ TEST_CASE("negatives get harder as the schedule advances", "[augmenter]") {
 
 TEST_CASE("save, load, continue: identical negatives and losses", "[state]") {
   ToyModel model;
-  auto options = ihn::Options{}.negatives_per_sample(3).candidate_pool(5).seed(7);
+  const auto storage = GENERATE(ihn::Storage::float32, ihn::Storage::compact);
+  INFO("storage " << ihn::to_string(storage));
+  auto options = ihn::Options{}.negatives_per_sample(3).candidate_pool(5).seed(7).storage(storage);
   auto make_batch = [](int64_t b) {
     return std::pair{random_features(4, 8, 500 + 2 * static_cast<uint64_t>(b)),
                      random_features(4, 8, 501 + 2 * static_cast<uint64_t>(b))};

@@ -70,6 +70,9 @@ struct Options {
   IHN_ARG(bool, keep_negatives) = true;
   /// Seed of the augmenter's own generator (candidate sampling).
   IHN_ARG(uint64_t, seed) = 0;
+  /// How the feature bank and the persistent negatives are held: float32 (exact) or compact
+  /// (a quarter of the memory; for data sets of 100,000 reports and more). See bank.hpp.
+  IHN_ARG(Storage, storage) = Storage::float32;
 };
 
 /// Numbers from the last loss() call, for logging.
@@ -94,6 +97,8 @@ class HardNegativeAugmenter {
                   .kind(options_.loss_kind())
                   .temperature(options_.temperature())
                   .hinge_margin(options_.hinge_margin())),
+        bank_(options_.storage()),
+        negatives_(options_.storage()),
         rng_(options_.seed()) {
     constexpr std::string_view where = "ihn::HardNegativeAugmenter";
     if (options_.negatives_per_sample() < 0)
@@ -163,6 +168,11 @@ class HardNegativeAugmenter {
 
     PeerSelection peers;
     at::Tensor rows;  // bank rows of the batch (ids mode)
+    if (!ids.empty() && reserved_ > 0) {
+      bank_.reserve(reserved_, report_features);
+      if (options_.keep_negatives() && k > 0) negatives_.reserve(reserved_, k, report_features);
+      reserved_ = 0;
+    }
     if (!ids.empty()) {
       auto id_tensor = at::tensor(ids, at::kLong);
       bank_.update(id_tensor, report_features, key_hashes);
@@ -176,10 +186,9 @@ class HardNegativeAugmenter {
     // Warm start: where a sample's peers are the ones it had last time, continue from there.
     auto start = peers.features;
     if (rows.defined() && options_.keep_negatives() && k > 0) {
-      ensure_negative_storage(report_features);
-      auto previous_peers = stored_peers_.index_select(0, rows);
-      auto same_peer = previous_peers.eq(peers.peer_ids).logical_and(peers.mask);
-      start = at::where(same_peer.unsqueeze(-1), stored_negatives_.index_select(0, rows), start);
+      negatives_.reserve(bank_.size(), k, report_features);
+      auto same_peer = negatives_.peers(rows).eq(peers.peer_ids).logical_and(peers.mask);
+      start = at::where(same_peer.unsqueeze(-1), negatives_.negatives(rows), start);
     }
 
     const double hardness = schedule_hardness(options_.schedule(), epoch_, step_);
@@ -196,10 +205,8 @@ class HardNegativeAugmenter {
                                         .radius(radius)
                                         .margin(options_.margin()));
       negatives = max_step.negatives;
-      if (rows.defined() && options_.keep_negatives()) {
-        stored_negatives_.index_copy_(0, rows, negatives);
-        stored_peers_.index_copy_(0, rows, peers.peer_ids);
-      }
+      if (rows.defined() && options_.keep_negatives())
+        negatives_.put(rows, negatives, peers.peer_ids);
     }
     last_negatives_ = negatives;
     last_mask_ = peers.mask;
@@ -233,6 +240,16 @@ class HardNegativeAugmenter {
   const at::Tensor& last_negative_mask() const { return last_mask_; }
   const AugmenterStats& last_stats() const { return stats_; }
   const FeatureBank& bank() const { return bank_; }
+  /// Preallocates the bank and the negatives for `reports` training samples (the training
+  /// set's size) at the next loss() call, when the feature size and device are known: at
+  /// scale this avoids growing multi-gigabyte stores (and their transient copies) during the
+  /// first epoch. Results are unchanged.
+  void reserve(int64_t reports) {
+    if (reports < 0) detail::fail("ihn::HardNegativeAugmenter::reserve", "reports must be >= 0");
+    reserved_ = reports;
+  }
+  /// Bytes the augmenter holds for the training set (bank and negatives, allocated).
+  int64_t memory_bytes() const { return bank_.memory_bytes() + negatives_.memory_bytes(); }
 
   /// Everything needed to continue exactly: bank, negatives, clock, RNG.
   StateDict state_dict() const {
@@ -245,10 +262,7 @@ class HardNegativeAugmenter {
       state["bank.features"] = bank_.features().cpu().clone();
       state["bank.key_hashes"] = bank_.key_hashes().cpu().clone();
     }
-    if (stored_negatives_.defined() && bank_.size()) {
-      state["negatives.values"] = stored_negatives_.narrow(0, 0, bank_.size()).cpu().clone();
-      state["negatives.peer_ids"] = stored_peers_.narrow(0, 0, bank_.size()).cpu().clone();
-    }
+    merge_state(state, "negatives", negatives_.state_dict(bank_.size()));
     std::ostringstream rng_text;
     rng_text << rng_;
     const std::string text = rng_text.str();
@@ -272,12 +286,7 @@ class HardNegativeAugmenter {
     } else {
       bank_.assign({}, {}, {});
     }
-    stored_negatives_ = at::Tensor();
-    stored_peers_ = at::Tensor();
-    if (state.count("negatives.values")) {
-      stored_negatives_ = state.at("negatives.values").to(device).clone();
-      stored_peers_ = state.at("negatives.peer_ids").to(device).clone();
-    }
+    negatives_.load_state_dict(sub_state(state, "negatives"), device);
     auto bytes = detail::require(state, "rng", owner).contiguous();
     std::string text(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
                      static_cast<size_t>(bytes.numel()));
@@ -307,22 +316,6 @@ class HardNegativeAugmenter {
     rows.reserve(ids.size());
     for (auto id : ids) rows.push_back(bank_.row_of(id));
     return at::tensor(rows, at::kLong);
-  }
-
-  void ensure_negative_storage(const at::Tensor& like) {
-    const int64_t k = options_.negatives_per_sample();
-    const int64_t need = bank_.size();
-    const int64_t have = stored_negatives_.defined() ? stored_negatives_.size(0) : 0;
-    if (have >= need && stored_negatives_.device() == like.device()) return;
-    const int64_t capacity = std::max<int64_t>(need, 2 * have);
-    auto negatives = at::zeros({capacity, k, like.size(1)}, like.options());
-    auto peers = at::full({capacity, k}, -1, like.options().dtype(at::kLong));
-    if (have) {
-      negatives.narrow(0, 0, have).copy_(stored_negatives_);
-      peers.narrow(0, 0, have).copy_(stored_peers_);
-    }
-    stored_negatives_ = negatives;
-    stored_peers_ = peers;
   }
 
   /// Keeps K of the pool's valid candidates per sample, at random (own generator), in
@@ -384,13 +377,13 @@ class HardNegativeAugmenter {
   Options options_;
   AlignmentLoss loss_;
   FeatureBank bank_;
-  at::Tensor stored_negatives_;  // bank rows x K x D
-  at::Tensor stored_peers_;      // bank rows x K (peer ids; −1 = none)
+  NegativeStore negatives_;  // per bank row: K negatives and the peers they started from
   at::Tensor last_negatives_, last_mask_;
   AugmenterStats stats_;
   std::mt19937_64 rng_;
   int64_t epoch_ = 1;
   int64_t step_ = 0;
+  int64_t reserved_ = 0;  // rows to preallocate at the next loss() (reserve())
 };
 
 }  // namespace v0

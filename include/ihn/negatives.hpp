@@ -9,6 +9,7 @@
 #pragma once
 
 #include <ihn/alignment_loss.hpp>
+#include <ihn/bank.hpp>
 #include <ihn/detail/arg.hpp>
 #include <ihn/detail/checks.hpp>
 #include <ihn/features.hpp>
@@ -20,7 +21,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <unordered_map>
 #include <vector>
 
 namespace ihn {
@@ -128,95 +128,6 @@ inline at::Tensor retreat_to_margin(const at::Tensor& from, const at::Tensor& to
 // Where negatives start: the closest peer reports
 // ---------------------------------------------------------------------------------------
 
-/// Detached, L2-normalised report features of the training set, by the user's example id,
-/// refreshed as batches pass. Each entry keeps a hash of its report key so that reports with
-/// the same text are never each other's negatives.
-class FeatureBank {
- public:
-  /// Inserts or refreshes rows. ids: B int64; features: B x D; key_hashes: B int64.
-  void update(const at::Tensor& ids, const at::Tensor& features, const at::Tensor& key_hashes) {
-    at::NoGradGuard no_grad;
-    auto feats = l2_normalize(features.detach());
-    if (!features_.defined() || features_.size(1) != feats.size(1) ||
-        features_.device() != feats.device() || features_.scalar_type() != feats.scalar_type()) {
-      if (count_ > 0 && features_.size(1) != feats.size(1))
-        detail::fail("ihn::FeatureBank::update", "feature size changed from " +
-                                                     std::to_string(features_.size(1)) + " to " +
-                                                     std::to_string(feats.size(1)));
-      features_ = count_ > 0 ? features_.to(feats.options())
-                             : at::empty({0, feats.size(1)}, feats.options());
-      ids_ = count_ > 0 ? ids_ : at::empty({0}, at::kLong);
-      keys_ =
-          count_ > 0 ? keys_.to(feats.device()) : at::empty({0}, feats.options().dtype(at::kLong));
-    }
-    auto ids_cpu = ids.to(at::kCPU).to(at::kLong).contiguous();
-    const int64_t* id_ptr = ids_cpu.data_ptr<int64_t>();
-    std::vector<int64_t> rows(static_cast<size_t>(ids_cpu.numel()));
-    for (int64_t i = 0; i < ids_cpu.numel(); ++i) {
-      auto [it, inserted] = row_of_id_.try_emplace(id_ptr[i], count_);
-      if (inserted) {
-        reserve(count_ + 1);
-        ids_.index_put_({count_}, id_ptr[i]);
-        ++count_;
-      }
-      rows[static_cast<size_t>(i)] = it->second;
-    }
-    auto row_index = at::tensor(rows, at::kLong).to(feats.device());
-    features_.index_copy_(0, row_index, feats);
-    keys_.index_copy_(0, row_index, key_hashes.to(feats.device()).to(at::kLong));
-  }
-
-  int64_t size() const { return count_; }
-  /// count x D, normalised.
-  at::Tensor features() const { return count_ ? features_.narrow(0, 0, count_) : at::Tensor(); }
-  at::Tensor ids() const { return count_ ? ids_.narrow(0, 0, count_) : at::Tensor(); }
-  at::Tensor key_hashes() const { return count_ ? keys_.narrow(0, 0, count_) : at::Tensor(); }
-  /// Row of an id, or -1.
-  int64_t row_of(int64_t id) const {
-    auto it = row_of_id_.find(id);
-    return it == row_of_id_.end() ? -1 : it->second;
-  }
-
-  /// Rebuilds from saved tensors (ids count, features count x D, key hashes count).
-  void assign(const at::Tensor& ids, const at::Tensor& features, const at::Tensor& key_hashes) {
-    row_of_id_.clear();
-    count_ = 0;
-    features_ = at::Tensor();
-    if (!ids.defined() || ids.numel() == 0) return;
-    if (features.size(0) != ids.size(0) || key_hashes.size(0) != ids.size(0))
-      detail::fail("ihn::FeatureBank::assign", "ids, features and key hashes differ in length");
-    features_ = features.clone();
-    ids_ = ids.to(at::kCPU).to(at::kLong).clone();
-    keys_ = key_hashes.to(features.device()).to(at::kLong).clone();
-    count_ = ids.size(0);
-    auto acc = ids_.accessor<int64_t, 1>();
-    for (int64_t r = 0; r < count_; ++r) {
-      if (!row_of_id_.emplace(acc[r], r).second)
-        detail::fail("ihn::FeatureBank::assign", "duplicate id " + std::to_string(acc[r]));
-    }
-  }
-
- private:
-  void reserve(int64_t rows) {
-    if (features_.size(0) >= rows) return;
-    const int64_t capacity = std::max<int64_t>(rows, std::max<int64_t>(64, 2 * features_.size(0)));
-    auto grow = [&](at::Tensor& t, at::IntArrayRef tail) {
-      std::vector<int64_t> shape{capacity};
-      shape.insert(shape.end(), tail.begin(), tail.end());
-      auto bigger = at::zeros(shape, t.options());
-      if (count_) bigger.narrow(0, 0, count_).copy_(t.narrow(0, 0, count_));
-      t = bigger;
-    };
-    grow(features_, {features_.size(1)});
-    grow(ids_, {});
-    grow(keys_, {});
-  }
-
-  at::Tensor features_, ids_, keys_;
-  int64_t count_ = 0;
-  std::unordered_map<int64_t, int64_t> row_of_id_;
-};
-
 /// The K closest peers of each query.
 struct PeerSelection {
   at::Tensor features;    ///< B x K x D, unit (zeros where unused)
@@ -227,29 +138,29 @@ struct PeerSelection {
 
 namespace detail {
 
-inline PeerSelection select_top_k(const at::Tensor& similarity, const at::Tensor& excluded,
-                                  const at::Tensor& candidates, const at::Tensor& candidate_ids,
-                                  int64_t k) {
+/// The K highest-scoring candidates of each row of `similarity` (B x N) that are not
+/// `excluded` (B x N bool). `gather` and `ids_of` map candidate indices (B x n) to unit
+/// features (B x n x D, in the similarity's dtype) and to the candidates' ids (B x n).
+template <class Gather, class IdsOf>
+PeerSelection select_top_k(const at::Tensor& similarity, const at::Tensor& excluded,
+                           const Gather& gather, const IdsOf& ids_of, int64_t k, int64_t dim) {
   const int64_t batch = similarity.size(0);
-  const int64_t dim = candidates.size(1);
+  const auto options = similarity.options();
   PeerSelection out;
   const int64_t take = std::min<int64_t>(k, similarity.size(1));
   if (k == 0 || take == 0) {
-    out.features = at::zeros({batch, k, dim}, candidates.options());
-    out.mask = at::zeros({batch, k}, candidates.options().dtype(at::kBool));
-    out.peer_ids = at::full({batch, k}, -1, candidates.options().dtype(at::kLong));
-    out.similarity = at::zeros({batch, k}, candidates.options());
+    out.features = at::zeros({batch, k, dim}, options);
+    out.mask = at::zeros({batch, k}, options.dtype(at::kBool));
+    out.peer_ids = at::full({batch, k}, -1, options.dtype(at::kLong));
+    out.similarity = at::zeros({batch, k}, options);
     return out;
   }
   const double minus_inf = -std::numeric_limits<double>::infinity();
   auto scores = similarity.masked_fill(excluded, minus_inf);
   auto [values, index] = scores.topk(take, 1, /*largest=*/true, /*sorted=*/true);
   auto valid = values > minus_inf;
-  auto feats = candidates.index_select(0, index.reshape({-1})).reshape({batch, take, dim});
-  feats = feats * valid.unsqueeze(-1).to(feats.scalar_type());
-  auto ids =
-      candidate_ids.to(index.device()).index_select(0, index.reshape({-1})).reshape({batch, take});
-  ids = ids.masked_fill(valid.logical_not(), -1);
+  auto feats = gather(index) * valid.unsqueeze(-1).to(similarity.scalar_type());
+  auto ids = ids_of(index).masked_fill(valid.logical_not(), -1);
   values = values.masked_fill(valid.logical_not(), 0.0);
   if (take < k) {  // fewer candidates than K: pad with unused slots
     const int64_t pad = k - take;
@@ -274,20 +185,37 @@ inline PeerSelection closest_peers_in_bank(const FeatureBank& bank, const at::Te
                                            const at::Tensor& query_key_hashes, int64_t k) {
   at::NoGradGuard no_grad;
   auto q = l2_normalize(queries.detach());
+  const int64_t batch = q.size(0), dim = q.size(1);
+  const auto bank_ids = bank.size() ? bank.ids().to(q.device()) : at::zeros({0}, at::kLong);
+  auto gather = [&](const at::Tensor& rows) { return bank.gather(rows, q.scalar_type()); };
+  auto ids_of = [&](const at::Tensor& rows) {
+    return bank_ids.index_select(0, rows.reshape({-1})).view(rows.sizes());
+  };
   if (bank.size() == 0)
-    return detail::select_top_k(at::zeros({q.size(0), 0}, q.options()),
-                                at::zeros({q.size(0), 0}, q.options().dtype(at::kBool)),
-                                at::zeros({0, q.size(1)}, q.options()),
-                                at::zeros({0}, q.options().dtype(at::kLong)), k);
-  auto similarity = q.matmul(bank.features().t());  // B x N
-  auto bank_ids = bank.ids().to(q.device());
+    return detail::select_top_k(at::zeros({batch, 0}, q.options()),
+                                at::zeros({batch, 0}, q.options().dtype(at::kBool)), gather, ids_of,
+                                k, dim);
   auto excluded =
       query_ids.to(q.device())
           .unsqueeze(1)
           .eq(bank_ids.unsqueeze(0))
           .logical_or(
               query_key_hashes.to(q.device()).unsqueeze(1).eq(bank.key_hashes().unsqueeze(0)));
-  return detail::select_top_k(similarity, excluded, bank.features(), bank_ids, k);
+  const int64_t shortlist = k + 64;
+  if (bank.similarity_tolerance() == 0.0 || bank.size() <= shortlist)
+    return detail::select_top_k(bank.similarity(q), excluded, gather, ids_of, k, dim);
+  // Reduced-precision bank: rank approximately over the whole bank, then rescore a shortlist
+  // exactly; peers within similarity_tolerance() of the K-th may trade places.
+  const double minus_inf = -std::numeric_limits<double>::infinity();
+  auto [approx, rows] =
+      bank.approximate_similarity(q).masked_fill(excluded, minus_inf).topk(shortlist, 1);
+  auto candidates = gather(rows);  // B x m x D
+  auto exact = at::bmm(candidates, q.unsqueeze(-1)).squeeze(-1);
+  auto gather_listed = [&](const at::Tensor& index) {
+    return candidates.gather(1, index.unsqueeze(-1).expand({batch, index.size(1), dim}));
+  };
+  auto ids_listed = [&](const at::Tensor& index) { return ids_of(rows.gather(1, index)); };
+  return detail::select_top_k(exact, approx.isinf(), gather_listed, ids_listed, k, dim);
 }
 
 /// The K most similar other reports of the same batch (no ids), excluding same-key reports.
@@ -301,8 +229,11 @@ inline PeerSelection closest_peers_in_batch(const at::Tensor& reports, const at:
   auto keys = key_hashes.to(u.device());
   auto excluded = at::eye(batch, u.options().dtype(at::kBool))
                       .logical_or(keys.unsqueeze(1).eq(keys.unsqueeze(0)));
-  return detail::select_top_k(similarity, excluded, u,
-                              at::arange(batch, u.options().dtype(at::kLong)), k);
+  auto gather = [&](const at::Tensor& rows) {
+    return u.index_select(0, rows.reshape({-1})).view({rows.size(0), rows.size(1), u.size(1)});
+  };
+  auto ids_of = [](const at::Tensor& index) { return index; };
+  return detail::select_top_k(similarity, excluded, gather, ids_of, k, u.size(1));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -143,6 +143,7 @@ constexpr OptionCheck one_of(const char* choices) {
   X(ascent_steps, "--ascent-steps", between(0, 1000), "ihn: gradient-ascent steps of the max step (5)") \
   X(alignment, "--alignment", one_of("info_nce|hinge"), "ihn: the alignment term, info_nce (the paper's) or hinge (triplet margin 0.2)") \
   X(report_features, "--report-features", one_of("decoder|text"), "ihn: report features aligned with the image, decoder (the paper's) or text (extension,  R2Gen: decoder states of a pass without the image)") \
+  X(bank_storage, "--bank-storage", one_of("auto|float32|compact"), "ihn: feature bank and negatives in float32 or compact (bfloat16 bank, int8 negatives; a quarter of the memory); auto = compact from 100,000 training reports") \
   X(negatives_file, "--negatives-file", any(), "ihn official: negative pairs from `ihn data negatives` (default: mined at start-up  with the same code)") \
   X(official_legacy, "--official-legacy", any(), "ihn official: the release's B x B projection that mixes every sample with all others")
 /// Decoding and evaluation: beam search and the test-set statistics.

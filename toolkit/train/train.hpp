@@ -107,6 +107,10 @@ struct TrainConfig {
   /// extension, R2Gen only: the same states from a pass with no image, so the alignment cannot
   /// be met by copying the image into them). Retrieval in evaluation uses the same features.
   std::string report_features = "decoder";
+  /// ihn paper: how the feature bank and the persistent negatives are held (ihn::Storage):
+  /// float32, compact (bfloat16 bank, int8 negatives: a quarter of the memory) or auto
+  /// (compact from 100,000 training reports on, e.g. MIMIC-CXR).
+  std::string bank_storage = "auto";
   /// --ihn official: `ihn data negatives` output; empty = mine the same pairs at start-up.
   std::string negatives_file;
   /// --ihn official: the release's B x B projection (mixes every sample with all others).
