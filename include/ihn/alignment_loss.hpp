@@ -12,6 +12,7 @@
 // Equations: docs/method.md §2.
 #pragma once
 
+#include <ihn/collective.hpp>
 #include <ihn/detail/arg.hpp>
 #include <ihn/detail/checks.hpp>
 #include <ihn/detail/precision.hpp>
@@ -41,6 +42,10 @@ struct AlignmentLossOptions {
   /// Also score report→image (over the batch's images); hard negatives are reports, so they
   /// only enter the image→report direction.
   IHN_ARG(bool, symmetric) = true;
+  /// Data-parallel training: operator() scores the global batch (every rank's features and
+  /// negatives gathered, gradients to this rank's rows), its gradient scaled for averaging
+  /// across ranks; see collective.hpp. per_sample() stays local.
+  IHN_ARG(std::shared_ptr<Collective>, process_group);
 };
 
 class AlignmentLoss {
@@ -54,11 +59,33 @@ class AlignmentLoss {
 
   const AlignmentLossOptions& options() const { return options_; }
 
-  /// Mean over the batch of per_sample(...).
+  /// Mean over the batch of per_sample(...); over the global batch with a process group
+  /// (same_report is then not accepted: it would have to name every rank's reports).
   at::Tensor operator()(const at::Tensor& images, const at::Tensor& reports,
                         const at::Tensor& negatives = {}, const at::Tensor& negative_mask = {},
                         const at::Tensor& same_report = {}) const {
-    return per_sample(images, reports, negatives, negative_mask, same_report).mean();
+    const auto& group = options_.process_group();
+    if (!group || group->world_size() == 1)
+      return per_sample(images, reports, negatives, negative_mask, same_report).mean();
+    if (same_report.defined())
+      detail::fail("ihn::AlignmentLoss",
+                   "same_report is local; with a process group use "
+                   "HardNegativeAugmenter, which gathers report keys");
+    detail::check_dim(images, 2, "ihn::AlignmentLoss", "image features", "B x D");
+    auto [all_images, offset] = detail::gather_rows(*group, images);
+    auto global = [&, offset = offset](const at::Tensor& local) {
+      return detail::with_local_rows(detail::gather_rows(*group, local).first, local, offset);
+    };
+    const auto global_images = detail::with_local_rows(all_images, images, offset);
+    const auto global_reports = global(reports);
+    at::Tensor global_negatives, global_mask;
+    if (negatives.defined() && negatives.numel() > 0) {
+      global_negatives = global(negatives);
+      if (negative_mask.defined())
+        global_mask = detail::gather_rows(*group, negative_mask.to(at::kByte)).first.to(at::kBool);
+    }
+    auto loss = per_sample(global_images, global_reports, global_negatives, global_mask).mean();
+    return detail::scale_gradient(loss, static_cast<double>(group->world_size()));
   }
 
   /// One loss value per sample (B). images, reports: B x D. negatives: B x K x D (undefined

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <ihn/alignment_loss.hpp>
+#include <ihn/collective.hpp>
 #include <ihn/detail/arg.hpp>
 #include <ihn/detail/checks.hpp>
 #include <ihn/detail/precision.hpp>
@@ -73,6 +74,11 @@ struct Options {
   /// How the feature bank and the persistent negatives are held: float32 (exact) or compact
   /// (a quarter of the memory; for data sets of 100,000 reports and more). See bank.hpp.
   IHN_ARG(Storage, storage) = Storage::float32;
+  /// Data-parallel training: with a process group (ihn::process_group(pg)) the augmenter
+  /// works on the global batch — every rank's bank holds every rank's reports, and the
+  /// alignment term is the global batch's, its gradient scaled for averaging across ranks.
+  /// Every rank must call loss() for each step. See collective.hpp.
+  IHN_ARG(std::shared_ptr<Collective>, process_group);
 };
 
 /// Numbers from the last loss() call, for logging.
@@ -162,31 +168,47 @@ class HardNegativeAugmenter {
 
     const auto device = report_features.device();
     const int64_t k = options_.negatives_per_sample();
-    auto key_hashes = make_key_hashes(ids, report_keys, batch).to(device);
+    at::Tensor images = image_features, reports = report_features, key_hashes;
+    std::vector<int64_t> batch_ids = ids;
+    const int64_t world = distributed() ? options_.process_group()->world_size() : 1;
+    if (world > 1) {
+      // The global batch: every rank's rows, this rank's own with their gradients.
+      auto [all_images, offset] = detail::gather_rows(*options_.process_group(), image_features);
+      images = detail::with_local_rows(all_images, image_features, offset);
+      reports = detail::with_local_rows(
+          detail::gather_rows(*options_.process_group(), report_features).first, report_features,
+          offset);
+      key_hashes = detail::gather_rows(*options_.process_group(),
+                                       make_key_hashes(ids, report_keys, batch, offset).to(device))
+                       .first;
+      batch_ids = gather_ids(ids, batch, device);
+    } else {
+      key_hashes = make_key_hashes(ids, report_keys, batch).to(device);
+    }
     auto same_report = key_hashes.unsqueeze(1).eq(key_hashes.unsqueeze(0));
     const int64_t pool = options_.candidate_pool() > k ? options_.candidate_pool() : k;
 
     PeerSelection peers;
     at::Tensor rows;  // bank rows of the batch (ids mode)
-    if (!ids.empty() && reserved_ > 0) {
-      bank_.reserve(reserved_, report_features);
-      if (options_.keep_negatives() && k > 0) negatives_.reserve(reserved_, k, report_features);
+    if (!batch_ids.empty() && reserved_ > 0) {
+      bank_.reserve(reserved_, reports);
+      if (options_.keep_negatives() && k > 0) negatives_.reserve(reserved_, k, reports);
       reserved_ = 0;
     }
-    if (!ids.empty()) {
-      auto id_tensor = at::tensor(ids, at::kLong);
-      bank_.update(id_tensor, report_features, key_hashes);
-      peers = closest_peers_in_bank(bank_, report_features, id_tensor, key_hashes, pool);
-      rows = bank_rows(ids).to(device);
+    if (!batch_ids.empty()) {
+      auto id_tensor = at::tensor(batch_ids, at::kLong);
+      bank_.update(id_tensor, reports, key_hashes);
+      peers = closest_peers_in_bank(bank_, reports, id_tensor, key_hashes, pool);
+      rows = bank_rows(batch_ids).to(device);
     } else {
-      peers = closest_peers_in_batch(report_features, key_hashes, pool);
+      peers = closest_peers_in_batch(reports, key_hashes, pool);
     }
     if (pool > k) peers = sample_candidates(peers, k);
 
     // Warm start: where a sample's peers are the ones it had last time, continue from there.
     auto start = peers.features;
     if (rows.defined() && options_.keep_negatives() && k > 0) {
-      negatives_.reserve(bank_.size(), k, report_features);
+      negatives_.reserve(bank_.size(), k, reports);
       auto same_peer = negatives_.peers(rows).eq(peers.peer_ids).logical_and(peers.mask);
       start = at::where(same_peer.unsqueeze(-1), negatives_.negatives(rows), start);
     }
@@ -197,13 +219,13 @@ class HardNegativeAugmenter {
     at::Tensor negatives = peers.features;
     MaxStepResult max_step;
     if (k > 0) {
-      max_step = maximise_negatives(loss_, image_features, report_features, peers.features, start,
-                                    peers.mask, same_report,
-                                    MaxStepOptions{}
-                                        .steps(options_.ascent_steps())
-                                        .step_size(options_.step_size())
-                                        .radius(radius)
-                                        .margin(options_.margin()));
+      max_step =
+          maximise_negatives(loss_, images, reports, peers.features, start, peers.mask, same_report,
+                             MaxStepOptions{}
+                                 .steps(options_.ascent_steps())
+                                 .step_size(options_.step_size())
+                                 .radius(radius)
+                                 .margin(options_.margin()));
       negatives = max_step.negatives;
       if (rows.defined() && options_.keep_negatives())
         negatives_.put(rows, negatives, peers.peer_ids);
@@ -212,11 +234,11 @@ class HardNegativeAugmenter {
     last_mask_ = peers.mask;
 
     // Min step: the network sees fixed negatives.
-    auto alignment =
-        loss_(image_features, report_features, negatives.detach(), peers.mask, same_report);
-    record_stats(alignment, max_step, image_features, report_features, negatives, peers.mask,
-                 hardness, radius);
-    return options_.weight() * alignment;
+    auto alignment = loss_(images, reports, negatives.detach(), peers.mask, same_report);
+    record_stats(alignment, max_step, images, reports, negatives, peers.mask, hardness, radius);
+    // Each rank's gradient reaches its own rows only; averaged over ranks it must be the
+    // global loss's gradient.
+    return options_.weight() * detail::scale_gradient(alignment, static_cast<double>(world));
   }
 
   /// The same, with features taken from the model through ihn::encoder_traits<Model>.
@@ -296,8 +318,25 @@ class HardNegativeAugmenter {
   }
 
  private:
+  bool distributed() const { return options_.process_group() != nullptr; }
+
+  // Every rank's ids in rank order (the global batch's); all ranks give ids or none does.
+  std::vector<int64_t> gather_ids(const std::vector<int64_t>& ids, int64_t batch,
+                                  at::Device device) const {
+    auto local = ids.empty() ? at::full({batch}, -1, at::kLong) : at::tensor(ids, at::kLong);
+    auto all = detail::gather_rows(*options_.process_group(), local.to(device)).first.cpu();
+    const bool any_missing = (all < 0).any().item<bool>();
+    if (any_missing && !(all < 0).all().item<bool>())
+      detail::fail("ihn::HardNegativeAugmenter::loss",
+                   "some ranks passed ids and others did not (or an id is negative)");
+    if (any_missing) return {};
+    return std::vector<int64_t>(all.data_ptr<int64_t>(), all.data_ptr<int64_t>() + all.numel());
+  }
+
+  // Hashes of the report keys; without keys, of the ids; without either, of the global row
+  // (row_offset: this rank's first row in the global batch).
   at::Tensor make_key_hashes(const std::vector<int64_t>& ids, const std::vector<std::string>& keys,
-                             int64_t batch) const {
+                             int64_t batch, int64_t row_offset = 0) const {
     std::vector<int64_t> hashes(static_cast<size_t>(batch));
     for (int64_t i = 0; i < batch; ++i) {
       const auto idx = static_cast<size_t>(i);
@@ -306,7 +345,7 @@ class HardNegativeAugmenter {
       else if (!ids.empty())  // no keys: every id is its own report
         hashes[idx] = detail::fnv1a64("\x01id:" + std::to_string(ids[idx]));
       else
-        hashes[idx] = detail::fnv1a64("\x01row:" + std::to_string(i));
+        hashes[idx] = detail::fnv1a64("\x01row:" + std::to_string(row_offset + i));
     }
     return at::tensor(hashes, at::kLong);
   }

@@ -7,6 +7,7 @@
 #include <ihn/alignment_loss.hpp>
 #include <ihn/augmenter.hpp>
 #include <ihn/bank.hpp>
+#include <ihn/collective.hpp>
 #include <ihn/encoder_traits.hpp>
 #include <ihn/features.hpp>
 #include <ihn/hooks.hpp>
