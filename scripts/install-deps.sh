@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libtorch-dev            # LibTorch 1.13 (CPU)
+  libgloo-dev             # gloo's headers: c10d's Gloo process group (ihn train --nproc, torchrun)
   libopenblas0-openmp     # without it libtorch falls back to reference BLAS (~10x slower)
   libdnnl-dev             # oneDNN sgemm for the Linear layers (faster than OpenBLAS on them)
   libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev libstb-dev

@@ -7,6 +7,7 @@
 #include <data/image.hpp>
 #include <data/negatives.hpp>
 #include <data/synthetic.hpp>
+#include <train/distributed.hpp>
 #include <train/models.hpp>
 #include <train/official_step.hpp>
 #include <train/pretrain.hpp>
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -997,6 +999,137 @@ TEST_CASE("compare: statistics find a real difference and none between equal run
 }
 
 // ------------------------------------------------------------------------------------------
+// Data-parallel training (issue 15): the library on two ranks (threads joined by a real c10d
+// Gloo group) against one rank on the global batch, then `ihn train --nproc 2` / torchrun.
+
+namespace {
+
+struct NoModel {};
+
+/// Per step: each parameter's gradient (averaged over ranks), the augmenter's term, and the
+/// augmenter's state at the end.
+struct LinearRun {
+  std::vector<at::Tensor> image_grads, report_grads;
+  std::vector<double> ihn_terms;
+  std::vector<at::Tensor> weights_after_first;  ///< image and report weights after one step
+  ihn::StateDict state;
+  at::Tensor alignment_grad;  ///< AlignmentLoss alone: d loss / d image features (own rows)
+};
+
+/// Three steps of two linear encoders (12 -> 8 images, 10 -> 8 reports) with a stand-in
+/// generation loss and the augmenter, on rows [lo, hi) of a global batch of 16; SGD steps.
+/// Each row's features are computed on their own (a product summed per row), so they are the
+/// same bits whether a rank holds 8 rows or 16 (a BLAS product's rounding depends on the rows).
+LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* group) {
+  auto gen = at::detail::createCPUGenerator(11);
+  auto images = at::randn({3, 16, 12}, gen), reports = at::randn({3, 16, 10}, gen);
+  auto w_image = (0.3 * at::randn({12, 8}, gen)).requires_grad_(true);
+  auto w_report = (0.3 * at::randn({10, 8}, gen)).requires_grad_(true);
+  const auto initial_image = w_image.detach().clone(), initial_report = w_report.detach().clone();
+  auto rowwise = [](const at::Tensor& x, const at::Tensor& w) {
+    return (x.unsqueeze(-1) * w.unsqueeze(0)).sum(1);
+  };
+  NoModel model;
+  ihn::HardNegativeAugmenter<NoModel> augmenter(
+      model, ihn::Options{}.negatives_per_sample(3).candidate_pool(5).seed(4).process_group(
+                 group ? group->collective() : nullptr));
+  LinearRun out;
+  for (int64_t step = 0; step < 3; ++step) {
+    std::vector<int64_t> ids;
+    std::vector<std::string> keys;
+    for (int64_t i = lo; i < hi; ++i) {
+      ids.push_back((step * 5 + i) % 24);
+      keys.push_back("report " + std::to_string(ids.back() % 9));
+    }
+    auto z = rowwise(images[step].narrow(0, lo, hi - lo), w_image);
+    auto u = rowwise(reports[step].narrow(0, lo, hi - lo), w_report);
+    auto generation = 0.01 * (u - z).pow(2).sum(1).mean();  // a mean over the local rows
+    auto term = augmenter.loss(z, u, ids, keys);
+    (generation + term).backward();
+    if (group) group->average_gradients({w_image, w_report});
+    out.image_grads.push_back(w_image.grad().clone());
+    out.report_grads.push_back(w_report.grad().clone());
+    out.ihn_terms.push_back(term.item<double>());
+    if (step == 1) out.weights_after_first = {w_image.detach().clone(), w_report.detach().clone()};
+    {
+      at::NoGradGuard no_grad;
+      w_image.sub_(0.5 * w_image.grad());
+      w_report.sub_(0.5 * w_report.grad());
+    }
+    w_image.mutable_grad().reset();
+    w_report.mutable_grad().reset();
+    augmenter.step();
+  }
+  out.state = augmenter.state_dict();
+  // The alignment loss alone, with hard negatives given by the caller (initial weights).
+  auto z = rowwise(images[0].narrow(0, lo, hi - lo), initial_image).requires_grad_(true);
+  auto u = rowwise(reports[0].narrow(0, lo, hi - lo), initial_report);
+  auto negatives = at::randn({16, 2, 8}, gen).narrow(0, lo, hi - lo);
+  ihn::AlignmentLoss loss(
+      ihn::AlignmentLossOptions{}.process_group(group ? group->collective() : nullptr));
+  loss(z, u, negatives).backward();
+  out.alignment_grad = z.grad() / static_cast<double>(group ? group->world_size() : 1);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("distributed: 2 ranks x 8 train as 1 rank x 16 and hold the identical bank",
+          "[.][distributed]") {
+  namespace dist = ihn_toolkit::train::dist;
+  REQUIRE(dist::available());
+  const LinearRun single = run_linear(0, 16, nullptr);
+  dist::Environment env;
+  env.world_size = 2;
+  env.master_port = dist::free_port();
+  std::vector<LinearRun> ranks(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int64_t r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        auto rank_env = env;
+        rank_env.rank = rank_env.local_rank = r;
+        dist::Group group(rank_env, std::chrono::seconds(30));
+        ranks[static_cast<size_t>(r)] = run_linear(8 * r, 8 * r + 8, &group);
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  REQUIRE(errors[0].empty());
+  REQUIRE(errors[1].empty());
+  // One step from the same weights: the features are the same bits, so the augmenter runs on
+  // the same global batch; gradients differ only by summing the same 16 rows' terms in two
+  // groups of 8 (float32: a few units in the 7th digit), hence rtol 1e-5 / atol 1e-6.
+  auto close = [](const at::Tensor& a, const at::Tensor& b) {
+    return torch::allclose(a, b, /*rtol=*/1e-5, /*atol=*/1e-6);
+  };
+  for (const auto& rank : ranks) {
+    CHECK(close(rank.image_grads[0], single.image_grads[0]));
+    CHECK(close(rank.report_grads[0], single.report_grads[0]));
+    CHECK(rank.ihn_terms[0] == Approx(single.ihn_terms[0]).epsilon(1e-6));
+    CHECK(close(rank.weights_after_first[0], single.weights_after_first[0]));
+    CHECK(close(rank.weights_after_first[1], single.weights_after_first[1]));
+  }
+  // Later steps start from weights that differ in the last bits, and the max step's
+  // accept/reject and margin decisions may then go the other way; what must hold exactly is
+  // that all ranks agree: the same bank, negatives, clock and generator on every rank.
+  REQUIRE(ranks[0].state.size() == ranks[1].state.size());
+  REQUIRE(ranks[0].state.size() == single.state.size());
+  for (const auto& [name, value] : ranks[0].state) {
+    INFO(name);
+    REQUIRE(ranks[1].state.count(name));
+    CHECK(torch::equal(value, ranks[1].state.at(name)));
+  }
+  CHECK(torch::equal(ranks[0].state.at("bank.ids"), single.state.at("bank.ids")));
+  CHECK(ranks[0].state.at("bank.ids").numel() == 24);  // every id, from both ranks
+  // AlignmentLoss with a process group: the global batch's loss, its gradient on own rows.
+  CHECK(close(ranks[0].alignment_grad, single.alignment_grad.narrow(0, 0, 8)));
+  CHECK(close(ranks[1].alignment_grad, single.alignment_grad.narrow(0, 8, 8)));
+}
+
+// ------------------------------------------------------------------------------------------
 // Fault injection (issue 13): `ihn train` killed with SIGKILL at named moments around every
 // checkpoint write (IHN_KILL_AT, train.cpp) and at random times, then restarted the way a user
 // would (`--resume` when last.pt exists, else the same command again), until it finishes. Each
@@ -1018,17 +1151,18 @@ extern char** environ;
 
 namespace {
 
-/// Starts the tool with `args` (and IHN_KILL_AT=kill_at when given), output to `log_file`.
-pid_t spawn_tool(const std::vector<std::string>& args, const std::string& kill_at,
-                 const std::string& log_file) {
+/// Starts `program` with `args` and the environment plus `extra_env` (NAME=VALUE; IHN_KILL_*
+/// only from there), output to `log_file`.
+pid_t spawn_program(const std::string& program, const std::vector<std::string>& args,
+                    const std::vector<std::string>& extra_env, const std::string& log_file) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e; ++e)
-    if (std::string(*e).rfind("IHN_KILL_AT=", 0) != 0) env_strings.emplace_back(*e);
-  if (!kill_at.empty()) env_strings.push_back("IHN_KILL_AT=" + kill_at);
+    if (std::string(*e).rfind("IHN_KILL_", 0) != 0) env_strings.emplace_back(*e);
+  env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
   std::vector<char*> env, argv;
   for (auto& s : env_strings) env.push_back(s.data());
   env.push_back(nullptr);
-  std::vector<std::string> all{IHN_TOOL};
+  std::vector<std::string> all{program};
   all.insert(all.end(), args.begin(), args.end());
   for (auto& s : all) argv.push_back(s.data());
   argv.push_back(nullptr);
@@ -1038,10 +1172,19 @@ pid_t spawn_tool(const std::vector<std::string>& args, const std::string& kill_a
                                    0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, IHN_TOOL, &actions, nullptr, argv.data(), env.data());
+  const int rc = posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   REQUIRE(rc == 0);
   return pid;
+}
+
+/// Starts the tool with `args` (and IHN_KILL_AT=kill_at when given), output to `log_file`.
+pid_t spawn_tool(const std::vector<std::string>& args, const std::string& kill_at,
+                 const std::string& log_file) {
+  return spawn_program(IHN_TOOL, args,
+                       kill_at.empty() ? std::vector<std::string>{}
+                                       : std::vector<std::string>{"IHN_KILL_AT=" + kill_at},
+                       log_file);
 }
 
 int wait_status(pid_t pid) {
@@ -1186,6 +1329,117 @@ TEST_CASE("fault injection: SIGKILL anywhere, restart, and the run ends as if ne
       wait_status(pid);
     }
     finish_and_check(out, what);
+  }
+}
+
+TEST_CASE(
+    "distributed: ihn train --nproc 2 and torchrun: one process's losses, exact resume, "
+    "a dead or hung rank ends the run",
+    "[.][distributed]") {
+  namespace fs = std::filesystem;
+  const auto root = ihn_test::scratch_dir("distributed");
+  const std::string log = (root / "tool.log").string();
+  // R2GenCMN without dropout and with a frozen (pretrained) extractor: no per-rank random draws
+  // and no per-rank batch-norm statistics, so 2 ranks must compute what 1 process does.
+  auto c = tiny("");
+  c.model = "cmn";
+  c.cmm_size = 64;
+  c.cmm_dim = 32;
+  c.topk = 8;
+  c.dropout = 0;
+  c.drop_prob_lm = 0;
+  c.pretrain = true;
+  c.pretrain_studies = 40;
+  c.pretrain_epochs = 1;
+  c.pretrain_dir = (root / "pretrain").string();
+  c.freeze_visual = true;
+  c.plots = false;
+  auto write_config = [&](const std::string& name, const std::string& ihn) {
+    c.ihn = ihn;
+    auto config = ihn_toolkit::train::to_json(c);
+    config.erase("out");
+    const auto file = root / name;
+    std::ofstream(file) << config.dump();
+    return file;
+  };
+  const auto config_off = write_config("config_off.json", "off");
+  const auto config_file = write_config("config.json", "paper");
+  auto train_with = [&](const fs::path& config, const fs::path& out, std::vector<std::string> extra,
+                        std::vector<std::string> env = {}) {
+    std::vector<std::string> args{"train", "--config",   config.string(),
+                                  "--out", out.string(), "--quiet"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return wait_status(spawn_program(IHN_TOOL, args, env, log));
+  };
+  auto train = [&](const fs::path& out, std::vector<std::string> extra,
+                   std::vector<std::string> env = {}) {
+    return train_with(config_file, out, std::move(extra), std::move(env));
+  };
+  // DDP's semantics: 2 ranks take the same global batches as 1 process, from the same
+  // weights, with the token-weighted loss and averaged gradients. A rank's forward on 8 rows
+  // rounds differently from one on 16 (BLAS blocking), so losses agree to float32 rounding —
+  // 1e-6 on the first step — and, as Adam turns rounding-level gradients into full steps on a
+  // few weights, to 1e-4 over the run.
+  REQUIRE(train_with(config_off, root / "one_off", {}) == 0);
+  REQUIRE(train_with(config_off, root / "two_off", {"--nproc", "2"}) == 0);
+  const auto one = logged_steps(root / "one_off" / "log.jsonl");
+  const auto two = logged_steps(root / "two_off" / "log.jsonl");
+  REQUIRE(one.size() == two.size());
+  REQUIRE(one.size() == 8);
+  CHECK(two[0].second == Approx(one[0].second).epsilon(1e-6));
+  for (size_t i = 0; i < one.size(); ++i)
+    CHECK(two[i].second == Approx(one[i].second).epsilon(1e-4));
+  // With ihn (the library's equivalence is the test above): rank 0's checkpoint holds the
+  // bank of every rank's reports and every rank's generator.
+  REQUIRE(train(root / "two", {"--nproc", "2"}) == 0);
+  const auto two_state = ihn::load_state(root / "two" / "last.pt");
+  CHECK(two_state.at("ihn.bank.ids").numel() == 28);  // the whole training split
+  CHECK(two_state.count("rng.cpu.rank1"));
+  CHECK(fs::exists(root / "two" / "test.json"));
+
+  SECTION("stopped mid-run and resumed, with 2 ranks: bit-exact") {
+    REQUIRE(train(root / "part", {"--nproc", "2", "--stop-after", "3"}) == 0);
+    REQUIRE(train(root / "part", {"--nproc", "2", "--resume"}) == 0);
+    require_identical(root / "two" / "last.pt", root / "part" / "last.pt");
+    // ... and continued in one process: possible, the global order is the same.
+    REQUIRE(train(root / "part", {"--resume", "--epochs", "3"}) == 0);
+  }
+  SECTION("a killed rank ends the run with an error naming it; --resume finishes it exactly") {
+    const int status =
+        train(root / "killed", {"--nproc", "2"}, {"IHN_KILL_AT=step@6", "IHN_KILL_RANK=1"});
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) != 0);
+    CHECK_THAT(slurp(log), Catch::Contains("rank 1 was killed by signal 9"));
+    REQUIRE(fs::exists(root / "killed" / "last.pt"));  // epoch 1's
+    REQUIRE(train(root / "killed", {"--nproc", "2", "--resume"}) == 0);
+    require_identical(root / "two" / "last.pt", root / "killed" / "last.pt");
+  }
+  SECTION("a hung rank: the others stop within --dist-timeout") {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int status = train(root / "hung", {"--nproc", "2", "--dist-timeout", "3"},
+                             {"IHN_KILL_AT=step@2", "IHN_KILL_RANK=1", "IHN_KILL_SIGNAL=STOP"});
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) != 0);
+    CHECK(seconds < 60);  // 3 s timeout + up to 10 s before the hung rank is killed
+    CHECK_THAT(slurp(log), Catch::Contains("rank 0: ") && Catch::Contains("failed"));
+  }
+  SECTION("torchrun (Debian's python3-torch) launches the same run") {
+    if (std::system("/usr/bin/python3 -c 'import torch.distributed.run' 2>/dev/null") != 0) {
+      WARN("python3-torch is not installed: torchrun not tested");
+      return;
+    }
+    // --redirects/--tee 1: torchrun 1.13 on Python 3.11 cannot parse its default "0".
+    const int status = wait_status(spawn_program(
+        "/usr/bin/python3",
+        {"-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--redirects", "1",
+         "--tee", "1", "--log_dir", (root / "torchrun_logs").string(), "--no_python", IHN_TOOL,
+         "train", "--config", config_file.string(), "--out", (root / "torchrun").string(),
+         "--quiet"},
+        {}, log));
+    REQUIRE(status == 0);
+    require_identical(root / "two" / "last.pt", root / "torchrun" / "last.pt");
   }
 }
 #endif

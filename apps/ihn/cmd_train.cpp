@@ -4,9 +4,12 @@
 #include "html_report.hpp"
 #include "train_options.hpp"
 
+#include "train/distributed.hpp"
+
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 
@@ -20,6 +23,7 @@ struct TrainArgs {
   std::string data;
   std::string config_file;
   bool nchw = false;
+  int nproc = 1;
   std::shared_ptr<ihn::cli::RecipeOptions> recipe;
   CLI::Option* seed_opt = nullptr;
   CLI::Option* device_opt = nullptr;
@@ -36,7 +40,28 @@ TrainConfig read_config_file(const std::string& path) {
   }
 }
 
+// --nproc N: this command line again, N times, as torchrun's workers on this machine.
+void launch_workers(int nproc) {
+  if (std::getenv("WORLD_SIZE") != nullptr)
+    throw ihn::cli::CommandError(
+        "--nproc starts its own workers; under torchrun (WORLD_SIZE is set) leave it out");
+  std::vector<std::string> argv;
+  const auto& all = ihn::cli::program_arguments();
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i] == "--nproc") {
+      ++i;  // and its value
+      continue;
+    }
+    if (all[i].rfind("--nproc=", 0) == 0) continue;
+    argv.push_back(all[i]);
+  }
+  const std::string failure = ihn_toolkit::train::dist::launch_local(nproc, argv);
+  if (!failure.empty())
+    throw ihn::cli::CommandError("ihn train --nproc " + std::to_string(nproc) + ": " + failure);
+}
+
 void run_train(TrainArgs& a) {
+  if (a.nproc > 1) return launch_workers(a.nproc);
   TrainConfig c;
   if (!a.config_file.empty()) {
     c = read_config_file(a.config_file);  // the whole recipe, e.g. written by ihn compare
@@ -74,6 +99,7 @@ void run_train(TrainArgs& a) {
   }
   ihn_toolkit::train::install_signal_handlers();
   const auto r = ihn_toolkit::train::train(c);
+  if (ihn_toolkit::train::dist::read_environment().rank != 0) return;  // rank 0 reports
   if (r.interrupted) {
     fmt::print("{}interrupted after {} complete epochs; resume with: ihn train --out {} --resume\n",
                c.label.empty() ? "" : (c.label + " "), r.epochs_done, c.out);
@@ -124,6 +150,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--stop-after", args->config.stop_after,
                   "Stop (save, as on Ctrl-C) after this many optimiser steps");
   cmd->add_flag("--quiet", args->config.quiet, "No progress lines");
+  cmd->add_option("--nproc", args->nproc,
+                  "Data-parallel training in N local processes (c10d Gloo), as torchrun "
+                  "--nproc_per_node N would start them; --batch-size stays the global batch")
+      ->check(CLI::Range(1, 1024));
   cmd->add_flag("--nchw", args->nchw,
                 "CPU: keep the ResNet in LibTorch's default NCHW layout instead of channels-last "
                 "(same values up to rounding; channels-last is faster)");
@@ -172,6 +202,19 @@ OUTPUT (in --out)
   report.html         results, charts and every test study with its report (ihn report)
   curves_*.svg, f1_per_observation.svg   the charts, for papers
   curves.png          loss and validation BLEU-4 (when gnuplot is installed)
+
+DATA-PARALLEL TRAINING
+  ihn train --nproc N ... starts N processes on this machine; torchrun starts them on one or
+  many machines (torchrun --no_python --nnodes M --nproc_per_node N ihn train ...), and SLURM
+  through torchrun. Each process reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+  MASTER_PORT and joins a c10d Gloo group. --batch-size is the global batch: the same global
+  order as one process, each rank taking its share; weights start from rank 0's, gradients
+  are averaged after every backward (bucketed all-reduce), and with --ihn paper every rank's
+  feature bank holds every rank's reports. Validation is decoded in shards and gathered;
+  rank 0 writes the log, checkpoints and the test results. Results match one process with
+  the same global batch up to float rounding (batch norm statistics are per rank, as in DDP).
+  A rank that dies or hangs stops the others within --dist-timeout seconds; --resume (or
+  torchrun's restart) continues from last.pt, with the same or another number of ranks.
 
 SIGNALS
   Ctrl-C or SIGTERM: the current step finishes, last.pt is saved, exit status 0; continue

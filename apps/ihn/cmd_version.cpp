@@ -2,6 +2,7 @@
 #include "command.hpp"
 
 #include "nn/precision.hpp"
+#include "train/distributed.hpp"
 
 #include <torch/version.h>
 #include <ihn/version.hpp>
@@ -11,10 +12,17 @@
 namespace {
 void add_version_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "version", "Print the ihn and LibTorch versions and the precisions this machine runs");
+      "version",
+      "Print the ihn and LibTorch versions, the precisions this machine runs and the "
+      "distributed backend");
   cmd->callback([] {
     std::cout << "ihn " << ihn::version_string << " (LibTorch " << TORCH_VERSION << ")\n"
-              << ihn_toolkit::nn::precision_support() << "\n";
+              << ihn_toolkit::nn::precision_support() << "\n"
+              << "distributed: "
+              << (ihn_toolkit::train::dist::available()
+                      ? "c10d Gloo (ihn train --nproc N, torchrun)"
+                      : "none in this build (install libgloo-dev and rebuild)")
+              << "\n";
   });
 }
 }  // namespace

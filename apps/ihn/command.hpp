@@ -34,6 +34,12 @@ inline void write_file(const std::string& path, const std::string& content) {
   if (out.fail()) throw CommandError(path + ": closing failed (" + std::strerror(errno) + ")");
 }
 
+/// The tool's command line as main received it (a launcher starts its workers with it).
+inline std::vector<std::string>& program_arguments() {
+  static std::vector<std::string> arguments;
+  return arguments;
+}
+
 struct CommandRegistration {
   int order;  ///< position in --help (train 10, evaluate 20, generate 30, compare 40, eval 50, data
               ///< 60)

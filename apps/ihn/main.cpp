@@ -14,6 +14,7 @@
 
 int main(int argc, char** argv) {
   ihn_toolkit::nn::keep_freed_memory();  // glibc reuses freed tensor buffers (allocator.hpp)
+  ihn::cli::program_arguments().assign(argv, argv + argc);
   CLI::App app{
       "ihn: radiology report generation with increasingly hard negatives.\n"
       "Train, evaluate and compare report generators; score reports with the field's "

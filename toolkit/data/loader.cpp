@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 
 namespace ihn_toolkit::data {
 
@@ -88,9 +90,17 @@ ReportDataset ReportDataset::with_transform(const TransformOptions& transform) c
   return copy;
 }
 
-SeededSampler::SeededSampler(size_t size, bool shuffle, uint64_t seed, int64_t epoch)
-    : shuffle_(shuffle), seed_(seed), epoch_(epoch) {
+SeededSampler::SeededSampler(size_t size, bool shuffle, uint64_t seed, int64_t epoch, Shard shard)
+    : shuffle_(shuffle), seed_(seed), epoch_(epoch), shard_(shard) {
+  if (shard_.world_size == 0 || shard_.rank >= shard_.world_size)
+    throw std::invalid_argument("SeededSampler: rank " + std::to_string(shard_.rank) + " of " +
+                                std::to_string(shard_.world_size));
   reset(size);
+}
+
+size_t sharded_batches(size_t size, size_t batch_size, size_t world_size) {
+  const size_t full = size / batch_size, rest = size % batch_size;
+  return full + (rest > 0 && (world_size <= 1 || rest >= world_size) ? 1 : 0);
 }
 
 void SeededSampler::reset(torch::optional<size_t> new_size) {
@@ -107,9 +117,26 @@ void SeededSampler::reset(torch::optional<size_t> new_size) {
     }
   }
   position_ = 0;
+  if (shard_.world_size > 1 && !shuffle_) {  // decoding: this rank's block, in order
+    const size_t lo = size * shard_.rank / shard_.world_size;
+    const size_t hi = size * (shard_.rank + 1) / shard_.world_size;
+    order_ = std::vector<size_t>(order_.begin() + static_cast<std::ptrdiff_t>(lo),
+                                 order_.begin() + static_cast<std::ptrdiff_t>(hi));
+  }
 }
 
 torch::optional<std::vector<size_t>> SeededSampler::next(size_t batch_size) {
+  if (shard_.world_size > 1 && shuffle_) {
+    // This rank's slice of the next global batch; the batch is split as evenly as it goes.
+    const size_t left = order_.size() - std::min(position_, order_.size());
+    const size_t global = std::min(batch_size, left);
+    if (global == 0 || global < shard_.world_size) return torch::nullopt;
+    const size_t lo = position_ + global * shard_.rank / shard_.world_size;
+    const size_t hi = position_ + global * (shard_.rank + 1) / shard_.world_size;
+    position_ += global;
+    return std::vector<size_t>(order_.begin() + static_cast<std::ptrdiff_t>(lo),
+                               order_.begin() + static_cast<std::ptrdiff_t>(hi));
+  }
   if (position_ >= order_.size()) return torch::nullopt;
   const size_t end = std::min(order_.size(), position_ + batch_size);
   std::vector<size_t> indices(order_.begin() + static_cast<std::ptrdiff_t>(position_),
@@ -169,7 +196,8 @@ R2GenData make_r2gen_data(const Annotation& annotation,
 std::unique_ptr<ReportLoader> make_report_loader(const ReportDataset& dataset,
                                                  const ReportLoaderOptions& options) {
   const size_t size = *dataset.size();
-  SeededSampler sampler(size, options.shuffle, dataset.options().seed, dataset.options().epoch);
+  SeededSampler sampler(size, options.shuffle, dataset.options().seed, dataset.options().epoch,
+                        options.shard);
   ReportDataset copy = dataset;  // shares the studies; the loader owns its dataset
   return std::make_unique<ReportLoader>(std::move(copy).map(CollateReports()), std::move(sampler),
                                         torch::data::DataLoaderOptions()

@@ -93,9 +93,19 @@ struct CollateReports
 
 /// Shuffled order drawn from (seed, epoch) with our own engine, so the order does not depend on
 /// torch's global generator; sequential when shuffle is false.
+/// Data-parallel runs: this process's part of each batch (training: a slice of every global
+/// batch; decoding: a contiguous block of the split).
+struct Shard {
+  size_t rank = 0, world_size = 1;
+};
+
 class SeededSampler : public torch::data::samplers::Sampler<> {
  public:
-  SeededSampler(size_t size, bool shuffle, uint64_t seed, int64_t epoch);
+  /// With a shard of world_size > 1: shuffled, next(G) returns this rank's slice of the next
+  /// global batch of G (the global order is the one-process order, so results do not depend
+  /// on the number of ranks; a final global batch smaller than world_size is dropped, as no
+  /// rank may go without); not shuffled, this rank's contiguous block in order.
+  SeededSampler(size_t size, bool shuffle, uint64_t seed, int64_t epoch, Shard shard = {});
   void reset(torch::optional<size_t> new_size = torch::nullopt) override;
   torch::optional<std::vector<size_t>> next(size_t batch_size) override;
   void save(torch::serialize::OutputArchive& archive) const override;
@@ -107,13 +117,19 @@ class SeededSampler : public torch::data::samplers::Sampler<> {
   bool shuffle_;
   uint64_t seed_;
   int64_t epoch_;
+  Shard shard_;
 };
+
+/// Global batches of `batch_size` a sharded training epoch over `size` studies takes (the
+/// one-process count, less a final batch smaller than world_size).
+size_t sharded_batches(size_t size, size_t batch_size, size_t world_size);
 
 struct ReportLoaderOptions {
   size_t batch_size = 16;
   size_t workers = 0;  ///< 0 = load in the calling thread
   bool shuffle = false;
   bool drop_last = false;
+  Shard shard;  ///< data-parallel runs: this rank's part (see SeededSampler)
 };
 
 using ReportLoader = torch::data::StatelessDataLoader<

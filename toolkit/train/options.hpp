@@ -162,7 +162,8 @@ constexpr OptionCheck one_of(const char* choices) {
   X(quiet, "--quiet", any(), "") \
   X(stop_after, "--stop-after", at_least(0), "") \
   X(plots, "--plots", any(), "") \
-  X(label, "--label", any(), "")
+  X(label, "--label", any(), "") \
+  X(dist_timeout, "--dist-timeout", between(1, 86400), "Distributed runs: seconds a collective may wait for the other ranks before the run stops with an error (300)")
 /// Every option of TrainConfig.
 #define IHN_TRAIN_OPTIONS(X) IHN_DATA_OPTIONS(X) IHN_MODEL_OPTIONS(X) IHN_OPTIMISATION_OPTIONS(X) \
   IHN_IHN_OPTIONS(X) IHN_EVALUATION_OPTIONS(X) IHN_RUN_OPTIONS(X)

@@ -330,12 +330,13 @@ inline at::Tensor text_report_features(r2gen::R2GenModel& model, const at::Tenso
                          nn::decoder_input_mask(ids, masks));
 }
 
-/// Beam-searches every study of `dataset`; with `features`, also the teacher-forced image and
-/// report features for retrieval.
+/// Beam-searches every study of `dataset` (with a shard: this rank's block of it); with
+/// `features`, also the teacher-forced image and report features for retrieval.
 template <class Model>
 Decoded decode_split(Model& model, const ihn_toolkit::data::ReportDataset& dataset,
                      const ihn_toolkit::data::Tokenizer& tok, const TrainConfig& c, int beam_size,
-                     torch::Device device, bool features) {
+                     torch::Device device, bool features,
+                     const ihn_toolkit::data::Shard& shard = {}) {
   torch::NoGradGuard no_grad;
   model->eval();
   Decoded out;
@@ -343,8 +344,9 @@ Decoded decode_split(Model& model, const ihn_toolkit::data::ReportDataset& datas
   // Decoding has no batch-norm statistics or gradients to keep small: wide batches amortise the
   // per-token work of beam search over more studies (each study's beams are its own).
   lo.batch_size = static_cast<size_t>(std::max(c.batch_size, kDecodeBatch));
+  lo.shard = shard;
   auto loader = ihn_toolkit::data::make_report_loader(dataset, lo);
-  size_t index = 0;
+  size_t index = *dataset.size() * shard.rank / shard.world_size;  // the block's first study
   // Decoding in the run's precision (a float32 run decodes exactly as before); an fp16 (CUDA)
   // checkpoint decodes on the CPU in float32.
   auto precision = nn::parse_precision(c.precision);

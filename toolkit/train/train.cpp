@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "train/authors_checkpoint.hpp"
+#include "train/distributed.hpp"
 #include "train/internal.hpp"
 #include "train/session.hpp"
 
@@ -51,6 +52,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <type_traits>
@@ -100,9 +102,16 @@ void kill_point(const char* point) {
   }();
   static long hits = 0;
   if (target.first.empty() || target.first != point) return;
+  // IHN_KILL_RANK=R: in a data-parallel run only rank R dies (a crashed worker).
+  if (const char* rank = std::getenv("IHN_KILL_RANK"); rank && *rank) {
+    const char* mine = std::getenv("RANK");
+    if (std::string(rank) != (mine ? mine : "0")) return;
+  }
   if (++hits == target.second) {
     std::fflush(nullptr);
-    std::raise(SIGKILL);
+    // IHN_KILL_SIGNAL=STOP: the process hangs instead of dying (a stuck worker).
+    const char* how = std::getenv("IHN_KILL_SIGNAL");
+    std::raise(how && std::string(how) == "STOP" ? SIGSTOP : SIGKILL);
   }
 }
 
@@ -208,7 +217,7 @@ constexpr int64_t kNegativeEpochOffset = 1000003;
 
 template <class Traits>
 TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
-                        std::chrono::steady_clock::time_point t_start);
+                        std::chrono::steady_clock::time_point t_start, dist::Group* group);
 
 /// The pretrained extractor a run starts from: --visual-init, or the cached --pretrain file
 /// (trained first when missing); "" = from scratch.
@@ -224,12 +233,19 @@ TrainResult train(TrainConfig config) {
   const auto t_start = std::chrono::steady_clock::now();
   if (config.out.empty()) throw TrainError("--out RUN_DIR is required");
   const fs::path out_dir = config.out, last_path = out_dir / "last.pt";
+  const dist::Environment env = dist::read_environment();
+  // torchrun --max-restarts: a restarted worker continues the run its predecessor saved.
+  if (env.restart_count > 0 && fs::exists(last_path)) config.resume = true;
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec)
     throw TrainError(out_dir.string() + ": cannot create the run folder (" + ec.message() + ")");
-  const RunFolderLock lock(out_dir);
-  remove_stale_temporaries(out_dir);
+  // Rank 0 is the folder's one writer; the other ranks only read last.pt.
+  std::optional<RunFolderLock> lock;
+  if (env.rank == 0) {
+    lock.emplace(out_dir);
+    remove_stale_temporaries(out_dir);
+  }
   ihn::StateDict resume_state;
   if (!config.resume && fs::exists(last_path))
     throw TrainError(out_dir.string() +
@@ -244,8 +260,10 @@ TrainResult train(TrainConfig config) {
       throw TrainError(out_dir.string() +
                        " holds the results of an earlier run (test.json or epochs in log.jsonl) "
                        "but no last.pt to resume: give another --out (nothing was changed)");
-    fs::remove(out_dir / "log.jsonl", ec);
-    fs::remove(out_dir / "best.pt", ec);
+    if (env.rank == 0) {
+      fs::remove(out_dir / "log.jsonl", ec);
+      fs::remove(out_dir / "best.pt", ec);
+    }
   }
   if (config.resume) {
     if (!fs::exists(last_path))
@@ -258,6 +276,7 @@ TrainResult train(TrainConfig config) {
     merged.out = config.out;
     merged.device = config.device;
     merged.threads = config.threads;
+    merged.dist_timeout = config.dist_timeout;
     merged.quiet = config.quiet;
     merged.stop_after = config.stop_after;
     merged.plots = config.plots;
@@ -267,8 +286,23 @@ TrainResult train(TrainConfig config) {
     resume_state = std::move(ck.state);
   }
   validate(config);
+  std::unique_ptr<dist::Group> group;
+  if (env.distributed()) {
+    if (config.ihn == "official")
+      throw TrainError(
+          "--ihn official trains in one process (the release's loss mixes the samples of one "
+          "batch); use --ihn paper or off with torchrun / --nproc");
+    if (config.batch_size < env.world_size)
+      throw TrainError(
+          fmt::format("--batch-size {} is the global batch of all {} ranks: it must "
+                      "be at least the number of ranks",
+                      config.batch_size, env.world_size));
+    if (config.device.rfind("cuda", 0) == 0) config.device = fmt::format("cuda:{}", env.local_rank);
+    group = std::make_unique<dist::Group>(env, std::chrono::seconds(config.dist_timeout));
+  }
   return dispatch_model(config.model, [&](auto traits) {
-    return train_model<decltype(traits)>(std::move(config), std::move(resume_state), t_start);
+    return train_model<decltype(traits)>(std::move(config), std::move(resume_state), t_start,
+                                         group.get());
   });
 }
 
@@ -442,7 +476,8 @@ ihn::Storage bank_storage(const TrainConfig& config, int64_t train_reports) {
 template <class Model>
 std::vector<std::shared_ptr<ihn::Callback>> make_callbacks(Model& model, const TrainConfig& config,
                                                            torch::Device device,
-                                                           int64_t train_reports) {
+                                                           int64_t train_reports,
+                                                           dist::Group* group) {
   std::vector<std::shared_ptr<ihn::Callback>> callbacks;
   if (config.ihn != "paper") return callbacks;
   auto callback = std::make_shared<ihn::HardNegativeCallback<Model>>(
@@ -456,7 +491,8 @@ std::vector<std::shared_ptr<ihn::Callback>> make_callbacks(Model& model, const T
           .loss_kind(config.alignment == "hinge" ? ihn::AlignmentKind::hinge
                                                  : ihn::AlignmentKind::info_nce)
           .seed(config.seed)
-          .storage(bank_storage(config, train_reports)),
+          .storage(bank_storage(config, train_reports))
+          .process_group(group ? group->collective() : nullptr),
       device);
   callback->augmenter().reserve(train_reports);
   callbacks.push_back(callback);
@@ -470,8 +506,9 @@ class TrainingRun {
  public:
   using Model = typename Traits::Model;
 
-  TrainingRun(TrainConfig config, const ihn::StateDict& resume_state)
-      : config_(std::move(config)),
+  TrainingRun(TrainConfig config, const ihn::StateDict& resume_state, dist::Group* group)
+      : group_(group),
+        config_(quiet_unless_main(std::move(config), group)),
         out_dir_(config_.out),
         last_path_(out_dir_ / "last.pt"),
         best_path_(out_dir_ / "best.pt"),
@@ -491,7 +528,7 @@ class TrainingRun {
         throw TrainError(data_source(config_) + ": the " + name + " split is empty (" + why + ")");
     // Pretraining (--pretrain without a cached file) draws from torch's generator: done before
     // the seed, a run that pretrains gives the same weights as one that finds the file.
-    const std::string init = config_.resume ? "" : visual_init_path(config_);
+    const std::string init = config_.resume ? "" : shared_visual_init();
     torch::manual_seed(config_.seed);
     model_ = Model(options_);
     if (!init.empty()) load_visual_init(init);
@@ -500,15 +537,18 @@ class TrainingRun {
     place_model(model_, config_, device_);
     official_ = make_official_mode<Traits>(config_, options_, data_.views, data_, device_);
     optimisation_ = make_optimisation<Traits>(model_, config_, official_);
-    callbacks_ =
-        make_callbacks(model_, config_, device_, static_cast<int64_t>(data_.train_keys.size()));
+    callbacks_ = make_callbacks(model_, config_, device_,
+                                static_cast<int64_t>(data_.train_keys.size()), group_);
     if (config_.resume) {
       restore(resume_state, last_path_.string());
       scaler_.restore(state_.loss_scale, state_.loss_scale_finite_steps);
-      truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
+      if (main_rank()) truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
     }
-    log_.open(out_dir_ / "log.jsonl", std::ios::app);
-    if (!log_) throw TrainError("cannot write " + (out_dir_ / "log.jsonl").string());
+    if (group_) synchronise_start(resume_state);
+    if (main_rank()) {
+      log_.open(out_dir_ / "log.jsonl", std::ios::app);
+      if (!log_) throw TrainError("cannot write " + (out_dir_ / "log.jsonl").string());
+    }
   }
 
   TrainResult run(std::chrono::steady_clock::time_point t_start) {
@@ -527,7 +567,7 @@ class TrainingRun {
       }
       for (auto& cb : callbacks_) cb->on_train_epoch_end(epoch);
       commit_epoch(epoch, steps, validate_epoch(epoch), t_epoch);
-      if (stop_requested() || budget_spent()) {
+      if (agreed_stop() || budget_spent()) {
         result.interrupted = state_.epoch_done < config_.epochs;
         if (result.interrupted && !config_.quiet)
           fmt::print("{}stopped after epoch {}; saved {} (continue with --resume)\n", label_, epoch,
@@ -541,13 +581,87 @@ class TrainingRun {
     result.best_epoch = static_cast<int>(state_.best_epoch);
     result.best_val_score = state_.best_score;
     result.epoch_losses = state_.epoch_losses;
-    if (!result.interrupted && fs::exists(best_path_)) finish(result);
+    // The test split is decoded once, by rank 0 (it writes the run's files).
+    if (!result.interrupted && main_rank() && fs::exists(best_path_)) finish(result);
     result.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     return result;
   }
 
  private:
+  // ---- data-parallel runs (group_ set): rank 0 prints and writes, every rank trains --------
+
+  static TrainConfig quiet_unless_main(TrainConfig config, const dist::Group* group) {
+    if (group && group->rank() != 0) {
+      config.quiet = true;
+      config.plots = false;
+    }
+    return config;
+  }
+  bool main_rank() const { return !group_ || group_->rank() == 0; }
+
+  /// visual_init_path, pretraining (when the cache misses) on rank 0 only while the others
+  /// wait (up to --dist-timeout; pretrain beforehand with `ihn pretrain` for longer ones).
+  std::string shared_visual_init() {
+    if (!group_ || (config_.visual_init.empty() && !config_.pretrain))
+      return visual_init_path(config_);
+    std::string path;
+    if (main_rank()) path = visual_init_path(config_);
+    group_->barrier();
+    if (!main_rank()) path = visual_init_path(config_);
+    return path;
+  }
+  int64_t world() const { return group_ ? group_->world_size() : 1; }
+
+  /// Every rank starts from rank 0's weights (as DDP broadcasts them), and each rank's dropout
+  /// draws its own stream: rank r's saved one on resume, else one seeded from (seed, rank).
+  void synchronise_start(const ihn::StateDict& resume_state) {
+    std::vector<at::Tensor> tensors;
+    for (const auto& p : model_->parameters()) tensors.push_back(p.data());
+    for (const auto& b : model_->buffers()) tensors.push_back(b);
+    group_->broadcast(tensors);
+    if (group_->rank() == 0) return;
+    const std::string key = "rng.cpu.rank" + std::to_string(group_->rank());
+    const auto saved = resume_state.find(key);
+    const auto world_saved = resume_state.find("trainer.world_size");
+    if (saved != resume_state.end() && world_saved != resume_state.end() &&
+        world_saved->second.item<double>() == static_cast<double>(world())) {
+      at::Generator generator = at::detail::getDefaultCPUGenerator();  // the global one
+      generator.set_state(saved->second);
+    } else {
+      torch::manual_seed(config_.seed + 7919 * static_cast<uint64_t>(group_->rank()) +
+                         104729 * static_cast<uint64_t>(state_.global_step));
+    }
+  }
+
+  /// Every rank's CPU generator state (a collective: all ranks call it), for rank 0's
+  /// checkpoint: a resume with the same number of ranks continues every rank's dropout.
+  std::vector<at::Tensor> rank_generator_states() {
+    if (!group_) return {};
+    return group_->collective()->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+  }
+
+  /// A stop (signal) seen by any rank stops all of them at the same step.
+  bool agreed_stop() {
+    if (!group_) return stop_requested();
+    auto flag = torch::tensor({stop_requested() ? 1.0 : 0.0}, torch::kFloat64);
+    group_->all_reduce_sum({flag});
+    return flag.item<double>() > 0;
+  }
+
+  /// R2Gen's loss is a mean over the batch's tokens: each rank's share of the global batch's
+  /// tokens weighs its mean, so that averaging gradients over ranks gives the global mean's.
+  at::Tensor global_token_mean(const at::Tensor& local_mean, const at::Tensor& masks,
+                               int64_t steps) {
+    if (!group_) return local_mean;
+    auto tokens = masks.narrow(1, 1, steps).sum().to(torch::kCPU, torch::kFloat64).reshape({1});
+    auto total = tokens.clone();
+    group_->all_reduce_sum({total});
+    const double share =
+        tokens.item<double>() * static_cast<double>(world()) / std::max(total.item<double>(), 1.0);
+    return local_mean * share;
+  }
+
   struct EpochSteps {
     int64_t done = 0;    ///< steps taken in this process (not those before a resume)
     double seconds = 0;  ///< of those steps
@@ -601,8 +715,13 @@ class TrainingRun {
     }
   }
 
-  ihn::StateDict checkpoint_state() {
+  ihn::StateDict checkpoint_state(const std::vector<at::Tensor>& rank_generators = {}) {
     ihn::StateDict s;
+    if (group_) {
+      s["trainer.world_size"] = scalar_tensor(static_cast<double>(world()));
+      for (size_t r = 1; r < rank_generators.size(); ++r)
+        s["rng.cpu.rank" + std::to_string(r)] = rank_generators[r];
+    }
     put_model(s, *model_);
     s["optimizer"] = bytes_tensor(optimizer_bytes(*optimisation_.adam));
     s["config.json"] = bytes_tensor(to_json(config_).dump());
@@ -621,8 +740,9 @@ class TrainingRun {
   }
 
   int64_t batches_per_epoch() const {
-    return (static_cast<int64_t>(*data_.train->size()) + config_.batch_size - 1) /
-           config_.batch_size;
+    return static_cast<int64_t>(ihn_toolkit::data::sharded_batches(
+        *data_.train->size(), static_cast<size_t>(config_.batch_size),
+        static_cast<size_t>(world())));
   }
   bool budget_spent() const {
     return config_.stop_after > 0 && steps_this_run_ >= config_.stop_after;
@@ -709,7 +829,9 @@ class TrainingRun {
                                                     frozen_fc_.index_select(0, rows), positive.ids,
                                                     positive.masks);
     }();
-    ctx.loss = Traits::generation_loss(out.logprobs, positive.ids, positive.masks);
+    ctx.loss =
+        global_token_mean(Traits::generation_loss(out.logprobs, positive.ids, positive.masks),
+                          positive.masks, out.logprobs.size(1));
     ctx.logs["gen_loss"] = ctx.loss.template item<double>();
     ctx.image_features = out.image_features;
     ctx.report_features = out.report_features;
@@ -724,6 +846,14 @@ class TrainingRun {
     for (auto& cb : callbacks_) cb->on_before_backward(ctx);
     nn::clear_grads(*optimisation_.adam);
     scaler_.scale_loss(ctx.loss).backward();
+    // Data-parallel: every rank then holds the global batch's gradient (fp16: an Inf on any
+    // rank reaches all, so all skip the same steps).
+    if (group_) {
+      const auto t0 = std::chrono::steady_clock::now();
+      group_->average_gradients(optimisation_.clipped);
+      ctx.logs["dist/allreduce_seconds"] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
     // fp16: true gradients before the hooks and clipping; a step with an Inf or NaN in them is
     // skipped (the scale backs off), as torch.cuda.amp does.
     const bool finite = scaler_.unscale_gradients(optimisation_.clipped);
@@ -752,8 +882,9 @@ class TrainingRun {
     model_->train();
     if (config_.freeze_visual) model_->visual_extractor->eval();  // running statistics fixed
     ihn_toolkit::data::ReportLoaderOptions lo;
-    lo.batch_size = static_cast<size_t>(config_.batch_size);
+    lo.batch_size = static_cast<size_t>(config_.batch_size);  // global: all ranks together
     lo.shuffle = true;
+    if (group_) lo.shard = {static_cast<size_t>(group_->rank()), static_cast<size_t>(world())};
     auto train_set = data_.train->with_epoch(epoch);
     auto negative_set = data_.train->with_epoch(epoch + kNegativeEpochOffset);
     const double lambda = ihn::official_lambda(official_.alpha, epoch);
@@ -783,7 +914,7 @@ class TrainingRun {
       record_step(epoch, ctx, b);
       ++r.done;
       print_progress(epoch, b, skip, t_steps);
-      if (stop_requested() || budget_spent()) {
+      if (agreed_stop() || budget_spent()) {
         r.interrupted = b < batches_per_epoch();
         break;
       }
@@ -793,8 +924,18 @@ class TrainingRun {
     return r;
   }
 
-  void record_step(int64_t epoch, const ihn::BatchContext& ctx, int64_t batch) {
-    const double loss = ctx.loss.item<double>();
+  void record_step(int64_t epoch, ihn::BatchContext& ctx, int64_t batch) {
+    double loss = ctx.loss.item<double>();
+    if (group_) {  // the global batch's numbers: each rank's contribution, averaged
+      std::vector<double> values{loss};
+      for (const auto& [k, v] : ctx.logs) values.push_back(v);
+      auto t = torch::tensor(values, torch::kFloat64);
+      group_->all_reduce_sum({t});
+      t.div_(static_cast<double>(world()));
+      loss = t[0].item<double>();
+      int64_t i = 1;
+      for (auto& [k, v] : ctx.logs) v = t[i++].item<double>();
+    }
     state_.loss_sum += loss;
     state_.loss_count += 1;
     for (const auto& [k, v] : ctx.logs) state_.log_sums[k] += v;
@@ -802,7 +943,7 @@ class TrainingRun {
     ++steps_this_run_;
     json row{{"type", "step"}, {"epoch", epoch}, {"step", state_.global_step}, {"loss", loss}};
     for (const auto& [k, v] : ctx.logs) row[k] = v;
-    log_ << row.dump() << "\n";
+    if (main_rank()) log_ << row.dump() << "\n";
     kill_point("step");
   }
 
@@ -823,8 +964,10 @@ class TrainingRun {
   }
 
   void save_interrupted(int64_t epoch) {
+    const auto generators = rank_generator_states();
+    if (!main_rank()) return;
     log_.flush();
-    ihn::save_state(checkpoint_state(), last_path_);
+    ihn::save_state(checkpoint_state(generators), last_path_);
     if (!config_.quiet)
       fmt::print("{}stopped in epoch {} after step {}; saved {} (continue with --resume)\n", label_,
                  epoch, state_.global_step, last_path_.string());
@@ -832,10 +975,10 @@ class TrainingRun {
 
   /// Beam search on the val split; the scores best.pt is selected on.
   Validation validate_epoch(int64_t epoch) {
-    auto val = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size,
-                            device_, false);
-    write_reports(
-        (out_dir_ / "reports" / ("epoch_" + std::to_string(epoch) + "_val.jsonl")).string(), val);
+    auto val = decode_validation();
+    if (main_rank())
+      write_reports(
+          (out_dir_ / "reports" / ("epoch_" + std::to_string(epoch) + "_val.jsonl")).string(), val);
     const auto coco = ihn::eval::coco_scores(val.hypotheses, val.references);
     Validation v;
     auto& m = v.metrics;
@@ -849,6 +992,22 @@ class TrainingRun {
     v.bleu4 = coco.bleu[3];
     for (auto& cb : callbacks_) cb->on_validation_epoch_end(epoch, m);
     return v;
+  }
+
+  /// The val split decoded: data-parallel, each rank its block, gathered in order on all.
+  Decoded decode_validation() {
+    if (!group_)
+      return decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size, device_,
+                          false);
+    const ihn_toolkit::data::Shard shard{static_cast<size_t>(group_->rank()),
+                                         static_cast<size_t>(world())};
+    auto part = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size,
+                             device_, false, shard);
+    Decoded all;
+    all.ids = group_->all_gather_strings(part.ids);
+    all.hypotheses = group_->all_gather_strings(part.hypotheses);
+    all.references = group_->all_gather_strings(part.references);
+    return all;
   }
 
   /// The epoch's log row and checkpoints. best.pt is written first: killed between the two
@@ -873,16 +1032,18 @@ class TrainingRun {
     for (const auto& [k, x] : v.metrics) row[k] = x;
     for (const auto& [k, x] : state_.log_sums)
       row["train_" + k] = x / std::max(state_.loss_count, 1.0);
-    log_ << row.dump() << "\n";
-    log_.flush();
-
     state_.close_epoch(epoch);
-    const auto state = checkpoint_state();
-    kill_point("before_best");
-    if (improved) ihn::save_state(state, best_path_);
-    kill_point("between_checkpoints");
-    ihn::save_state(state, last_path_);
-    kill_point("after_last");
+    const auto generators = rank_generator_states();
+    if (main_rank()) {
+      log_ << row.dump() << "\n";
+      log_.flush();
+      const auto state = checkpoint_state(generators);
+      kill_point("before_best");
+      if (improved) ihn::save_state(state, best_path_);
+      kill_point("between_checkpoints");
+      ihn::save_state(state, last_path_);
+      kill_point("after_last");
+    }
 
     const double epoch_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_epoch).count();
@@ -948,6 +1109,7 @@ class TrainingRun {
     if (!config_.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
   }
 
+  dist::Group* group_;  ///< data-parallel runs; null in one process
   TrainConfig config_;
   fs::path out_dir_, last_path_, best_path_;
   torch::Device device_;
@@ -969,10 +1131,10 @@ class TrainingRun {
 
 template <class Traits>
 TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
-                        std::chrono::steady_clock::time_point t_start) {
+                        std::chrono::steady_clock::time_point t_start, dist::Group* group) {
   // Before the data are built: the synthetic set's rendering runs on LibTorch's threads.
   if (config.threads > 0) at::set_num_threads(config.threads);
-  return TrainingRun<Traits>(std::move(config), resume_state).run(t_start);
+  return TrainingRun<Traits>(std::move(config), resume_state, group).run(t_start);
 }
 
 }  // namespace

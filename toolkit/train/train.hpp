@@ -125,10 +125,13 @@ struct TrainConfig {
   bool channels_last = true;
   int threads = 0;  ///< 0 = LibTorch's default
   bool resume = false;
-  bool quiet = false;    ///< no per-epoch progress lines (tests)
-  int stop_after = 0;    ///< > 0: stop (as if interrupted) after this many steps of this run
-  bool plots = true;     ///< gnuplot plots when gnuplot is installed
-  std::string label;     ///< prefix of progress lines (compare: "[seed 1 ihn]")
+  bool quiet = false;  ///< no per-epoch progress lines (tests)
+  int stop_after = 0;  ///< > 0: stop (as if interrupted) after this many steps of this run
+  bool plots = true;   ///< gnuplot plots when gnuplot is installed
+  std::string label;   ///< prefix of progress lines (compare: "[seed 1 ihn]")
+  /// Data-parallel runs (torchrun or ihn train --nproc): a collective that has not completed
+  /// within this many seconds (a rank died or hangs) ends the run with an error.
+  int dist_timeout = 300;
   int bootstrap = 1000;  ///< resamples for the test-set confidence intervals
   std::string wordnet = "/usr/share/wordnet";
 };

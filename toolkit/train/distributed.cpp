@@ -1,0 +1,371 @@
+// c10d behind toolkit/train/distributed.hpp: TCPStore rendezvous, ProcessGroupGloo, the
+// collectives of the trainer, and the local launcher.
+#include "train/distributed.hpp"
+
+#include <ATen/ATen.h>
+
+#ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+
+#include <fmt/core.h>
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <thread>
+
+namespace ihn_toolkit::train::dist {
+
+namespace {
+
+int64_t env_integer(const char* name, int64_t fallback, int64_t min, int64_t max) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text, &end, 10);
+  if (errno != 0 || *end != '\0' || value < min || value > max)
+    throw DistributedError(fmt::format(
+        "environment variable {}={}: expected an integer in [{}, {}]", name, text, min, max));
+  return value;
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+}  // namespace
+
+Environment read_environment() {
+  Environment env;
+  env.world_size = env_integer("WORLD_SIZE", 1, 1, 1 << 20);
+  env.rank = env_integer("RANK", 0, 0, env.world_size - 1);
+  env.local_rank = env_integer("LOCAL_RANK", env.rank, 0, env.world_size - 1);
+  env.master_port = static_cast<int>(env_integer("MASTER_PORT", 29500, 1, 65535));
+  env.restart_count = env_integer("TORCHELASTIC_RESTART_COUNT", 0, 0, 1 << 30);
+  if (const char* addr = std::getenv("MASTER_ADDR"); addr != nullptr && *addr != '\0')
+    env.master_addr = addr;
+  if (env.world_size > 1 && std::getenv("RANK") == nullptr)
+    throw DistributedError("WORLD_SIZE is " + std::to_string(env.world_size) +
+                           " but RANK is not set: start the workers with torchrun or "
+                           "ihn train --nproc");
+  return env;
+}
+
+#ifdef USE_C10D_GLOO
+
+bool available() {
+  return true;
+}
+
+struct Group::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  std::shared_ptr<ihn::Collective> collective;
+  int64_t rank = 0, world = 1;
+
+  // Runs a collective; a peer that died or timed out becomes a DistributedError.
+  template <class Launch>
+  void run(const char* what, Launch&& launch) {
+    try {
+      launch()->wait();
+    } catch (const std::exception& e) {
+      throw DistributedError(fmt::format(
+          "rank {}: {} across {} ranks failed: {} (another rank stopped, crashed or hangs; see "
+          "its output)",
+          rank, what, world, e.what()));
+    }
+  }
+};
+
+namespace {
+
+// Flattens same-dtype tensors into one buffer (Gloo reduces one tensor per call).
+std::map<at::ScalarType, std::vector<at::Tensor>> by_dtype(const std::vector<at::Tensor>& ts) {
+  std::map<at::ScalarType, std::vector<at::Tensor>> groups;
+  for (const auto& t : ts) groups[t.scalar_type()].push_back(t);
+  return groups;
+}
+
+at::Tensor flatten(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> flat;
+  for (const auto& t : ts) flat.push_back(t.reshape({-1}));
+  return at::cat(flat);
+}
+
+void unflatten(const at::Tensor& buffer, const std::vector<at::Tensor>& ts) {
+  int64_t offset = 0;
+  for (const auto& t : ts) {
+    t.copy_(buffer.narrow(0, offset, t.numel()).view_as(t));
+    offset += t.numel();
+  }
+}
+
+}  // namespace
+
+Group::Group(const Environment& env, std::chrono::milliseconds timeout)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->rank = env.rank;
+  impl_->world = env.world_size;
+  try {
+    c10d::TCPStoreOptions store_options;
+    store_options.port = static_cast<std::uint16_t>(env.master_port);
+    store_options.isServer = env.rank == 0;
+    store_options.numWorkers = static_cast<std::size_t>(env.world_size);
+    store_options.waitWorkers = true;
+    store_options.timeout = timeout;
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else if (is_loopback(env.master_addr))
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    else
+      options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank,
+                                                               env.world_size, options);
+  } catch (const std::exception& e) {
+    throw DistributedError(fmt::format(
+        "rank {}: cannot join the process group at {}:{} ({} ranks) within {} s: {}", env.rank,
+        env.master_addr, env.master_port, env.world_size, timeout.count() / 1000, e.what()));
+  }
+  impl_->collective = ihn::process_group(impl_->group);
+}
+
+Group::~Group() = default;
+
+int64_t Group::rank() const {
+  return impl_->rank;
+}
+int64_t Group::world_size() const {
+  return impl_->world;
+}
+std::shared_ptr<ihn::Collective> Group::collective() const {
+  return impl_->collective;
+}
+
+void Group::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {
+  for (auto& [dtype, ts] : by_dtype(tensors)) {
+    std::vector<at::Tensor> buffer{flatten(ts)};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    impl_->run("broadcast", [&] { return impl_->group->broadcast(buffer, options); });
+    unflatten(buffer[0], ts);
+  }
+}
+
+void Group::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
+  for (auto& [dtype, ts] : by_dtype(tensors)) {
+    std::vector<at::Tensor> buffer{flatten(ts)};
+    impl_->run("all-reduce", [&] { return impl_->group->allreduce(buffer); });
+    unflatten(buffer[0], ts);
+  }
+}
+
+void Group::average_gradients(const std::vector<at::Tensor>& parameters, int64_t bucket_bytes) {
+  // Buckets of consecutive same-dtype gradients; all are launched before any is waited for,
+  // so Gloo's threads reduce one bucket while the next is flattened.
+  struct Bucket {
+    std::vector<at::Tensor> grads;
+    std::vector<at::Tensor> buffer;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  std::vector<Bucket> buckets;
+  int64_t bytes = 0;
+  for (const auto& p : parameters) {
+    const auto& grad = p.grad();
+    if (!grad.defined()) continue;
+    const int64_t size = grad.numel() * static_cast<int64_t>(grad.element_size());
+    if (buckets.empty() || bytes + size > bucket_bytes ||
+        buckets.back().grads.front().scalar_type() != grad.scalar_type()) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().grads.push_back(grad);
+    bytes += size;
+  }
+  try {
+    for (auto& b : buckets) {
+      b.buffer = {flatten(b.grads)};
+      b.work = impl_->group->allreduce(b.buffer);
+    }
+  } catch (const std::exception& e) {
+    throw DistributedError(
+        fmt::format("rank {}: gradient all-reduce failed: {}", impl_->rank, e.what()));
+  }
+  const double scale = 1.0 / static_cast<double>(impl_->world);
+  for (auto& b : buckets) {
+    impl_->run("gradient all-reduce", [&] { return b.work; });
+    unflatten(b.buffer[0].mul_(scale), b.grads);
+  }
+}
+
+std::vector<std::string> Group::all_gather_strings(const std::vector<std::string>& local) {
+  std::vector<int64_t> lengths;
+  std::string joined;
+  for (const auto& s : local) {
+    lengths.push_back(static_cast<int64_t>(s.size()));
+    joined += s;
+  }
+  auto all_lengths = ihn::detail::gather_rows(*impl_->collective, at::tensor(lengths, at::kLong))
+                         .first.contiguous();
+  auto bytes = at::empty({static_cast<int64_t>(joined.size())}, at::kByte);
+  if (!joined.empty()) std::memcpy(bytes.data_ptr<uint8_t>(), joined.data(), joined.size());
+  auto all_bytes = ihn::detail::gather_rows(*impl_->collective, bytes).first.contiguous();
+  std::vector<std::string> out;
+  const char* p = reinterpret_cast<const char*>(all_bytes.data_ptr<uint8_t>());
+  for (int64_t i = 0; i < all_lengths.numel(); ++i) {
+    const auto n = static_cast<size_t>(all_lengths.data_ptr<int64_t>()[i]);
+    out.emplace_back(p, n);
+    p += n;
+  }
+  return out;
+}
+
+void Group::barrier() {
+  impl_->run("barrier", [&] { return impl_->group->barrier(); });
+}
+
+#else  // no Gloo in this build
+
+bool available() {
+  return false;
+}
+
+struct Group::Impl {};
+
+Group::Group(const Environment&, std::chrono::milliseconds) {
+  throw DistributedError(
+      "this build of ihn has no distributed backend (c10d Gloo): install libgloo-dev and "
+      "rebuild, or train in one process");
+}
+Group::~Group() = default;
+int64_t Group::rank() const {
+  return 0;
+}
+int64_t Group::world_size() const {
+  return 1;
+}
+std::shared_ptr<ihn::Collective> Group::collective() const {
+  return nullptr;
+}
+void Group::broadcast(const std::vector<at::Tensor>&, int64_t) {}
+void Group::all_reduce_sum(const std::vector<at::Tensor>&) {}
+void Group::average_gradients(const std::vector<at::Tensor>&, int64_t) {}
+std::vector<std::string> Group::all_gather_strings(const std::vector<std::string>& local) {
+  return local;
+}
+void Group::barrier() {}
+
+#endif
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw DistributedError(std::string("socket(): ") + std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    ::close(fd);
+    throw DistributedError(std::string("cannot find a free port: ") + std::strerror(errno));
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+namespace {
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    return fmt::format("was killed by signal {} ({})", sig, ::strsignal(sig));
+  }
+  return "stopped";
+}
+
+[[noreturn]] void exec_worker(const std::vector<std::string>& argv, int rank, int nproc, int port) {
+#ifdef __linux__
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // the launcher killed: its workers stop too
+#endif
+  ::setenv("RANK", std::to_string(rank).c_str(), 1);
+  ::setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
+  ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+  ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+  ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+  ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  ::execv("/proc/self/exe", args.data());
+  std::fprintf(stderr, "ihn: cannot start worker %d: %s\n", rank, std::strerror(errno));
+  ::_exit(127);
+}
+
+}  // namespace
+
+std::string launch_local(int nproc, const std::vector<std::string>& argv) {
+  if (!available())
+    throw DistributedError(
+        "--nproc: this build of ihn has no distributed backend (c10d Gloo): install "
+        "libgloo-dev and rebuild");
+  const char* preset_port = std::getenv("MASTER_PORT");
+  const int port = preset_port && *preset_port
+                       ? static_cast<int>(env_integer("MASTER_PORT", 29500, 1, 65535))
+                       : free_port();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::map<pid_t, int> rank_of;
+  for (int r = 0; r < nproc; ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw DistributedError(std::string("fork(): ") + std::strerror(errno));
+    if (pid == 0) exec_worker(argv, r, nproc, port);
+    rank_of[pid] = r;
+  }
+  // Ctrl-C reaches the workers directly (same process group); the launcher waits for them.
+  ::signal(SIGINT, SIG_IGN);
+  std::string failure;
+  auto deadline = std::chrono::steady_clock::time_point::max();
+  while (!rank_of.empty()) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, failure.empty() ? 0 : WNOHANG);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (pid == 0) {  // a failure happened; the others are being stopped
+      if (std::chrono::steady_clock::now() > deadline)
+        for (const auto& [p, r] : rank_of) ::kill(p, SIGKILL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    const int rank = rank_of[pid];
+    rank_of.erase(pid);
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok && failure.empty()) {
+      failure = fmt::format("rank {} {}", rank, describe_exit(status));
+      if (!rank_of.empty()) failure += "; stopped the other ranks";
+      for (const auto& [p, r] : rank_of) ::kill(p, SIGTERM);
+      deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    }
+  }
+  ::signal(SIGINT, SIG_DFL);
+  return failure;
+}
+
+}  // namespace ihn_toolkit::train::dist

@@ -1,0 +1,86 @@
+// Data-parallel training on PyTorch's own distributed engine (c10d): the torchrun environment,
+// a Gloo process group (CPU tensors, and CUDA tensors where LibTorch has CUDA), the collectives
+// the trainer needs (broadcast, bucketed gradient averaging, gathering decoded reports), and the
+// local launcher behind `ihn train --nproc N`. c10d itself stays inside distributed.cpp.
+#pragma once
+
+#include <ihn/collective.hpp>
+
+#include <torch/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ihn_toolkit::train::dist {
+
+/// The failures of a distributed run: a peer that died or hung, a bad environment.
+struct DistributedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// torchrun's variables, as PyTorch reads them.
+struct Environment {
+  int64_t rank = 0, world_size = 1, local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  int64_t restart_count = 0;  ///< TORCHELASTIC_RESTART_COUNT: > 0 after an elastic restart
+  bool distributed() const { return world_size > 1; }
+};
+
+/// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (and TORCHELASTIC_RESTART_COUNT);
+/// a single process when WORLD_SIZE is unset. A malformed or inconsistent value is a
+/// DistributedError naming the variable.
+Environment read_environment();
+
+/// Whether this build has c10d's Gloo backend (LibTorch built with it, gloo's headers found).
+bool available();
+
+/// One rank's membership of the run's process group.
+class Group {
+ public:
+  /// Rendezvous at MASTER_ADDR:MASTER_PORT (a TCPStore; rank 0 serves it), then a Gloo group.
+  /// Every collective after that fails with a DistributedError naming the peer problem when it
+  /// has not completed within `timeout` (a rank that died or hangs), instead of waiting forever.
+  Group(const Environment& env, std::chrono::milliseconds timeout);
+  ~Group();
+  Group(const Group&) = delete;
+  Group& operator=(const Group&) = delete;
+
+  int64_t rank() const;
+  int64_t world_size() const;
+  /// The group as the library takes it (ihn::Options::process_group).
+  std::shared_ptr<ihn::Collective> collective() const;
+
+  /// `tensors` (in place) become rank `root`'s.
+  void broadcast(const std::vector<at::Tensor>& tensors, int64_t root = 0);
+  /// Element-wise sum over ranks, in place (one flattened all-reduce per dtype).
+  void all_reduce_sum(const std::vector<at::Tensor>& tensors);
+  /// The gradients of `parameters` (those that have one) averaged over ranks, as DDP does:
+  /// flattened into buckets of at most `bucket_bytes`, each all-reduced asynchronously, then
+  /// divided by the world size and written back.
+  void average_gradients(const std::vector<at::Tensor>& parameters,
+                         int64_t bucket_bytes = int64_t{25} << 20);
+  /// Every rank's strings, concatenated in rank order.
+  std::vector<std::string> all_gather_strings(const std::vector<std::string>& local);
+  /// Returns when every rank has called it.
+  void barrier();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// A TCP port on the loopback interface that is free right now (for a local rendezvous).
+int free_port();
+
+/// `ihn train --nproc N`: runs `argv` (this program and its arguments, --nproc removed) N
+/// times with torchrun's environment on this machine and waits. When a worker fails, the
+/// others are stopped (SIGTERM, SIGKILL after 10 s) and the failure is returned as a message;
+/// empty when all succeeded.
+std::string launch_local(int nproc, const std::vector<std::string>& argv);
+
+}  // namespace ihn_toolkit::train::dist
