@@ -1440,6 +1440,34 @@ TEST_CASE(
         {}, log));
     REQUIRE(status == 0);
     require_identical(root / "two" / "last.pt", root / "torchrun" / "last.pt");
+    // Elastic restart: rank 1 dies in epoch 2; torchrun restarts both workers, which continue
+    // from epoch 1's last.pt by themselves (TORCHELASTIC_RESTART_COUNT) to the same weights.
+    const int restarted =
+        wait_status(spawn_program("/usr/bin/python3",
+                                  {"-m",
+                                   "torch.distributed.run",
+                                   "--standalone",
+                                   "--nproc_per_node",
+                                   "2",
+                                   "--max_restarts",
+                                   "1",
+                                   "--redirects",
+                                   "1",
+                                   "--tee",
+                                   "1",
+                                   "--log_dir",
+                                   (root / "elastic_logs").string(),
+                                   "--no_python",
+                                   IHN_TOOL,
+                                   "train",
+                                   "--config",
+                                   config_file.string(),
+                                   "--out",
+                                   (root / "elastic").string(),
+                                   "--quiet"},
+                                  {"IHN_KILL_AT=step@6", "IHN_KILL_RANK=1"}, log));
+    REQUIRE(restarted == 0);
+    require_identical(root / "two" / "last.pt", root / "elastic" / "last.pt");
   }
 }
 #endif
