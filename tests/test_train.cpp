@@ -1020,7 +1020,8 @@ struct LinearRun {
 /// generation loss and the augmenter, on rows [lo, hi) of a global batch of 16; SGD steps.
 /// Each row's features are computed on their own (a product summed per row), so they are the
 /// same bits whether a rank holds 8 rows or 16 (a BLAS product's rounding depends on the rows).
-LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* group) {
+LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* group,
+                     bool overlap = false) {
   auto gen = at::detail::createCPUGenerator(11);
   auto images = at::randn({3, 16, 12}, gen), reports = at::randn({3, 16, 10}, gen);
   auto w_image = (0.3 * at::randn({12, 8}, gen)).requires_grad_(true);
@@ -1034,6 +1035,12 @@ LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* gr
       model, ihn::Options{}.negatives_per_sample(3).candidate_pool(5).seed(4).process_group(
                  group ? group->collective() : nullptr));
   LinearRun out;
+  // overlap: the trainer's way (hooks during backward; 16-byte buckets, so that there are
+  // several); else one all-reduce after backward.
+  std::unique_ptr<ihn_toolkit::train::dist::GradientAverager> averager;
+  if (group && overlap)
+    averager = std::make_unique<ihn_toolkit::train::dist::GradientAverager>(
+        *group, std::vector<at::Tensor>{w_image, w_report}, 16);
   for (int64_t step = 0; step < 3; ++step) {
     std::vector<int64_t> ids;
     std::vector<std::string> keys;
@@ -1045,8 +1052,12 @@ LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* gr
     auto u = rowwise(reports[step].narrow(0, lo, hi - lo), w_report);
     auto generation = 0.01 * (u - z).pow(2).sum(1).mean();  // a mean over the local rows
     auto term = augmenter.loss(z, u, ids, keys);
+    if (averager) averager->prepare();
     (generation + term).backward();
-    if (group) group->average_gradients({w_image, w_report});
+    if (averager)
+      averager->finish();
+    else if (group)
+      group->average_gradients({w_image, w_report});
     out.image_grads.push_back(w_image.grad().clone());
     out.report_grads.push_back(w_report.grad().clone());
     out.ihn_terms.push_back(term.item<double>());
@@ -1078,6 +1089,8 @@ TEST_CASE("distributed: 2 ranks x 8 train as 1 rank x 16 and hold the identical 
           "[.][distributed]") {
   namespace dist = ihn_toolkit::train::dist;
   REQUIRE(dist::available());
+  const bool overlap = GENERATE(true, false);
+  INFO((overlap ? "gradients averaged during backward" : "gradients averaged after backward"));
   const LinearRun single = run_linear(0, 16, nullptr);
   dist::Environment env;
   env.world_size = 2;
@@ -1091,7 +1104,7 @@ TEST_CASE("distributed: 2 ranks x 8 train as 1 rank x 16 and hold the identical 
         auto rank_env = env;
         rank_env.rank = rank_env.local_rank = r;
         dist::Group group(rank_env, std::chrono::seconds(30));
-        ranks[static_cast<size_t>(r)] = run_linear(8 * r, 8 * r + 8, &group);
+        ranks[static_cast<size_t>(r)] = run_linear(8 * r, 8 * r + 8, &group, overlap);
       } catch (const std::exception& e) {
         errors[static_cast<size_t>(r)] = e.what();
       }

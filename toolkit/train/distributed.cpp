@@ -212,6 +212,111 @@ void Group::average_gradients(const std::vector<at::Tensor>& parameters, int64_t
   }
 }
 
+struct GradientAverager::State {
+  struct Bucket {
+    std::vector<at::Tensor> params;
+    std::vector<int64_t> offsets;
+    std::vector<bool> ready;
+    int64_t pending = 0;
+    at::Tensor buffer;
+    std::vector<at::Tensor> io;  // {buffer}: Gloo's argument
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  Group::Impl* group = nullptr;
+  std::vector<Bucket> buckets;
+  std::vector<std::pair<at::Tensor, unsigned>> hooks;  // (parameter, handle)
+  std::string error;  // a launch that failed inside a hook (reported by finish)
+
+  void launch(Bucket& b) {
+    try {
+      b.work = group->group->allreduce(b.io);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+};
+
+GradientAverager::GradientAverager(Group& group, const std::vector<at::Tensor>& parameters,
+                                   int64_t bucket_bytes)
+    : state_(std::make_shared<State>()) {
+  state_->group = group.impl_.get();
+  int64_t bytes = 0;
+  for (auto it = parameters.rbegin(); it != parameters.rend(); ++it) {
+    const auto& p = *it;
+    if (!p.requires_grad()) continue;
+    const int64_t size = p.numel() * static_cast<int64_t>(p.element_size());
+    auto& buckets = state_->buckets;
+    if (buckets.empty() || bytes + size > bucket_bytes ||
+        buckets.back().params.front().scalar_type() != p.scalar_type() ||
+        buckets.back().params.front().device() != p.device()) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    auto& b = buckets.back();
+    b.offsets.push_back(b.params.empty() ? 0 : b.offsets.back() + b.params.back().numel());
+    b.params.push_back(p);
+    bytes += size;
+  }
+  for (size_t bi = 0; bi < state_->buckets.size(); ++bi) {
+    auto& b = state_->buckets[bi];
+    b.buffer = at::zeros({b.offsets.back() + b.params.back().numel()}, b.params.front().options());
+    b.io = {b.buffer};
+    b.ready.assign(b.params.size(), false);
+    for (size_t pi = 0; pi < b.params.size(); ++pi) {
+      std::weak_ptr<State> weak = state_;
+      auto hook = [weak, bi, pi](const at::Tensor& grad) {
+        auto state = weak.lock();
+        if (!state) return;
+        auto& bucket = state->buckets[bi];
+        if (bucket.ready[pi]) return;  // a second backward without prepare(): left to finish()
+        bucket.buffer.narrow(0, bucket.offsets[pi], grad.numel()).copy_(grad.reshape({-1}));
+        bucket.ready[pi] = true;
+        if (--bucket.pending == 0) state->launch(bucket);
+      };
+      auto param = b.params[pi];
+      state_->hooks.emplace_back(param, param.register_hook(hook));
+    }
+  }
+}
+
+GradientAverager::~GradientAverager() {
+  for (auto& [param, handle] : state_->hooks) param.remove_hook(handle);
+}
+
+void GradientAverager::prepare() {
+  state_->error.clear();
+  for (auto& b : state_->buckets) {
+    b.ready.assign(b.params.size(), false);
+    b.pending = static_cast<int64_t>(b.params.size());
+    b.work.reset();
+  }
+}
+
+double GradientAverager::finish() {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto& impl = *state_->group;
+  for (auto& b : state_->buckets) {
+    if (b.work) continue;
+    for (size_t pi = 0; pi < b.params.size(); ++pi)
+      if (!b.ready[pi]) b.buffer.narrow(0, b.offsets[pi], b.params[pi].numel()).zero_();
+    state_->launch(b);
+  }
+  if (!state_->error.empty())
+    throw DistributedError(
+        fmt::format("rank {}: gradient all-reduce failed: {}", impl.rank, state_->error));
+  const double scale = 1.0 / static_cast<double>(impl.world);
+  for (auto& b : state_->buckets) {
+    impl.run("gradient all-reduce", [&] { return b.work; });
+    b.buffer.mul_(scale);
+    for (size_t pi = 0; pi < b.params.size(); ++pi) {
+      auto& grad = b.params[pi].mutable_grad();
+      if (!grad.defined()) continue;
+      grad.copy_(b.buffer.narrow(0, b.offsets[pi], grad.numel()).view_as(grad));
+    }
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 std::vector<std::string> Group::all_gather_strings(const std::vector<std::string>& local) {
   std::vector<int64_t> lengths;
   std::string joined;
@@ -268,6 +373,14 @@ std::vector<std::string> Group::all_gather_strings(const std::vector<std::string
   return local;
 }
 void Group::barrier() {}
+
+struct GradientAverager::State {};
+GradientAverager::GradientAverager(Group&, const std::vector<at::Tensor>&, int64_t) {}
+GradientAverager::~GradientAverager() = default;
+void GradientAverager::prepare() {}
+double GradientAverager::finish() {
+  return 0;
+}
 
 #endif
 

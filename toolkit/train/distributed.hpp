@@ -70,8 +70,37 @@ class Group {
   void barrier();
 
  private:
+  friend class GradientAverager;
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+/// Gradient averaging overlapped with backward, as DDP's reducer does it: hooks on the
+/// parameters copy each gradient into its bucket the moment backward computes it, and a
+/// bucket's all-reduce starts as soon as the bucket is complete, while backward goes on with
+/// the earlier layers. Buckets follow the parameters in reverse (the order backward reaches
+/// them). Assumes every rank's backward reaches the same parameters, as DDP without
+/// find_unused_parameters does.
+///
+///   averager.prepare();  loss.backward();  averager.finish();  // then clip, step
+class GradientAverager {
+ public:
+  GradientAverager(Group& group, const std::vector<at::Tensor>& parameters,
+                   int64_t bucket_bytes = int64_t{25} << 20);
+  ~GradientAverager();
+  GradientAverager(const GradientAverager&) = delete;
+  GradientAverager& operator=(const GradientAverager&) = delete;
+
+  /// Before each backward.
+  void prepare();
+  /// After backward: starts what backward did not (parameters without a gradient count as
+  /// zeros), waits for every bucket and writes the averages into the gradients. Returns the
+  /// seconds spent waiting here: the communication backward did not hide.
+  double finish();
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
 };
 
 /// A TCP port on the loopback interface that is free right now (for a local rendezvous).

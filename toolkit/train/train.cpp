@@ -544,7 +544,12 @@ class TrainingRun {
       scaler_.restore(state_.loss_scale, state_.loss_scale_finite_steps);
       if (main_rank()) truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
     }
-    if (group_) synchronise_start(resume_state);
+    if (group_) {
+      synchronise_start(resume_state);
+      const char* overlap = std::getenv("IHN_DIST_OVERLAP");
+      if (!overlap || std::string(overlap) != "0")
+        averager_ = std::make_unique<dist::GradientAverager>(*group_, optimisation_.clipped);
+    }
     if (main_rank()) {
       log_.open(out_dir_ / "log.jsonl", std::ios::app);
       if (!log_) throw TrainError("cannot write " + (out_dir_ / "log.jsonl").string());
@@ -845,13 +850,17 @@ class TrainingRun {
   void step(ihn::BatchContext& ctx) {
     for (auto& cb : callbacks_) cb->on_before_backward(ctx);
     nn::clear_grads(*optimisation_.adam);
+    if (averager_) averager_->prepare();
     scaler_.scale_loss(ctx.loss).backward();
     // Data-parallel: every rank then holds the global batch's gradient (fp16: an Inf on any
-    // rank reaches all, so all skip the same steps).
-    if (group_) {
+    // rank reaches all, so all skip the same steps). Most buckets were reduced during backward;
+    // what is left is waited for here, and logged.
+    if (averager_) {
+      ctx.logs["dist/allreduce_wait_seconds"] = averager_->finish();
+    } else if (group_) {  // IHN_DIST_OVERLAP=0: after backward (benchmarks/distributed.sh)
       const auto t0 = std::chrono::steady_clock::now();
       group_->average_gradients(optimisation_.clipped);
-      ctx.logs["dist/allreduce_seconds"] =
+      ctx.logs["dist/allreduce_wait_seconds"] =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     // fp16: true gradients before the hooks and clipping; a step with an Inf or NaN in them is
@@ -1109,7 +1118,8 @@ class TrainingRun {
     if (!config_.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
   }
 
-  dist::Group* group_;  ///< data-parallel runs; null in one process
+  dist::Group* group_;                                ///< data-parallel runs; null in one process
+  std::unique_ptr<dist::GradientAverager> averager_;  ///< with group_: gradients during backward
   TrainConfig config_;
   fs::path out_dir_, last_path_, best_path_;
   torch::Device device_;
