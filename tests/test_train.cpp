@@ -73,6 +73,18 @@ void require_identical(const std::filesystem::path& a, const std::filesystem::pa
   }
 }
 
+/// `config` stopped after 3 steps (mid-epoch), then resumed: the same epoch losses and final
+/// weights as the uninterrupted run `full` (written to `full_dir`).
+void require_exact_mid_epoch_resume(TrainConfig config, const std::filesystem::path& full_dir,
+                                    const ihn_toolkit::train::TrainResult& full) {
+  config.stop_after = 3;
+  REQUIRE(ihn_toolkit::train::train(config).interrupted);
+  config.resume = true;
+  config.stop_after = 0;
+  REQUIRE(ihn_toolkit::train::train(config).epoch_losses == full.epoch_losses);
+  require_identical(full_dir / "last.pt", std::filesystem::path(config.out) / "last.pt");
+}
+
 }  // namespace
 
 TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epochs", "[train]") {
@@ -148,13 +160,7 @@ TEST_CASE("train: --bank-storage compact holds bf16/int8, trains near float32, r
   CHECK(r_full.epoch_losses[0] == Approx(r_exact.epoch_losses[0]).epsilon(2e-4));
   auto part = tiny((root / "part").string());
   part.bank_storage = "compact";
-  part.stop_after = 3;
-  REQUIRE(ihn_toolkit::train::train(part).interrupted);
-  part.resume = true;
-  part.stop_after = 0;
-  const auto r_part = ihn_toolkit::train::train(part);
-  REQUIRE(r_part.epoch_losses == r_full.epoch_losses);
-  require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
+  require_exact_mid_epoch_resume(part, root / "full", r_full);
 }
 
 TEST_CASE("train: bf16 autocast trains near float32, keeps float32 checkpoints, resumes exactly",
@@ -179,13 +185,7 @@ TEST_CASE("train: bf16 autocast trains near float32, keeps float32 checkpoints, 
   // Stopped mid-epoch and resumed: the same weights as the uninterrupted bf16 run.
   auto part = tiny((root / "part").string());
   part.precision = "bf16";
-  part.stop_after = 3;
-  REQUIRE(ihn_toolkit::train::train(part).interrupted);
-  part.resume = true;
-  part.stop_after = 0;
-  const auto r_part = ihn_toolkit::train::train(part);
-  REQUIRE(r_part.epoch_losses == r_full.epoch_losses);
-  require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
+  require_exact_mid_epoch_resume(part, root / "full", r_full);
   // A float32 evaluation of the bf16 checkpoint: checkpoints are interchangeable.
   ihn_toolkit::train::EvaluateOptions eo;
   eo.checkpoint = (root / "full" / "best.pt").string();
@@ -1035,12 +1035,12 @@ LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* gr
       model, ihn::Options{}.negatives_per_sample(3).candidate_pool(5).seed(4).process_group(
                  group ? group->collective() : nullptr));
   LinearRun out;
-  // overlap: the trainer's way (hooks during backward; 16-byte buckets, so that there are
-  // several); else one all-reduce after backward.
+  // overlap: hooks during backward (the trainer's default), else all after backward; 16-byte
+  // buckets, so that there are several.
   std::unique_ptr<ihn_toolkit::train::dist::GradientAverager> averager;
-  if (group && overlap)
+  if (group)
     averager = std::make_unique<ihn_toolkit::train::dist::GradientAverager>(
-        *group, std::vector<at::Tensor>{w_image, w_report}, 16);
+        *group, std::vector<at::Tensor>{w_image, w_report}, overlap, 16);
   for (int64_t step = 0; step < 3; ++step) {
     std::vector<int64_t> ids;
     std::vector<std::string> keys;
@@ -1054,10 +1054,7 @@ LinearRun run_linear(int64_t lo, int64_t hi, ihn_toolkit::train::dist::Group* gr
     auto term = augmenter.loss(z, u, ids, keys);
     if (averager) averager->prepare();
     (generation + term).backward();
-    if (averager)
-      averager->finish();
-    else if (group)
-      group->average_gradients({w_image, w_report});
+    if (averager) averager->finish();
     out.image_grads.push_back(w_image.grad().clone());
     out.report_grads.push_back(w_report.grad().clone());
     out.ihn_terms.push_back(term.item<double>());

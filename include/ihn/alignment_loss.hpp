@@ -72,17 +72,19 @@ class AlignmentLoss {
                    "same_report is local; with a process group use "
                    "HardNegativeAugmenter, which gathers report keys");
     detail::check_dim(images, 2, "ihn::AlignmentLoss", "image features", "B x D");
-    auto [all_images, offset] = detail::gather_rows(*group, images);
-    auto global = [&, offset = offset](const at::Tensor& local) {
-      return detail::with_local_rows(detail::gather_rows(*group, local).first, local, offset);
+    const auto layout = detail::row_layout(*group, images.size(0), images.device());
+    auto global = [&](const at::Tensor& local) {  // gradients reach this rank's rows
+      return detail::with_local_rows(detail::gather_rows(*group, local, layout), local,
+                                     layout.offset);
     };
-    const auto global_images = detail::with_local_rows(all_images, images, offset);
+    const auto global_images = global(images);
     const auto global_reports = global(reports);
     at::Tensor global_negatives, global_mask;
     if (negatives.defined() && negatives.numel() > 0) {
       global_negatives = global(negatives);
       if (negative_mask.defined())
-        global_mask = detail::gather_rows(*group, negative_mask.to(at::kByte)).first.to(at::kBool);
+        global_mask =
+            detail::gather_rows(*group, negative_mask.to(at::kByte), layout).to(at::kBool);
     }
     auto loss = per_sample(global_images, global_reports, global_negatives, global_mask).mean();
     return detail::scale_gradient(loss, static_cast<double>(group->world_size()));

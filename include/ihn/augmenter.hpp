@@ -173,15 +173,15 @@ class HardNegativeAugmenter {
     const int64_t world = distributed() ? options_.process_group()->world_size() : 1;
     if (world > 1) {
       // The global batch: every rank's rows, this rank's own with their gradients.
-      auto [all_images, offset] = detail::gather_rows(*options_.process_group(), image_features);
-      images = detail::with_local_rows(all_images, image_features, offset);
-      reports = detail::with_local_rows(
-          detail::gather_rows(*options_.process_group(), report_features).first, report_features,
-          offset);
-      key_hashes = detail::gather_rows(*options_.process_group(),
-                                       make_key_hashes(ids, report_keys, batch, offset).to(device))
-                       .first;
-      batch_ids = gather_ids(ids, batch, device);
+      auto& group = *options_.process_group();
+      const auto layout = detail::row_layout(group, batch, device);
+      images = detail::with_local_rows(detail::gather_rows(group, image_features, layout),
+                                       image_features, layout.offset);
+      reports = detail::with_local_rows(detail::gather_rows(group, report_features, layout),
+                                        report_features, layout.offset);
+      key_hashes = detail::gather_rows(
+          group, make_key_hashes(ids, report_keys, batch, layout.offset).to(device), layout);
+      batch_ids = gather_ids(ids, batch, layout, device);
     } else {
       key_hashes = make_key_hashes(ids, report_keys, batch).to(device);
     }
@@ -322,9 +322,9 @@ class HardNegativeAugmenter {
 
   // Every rank's ids in rank order (the global batch's); all ranks give ids or none does.
   std::vector<int64_t> gather_ids(const std::vector<int64_t>& ids, int64_t batch,
-                                  at::Device device) const {
+                                  const detail::RowLayout& layout, at::Device device) const {
     auto local = ids.empty() ? at::full({batch}, -1, at::kLong) : at::tensor(ids, at::kLong);
-    auto all = detail::gather_rows(*options_.process_group(), local.to(device)).first.cpu();
+    auto all = detail::gather_rows(*options_.process_group(), local.to(device), layout).cpu();
     const bool any_missing = (all < 0).any().item<bool>();
     if (any_missing && !(all < 0).all().item<bool>())
       detail::fail("ihn::HardNegativeAugmenter::loss",

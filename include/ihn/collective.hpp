@@ -70,25 +70,40 @@ std::shared_ptr<Collective> process_group(c10::intrusive_ptr<Group> group) {
 
 namespace detail {
 
-/// Rows of every rank's `local` (n_r x ..., n_r may differ between ranks), concatenated in
-/// rank order, and where this rank's rows start. Detached; every rank gets the same tensor.
-inline std::pair<at::Tensor, int64_t> gather_rows(Collective& group, const at::Tensor& local) {
-  const auto sizes = group.all_gather(
-      at::tensor(std::vector<int64_t>{local.size(0)}, at::kLong).to(local.device()));
+/// How a global batch is split over the ranks: each rank's row count (ranks may differ) and
+/// where this rank's rows start. One all-gather; every tensor of the batch then reuses it.
+struct RowLayout {
   std::vector<int64_t> counts;
-  for (const auto& s : sizes) counts.push_back(s.cpu().item<int64_t>());
-  const int64_t widest = *std::max_element(counts.begin(), counts.end());
+  int64_t offset = 0;
+  int64_t widest() const { return *std::max_element(counts.begin(), counts.end()); }
+};
+
+inline RowLayout row_layout(Collective& group, int64_t local_rows, at::Device device) {
+  const auto sizes =
+      group.all_gather(at::tensor(std::vector<int64_t>{local_rows}, at::kLong).to(device));
+  RowLayout layout;
+  for (const auto& s : sizes) layout.counts.push_back(s.cpu().item<int64_t>());
+  for (int64_t r = 0; r < group.rank(); ++r) layout.offset += layout.counts[static_cast<size_t>(r)];
+  return layout;
+}
+
+/// Rows of every rank's `local` (its layout.counts[rank] x ...), concatenated in rank order.
+/// Detached; every rank gets the same tensor.
+inline at::Tensor gather_rows(Collective& group, const at::Tensor& local, const RowLayout& layout) {
   auto padded = local.detach();
-  if (local.size(0) < widest) {
+  if (local.size(0) < layout.widest()) {
     auto shape = local.sizes().vec();
-    shape[0] = widest - local.size(0);
+    shape[0] = layout.widest() - local.size(0);
     padded = at::cat({padded, at::zeros(shape, local.options())});
   }
   auto parts = group.all_gather(padded);
-  int64_t offset = 0;
-  for (int64_t r = 0; r < group.rank(); ++r) offset += counts[static_cast<size_t>(r)];
-  for (size_t r = 0; r < parts.size(); ++r) parts[r] = parts[r].narrow(0, 0, counts[r]);
-  return {at::cat(parts), offset};
+  for (size_t r = 0; r < parts.size(); ++r) parts[r] = parts[r].narrow(0, 0, layout.counts[r]);
+  return at::cat(parts);
+}
+
+/// The same for a tensor whose row counts are not known yet (two all-gathers).
+inline at::Tensor gather_rows(Collective& group, const at::Tensor& local) {
+  return gather_rows(group, local, row_layout(group, local.size(0), local.device()));
 }
 
 /// The global batch with this rank's rows replaced by `local` itself, so gradients reach it.

@@ -174,44 +174,6 @@ void Group::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   }
 }
 
-void Group::average_gradients(const std::vector<at::Tensor>& parameters, int64_t bucket_bytes) {
-  // Buckets of consecutive same-dtype gradients; all are launched before any is waited for,
-  // so Gloo's threads reduce one bucket while the next is flattened.
-  struct Bucket {
-    std::vector<at::Tensor> grads;
-    std::vector<at::Tensor> buffer;
-    c10::intrusive_ptr<c10d::Work> work;
-  };
-  std::vector<Bucket> buckets;
-  int64_t bytes = 0;
-  for (const auto& p : parameters) {
-    const auto& grad = p.grad();
-    if (!grad.defined()) continue;
-    const int64_t size = grad.numel() * static_cast<int64_t>(grad.element_size());
-    if (buckets.empty() || bytes + size > bucket_bytes ||
-        buckets.back().grads.front().scalar_type() != grad.scalar_type()) {
-      buckets.emplace_back();
-      bytes = 0;
-    }
-    buckets.back().grads.push_back(grad);
-    bytes += size;
-  }
-  try {
-    for (auto& b : buckets) {
-      b.buffer = {flatten(b.grads)};
-      b.work = impl_->group->allreduce(b.buffer);
-    }
-  } catch (const std::exception& e) {
-    throw DistributedError(
-        fmt::format("rank {}: gradient all-reduce failed: {}", impl_->rank, e.what()));
-  }
-  const double scale = 1.0 / static_cast<double>(impl_->world);
-  for (auto& b : buckets) {
-    impl_->run("gradient all-reduce", [&] { return b.work; });
-    unflatten(b.buffer[0].mul_(scale), b.grads);
-  }
-}
-
 struct GradientAverager::State {
   struct Bucket {
     std::vector<at::Tensor> params;
@@ -237,7 +199,7 @@ struct GradientAverager::State {
 };
 
 GradientAverager::GradientAverager(Group& group, const std::vector<at::Tensor>& parameters,
-                                   int64_t bucket_bytes)
+                                   bool overlap, int64_t bucket_bytes)
     : state_(std::make_shared<State>()) {
   state_->group = group.impl_.get();
   int64_t bytes = 0;
@@ -262,7 +224,7 @@ GradientAverager::GradientAverager(Group& group, const std::vector<at::Tensor>& 
     b.buffer = at::zeros({b.offsets.back() + b.params.back().numel()}, b.params.front().options());
     b.io = {b.buffer};
     b.ready.assign(b.params.size(), false);
-    for (size_t pi = 0; pi < b.params.size(); ++pi) {
+    for (size_t pi = 0; overlap && pi < b.params.size(); ++pi) {
       std::weak_ptr<State> weak = state_;
       auto hook = [weak, bi, pi](const at::Tensor& grad) {
         auto state = weak.lock();
@@ -297,8 +259,12 @@ double GradientAverager::finish() {
   auto& impl = *state_->group;
   for (auto& b : state_->buckets) {
     if (b.work) continue;
-    for (size_t pi = 0; pi < b.params.size(); ++pi)
-      if (!b.ready[pi]) b.buffer.narrow(0, b.offsets[pi], b.params[pi].numel()).zero_();
+    for (size_t pi = 0; pi < b.params.size(); ++pi) {
+      if (b.ready[pi]) continue;
+      auto slot = b.buffer.narrow(0, b.offsets[pi], b.params[pi].numel());
+      const auto& grad = b.params[pi].grad();
+      grad.defined() ? slot.copy_(grad.reshape({-1})) : slot.zero_();
+    }
     state_->launch(b);
   }
   if (!state_->error.empty())
@@ -324,11 +290,11 @@ std::vector<std::string> Group::all_gather_strings(const std::vector<std::string
     lengths.push_back(static_cast<int64_t>(s.size()));
     joined += s;
   }
-  auto all_lengths = ihn::detail::gather_rows(*impl_->collective, at::tensor(lengths, at::kLong))
-                         .first.contiguous();
+  auto all_lengths =
+      ihn::detail::gather_rows(*impl_->collective, at::tensor(lengths, at::kLong)).contiguous();
   auto bytes = at::empty({static_cast<int64_t>(joined.size())}, at::kByte);
   if (!joined.empty()) std::memcpy(bytes.data_ptr<uint8_t>(), joined.data(), joined.size());
-  auto all_bytes = ihn::detail::gather_rows(*impl_->collective, bytes).first.contiguous();
+  auto all_bytes = ihn::detail::gather_rows(*impl_->collective, bytes).contiguous();
   std::vector<std::string> out;
   const char* p = reinterpret_cast<const char*>(all_bytes.data_ptr<uint8_t>());
   for (int64_t i = 0; i < all_lengths.numel(); ++i) {
@@ -368,14 +334,13 @@ std::shared_ptr<ihn::Collective> Group::collective() const {
 }
 void Group::broadcast(const std::vector<at::Tensor>&, int64_t) {}
 void Group::all_reduce_sum(const std::vector<at::Tensor>&) {}
-void Group::average_gradients(const std::vector<at::Tensor>&, int64_t) {}
 std::vector<std::string> Group::all_gather_strings(const std::vector<std::string>& local) {
   return local;
 }
 void Group::barrier() {}
 
 struct GradientAverager::State {};
-GradientAverager::GradientAverager(Group&, const std::vector<at::Tensor>&, int64_t) {}
+GradientAverager::GradientAverager(Group&, const std::vector<at::Tensor>&, bool, int64_t) {}
 GradientAverager::~GradientAverager() = default;
 void GradientAverager::prepare() {}
 double GradientAverager::finish() {

@@ -59,11 +59,6 @@ class Group {
   void broadcast(const std::vector<at::Tensor>& tensors, int64_t root = 0);
   /// Element-wise sum over ranks, in place (one flattened all-reduce per dtype).
   void all_reduce_sum(const std::vector<at::Tensor>& tensors);
-  /// The gradients of `parameters` (those that have one) averaged over ranks, as DDP does:
-  /// flattened into buckets of at most `bucket_bytes`, each all-reduced asynchronously, then
-  /// divided by the world size and written back.
-  void average_gradients(const std::vector<at::Tensor>& parameters,
-                         int64_t bucket_bytes = int64_t{25} << 20);
   /// Every rank's strings, concatenated in rank order.
   std::vector<std::string> all_gather_strings(const std::vector<std::string>& local);
   /// Returns when every rank has called it.
@@ -75,17 +70,18 @@ class Group {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Gradient averaging overlapped with backward, as DDP's reducer does it: hooks on the
-/// parameters copy each gradient into its bucket the moment backward computes it, and a
-/// bucket's all-reduce starts as soon as the bucket is complete, while backward goes on with
-/// the earlier layers. Buckets follow the parameters in reverse (the order backward reaches
-/// them). Assumes every rank's backward reaches the same parameters, as DDP without
-/// find_unused_parameters does.
+/// Gradients averaged over ranks, as DDP's reducer does it: flattened into buckets of at most
+/// `bucket_bytes`, each all-reduced asynchronously, divided by the world size and written
+/// back. With `overlap`, hooks on the parameters copy each gradient into its bucket the moment
+/// backward computes it, and a bucket's all-reduce starts as soon as the bucket is complete,
+/// while backward goes on with the earlier layers; without, everything starts in finish().
+/// Buckets follow the parameters in reverse (the order backward reaches them). Assumes every
+/// rank's backward reaches the same parameters, as DDP without find_unused_parameters does.
 ///
 ///   averager.prepare();  loss.backward();  averager.finish();  // then clip, step
 class GradientAverager {
  public:
-  GradientAverager(Group& group, const std::vector<at::Tensor>& parameters,
+  GradientAverager(Group& group, const std::vector<at::Tensor>& parameters, bool overlap = true,
                    int64_t bucket_bytes = int64_t{25} << 20);
   ~GradientAverager();
   GradientAverager(const GradientAverager&) = delete;
@@ -95,7 +91,7 @@ class GradientAverager {
   void prepare();
   /// After backward: starts what backward did not (parameters without a gradient count as
   /// zeros), waits for every bucket and writes the averages into the gradients. Returns the
-  /// seconds spent waiting here: the communication backward did not hide.
+  /// seconds spent here: the communication backward did not hide.
   double finish();
 
  private:

@@ -546,9 +546,10 @@ class TrainingRun {
     }
     if (group_) {
       synchronise_start(resume_state);
+      // IHN_DIST_OVERLAP=0: all-reduce after backward instead (benchmarks/distributed.sh).
       const char* overlap = std::getenv("IHN_DIST_OVERLAP");
-      if (!overlap || std::string(overlap) != "0")
-        averager_ = std::make_unique<dist::GradientAverager>(*group_, optimisation_.clipped);
+      averager_ = std::make_unique<dist::GradientAverager>(*group_, optimisation_.clipped,
+                                                           !overlap || std::string(overlap) != "0");
     }
     if (main_rank()) {
       log_.open(out_dir_ / "log.jsonl", std::ios::app);
@@ -855,14 +856,7 @@ class TrainingRun {
     // Data-parallel: every rank then holds the global batch's gradient (fp16: an Inf on any
     // rank reaches all, so all skip the same steps). Most buckets were reduced during backward;
     // what is left is waited for here, and logged.
-    if (averager_) {
-      ctx.logs["dist/allreduce_wait_seconds"] = averager_->finish();
-    } else if (group_) {  // IHN_DIST_OVERLAP=0: after backward (benchmarks/distributed.sh)
-      const auto t0 = std::chrono::steady_clock::now();
-      group_->average_gradients(optimisation_.clipped);
-      ctx.logs["dist/allreduce_wait_seconds"] =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    }
+    if (averager_) ctx.logs["dist/allreduce_wait_seconds"] = averager_->finish();
     // fp16: true gradients before the hooks and clipping; a step with an Inf or NaN in them is
     // skipped (the scale backs off), as torch.cuda.amp does.
     const bool finite = scaler_.unscale_gradients(optimisation_.clipped);
@@ -1119,7 +1113,7 @@ class TrainingRun {
   }
 
   dist::Group* group_;                                ///< data-parallel runs; null in one process
-  std::unique_ptr<dist::GradientAverager> averager_;  ///< with group_: gradients during backward
+  std::unique_ptr<dist::GradientAverager> averager_;  ///< with group_: averages gradients
   TrainConfig config_;
   fs::path out_dir_, last_path_, best_path_;
   torch::Device device_;
