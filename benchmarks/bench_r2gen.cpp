@@ -3,14 +3,19 @@
 // backward, clip_grad_value_(0.1), Adam amsgrad with the two learning-rate groups) and one
 // beam-3 / greedy decode of a batch of 16 IU X-Ray studies (two views), random weights.
 //
-//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc|nchw] [fp32|bf16] [profile] [phases]
+//   bench_r2gen CFG WHAT [WARMUP REPS] [THREADS] [nhwc|nchw] [fp32|bf16] [cpu|cuda] [profile]
+//               [phases]
 //     CFG   small (ResNet-18 128², d_model 256, 2 layers) | paper (ResNet-101 224², 512, 3 layers)
 //     WHAT  train | beam | greedy | ihn_share (plain and ihn training steps interleaved in one
 //           process, and the augmenter's own time inside the ihn step: its share of a step)
-//     nhwc  (default, as `ihn train` on the CPU) the ResNet's convolution weights channels-last
-//           (nn::to_channels_last); nchw keeps LibTorch's default layout
+//     nhwc  (default on the CPU, as `ihn train` there) the ResNet's convolution weights
+//           channels-last (nn::to_channels_last); nchw keeps LibTorch's default layout (the
+//           default on CUDA, as `ihn train --device cuda`)
 //     bf16  the forward pass (training) or the whole decode under bf16 autocast, as
 //           `ihn train --precision bf16` (nn/precision.hpp); fp32 (default) as before
+//     cuda  model, inputs and optimiser on the GPU, the device synchronised before every clock
+//           read (bench_device.hpp); an error when CUDA is not available. cpu is the default
+//           (the output line then has no "device" field, as before)
 //     phases  (train) print each step's forward / backward / clip / Adam seconds
 //     profile  (train) run one more step under LibTorch's autograd profiler and print the ops
 //           with the most self CPU time (as bench_train.py's `profile` mode does for Python)
@@ -35,6 +40,7 @@
 
 #include <ihn/augmenter.hpp>
 
+#include "bench_device.hpp"
 #include "bench_profile.hpp"
 #include "nn/allocator.hpp"
 #include "nn/fused_adam.hpp"
@@ -78,7 +84,7 @@ int main(int argc, char** argv) {
   const bool kept_freed_memory = ihn_toolkit::nn::keep_freed_memory();
   if (argc < 3) {
     std::cerr << "usage: bench_r2gen small|paper train|beam|greedy|ihn_share [WARMUP REPS] "
-                 "[THREADS] [nhwc|nchw] [fp32|bf16] [profile] [phases]\n";
+                 "[THREADS] [nhwc|nchw] [fp32|bf16] [cpu|cuda] [profile] [phases]\n";
     return 2;
   }
   const std::string cfg = argv[1], what = argv[2];
@@ -86,12 +92,17 @@ int main(int argc, char** argv) {
   const int reps = argc > 4 ? std::stoi(argv[4]) : 5;
   const int threads = argc > 5 ? std::stoi(argv[5]) : 2;
   bool channels_last = true;  // as `ihn train` on the CPU
+  bool layout_given = false;
   bool profile = false, phases = false;
+  std::string device_name = "cpu";
   auto precision = ihn_toolkit::nn::Precision::fp32;
   for (int a = 6; a < argc; ++a) {
     const std::string flag = argv[a];
     if (flag == "nhwc" || flag == "nchw") {
       channels_last = flag == "nhwc";
+      layout_given = true;
+    } else if (ihn_bench::is_device_flag(flag)) {
+      device_name = flag;
     } else if (flag == "fp32" || flag == "bf16") {
       precision = ihn_toolkit::nn::parse_precision(flag);
     } else if (flag == "profile") {
@@ -103,6 +114,15 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  torch::Device device(torch::kCPU);
+  try {
+    device = ihn_bench::parse_device(device_name);
+  } catch (const std::exception& e) {
+    std::cerr << "bench_r2gen: " << e.what() << "\n";
+    return 2;
+  }
+  if (device.is_cuda() && !layout_given) channels_last = false;  // as `ihn train --device cuda`
+  const auto sync = [&] { ihn_bench::synchronize(device); };
   torch::set_num_threads(threads);
   torch::manual_seed(9233);
 
@@ -111,6 +131,7 @@ int main(int argc, char** argv) {
   const int64_t image = cfg == "paper" ? 224 : 128;
   r2::R2GenModel model(options);
   if (channels_last) ihn_toolkit::nn::to_channels_last(*model->visual_extractor);
+  model->to(device);  // before the optimiser is built: its parameters are the device's
 
   auto images = torch::randn({batch, 2, 3, image, image});
   // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
@@ -122,6 +143,9 @@ int main(int argc, char** argv) {
     ids[b].narrow(0, 1, len - 2).copy_(torch::randint(1, vocab + 1, {len - 2}));
     masks[b].narrow(0, 0, len).fill_(1);
   }
+  images = images.to(device);
+  ids = ids.to(device);
+  masks = masks.to(device);
 
   std::vector<double> times;
   Usage timed_start{}, timed_end{};
@@ -154,12 +178,13 @@ int main(int argc, char** argv) {
           torch::nn::functional::normalize(torch::randn({2069, options.d_model()}),
                                            torch::nn::functional::NormalizeFuncOptions().dim(1));
       state["bank.key_hashes"] = torch::arange(2069, torch::kLong) % 700;
-      augmenter.load_state_dict(state);
+      augmenter.load_state_dict(state, device);
     }
     auto step = [&](bool with_ihn, int i) {
+      sync();
       const double t0 = now();
       auto [out, loss] = [&] {
-        const ihn_toolkit::nn::AutocastGuard autocast(precision, torch::kCPU);
+        const ihn_toolkit::nn::AutocastGuard autocast(precision, device.type());
         auto o = model->forward(images, ids, masks);
         auto l = r2::compute_loss(o.logprobs, ids, masks);
         return std::make_pair(o, l);
@@ -169,20 +194,25 @@ int main(int argc, char** argv) {
         std::vector<int64_t> sample_ids;
         for (int64_t b = 0; b < batch; ++b) sample_ids.push_back((i * batch + b * 131) % 2069);
         loss = loss + augmenter.loss(out.image_features, out.report_features, sample_ids);
+        if (phases || i >= warmup) sync();
         if (i >= warmup) augmenter_times.push_back(now() - a0);
       }
       last_loss = loss.item<double>();
       const double f1 = now();
       ihn_toolkit::nn::clear_grads(optimizer);  // the port's zero_grad (nn/training.hpp)
       loss.backward();
+      if (phases) sync();
       const double b1 = now();
       torch::nn::utils::clip_grad_value_(params, 0.1);
+      if (phases) sync();
       const double c1 = now();
       optimizer.step();
+      if (phases) sync();
       if (phases)
         std::printf("PHASES step %d forward %.3f backward %.3f clip %.3f adam %.3f\n", i, f1 - t0,
                     b1 - f1, c1 - b1, now() - c1);
       if (with_ihn) augmenter.step();
+      sync();
       if (i >= warmup) (with_ihn ? ihn_times : times).push_back(now() - t0);
     };
     for (int i = 0; i < warmup + reps; ++i) {
@@ -196,14 +226,16 @@ int main(int argc, char** argv) {
     model->eval();
     for (int i = 0; i < warmup + reps; ++i) {
       if (i == warmup) timed_start = usage();
+      sync();
       const double t0 = now();
       torch::Tensor seq;
-      const ihn_toolkit::nn::AutocastGuard autocast(precision, torch::kCPU);
+      const ihn_toolkit::nn::AutocastGuard autocast(precision, device.type());
       if (what == "beam")
         seq = model->beam_search(images, r2::BeamSearchOptions().beam_size(3).max_length(max_len))
                   .seq;
       else
         seq = model->greedy(images, r2::GreedyOptions().max_length(max_len)).seq;
+      sync();
       if (i >= warmup) times.push_back(now() - t0);
       generated = seq.ne(0).sum(1).max().item<int64_t>();
     }
@@ -221,17 +253,20 @@ int main(int argc, char** argv) {
     return 0;
   }
   const double per_rep = 1.0 / std::max(reps, 1);
+  // The CPU line is as before; a CUDA run says so.
+  const std::string device_field = device.is_cuda() ? "\"device\": \"cuda\", " : "";
   std::printf(
       "RESULT {\"bench\": \"%s\", \"impl\": \"cpp\", \"arch\": \"r2gen\", \"cfg\": \"%s\", "
       "\"threads\": %d, \"precision\": \"%s\", \"malloc\": \"%s\", \"channels_last\": %s, "
       "\"warmup\": %d, "
       "\"reps\": %d, \"batch\": %ld, \"image\": %ld, \"loss\": %.6f, "
       "\"max_generated_len\": %ld, \"minflt_per_rep\": %.0f, \"cpu_s_per_rep\": %.3f, "
-      "\"seconds\": %s}\n",
+      "%s\"seconds\": %s}\n",
       what.c_str(), cfg.c_str(), threads, ihn_toolkit::nn::to_string(precision),
       kept_freed_memory ? "keep" : "glibc", channels_last ? "true" : "false", warmup, reps,
       static_cast<long>(batch), static_cast<long>(image), last_loss, static_cast<long>(generated),
       (timed_end.minor_faults - timed_start.minor_faults) * per_rep,
-      (timed_end.cpu_seconds - timed_start.cpu_seconds) * per_rep, json_times(times).c_str());
+      (timed_end.cpu_seconds - timed_start.cpu_seconds) * per_rep, device_field.c_str(),
+      json_times(times).c_str());
   return 0;
 }
