@@ -589,6 +589,42 @@ TEST_CASE("loader: collate pads like R2Gen and workers do not change batches", "
   const auto sequential = collect(dataset, 2, false);
   CHECK(sequential[0].ids == std::vector<std::string>{"s0", "s1", "s2"});
 
+  // Data-parallel shards. Decoding (unshuffled): each rank its contiguous block, whole, on
+  // every pass over the loader (LibTorch resets the sampler each time). Training (shuffled):
+  // each global batch of 4 split between the ranks, together the one-process order.
+  auto ids_of = [](const ReportDataset& data, bool shuffle, Shard shard, size_t batch) {
+    ReportLoaderOptions lo;
+    lo.batch_size = batch;
+    lo.shuffle = shuffle;
+    lo.shard = shard;
+    auto loader = make_report_loader(data, lo);
+    std::vector<std::vector<std::string>> passes;
+    for (int pass = 0; pass < 2; ++pass) {
+      passes.emplace_back();
+      for (auto& b : *loader) passes.back().insert(passes.back().end(), b.ids.begin(), b.ids.end());
+    }
+    CHECK(passes[0] == passes[1]);
+    return passes[0];
+  };
+  CHECK(ids_of(dataset, false, {0, 3}, 64) == std::vector<std::string>{"s0", "s1", "s2"});
+  CHECK(ids_of(dataset, false, {1, 3}, 64) == std::vector<std::string>{"s3", "s4", "s5"});
+  CHECK(ids_of(dataset, false, {2, 3}, 2) == std::vector<std::string>{"s6", "s7", "s8", "s9"});
+  const auto one_process = ids_of(dataset, true, {0, 1}, 4);
+  const auto rank0 = ids_of(dataset, true, {0, 2}, 4), rank1 = ids_of(dataset, true, {1, 2}, 4);
+  REQUIRE(rank0.size() == 5);  // batches of 4, 4 and 2 studies: 2 + 2 + 1 each
+  REQUIRE(rank1.size() == 5);
+  std::vector<std::string> merged;
+  for (size_t b = 0, r0 = 0, r1 = 0; b < 3; ++b) {
+    const size_t half = b < 2 ? 2 : 1;
+    merged.insert(merged.end(), rank0.begin() + r0, rank0.begin() + r0 + half);
+    merged.insert(merged.end(), rank1.begin() + r1, rank1.begin() + r1 + half);
+    r0 += half;
+    r1 += half;
+  }
+  CHECK(merged == one_process);
+  CHECK(sharded_batches(10, 4, 2) == 3);
+  CHECK(sharded_batches(9, 4, 2) == 2);  // a final batch of 1 cannot feed 2 ranks
+
   // MIMIC-CXR: one view, image_path[0] only.
   auto mimic_options = options;
   mimic_options.dataset = Dataset::mimic_cxr;

@@ -104,7 +104,8 @@ size_t sharded_batches(size_t size, size_t batch_size, size_t world_size) {
 }
 
 void SeededSampler::reset(torch::optional<size_t> new_size) {
-  const size_t size = new_size ? *new_size : order_.size();
+  if (new_size) size_ = *new_size;
+  const size_t size = size_;
   order_.resize(size);
   std::iota(order_.begin(), order_.end(), size_t{0});
   if (shuffle_) {

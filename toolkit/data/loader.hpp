@@ -113,6 +113,9 @@ class SeededSampler : public torch::data::samplers::Sampler<> {
 
  private:
   std::vector<size_t> order_;
+  /// The data set's size: reset() without a size (LibTorch's loaders call it so at every
+  /// iteration) starts from it, not from order_, which a decoding shard has cut to its block.
+  size_t size_ = 0;
   size_t position_ = 0;
   bool shuffle_;
   uint64_t seed_;
