@@ -346,22 +346,22 @@ TEST_CASE("authors: checkpoints are told apart by content", "[authors]") {
 TEST_CASE("authors: the evaluation images get R2Gen's test transform", "[authors]") {
   ihn_toolkit::train::AuthorsCheckpointOptions o;
   const auto c = authors::to_train_config(authors::AuthorsConfig{}, o, "a.json", "imgs");
-  CHECK(c.crop == 224);
-  CHECK(c.resize == 224);
-  CHECK(c.threshold == 3);
-  CHECK(c.max_seq_length == 60);
-  CHECK(c.beam_size == 3);
+  CHECK(c.data.crop == 224);
+  CHECK(c.data.resize == 224);
+  CHECK(c.data.threshold == 3);
+  CHECK(c.data.max_seq_length == 60);
+  CHECK(c.eval.beam_size == 3);
   o.dataset = "mimic_cxr";
   const auto m = authors::to_train_config(authors::AuthorsConfig{}, o, "a.json", "imgs");
-  CHECK(m.threshold == 10);
-  CHECK(m.max_seq_length == 100);
+  CHECK(m.data.threshold == 10);
+  CHECK(m.data.max_seq_length == 100);
   // What our evaluation transform does with the config (train.cpp: resize = crop = c.crop)
   // equals Resize((224, 224)) + ToTensor + Normalize(ImageNet) written out.
   auto image = ihn_toolkit::data::Image::blank(300, 180, 3);
   for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = (i * 37 + i / 5) % 256;
   auto t = ihn_toolkit::data::TransformOptions::r2gen_eval();
-  t.resize = c.crop;
-  t.crop = c.crop;
+  t.resize = c.data.crop;
+  t.crop = c.data.crop;
   std::mt19937_64 rng(0);
   const auto got = ihn_toolkit::data::ImageTransform(t)(image, rng);
   auto resized = ihn_toolkit::data::resize_bilinear(image, 224, 224);
@@ -561,9 +561,10 @@ TEST_CASE("authors: official-layout R2Gen .pth generates as our model with the s
     CHECK(c.vocab_size == tok.vocab_size());
     CHECK(c.max_positions == 120);
     CHECK(loaded.tokenizer.tokens() == tok.tokens());
-    CHECK(loaded.train_config.model == "r2gen");
-    R2GenModel model(ihn_toolkit::train::R2GenTraits::options(loaded.train_config,
-                                                              loaded.tokenizer.vocab_size()));
+    CHECK(loaded.train_config.model.architecture == "r2gen");
+    R2GenModel model(ihn_toolkit::train::R2GenTraits::options(
+        loaded.train_config.model, loaded.train_config.data.max_seq_length,
+        loaded.tokenizer.vocab_size()));
     const auto report = authors::load_authors_weights(*model, loaded.state, c, zip);
     CHECK(report.ok());
     CHECK(report.loaded == r2gen_shapes(options).size());
@@ -719,7 +720,7 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
     INFO(file);
     const auto loaded = authors::read_authors_checkpoint(file, ann, "", {});
     CHECK(loaded.config.architecture == architecture);
-    CHECK(loaded.train_config.model == "cmn");
+    CHECK(loaded.train_config.model.architecture == "cmn");
     CHECK(loaded.config.topk == 32);
     CHECK(loaded.config.cmm_size == 40);
     CHECK(loaded.config.cmm_dim == 32);
@@ -728,7 +729,8 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
     }));
     // The model the authors' path builds holds exactly the file's weights (a random-weight CMN
     // decodes one word over and over, so equal reports alone would prove little).
-    CMNModel built(ihn_toolkit::train::CMNTraits::options(loaded.train_config, tok.vocab_size()));
+    CMNModel built(ihn_toolkit::train::CMNTraits::options(
+        loaded.train_config.model, loaded.train_config.data.max_seq_length, tok.vocab_size()));
     authors::load_authors_weights(*built, loaded.state, loaded.config, file);
     CMNModel direct(options);
     REQUIRE(ihn::io::load_pth(*direct, cmn_file).ok());
@@ -760,8 +762,10 @@ TEST_CASE("authors: official-layout R2GenCMN and ITHN .pth generate as our CMN p
   overrides.topk = 4;
   overrides.num_heads = 4;
   const auto overridden = authors::read_authors_checkpoint(cmn_file, ann, "", overrides);
-  CHECK(overridden.train_config.topk == 4);
-  CHECK(overridden.train_config.num_heads == 4);
-  CHECK(ihn_toolkit::train::CMNTraits::options(overridden.train_config, tok.vocab_size()).topk() ==
-        4);
+  CHECK(overridden.train_config.model.cross_modal_memory.topk == 4);
+  CHECK(overridden.train_config.model.num_heads == 4);
+  CHECK(ihn_toolkit::train::CMNTraits::options(overridden.train_config.model,
+                                               overridden.train_config.data.max_seq_length,
+                                               tok.vocab_size())
+            .topk() == 4);
 }

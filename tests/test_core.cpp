@@ -803,6 +803,9 @@ TEST_CASE("schedules: parse_schedule reads what to_string writes, and names bad 
               ihn::schedule_lambda(s, epoch, epoch * 13));
   }
   REQUIRE(ihn::to_string(ihn::parse_schedule("exp:0.01")) == "exp:0.01");
+  // The shortest text that reads back: config files show what the user typed.
+  REQUIRE(ihn::to_string(ihn::parse_schedule("exp:0.1")) == "exp:0.1");
+  REQUIRE(ihn::to_string(ihn::ConstantHardness{1.0 / 3.0}) == "const:0.3333333333333333");
   REQUIRE(ihn::schedule_unit(ihn::parse_schedule("linear:10/epoch")) == ihn::ScheduleUnit::epoch);
   for (const char* bad : {"exp", "exp:", "exp:0.01x", "exp:-1", "linear:0", "const:2", "sigmoid:3",
                           "exp:0.1/fortnight", "exp:nan", "linear:inf"}) {

@@ -32,24 +32,24 @@ using ihn_toolkit::train::TrainError;
 /// A model and data set small enough that two epochs take about a second.
 TrainConfig tiny(const std::string& out) {
   TrainConfig c;
-  c.synth_studies = 40;
-  c.synth_image_size = 32;
-  c.resize = 36;
-  c.crop = 32;
-  c.d_model = c.d_ff = c.rm_d_model = 32;
-  c.num_heads = c.rm_num_heads = 2;
-  c.max_seq_length = 20;
-  c.batch_size = 8;
-  c.epochs = 2;
-  c.beam_size = 1;
-  c.bootstrap = 0;
-  c.threads = 1;
-  c.quiet = true;
-  c.plots = false;
-  c.ihn = "paper";
-  c.negatives = 2;
-  c.ascent_steps = 2;
-  c.out = out;
+  c.data.synthetic.studies = 40;
+  c.data.synthetic.image_size = 32;
+  c.data.resize = 36;
+  c.data.crop = 32;
+  c.model.d_model = c.model.d_ff = c.model.relational_memory.d_model = 32;
+  c.model.num_heads = c.model.relational_memory.num_heads = 2;
+  c.data.max_seq_length = 20;
+  c.optim.batch_size = 8;
+  c.optim.epochs = 2;
+  c.eval.beam_size = 1;
+  c.eval.bootstrap = 0;
+  c.run.threads = 1;
+  c.run.quiet = true;
+  c.run.plots = false;
+  c.ihn.mode = "paper";
+  c.ihn.library.negatives_per_sample() = 2;
+  c.ihn.library.ascent_steps() = 2;
+  c.run.out = out;
   return c;
 }
 
@@ -77,12 +77,12 @@ void require_identical(const std::filesystem::path& a, const std::filesystem::pa
 /// weights as the uninterrupted run `full` (written to `full_dir`).
 void require_exact_mid_epoch_resume(TrainConfig config, const std::filesystem::path& full_dir,
                                     const ihn_toolkit::train::TrainResult& full) {
-  config.stop_after = 3;
+  config.run.stop_after = 3;
   REQUIRE(ihn_toolkit::train::train(config).interrupted);
-  config.resume = true;
-  config.stop_after = 0;
+  config.run.resume = true;
+  config.run.stop_after = 0;
   REQUIRE(ihn_toolkit::train::train(config).epoch_losses == full.epoch_losses);
-  require_identical(full_dir / "last.pt", std::filesystem::path(config.out) / "last.pt");
+  require_identical(full_dir / "last.pt", std::filesystem::path(config.run.out) / "last.pt");
 }
 
 }  // namespace
@@ -101,22 +101,22 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
 
   // N/2 epochs, then --resume with the full budget.
   auto half = tiny((root / "half").string());
-  half.epochs = 1;
+  half.optim.epochs = 1;
   REQUIRE(ihn_toolkit::train::train(half).epochs_done == 1);
-  half.epochs = 2;
-  half.resume = true;
+  half.optim.epochs = 2;
+  half.run.resume = true;
   const auto r_half = ihn_toolkit::train::train(half);
   REQUIRE(r_half.epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
 
   // Stopped mid-epoch (as on Ctrl-C): 28 training studies / 8 = 4 steps per epoch.
   auto part = tiny((root / "part").string());
-  part.stop_after = 3;
+  part.run.stop_after = 3;
   REQUIRE(ihn_toolkit::train::train(part).interrupted);
-  part.resume = true;
+  part.run.resume = true;
   REQUIRE(ihn_toolkit::train::train(part).interrupted);  // steps 4..6 cross into epoch 2
-  part.stop_after = 0;
-  part.epochs = 0;  // what `ihn train --resume` without --epochs passes: the run's own count
+  part.run.stop_after = 0;
+  part.optim.epochs = 0;  // what `ihn train --resume` without --epochs passes: the run's own count
   const auto r_part = ihn_toolkit::train::train(part);
   REQUIRE_FALSE(r_part.interrupted);
   REQUIRE(r_part.epochs_done == 2);
@@ -129,13 +129,13 @@ TEST_CASE("train: two epochs, then resume bit-exactly from whole and partial epo
   stale["trainer.epoch"] = torch::tensor(99.0, torch::kFloat64);
   ihn::save_state(stale, root / "full" / "best.pt");
   auto again = tiny((root / "full").string());
-  again.resume = true;
+  again.run.resume = true;
   REQUIRE_THROWS_WITH(ihn_toolkit::train::train(again), Catch::Contains("best.pt holds epoch 99"));
 
   // A different seed really trains differently (the comparison above can fail).
   auto other = tiny((root / "other").string());
-  other.seed = 1;
-  other.epochs = 1;
+  other.optim.seed = 1;
+  other.optim.epochs = 1;
   REQUIRE(ihn_toolkit::train::train(other).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
@@ -143,11 +143,11 @@ TEST_CASE("train: --bank-storage compact holds bf16/int8, trains near float32, r
           "[train]") {
   const auto root = ihn_test::scratch_dir("train_compact_bank");
   auto exact = tiny((root / "float32").string());
-  exact.epochs = 1;
-  exact.bank_storage = "float32";
+  exact.optim.epochs = 1;
+  exact.ihn.bank_storage = "float32";
   const auto r_exact = ihn_toolkit::train::train(exact);
   auto full = tiny((root / "full").string());
-  full.bank_storage = "compact";
+  full.ihn.bank_storage = "compact";
   const auto r_full = ihn_toolkit::train::train(full);
   const auto state = ihn::load_state(root / "full" / "last.pt");
   CHECK(state.at("ihn.bank.features").scalar_type() == at::kBFloat16);
@@ -159,7 +159,7 @@ TEST_CASE("train: --bank-storage compact holds bf16/int8, trains near float32, r
   // the first epoch's mean loss moved 4e-5 (relative) when measured.
   CHECK(r_full.epoch_losses[0] == Approx(r_exact.epoch_losses[0]).epsilon(2e-4));
   auto part = tiny((root / "part").string());
-  part.bank_storage = "compact";
+  part.ihn.bank_storage = "compact";
   require_exact_mid_epoch_resume(part, root / "full", r_full);
 }
 
@@ -167,10 +167,10 @@ TEST_CASE("train: bf16 autocast trains near float32, keeps float32 checkpoints, 
           "[train][precision]") {
   const auto root = ihn_test::scratch_dir("train_bf16");
   auto fp32 = tiny((root / "fp32").string());
-  fp32.epochs = 1;
+  fp32.optim.epochs = 1;
   const auto r32 = ihn_toolkit::train::train(fp32);
   auto full = tiny((root / "full").string());
-  full.precision = "bf16";
+  full.optim.precision = "bf16";
   const auto r_full = ihn_toolkit::train::train(full);
   REQUIRE(r_full.epochs_done == 2);
   // bf16 really ran (the loss differs), within its rounding of float32's first epoch: the
@@ -184,7 +184,7 @@ TEST_CASE("train: bf16 autocast trains near float32, keeps float32 checkpoints, 
   }
   // Stopped mid-epoch and resumed: the same weights as the uninterrupted bf16 run.
   auto part = tiny((root / "part").string());
-  part.precision = "bf16";
+  part.optim.precision = "bf16";
   require_exact_mid_epoch_resume(part, root / "full", r_full);
   // A float32 evaluation of the bf16 checkpoint: checkpoints are interchangeable.
   ihn_toolkit::train::EvaluateOptions eo;
@@ -196,7 +196,7 @@ TEST_CASE("train: bf16 autocast trains near float32, keeps float32 checkpoints, 
   REQUIRE(as_fp32.contains("BLEU_4"));
   // fp16 is CUDA's.
   auto half = tiny((root / "fp16").string());
-  half.precision = "fp16";
+  half.optim.precision = "fp16";
   REQUIRE_THROWS_WITH(ihn_toolkit::train::train(half),
                       Catch::Contains("--precision fp16 runs on CUDA only"));
 }
@@ -211,15 +211,15 @@ TEST_CASE("train: the channels-last ResNet (the CPU default) takes the NCHW one'
   // test_r2gen ("visual extractor: channels-last weights ..."); this checks the trainer's wiring.
   const auto root = ihn_test::scratch_dir("train_layout");
   auto nhwc = tiny((root / "nhwc").string());
-  nhwc.stop_after = 1;
+  nhwc.run.stop_after = 1;
   // Without ihn: its max step accepts or rejects each ascent step and its peers are nearest
   // neighbours, discrete choices that rounding can flip (its step-1 loss differed by 1e-5
   // relative between the layouts), and none of that is about the ResNet's layout.
-  nhwc.ihn = "off";
-  REQUIRE(nhwc.channels_last);  // the default
+  nhwc.ihn.mode = "off";
+  REQUIRE(nhwc.run.channels_last);  // the default
   auto nchw = nhwc;
-  nchw.out = (root / "nchw").string();
-  nchw.channels_last = false;
+  nchw.run.out = (root / "nchw").string();
+  nchw.run.channels_last = false;
   REQUIRE(ihn_toolkit::train::train(nhwc).interrupted);
   REQUIRE(ihn_toolkit::train::train(nchw).interrupted);
   const auto x = ihn::load_state(root / "nhwc" / "last.pt");
@@ -250,7 +250,8 @@ TEST_CASE("train: the channels-last ResNet (the CPU default) takes the NCHW one'
     // is rounding-level (mathematically zero, like the attention keys' biases) may move the
     // other way, by at most 2 lr. A wrong gradient in one layout would move most of the
     // ResNet's elements differently; with correct ones, 242 of 11.3 M elements (0.002%) did.
-    const double lr = k.rfind("model.visual_extractor.", 0) == 0 ? nhwc.lr_ve : nhwc.lr_ed;
+    const double lr =
+        k.rfind("model.visual_extractor.", 0) == 0 ? nhwc.optim.lr_ve : nhwc.optim.lr_ed;
     const auto d = (a - b).abs();
     CHECK(d.max().item<double>() <= 2 * lr * (1 + 1e-3));
     moved_differently += (d > 0.01 * lr).sum().item<int64_t>();
@@ -266,23 +267,23 @@ TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[tr
   const auto root = ihn_test::scratch_dir("train_cmn");
   auto cmn = [&](const std::string& name) {
     auto c = tiny((root / name).string());
-    c.model = "cmn";
+    c.model.architecture = "cmn";
     ihn_toolkit::train::apply_preset(c, "cpu-small");  // the model's optimiser recipe
     auto t = tiny((root / name).string());             // ... with the tiny sizes again
-    t.model = "cmn";
-    t.grad_clip = c.grad_clip;
-    t.adam_beta1 = c.adam_beta1;
-    t.adam_beta2 = c.adam_beta2;
-    t.adam_eps = c.adam_eps;
-    t.cmm_size = 48;
-    t.cmm_dim = 32;
-    t.topk = 8;
+    t.model.architecture = "cmn";
+    t.optim.grad_clip = c.optim.grad_clip;
+    t.optim.adam_beta1 = c.optim.adam_beta1;
+    t.optim.adam_beta2 = c.optim.adam_beta2;
+    t.optim.adam_eps = c.optim.adam_eps;
+    t.model.cross_modal_memory.size = 48;
+    t.model.cross_modal_memory.dim = 32;
+    t.model.cross_modal_memory.topk = 8;
     return t;
   };
   auto full = cmn("full");
-  CHECK(full.grad_clip == 0);  // R2GenCMN does not clip; betas (0.9, 0.98), eps 1e-9
-  CHECK(full.adam_beta2 == 0.98);
-  CHECK(full.adam_eps == 1e-9);
+  CHECK(full.optim.grad_clip == 0);  // R2GenCMN does not clip; betas (0.9, 0.98), eps 1e-9
+  CHECK(full.optim.adam_beta2 == 0.98);
+  CHECK(full.optim.adam_eps == 1e-9);
   const auto r_full = ihn_toolkit::train::train(full);
   REQUIRE(r_full.epochs_done == 2);
   REQUIRE(std::isfinite(r_full.epoch_losses[1]));
@@ -293,42 +294,42 @@ TEST_CASE("train: R2GenCMN trains with its recipe and resumes bit-exactly", "[tr
   REQUIRE(torch::equal(entries.at("model.encoder_decoder.cmn.linears.0.weight"),
                        entries.at("model.encoder_decoder.model.cmn.linears.0.weight")));
   auto half = cmn("half");
-  half.epochs = 1;
+  half.optim.epochs = 1;
   REQUIRE(ihn_toolkit::train::train(half).epochs_done == 1);
-  half.epochs = 2;
-  half.resume = true;
+  half.optim.epochs = 2;
+  half.run.resume = true;
   REQUIRE(ihn_toolkit::train::train(half).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
   // And the R2Gen model from the same seed trains differently (the model switch is real).
   auto r2gen = tiny((root / "r2gen").string());
-  r2gen.epochs = 1;
+  r2gen.optim.epochs = 1;
   REQUIRE(ihn_toolkit::train::train(r2gen).epoch_losses[0] != r_full.epoch_losses[0]);
 }
 
 TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[train]") {
   const auto root = ihn_test::scratch_dir("train_official");
   auto full = tiny((root / "full").string());
-  full.ihn = "official";
-  full.schedule = "exp:0.01";
+  full.ihn.mode = "official";
+  full.ihn.library.schedule() = ihn::parse_schedule("exp:0.01");
   const auto r_full = ihn_toolkit::train::train(full);
   REQUIRE(r_full.epochs_done == 2);
   REQUIRE(std::isfinite(r_full.epoch_losses[1]));
   // Whole epochs: one, then --resume to two.
   auto half = full;
-  half.out = (root / "half").string();
-  half.epochs = 1;
+  half.run.out = (root / "half").string();
+  half.optim.epochs = 1;
   ihn_toolkit::train::train(half);
-  half.epochs = 2;
-  half.resume = true;
+  half.optim.epochs = 2;
+  half.run.resume = true;
   REQUIRE(ihn_toolkit::train::train(half).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "half" / "last.pt");
   // Mid-epoch (4 steps per epoch): stopped after 3 steps, then resumed.
   auto part = full;
-  part.out = (root / "part").string();
-  part.stop_after = 3;
+  part.run.out = (root / "part").string();
+  part.run.stop_after = 3;
   REQUIRE(ihn_toolkit::train::train(part).interrupted);
-  part.stop_after = 0;
-  part.resume = true;
+  part.run.stop_after = 0;
+  part.run.resume = true;
   REQUIRE(ihn_toolkit::train::train(part).epoch_losses == r_full.epoch_losses);
   require_identical(root / "full" / "last.pt", root / "part" / "last.pt");
   // The heads (release names and shapes: fc_feats of one ResNet-18 view -> d_model) and the
@@ -351,8 +352,8 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
 
   // A negatives file written by `ihn data negatives` gives the same run as mining at start-up.
   ihn_toolkit::data::SyntheticOptions so;
-  so.studies = full.synth_studies;
-  so.seed = full.synth_seed;
+  so.studies = full.data.synthetic.studies;
+  so.seed = full.data.synthetic.seed;
   const auto train_studies =
       ihn_toolkit::data::to_annotation(ihn_toolkit::data::generate_synthetic(so, false)).train;
   const auto file = (root / "negatives.json").string();
@@ -361,29 +362,29 @@ TEST_CASE("train: --ihn official trains its heads and resumes bit-exactly", "[tr
                                         "synth"),
       file);
   auto from_file = full;
-  from_file.out = (root / "file").string();
-  from_file.epochs = 1;
-  from_file.negatives_file = file;
+  from_file.run.out = (root / "file").string();
+  from_file.optim.epochs = 1;
+  from_file.ihn.negatives_file = file;
   REQUIRE(ihn_toolkit::train::train(from_file).epoch_losses[0] == r_full.epoch_losses[0]);
   // Two views and the legacy projection train differently (the options do something).
   auto two = from_file;
-  two.out = (root / "two").string();
-  two.views = 2;
+  two.run.out = (root / "two").string();
+  two.data.views = 2;
   REQUIRE(ihn_toolkit::train::train(two).epoch_losses[0] != r_full.epoch_losses[0]);
   REQUIRE(ihn::load_state(root / "two" / "last.pt")
               .at("official.img_projection.linear1.weight")
               .size(1) == 1024);
   auto legacy = from_file;
-  legacy.out = (root / "legacy").string();
-  legacy.official_legacy = true;
+  legacy.run.out = (root / "legacy").string();
+  legacy.ihn.official_legacy = true;
   REQUIRE(ihn_toolkit::train::train(legacy).epoch_losses[0] != r_full.epoch_losses[0]);
   // A file for another data set is refused with its name.
   const auto other = (root / "other.json").string();
   std::ofstream(other)
       << R"({"method":"tfidf-cosine","version":1,"negatives":{"a":{"negative":"b","similarity":0.5}}})";
   auto bad = from_file;
-  bad.out = (root / "bad").string();
-  bad.negatives_file = other;
+  bad.run.out = (root / "bad").string();
+  bad.ihn.negatives_file = other;
   REQUIRE_THROWS_WITH(ihn_toolkit::train::train(bad),
                       Catch::Contains("other.json") && Catch::Contains("no negative"));
 }
@@ -393,10 +394,10 @@ TEST_CASE("train: the official step is the released loss on two passes, by hand"
   torch::manual_seed(3);
   tr::TrainConfig c = tiny("unused");
   const int64_t vocab = 30, batch = 4, length = 9;
-  const auto options = tr::R2GenTraits::options(c, vocab);
+  const auto options = tr::R2GenTraits::options(c.model, c.data.max_seq_length, vocab);
   tr::R2GenTraits::Model model(options);
   tr::OfficialHeads heads(tr::R2GenTraits::official_image_dim(options, 1),
-                          tr::R2GenTraits::official_report_dim(options), c.d_model);
+                          tr::R2GenTraits::official_report_dim(options), c.model.d_model);
   auto make_batch = [&] {
     auto ids = torch::randint(1, vocab + 1, {batch, length}, torch::kLong);
     ids.select(1, 0).zero_();
@@ -470,7 +471,7 @@ TEST_CASE("train: the official step is the released loss on two passes, by hand"
 TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
   const auto root = ihn_test::scratch_dir("train_eval");
   auto c = tiny((root / "run").string());
-  c.epochs = 1;
+  c.optim.epochs = 1;
   ihn_toolkit::train::train(c);
   ihn_toolkit::train::EvaluateOptions eo;
   eo.checkpoint = (root / "run" / "best.pt").string();
@@ -492,8 +493,8 @@ TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
 
   // The first test study's images as PNGs: generate must give evaluate's report for it.
   ihn_toolkit::data::SyntheticOptions so;
-  so.studies = c.synth_studies;
-  so.image_size = c.synth_image_size;
+  so.studies = c.data.synthetic.studies;
+  so.image_size = c.data.synthetic.image_size;
   const auto studies = ihn_toolkit::data::generate_synthetic(so);
   const auto test = ihn_toolkit::data::studies_of_split(studies, "test");
   const auto images = ihn_toolkit::data::images_of_split(studies, "test");
@@ -535,38 +536,41 @@ TEST_CASE("train: evaluate and generate from PNG files agree", "[train]") {
 
 TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   auto c = tiny("unused");
-  c.ihn = "official";
-  c.schedule = "linear:10";
+  c.ihn.mode = "official";
+  c.ihn.library.schedule() = ihn::parse_schedule("linear:10");
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("exp:ALPHA"));
-  c.schedule = "exp:0.01";
+  c.ihn.library.schedule() = ihn::parse_schedule("exp:0.01");
   REQUIRE_NOTHROW(ihn_toolkit::train::validate(c));
   REQUIRE(ihn_toolkit::train::views_of(c) == 1);  // the release's single-view IU protocol
-  c.views = 3;
+  c.data.views = 3;
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--views"));
-  c.views = 0;
-  c.negatives_file = "nowhere/negatives.json";
+  c.data.views = 0;
+  c.ihn.negatives_file = "nowhere/negatives.json";
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("nowhere/negatives.json") &&
                                                            Catch::Contains("ihn data negatives"));
-  c.negatives_file.clear();
-  c.ihn = "paper";
+  c.ihn.negatives_file.clear();
+  c.ihn.mode = "paper";
   REQUIRE(ihn_toolkit::train::views_of(c) == 2);
-  c.official_legacy = true;
+  c.ihn.official_legacy = true;
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--official-legacy"));
-  c.official_legacy = false;
-  c.model = "gpt";
+  c.ihn.official_legacy = false;
+  c.model.architecture = "gpt";
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--model gpt"));
-  c.model = "r2gen";
-  c.ihn = "sometimes";
+  c.model.architecture = "r2gen";
+  c.ihn.mode = "sometimes";
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--ihn sometimes"));
-  c.ihn = "paper";
-  c.schedule = "exp:";
-  REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("--schedule"));
-  c.schedule = "exp:0.01";
-  c.data = "annotation";
-  c.ann = "nowhere/annotation.json";
+  c.ihn.mode = "paper";
+  {  // a schedule is checked where its text is read: config files, checkpoints, the CLI
+    auto bad_schedule = ihn_toolkit::train::to_json(c);
+    bad_schedule["schedule"] = "exp:";
+    REQUIRE_THROWS_WITH(ihn_toolkit::train::config_from_json(bad_schedule),
+                        Catch::Contains("'schedule'") && Catch::Contains("exp:ALPHA"));
+  }
+  c.data.source = "annotation";
+  c.data.ann = "nowhere/annotation.json";
   REQUIRE_THROWS_WITH(ihn_toolkit::train::validate(c), Catch::Contains("nowhere/annotation.json"));
   auto r = tiny(ihn_test::scratch_dir("train_noresume").string());
-  r.resume = true;
+  r.run.resume = true;
   REQUIRE_THROWS_WITH(ihn_toolkit::train::train(r), Catch::Contains("last.pt"));
   // Numbers out of range or not finite (issue 13: SIGFPE with zero heads; NaN options trained
   // and wrote checkpoints that could not be read back).
@@ -578,22 +582,22 @@ TEST_CASE("train: bad options are refused with the option's name", "[train]") {
   };
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
-  refused([](TrainConfig& b) { b.num_heads = 0; }, "--num-heads");
-  refused([](TrainConfig& b) { b.num_heads = 3; }, "--num-heads");
-  refused([](TrainConfig& b) { b.rm_num_heads = 0; }, "--rm-num-heads");
-  refused([](TrainConfig& b) { b.d_model = -5; }, "--d-model");
-  refused([&](TrainConfig& b) { b.grad_clip = nan; }, "--grad-clip");
-  refused([&](TrainConfig& b) { b.lr_gamma = nan; }, "--lr-gamma");
-  refused([&](TrainConfig& b) { b.lr_ed = inf; }, "--lr-ed");
-  refused([](TrainConfig& b) { b.threads = -4; }, "--threads");
-  refused([](TrainConfig& b) { b.stop_after = -1; }, "--stop-after");
-  refused([](TrainConfig& b) { b.bootstrap = -5; }, "--bootstrap");
-  refused([](TrainConfig& b) { b.beam_size = 0; }, "--beam-size");
-  refused([](TrainConfig& b) { b.max_seq_length = 2; }, "--max-seq-length");
+  refused([](TrainConfig& b) { b.model.num_heads = 0; }, "--num-heads");
+  refused([](TrainConfig& b) { b.model.num_heads = 3; }, "--num-heads");
+  refused([](TrainConfig& b) { b.model.relational_memory.num_heads = 0; }, "--rm-num-heads");
+  refused([](TrainConfig& b) { b.model.d_model = -5; }, "--d-model");
+  refused([&](TrainConfig& b) { b.optim.grad_clip = nan; }, "--grad-clip");
+  refused([&](TrainConfig& b) { b.optim.lr_gamma = nan; }, "--lr-gamma");
+  refused([&](TrainConfig& b) { b.optim.lr_ed = inf; }, "--lr-ed");
+  refused([](TrainConfig& b) { b.run.threads = -4; }, "--threads");
+  refused([](TrainConfig& b) { b.run.stop_after = -1; }, "--stop-after");
+  refused([](TrainConfig& b) { b.eval.bootstrap = -5; }, "--bootstrap");
+  refused([](TrainConfig& b) { b.eval.beam_size = 0; }, "--beam-size");
+  refused([](TrainConfig& b) { b.data.max_seq_length = 2; }, "--max-seq-length");
   refused(
       [](TrainConfig& b) {
-        b.model = "cmn";
-        b.topk = 0;
+        b.model.architecture = "cmn";
+        b.model.cross_modal_memory.topk = 0;
       },
       "--topk");
   // The config survives JSON, and unknown keys are refused.
@@ -608,54 +612,54 @@ TEST_CASE("train: presets are the documented recipes, per model", "[train]") {
   namespace t = ihn_toolkit::train;
   auto preset = [](const std::string& model, const std::string& name) {
     TrainConfig c;
-    c.model = model;
+    c.model.architecture = model;
     t::apply_preset(c, name);
-    REQUIRE(c.preset == name);
+    REQUIRE(c.run.preset == name);
     REQUIRE_NOTHROW(t::validate_recipe(c));
     return c;
   };
   const auto paper = preset("r2gen", "paper");  // R2Gen's IU X-Ray script
-  CHECK(paper.visual_depth == 101);
-  CHECK(paper.crop == 224);
-  CHECK(paper.d_model == 512);
-  CHECK(paper.num_layers == 3);
-  CHECK(paper.num_heads == 8);
-  CHECK(paper.epochs == 100);
-  CHECK(paper.lr_ve == 5e-5);
-  CHECK(paper.lr_ed == 1e-4);
-  CHECK(paper.lr_step == 50);
-  CHECK(paper.grad_clip == 0.1);
-  CHECK(paper.seed == 9223);
-  CHECK(paper.schedule == "exp:0.01");
+  CHECK(paper.model.visual_depth == 101);
+  CHECK(paper.data.crop == 224);
+  CHECK(paper.model.d_model == 512);
+  CHECK(paper.model.num_layers == 3);
+  CHECK(paper.model.num_heads == 8);
+  CHECK(paper.optim.epochs == 100);
+  CHECK(paper.optim.lr_ve == 5e-5);
+  CHECK(paper.optim.lr_ed == 1e-4);
+  CHECK(paper.optim.lr_step == 50);
+  CHECK(paper.optim.grad_clip == 0.1);
+  CHECK(paper.optim.seed == 9223);
+  CHECK(ihn::to_string(paper.ihn.library.schedule()) == "exp:0.01");
   const auto cmn = preset("cmn", "paper");  // R2GenCMN's IU X-Ray script and optimiser
-  CHECK(cmn.topk == 32);
-  CHECK(cmn.cmm_size == 2048);
-  CHECK(cmn.lr_ve == 1e-4);
-  CHECK(cmn.lr_ed == 5e-4);
-  CHECK(cmn.lr_step == 10);
-  CHECK(cmn.lr_gamma == 0.8);
-  CHECK(cmn.seed == 7580);
-  CHECK(cmn.grad_clip == 0);
-  CHECK(cmn.adam_beta2 == 0.98);
-  CHECK(cmn.adam_eps == 1e-9);
+  CHECK(cmn.model.cross_modal_memory.topk == 32);
+  CHECK(cmn.model.cross_modal_memory.size == 2048);
+  CHECK(cmn.optim.lr_ve == 1e-4);
+  CHECK(cmn.optim.lr_ed == 5e-4);
+  CHECK(cmn.optim.lr_step == 10);
+  CHECK(cmn.optim.lr_gamma == 0.8);
+  CHECK(cmn.optim.seed == 7580);
+  CHECK(cmn.optim.grad_clip == 0);
+  CHECK(cmn.optim.adam_beta2 == 0.98);
+  CHECK(cmn.optim.adam_eps == 1e-9);
   const auto small = preset("r2gen", "cpu-small");
-  CHECK(small.d_model == 128);
-  CHECK(small.lr_ve == 5e-4);
-  CHECK(small.lr_ed == 1e-3);
-  CHECK(small.schedule == "exp:0.1");
+  CHECK(small.model.d_model == 128);
+  CHECK(small.optim.lr_ve == 5e-4);
+  CHECK(small.optim.lr_ed == 1e-3);
+  CHECK(ihn::to_string(small.ihn.library.schedule()) == "exp:0.1");
   const auto bench = preset("cmn", "cpu-bench");  // cpu-small's, then the benchmark's fields
-  CHECK(bench.lr_ed == 1e-3);
-  CHECK(bench.grad_clip == 0);
-  CHECK(bench.synth_studies == 1500);
-  CHECK(bench.epochs == 18);
+  CHECK(bench.optim.lr_ed == 1e-3);
+  CHECK(bench.optim.grad_clip == 0);
+  CHECK(bench.data.synthetic.studies == 1500);
+  CHECK(bench.optim.epochs == 18);
   const auto gpu = preset("cmn", "gpu-bench");  // paper's (with CMN's numbers), then its own
-  CHECK(gpu.d_model == 512);
-  CHECK(gpu.lr_ve == 1e-4);
-  CHECK(gpu.lr_ed == 5e-4);
-  CHECK(gpu.seed == 7580);
-  CHECK(gpu.epochs == 30);
-  CHECK(gpu.schedule == "exp:0.05");
-  CHECK(preset("r2gen", "cpu-bench-full").synth_studies == 6000);
+  CHECK(gpu.model.d_model == 512);
+  CHECK(gpu.optim.lr_ve == 1e-4);
+  CHECK(gpu.optim.lr_ed == 5e-4);
+  CHECK(gpu.optim.seed == 7580);
+  CHECK(gpu.optim.epochs == 30);
+  CHECK(ihn::to_string(gpu.ihn.library.schedule()) == "exp:0.05");
+  CHECK(preset("r2gen", "cpu-bench-full").data.synthetic.studies == 6000);
   TrainConfig c;
   REQUIRE_THROWS_WITH(t::apply_preset(c, "huge"), Catch::Contains("unknown preset 'huge'"));
   REQUIRE_THROWS_WITH(t::apply_preset(c, "cmn"), Catch::Contains("unknown preset"));
@@ -666,7 +670,7 @@ TEST_CASE("train: the run folder has one writer, and a checkpoint's config is ch
   namespace t = ihn_toolkit::train;
   const auto root = ihn_test::scratch_dir("train_folder");
   auto c = tiny((root / "run").string());
-  c.epochs = 1;
+  c.optim.epochs = 1;
   REQUIRE_FALSE(t::train(c).interrupted);
   // A fresh run over a finished one would mix their logs and replace its checkpoints.
   const auto best_before = model_entries(root / "run" / "best.pt");
@@ -683,7 +687,7 @@ TEST_CASE("train: the run folder has one writer, and a checkpoint's config is ch
     REQUIRE(fd >= 0);
     REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
     auto resumed = c;
-    resumed.resume = true;
+    resumed.run.resume = true;
     REQUIRE_THROWS_WITH(t::train(resumed), Catch::Contains("another ihn train"));
     ::close(fd);
   }
@@ -734,25 +738,25 @@ TEST_CASE("train: real-data runs refuse empty splits and skip bad entries only w
                                      (root / "data").string());
   auto json = nlohmann::json::parse(std::ifstream(root / "data" / "annotation.json"));
   auto c = tiny((root / "run").string());
-  c.epochs = 1;
-  c.data = "annotation";
-  c.images = (root / "data" / "images").string();
-  c.ann = (root / "ann.json").string();
+  c.optim.epochs = 1;
+  c.data.source = "annotation";
+  c.data.images = (root / "data" / "images").string();
+  c.data.ann = (root / "ann.json").string();
 
   auto empty_val = json;
   empty_val["val"] = nlohmann::json::array();
-  std::ofstream(c.ann) << empty_val.dump();
+  std::ofstream(c.data.ann) << empty_val.dump();
   REQUIRE_THROWS_WITH(t::train(c), Catch::Contains("val split is empty"));
 
   // A study whose image is missing: named, with the way out; --skip-bad leaves it out.
   auto missing = json;
   missing["train"][0]["image_path"][0] = "nowhere/0.png";
-  std::ofstream(c.ann) << missing.dump();
-  c.out = (root / "strict").string();
+  std::ofstream(c.data.ann) << missing.dump();
+  c.run.out = (root / "strict").string();
   REQUIRE_THROWS_WITH(t::train(c),
                       Catch::Contains("nowhere/0.png") && Catch::Contains("--skip-bad"));
-  c.out = (root / "skipping").string();
-  c.skip_bad = true;
+  c.run.out = (root / "skipping").string();
+  c.data.skip_bad = true;
   REQUIRE_FALSE(t::train(c).interrupted);
   REQUIRE(std::filesystem::exists(root / "skipping" / "test.json"));
 }
@@ -764,19 +768,19 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
   // The preset is what the main job runs.
   TrainConfig bench;
   t::apply_preset(bench, "cpu-bench");
-  CHECK(bench.pretrain);
-  CHECK(bench.freeze_visual);
-  CHECK(bench.select_metric == "clinical_f1_macro");
-  CHECK(bench.synth_studies * bench.synth_test_fraction >= 300);
-  CHECK(bench.pretrain_seed != bench.synth_seed);
+  CHECK(bench.model.pretraining.enabled);
+  CHECK(bench.model.freeze_visual);
+  CHECK(bench.optim.select_metric == "clinical_f1_macro");
+  CHECK(bench.data.synthetic.studies * bench.data.synthetic.test_fraction >= 300);
+  CHECK(bench.model.pretraining.seed != bench.data.synthetic.seed);
 
   // ihn pretrain at the tiny model's geometry: a file with held-out metrics, reused when asked
   // again, refused for another configuration.
   auto tiny_config = tiny((root / "run").string());
-  tiny_config.pretrain = true;
-  tiny_config.pretrain_studies = 40;
-  tiny_config.pretrain_epochs = 1;
-  tiny_config.pretrain_dir = (root / "cache").string();
+  tiny_config.model.pretraining.enabled = true;
+  tiny_config.model.pretraining.studies = 40;
+  tiny_config.model.pretraining.epochs = 1;
+  tiny_config.model.pretraining.dir = (root / "cache").string();
   auto p = t::pretrain_config_for(tiny_config);
   p.threads = 1;
   p.quiet = true;
@@ -796,9 +800,9 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
   // statistics) leaves training exactly as pretrained, the rest learns, and selection follows
   // validation clinical F1.
   auto c = tiny((root / "run").string());
-  c.visual_init = file;
-  c.freeze_visual = true;
-  c.select_metric = "clinical_f1_macro";
+  c.model.visual_init = file;
+  c.model.freeze_visual = true;
+  c.optim.select_metric = "clinical_f1_macro";
   const auto r = t::train(c);
   REQUIRE(r.epochs_done == 2);
   const auto pretrained = ihn::load_state(file);
@@ -815,10 +819,10 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
   bool decoder_moved = false;
   {
     auto fresh = tiny((root / "fresh").string());
-    fresh.epochs = 1;
-    fresh.stop_after = 1;  // one step from the same init: the decoder's start is the same
-    fresh.visual_init = file;
-    fresh.freeze_visual = true;
+    fresh.optim.epochs = 1;
+    fresh.run.stop_after = 1;  // one step from the same init: the decoder's start is the same
+    fresh.model.visual_init = file;
+    fresh.model.freeze_visual = true;
     t::train(fresh);
     const auto start = ihn::load_state(root / "fresh" / "last.pt");
     for (const auto& [name, value] : trained)
@@ -844,28 +848,28 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
 
   // The features computed once resume bit-exactly like everything else.
   auto half = tiny((root / "half").string());
-  half.visual_init = file;
-  half.freeze_visual = true;
-  half.select_metric = "clinical_f1_macro";
-  half.stop_after = 5;  // 4 steps per epoch: stops inside epoch 2
+  half.model.visual_init = file;
+  half.model.freeze_visual = true;
+  half.optim.select_metric = "clinical_f1_macro";
+  half.run.stop_after = 5;  // 4 steps per epoch: stops inside epoch 2
   REQUIRE(t::train(half).interrupted);
-  half.stop_after = 0;
-  half.resume = true;
+  half.run.stop_after = 0;
+  half.run.resume = true;
   REQUIRE(t::train(half).epoch_losses == r.epoch_losses);
   require_identical(root / "run" / "last.pt", root / "half" / "last.pt");
 
   // --pretrain: a run that pretrains first (no cached file) trains exactly as one that finds
   // the file (pretraining used to move torch's generator after the run had seeded it).
   auto pretraining = tiny((root / "pretraining").string());
-  pretraining.epochs = 1;
-  pretraining.pretrain = true;
-  pretraining.pretrain_studies = 40;
-  pretraining.pretrain_epochs = 1;
-  pretraining.pretrain_dir = (root / "cache2").string();
-  pretraining.freeze_visual = true;
+  pretraining.optim.epochs = 1;
+  pretraining.model.pretraining.enabled = true;
+  pretraining.model.pretraining.studies = 40;
+  pretraining.model.pretraining.epochs = 1;
+  pretraining.model.pretraining.dir = (root / "cache2").string();
+  pretraining.model.freeze_visual = true;
   t::train(pretraining);
   auto cached = pretraining;
-  cached.out = (root / "cached").string();
+  cached.run.out = (root / "cached").string();
   t::train(cached);
   require_identical(root / "pretraining" / "last.pt", root / "cached" / "last.pt");
 
@@ -878,17 +882,17 @@ TEST_CASE("train: the calibrated recipe (pretrained, frozen extractor; clinical 
 
   // Recipes that cannot mean what they say are refused.
   auto bad = tiny((root / "bad").string());
-  bad.freeze_visual = true;
+  bad.model.freeze_visual = true;
   REQUIRE_THROWS_AS(t::validate(bad), TrainError);  // a frozen random extractor
   bad = tiny((root / "bad").string());
-  bad.pretrain = true;
-  bad.pretrain_seed = bad.synth_seed;
+  bad.model.pretraining.enabled = true;
+  bad.model.pretraining.seed = bad.data.synthetic.seed;
   REQUIRE_THROWS_AS(t::validate(bad), TrainError);  // pretraining on the scored set
   bad = tiny((root / "bad").string());
-  bad.select_metric = "accuracy";
+  bad.optim.select_metric = "accuracy";
   REQUIRE_THROWS_AS(t::validate(bad), TrainError);
   bad = tiny((root / "bad").string());
-  bad.visual_init = (root / "absent.pt").string();
+  bad.model.visual_init = (root / "absent.pt").string();
   REQUIRE_THROWS_AS(t::validate(bad), TrainError);
 }
 
@@ -897,23 +901,23 @@ TEST_CASE("train: --report-features text aligns report features computed without
   namespace t = ihn_toolkit::train;
   const auto root = ihn_test::scratch_dir("train_text_features");
   auto c = tiny((root / "run").string());
-  c.epochs = 1;
-  c.report_features = "text";
+  c.optim.epochs = 1;
+  c.ihn.report_features = "text";
   const auto r = t::train(c);
   REQUIRE(r.epochs_done == 1);
   REQUIRE(std::isfinite(r.epoch_losses[0]));
   // The same run with the paper's features trains differently (the extra pass is used).
   auto d = tiny((root / "decoder").string());
-  d.epochs = 1;
+  d.optim.epochs = 1;
   REQUIRE(t::train(d).epoch_losses[0] != r.epoch_losses[0]);
   // The evaluation's retrieval uses the run's own report features.
   CHECK(r.test.at("retrieval").at("image_to_report").contains("R@1"));
   auto bad = tiny((root / "bad").string());
-  bad.model = "cmn";
-  bad.report_features = "text";
+  bad.model.architecture = "cmn";
+  bad.ihn.report_features = "text";
   REQUIRE_THROWS_WITH(t::validate(bad), Catch::Contains("--report-features"));
-  bad.model = "r2gen";
-  bad.report_features = "encoder";
+  bad.model.architecture = "r2gen";
+  bad.ihn.report_features = "encoder";
   REQUIRE_THROWS_WITH(t::validate(bad), Catch::Contains("--report-features encoder"));
 }
 
@@ -1352,20 +1356,20 @@ TEST_CASE(
   // R2GenCMN without dropout and with a frozen (pretrained) extractor: no per-rank random draws
   // and no per-rank batch-norm statistics, so 2 ranks must compute what 1 process does.
   auto c = tiny("");
-  c.model = "cmn";
-  c.cmm_size = 64;
-  c.cmm_dim = 32;
-  c.topk = 8;
-  c.dropout = 0;
-  c.drop_prob_lm = 0;
-  c.pretrain = true;
-  c.pretrain_studies = 40;
-  c.pretrain_epochs = 1;
-  c.pretrain_dir = (root / "pretrain").string();
-  c.freeze_visual = true;
-  c.plots = false;
+  c.model.architecture = "cmn";
+  c.model.cross_modal_memory.size = 64;
+  c.model.cross_modal_memory.dim = 32;
+  c.model.cross_modal_memory.topk = 8;
+  c.model.dropout = 0;
+  c.model.drop_prob_lm = 0;
+  c.model.pretraining.enabled = true;
+  c.model.pretraining.studies = 40;
+  c.model.pretraining.epochs = 1;
+  c.model.pretraining.dir = (root / "pretrain").string();
+  c.model.freeze_visual = true;
+  c.run.plots = false;
   auto write_config = [&](const std::string& name, const std::string& ihn) {
-    c.ihn = ihn;
+    c.ihn.mode = ihn;
     auto config = ihn_toolkit::train::to_json(c);
     config.erase("out");
     const auto file = root / name;

@@ -92,10 +92,11 @@ std::vector<std::string> parse_arms(const std::string& text) {
 /// runs, how it prints and its folder may differ.
 bool same_recipe_finished(const TrainConfig& c) {
   namespace fs = std::filesystem;
-  if (!fs::exists(c.out + "/test.json") || !fs::exists(c.out + "/config.json")) return false;
+  if (!fs::exists(c.run.out + "/test.json") || !fs::exists(c.run.out + "/config.json"))
+    return false;
   nlohmann::json there;
   try {
-    std::ifstream in(c.out + "/config.json");
+    std::ifstream in(c.run.out + "/config.json");
     there = nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception&) {
     return false;
@@ -116,7 +117,7 @@ bool same_recipe_finished(const TrainConfig& c) {
     here.erase(runtime);
     there.erase(runtime);
   }
-  if (c.ihn == "off")  // options of the ihn arms: an ablation of them shares the off runs
+  if (c.ihn.mode == "off")  // options of the ihn arms: an ablation of them shares the off runs
     for (const char* ihn_option :
          {"negatives", "ihn_weight", "temperature", "schedule", "ascent_steps", "alignment",
           "report_features", "negatives_file", "official_legacy"}) {
@@ -239,26 +240,26 @@ void run_compare(CompareArgs& a) {
   for (int s = 0; s < a.seeds; ++s)
     for (int arm = 0; arm < static_cast<int>(arms.size()); ++arm) {
       TrainConfig c;
-      c.model = a.model;  // before the preset: the optimiser recipe is per model
+      c.model.architecture = a.model;  // before the preset: the optimiser recipe is per model
       ihn_toolkit::train::apply_preset(c, a.preset);
       a.recipe->apply(c);
-      c.ihn = arms[static_cast<size_t>(arm)];
-      if (c.ihn != "official") {  // official-only options leave the other arms alone
-        c.negatives_file.clear();
-        c.official_legacy = false;
+      c.ihn.mode = arms[static_cast<size_t>(arm)];
+      if (c.ihn.mode != "official") {  // official-only options leave the other arms alone
+        c.ihn.negatives_file.clear();
+        c.ihn.official_legacy = false;
       }
-      c.seed = a.first_seed + static_cast<uint64_t>(s);
-      c.device = a.device;
-      c.threads = a.threads > 0 ? a.threads : (a.jobs > 1 ? 1 : 0);
-      c.out = a.out + "/seed_" + std::to_string(c.seed) + "/" +
-              ihn_toolkit::train::compare_arm_folder(c.ihn);
-      c.plots = false;
-      c.label = "[seed " + std::to_string(c.seed) + " " +
-                (c.ihn == "off"     ? "without"
-                 : c.ihn == "paper" ? "ihn"
-                                    : "official") +
-                "]";
-      c.bootstrap = 0;  // the comparison bootstraps itself
+      c.optim.seed = a.first_seed + static_cast<uint64_t>(s);
+      c.run.device = a.device;
+      c.run.threads = a.threads > 0 ? a.threads : (a.jobs > 1 ? 1 : 0);
+      c.run.out = a.out + "/seed_" + std::to_string(c.optim.seed) + "/" +
+                  ihn_toolkit::train::compare_arm_folder(c.ihn.mode);
+      c.run.plots = false;
+      c.run.label = "[seed " + std::to_string(c.optim.seed) + " " +
+                    (c.ihn.mode == "off"     ? "without"
+                     : c.ihn.mode == "paper" ? "ihn"
+                                             : "official") +
+                    "]";
+      c.eval.bootstrap = 0;  // the comparison bootstraps itself
       ihn_toolkit::train::validate(c);
       runs.push_back({c, arm, 0});
     }
@@ -268,7 +269,8 @@ void run_compare(CompareArgs& a) {
   std::fflush(stdout);
   // One pretrained extractor for every run, made here (with all the runs' threads) before
   // they start, so parallel runs neither race to write it nor train it twice.
-  if (!a.table_only && runs.front().config.pretrain && runs.front().config.visual_init.empty()) {
+  if (!a.table_only && runs.front().config.model.pretraining.enabled &&
+      runs.front().config.model.visual_init.empty()) {
     const TrainConfig& c = runs.front().config;
     auto p = ihn_toolkit::train::pretrain_config_for(c);
     p.threads = (a.threads > 0 ? a.threads : 1) * a.jobs;
@@ -279,7 +281,7 @@ void run_compare(CompareArgs& a) {
       fmt::print("[pretrain] reusing {} (held-out mean AUC {:.3f})\n", path,
                  r.metrics.value("mean_auc", 0.0));
     std::fflush(stdout);
-    for (auto& run : runs) run.config.visual_init = path;
+    for (auto& run : runs) run.config.model.visual_init = path;
   }
   size_t next = a.table_only ? runs.size() : 0, done = a.table_only ? runs.size() : 0;
   int running = 0;
@@ -290,16 +292,16 @@ void run_compare(CompareArgs& a) {
       if (a.reuse && same_recipe_finished(r.config)) {
         ++done;
         r.started = r.finished = 0;  // no duration: left out of the estimate
-        fmt::print("{} reusing the finished run in {} — {}/{} runs done\n", r.config.label,
-                   r.config.out, done, runs.size());
+        fmt::print("{} reusing the finished run in {} — {}/{} runs done\n", r.config.run.label,
+                   r.config.run.out, done, runs.size());
         std::fflush(stdout);
         continue;
       }
-      std::filesystem::create_directories(r.config.out);
-      if (std::filesystem::exists(r.config.out + "/last.pt"))
-        std::filesystem::remove_all(r.config.out);  // a fresh run, not a resumed one
-      std::filesystem::create_directories(r.config.out);
-      const std::string file = r.config.out + "/config.json";
+      std::filesystem::create_directories(r.config.run.out);
+      if (std::filesystem::exists(r.config.run.out + "/last.pt"))
+        std::filesystem::remove_all(r.config.run.out);  // a fresh run, not a resumed one
+      std::filesystem::create_directories(r.config.run.out);
+      const std::string file = r.config.run.out + "/config.json";
       ihn::cli::write_file(file, ihn_toolkit::train::to_json(r.config).dump(2) + "\n");
       r.pid = spawn_run(file);
       r.started = elapsed();
@@ -314,21 +316,21 @@ void run_compare(CompareArgs& a) {
     for (auto& r : runs)
       if (r.pid == pid) {
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
-                        std::filesystem::exists(r.config.out + "/test.json");
+                        std::filesystem::exists(r.config.run.out + "/test.json");
         if (!ok) {
           failed = true;
           fmt::print(stderr,
                      "{} failed or was interrupted (see above; continue it with ihn "
                      "train --out {} --resume)\n",
-                     r.config.label, r.config.out);
+                     r.config.run.label, r.config.run.out);
           break;
         }
         r.finished = elapsed();
-        const auto t = read_json(r.config.out + "/test.json");
+        const auto t = read_json(r.config.run.out + "/test.json");
         fmt::print(
             "{} test BLEU-4 {:.4f}, R@1 {:.4f} — {}/{} runs done, {:.0f} s elapsed, ~{:.0f} s "
             "left\n",
-            r.config.label, t.at("BLEU_4").get<double>(),
+            r.config.run.label, t.at("BLEU_4").get<double>(),
             t.at("retrieval").at("image_to_report").at("R@1").get<double>(), done, runs.size(),
             elapsed(), seconds_left(runs));
         std::fflush(stdout);
@@ -339,9 +341,9 @@ void run_compare(CompareArgs& a) {
   std::vector<std::vector<nlohmann::json>> evals(arms.size());
   std::vector<std::string> dirs, titles;
   for (const auto& r : runs) {
-    evals[r.arm].push_back(read_json(r.config.out + "/test.json"));
-    dirs.push_back(r.config.out);
-    titles.push_back(r.config.label);
+    evals[r.arm].push_back(read_json(r.config.run.out + "/test.json"));
+    dirs.push_back(r.config.run.out);
+    titles.push_back(r.config.run.label);
   }
   const auto rows = ihn_toolkit::train::compare_evaluations(evals, a.resamples, 0);
   const std::string md = ihn_toolkit::train::compare_markdown(rows, arms);

@@ -66,32 +66,33 @@ void run_train(TrainArgs& a) {
   if (!a.config_file.empty()) {
     c = read_config_file(a.config_file);  // the whole recipe, e.g. written by ihn compare
   } else {
-    c.model = a.config.model;  // before the preset: the optimiser recipe is per model
+    c.model.architecture =
+        a.config.model.architecture;  // before the preset: the optimiser recipe is per model
     ihn_toolkit::train::apply_preset(c, a.preset);
   }
   a.recipe->apply(c);
   const bool from_file = !a.config_file.empty();
-  if (!from_file || !a.config.out.empty()) c.out = a.config.out;
-  if (!from_file || a.device_opt->count() > 0) c.device = a.config.device;
-  if (!from_file || a.threads_opt->count() > 0) c.threads = a.config.threads;
-  c.resume = a.config.resume;
+  if (!from_file || !a.config.run.out.empty()) c.run.out = a.config.run.out;
+  if (!from_file || a.device_opt->count() > 0) c.run.device = a.config.run.device;
+  if (!from_file || a.threads_opt->count() > 0) c.run.threads = a.config.run.threads;
+  c.run.resume = a.config.run.resume;
   // Resumed without --epochs, a run keeps its own epoch count, not the preset's.
-  if (c.resume && !from_file && !a.recipe->given("--epochs")) c.epochs = 0;
-  if (!from_file || a.config.stop_after > 0) c.stop_after = a.config.stop_after;
-  if (!from_file || a.config.quiet) c.quiet = a.config.quiet;
-  if (a.nchw) c.channels_last = false;
-  if (!from_file || a.config.plots) c.plots = !a.config.plots;  // bound to --no-plots
+  if (c.run.resume && !from_file && !a.recipe->given("--epochs")) c.optim.epochs = 0;
+  if (!from_file || a.config.run.stop_after > 0) c.run.stop_after = a.config.run.stop_after;
+  if (!from_file || a.config.run.quiet) c.run.quiet = a.config.run.quiet;
+  if (a.nchw) c.run.channels_last = false;
+  if (!from_file || a.config.run.plots) c.run.plots = !a.config.run.plots;  // bound to --no-plots
   if (!from_file) {
-    c.model = a.config.model;
-    c.dataset = a.config.dataset;
+    c.model.architecture = a.config.model.architecture;
+    c.data.dataset = a.config.data.dataset;
   }
-  if (a.seed_opt->count() > 0) c.seed = a.config.seed;
-  if (!a.config.ann.empty() || !a.config.images.empty()) {
+  if (a.seed_opt->count() > 0) c.optim.seed = a.config.optim.seed;
+  if (!a.config.data.ann.empty() || !a.config.data.images.empty()) {
     if (a.data == "synth")
       throw ihn::cli::CommandError("give either --data synth or --ann/--images, not both");
-    c.data = "annotation";
-    c.ann = a.config.ann;
-    c.images = a.config.images;
+    c.data.source = "annotation";
+    c.data.ann = a.config.data.ann;
+    c.data.images = a.config.data.images;
   } else if (!a.data.empty() && a.data != "synth") {
     throw ihn::cli::CommandError("--data " + a.data +
                                  ": only 'synth' is built in; for real data give --ann "
@@ -102,35 +103,36 @@ void run_train(TrainArgs& a) {
   if (ihn_toolkit::train::dist::read_environment().rank != 0) return;  // rank 0 reports
   if (r.interrupted) {
     fmt::print("{}interrupted after {} complete epochs; resume with: ihn train --out {} --resume\n",
-               c.label.empty() ? "" : (c.label + " "), r.epochs_done, c.out);
+               c.run.label.empty() ? "" : (c.run.label + " "), r.epochs_done, c.run.out);
     return;
   }
-  const std::string label = c.label.empty() ? "" : c.label + " ";
-  if (c.plots && !r.test.is_null()) ihn::cli::write_html_report(c.out, label, c.quiet);
-  if (c.quiet) return;
+  const std::string label = c.run.label.empty() ? "" : c.run.label + " ";
+  if (c.run.plots && !r.test.is_null()) ihn::cli::write_html_report(c.run.out, label, c.run.quiet);
+  if (c.run.quiet) return;
   fmt::print("{}done: {} epochs in {:.0f} s; best validation {} {:.4f} at epoch {} ({}/best.pt)\n",
-             label, r.epochs_done, r.seconds, c.select_metric, r.best_val_score, r.best_epoch,
-             c.out);
+             label, r.epochs_done, r.seconds, c.optim.select_metric, r.best_val_score, r.best_epoch,
+             c.run.out);
   if (!r.test.is_null())
     fmt::print(
         "{}test (best.pt): BLEU-4 {:.4f}  ROUGE-L {:.4f}  CIDEr {:.4f}  retrieval R@1 {:.4f} "
         "(all metrics: {}/test.json)\n",
         label, r.test.at("BLEU_4").get<double>(), r.test.at("ROUGE_L").get<double>(),
         r.test.at("CIDEr").get<double>(),
-        r.test.at("retrieval").at("image_to_report").at("R@1").get<double>(), c.out);
+        r.test.at("retrieval").at("image_to_report").at("R@1").get<double>(), c.run.out);
 }
 
 void add_train_command(CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train a report generator (optionally with ihn)");
-  args->config.plots = false;
-  cmd->add_option("--model", args->config.model, "Generator: r2gen or cmn")->capture_default_str();
-  cmd->add_option("--data", args->data, "Built-in data set: synth (the default without --ann)");
-  cmd->add_option("--ann", args->config.ann, "R2Gen annotation.json (real data)");
-  cmd->add_option("--images", args->config.images, "Image root of the annotation");
-  cmd->add_option("--dataset", args->config.dataset, "iu_xray (2 views) or mimic_cxr (1 view)")
+  args->config.run.plots = false;
+  cmd->add_option("--model", args->config.model.architecture, "Generator: r2gen or cmn")
       ->capture_default_str();
-  cmd->add_option("--out", args->config.out,
+  cmd->add_option("--data", args->data, "Built-in data set: synth (the default without --ann)");
+  cmd->add_option("--ann", args->config.data.ann, "R2Gen annotation.json (real data)");
+  cmd->add_option("--images", args->config.data.images, "Image root of the annotation");
+  cmd->add_option("--dataset", args->config.data.dataset, "iu_xray (2 views) or mimic_cxr (1 view)")
+      ->capture_default_str();
+  cmd->add_option("--out", args->config.run.out,
                   "Run folder (checkpoints, logs, reports); required unless --config sets it");
   cmd->add_option("--config", args->config_file,
                   "A JSON training config (as stored in checkpoints; ihn compare writes one per "
@@ -140,16 +142,16 @@ void add_train_command(CLI::App& app) {
                   "paper")
       ->capture_default_str();
   args->seed_opt =
-      cmd->add_option("--seed", args->config.seed, "Seed of init, order, dropout, ihn");
+      cmd->add_option("--seed", args->config.optim.seed, "Seed of init, order, dropout, ihn");
   args->device_opt =
-      cmd->add_option("--device", args->config.device, "cpu or cuda")->capture_default_str();
-  args->threads_opt = cmd->add_option("--threads", args->config.threads,
+      cmd->add_option("--device", args->config.run.device, "cpu or cuda")->capture_default_str();
+  args->threads_opt = cmd->add_option("--threads", args->config.run.threads,
                                       "Intra-op threads (0 = LibTorch's default)");
-  cmd->add_flag("--resume", args->config.resume,
+  cmd->add_flag("--resume", args->config.run.resume,
                 "Continue RUN/last.pt bit-exactly (its recipe; --epochs may extend the run)");
-  cmd->add_option("--stop-after", args->config.stop_after,
+  cmd->add_option("--stop-after", args->config.run.stop_after,
                   "Stop (save, as on Ctrl-C) after this many optimiser steps");
-  cmd->add_flag("--quiet", args->config.quiet, "No progress lines");
+  cmd->add_flag("--quiet", args->config.run.quiet, "No progress lines");
   cmd->add_option("--nproc", args->nproc,
                   "Data-parallel training in N local processes (c10d Gloo), as torchrun "
                   "--nproc_per_node N would start them; --batch-size stays the global batch")
@@ -157,7 +159,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag("--nchw", args->nchw,
                 "CPU: keep the ResNet in LibTorch's default NCHW layout instead of channels-last "
                 "(same values up to rounding; channels-last is faster)");
-  cmd->add_flag("--no-plots", args->config.plots,
+  cmd->add_flag("--no-plots", args->config.run.plots,
                 "Write neither report.html nor curves.png (gnuplot)");
   args->recipe = std::make_shared<ihn::cli::RecipeOptions>(cmd, true);
   cmd->footer(R"(DESCRIPTION

@@ -24,9 +24,11 @@ class RecipeOptions {
   RecipeOptions(CLI::App* cmd, bool with_ihn) {
     using C = ihn_toolkit::train::TrainConfig;
     std::string group;
-#define X(field, flag, check, help)                                  \
-  if (*(help) != '\0' && (with_ihn || std::string(flag) != "--ihn")) \
-    add(cmd, flag, scratch_.field, help, &C::field)->group(group);
+    // clang-format off
+#define X(path, key, flag, check, help)                                  \
+  if (*(help) != '\0' && (with_ihn || std::string(flag) != "--ihn"))     \
+    add(cmd, flag, help, [](C& c) -> auto& { return c.path; })->group(group);
+    // clang-format on
 #define G(title, OPTIONS) \
   group = title;          \
   OPTIONS(X)
@@ -47,17 +49,34 @@ class RecipeOptions {
   }
 
  private:
-  template <class T>
-  CLI::Option* add(CLI::App* cmd, const std::string& flag, T& target, const std::string& help,
-                   T ihn_toolkit::train::TrainConfig::*member) {
+  /// Binds `flag` to the field `field(config)`. Numbers, text and switches go through CLI11;
+  /// the library's kinds (the schedule, the alignment) are read as text by config.json's own
+  /// reader, so the flag and the file accept the same values and name the same errors.
+  template <class Field>
+  CLI::Option* add(CLI::App* cmd, const std::string& flag, const std::string& help, Field field) {
+    using T = std::decay_t<decltype(field(scratch_))>;
     CLI::Option* opt = nullptr;
-    if constexpr (std::is_same_v<T, bool>)  // --pretrain and --no-pretrain (a preset may set it)
-      opt = cmd->add_flag(flag + ",!--no-" + flag.substr(2), target, help);
-    else
-      opt = cmd->add_option(flag, target, help);
+    std::function<void(ihn_toolkit::train::TrainConfig&)> apply;
+    if constexpr (std::is_same_v<T, bool>) {  // --pretrain and --no-pretrain (a preset may set it)
+      opt = cmd->add_flag(flag + ",!--no-" + flag.substr(2), field(scratch_), help);
+      apply = [this, field](auto& c) { field(c) = field(scratch_); };
+    } else if constexpr (std::is_arithmetic_v<T> || std::is_same_v<T, std::string>) {
+      opt = cmd->add_option(flag, field(scratch_), help);
+      apply = [this, field](auto& c) { field(c) = field(scratch_); };
+    } else {
+      auto text = std::make_shared<std::string>();
+      opt = cmd->add_option(flag, *text, help);
+      apply = [text, field, flag](auto& c) {
+        try {
+          field(c) = nlohmann::json(*text).get<T>();
+        } catch (const std::exception& e) {
+          throw ihn_toolkit::train::TrainError(flag + " " + *text + ": " + e.what());
+        }
+      };
+    }
     options_[flag] = opt;
-    appliers_.push_back([opt, member, this](ihn_toolkit::train::TrainConfig& c) {
-      if (opt->count() > 0) c.*member = scratch_.*member;
+    appliers_.push_back([opt, apply](ihn_toolkit::train::TrainConfig& c) {
+      if (opt->count() > 0) apply(c);
     });
     return opt;
   }

@@ -17,6 +17,7 @@
 #include <ihn/detail/checks.hpp>
 #include <ihn/detail/precision.hpp>
 #include <ihn/features.hpp>
+#include <ihn/options.hpp>
 
 #include <torch/types.h>
 
@@ -25,11 +26,6 @@
 
 namespace ihn {
 inline namespace v0 {
-
-enum class AlignmentKind {
-  info_nce,  ///< cross-entropy over cosine similarities / temperature
-  hinge      ///< sum (or max) of relu(margin − s(i, i) + s(i, c)) over candidates c
-};
 
 struct AlignmentLossOptions {
   IHN_ARG(AlignmentKind, kind) = AlignmentKind::info_nce;

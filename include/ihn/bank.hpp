@@ -9,6 +9,7 @@
 #include <ihn/detail/checks.hpp>
 #include <ihn/detail/precision.hpp>
 #include <ihn/features.hpp>
+#include <ihn/options.hpp>
 #include <ihn/state.hpp>
 
 #include <torch/types.h>
@@ -21,21 +22,6 @@
 
 namespace ihn {
 inline namespace v0 {
-
-/// How the feature bank and the persistent negatives are held.
-enum class Storage {
-  /// float32: exact; 4·D bytes per report and 4·K·D per sample.
-  float32,
-  /// bank in bfloat16 (similarities still accumulate in float32), negatives as int8 codes
-  /// with a float32 scale per vector: 2·D + K·(D + 4) bytes per report, a quarter of the
-  /// float32 total at K 4. Negatives are only where the next max step starts (it re-projects
-  /// them), so their 1/254 quantisation moves a start by at most ~0.3° per component.
-  compact,
-};
-
-inline const char* to_string(Storage storage) {
-  return storage == Storage::compact ? "compact" : "float32";
-}
 
 namespace detail {
 

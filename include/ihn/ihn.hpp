@@ -13,6 +13,7 @@
 #include <ihn/hooks.hpp>
 #include <ihn/negatives.hpp>
 #include <ihn/official.hpp>
+#include <ihn/options.hpp>
 #include <ihn/schedule.hpp>
 #include <ihn/state.hpp>
 #include <ihn/version.hpp>

@@ -120,10 +120,20 @@ inline std::string describe(const HardnessSchedule& schedule) {
 /// "cosine:100", "const:0.5", with "/step" appended when t counts optimiser steps.
 inline std::string to_string(const HardnessSchedule& schedule) {
   const auto number = [](double v) {
-    std::ostringstream out;
-    out.imbue(std::locale::classic());
-    out << std::setprecision(17) << v;  // round-trips every double
-    return out.str();
+    // The shortest of 15, 16 or 17 significant digits that reads back as v (17 always does):
+    // 0.1 prints as 0.1, not 0.10000000000000001.
+    std::string text;
+    for (int digits = 15; digits <= 17; ++digits) {
+      std::ostringstream out;
+      out.imbue(std::locale::classic());
+      out << std::setprecision(digits) << v;
+      text = out.str();
+      std::istringstream in(text);
+      in.imbue(std::locale::classic());
+      double back = 0;
+      if (in >> back && back == v) break;
+    }
+    return text;
   };
   return std::visit(
       [&](const auto& s) {

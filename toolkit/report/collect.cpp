@@ -333,13 +333,13 @@ Page run_page(const fs::path& dir, const fs::path& evaluation_file, ReportFiles&
     run_dir = fs::path(e.at("checkpoint").get<std::string>()).parent_path();
   const auto config = config_of(e, run_dir);
   Page page;
-  page.arms = {config ? config->model + ", ihn " + config->ihn : "model"};
+  page.arms = {config ? config->model.architecture + ", ihn " + config->ihn.mode : "model"};
   page.title = "ihn evaluation — " + fs::absolute(dir).lexically_normal().filename().string();
   page.subtitle =
       fmt::format("{} on the {} split: {} studies, beam {}.", e.value("checkpoint", "?"),
                   e.value("split", "test"), e.value("n_examples", 0), e.value("beam_size", 0));
   page.results_html = run_table(e);
-  add_curve_charts(page, {{0, run_dir}}, config ? config->select_metric : "BLEU_4");
+  add_curve_charts(page, {{0, run_dir}}, config ? config->optim.select_metric : "BLEU_4");
   std::vector<std::vector<double>> f1;
   for (const char* o : ihn::eval::kObservations) {
     double v = std::nan("");

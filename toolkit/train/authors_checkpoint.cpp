@@ -289,32 +289,32 @@ int effective_max_seq_length(const Overrides& overrides) {
 TrainConfig to_train_config(const AuthorsConfig& config, const Overrides& overrides,
                             const std::string& ann, const std::string& images) {
   TrainConfig c;
-  c.model = config.architecture == Architecture::r2gen ? "r2gen" : "cmn";
-  c.preset = "paper";
-  c.data = "annotation";
-  c.ann = ann;
-  c.images = images;
-  c.dataset = overrides.dataset;
-  c.threshold = effective_threshold(overrides);
-  c.max_seq_length = effective_max_seq_length(overrides);
+  c.model.architecture = config.architecture == Architecture::r2gen ? "r2gen" : "cmn";
+  c.run.preset = "paper";
+  c.data.source = "annotation";
+  c.data.ann = ann;
+  c.data.images = images;
+  c.data.dataset = overrides.dataset;
+  c.data.threshold = effective_threshold(overrides);
+  c.data.max_seq_length = effective_max_seq_length(overrides);
   // R2Gen's test transform: Resize((224, 224)), ToTensor, Normalize(ImageNet mean/std); our
   // eval transform resizes to crop x crop.
-  c.resize = 224;
-  c.crop = 224;
-  c.visual_depth = config.visual_depth;
-  c.d_model = config.d_model;
-  c.d_ff = config.d_ff;
-  c.num_heads = config.num_heads;
-  c.num_layers = config.num_layers;
-  c.rm_num_slots = config.rm_num_slots;
-  c.rm_num_heads = config.rm_num_heads;
-  c.rm_d_model = config.rm_d_model;
-  c.topk = config.topk;
-  c.cmm_size = config.cmm_size;
-  c.cmm_dim = config.cmm_dim;
-  c.max_positions = config.max_positions;
+  c.data.resize = 224;
+  c.data.crop = 224;
+  c.model.visual_depth = config.visual_depth;
+  c.model.d_model = config.d_model;
+  c.model.d_ff = config.d_ff;
+  c.model.num_heads = config.num_heads;
+  c.model.num_layers = config.num_layers;
+  c.model.relational_memory.num_slots = config.rm_num_slots;
+  c.model.relational_memory.num_heads = config.rm_num_heads;
+  c.model.relational_memory.d_model = config.rm_d_model;
+  c.model.cross_modal_memory.topk = config.topk;
+  c.model.cross_modal_memory.size = config.cmm_size;
+  c.model.cross_modal_memory.dim = config.cmm_dim;
+  c.model.max_positions = config.max_positions;
   // Beam size and batch: TrainConfig's defaults, the official scripts' (3, 16).
-  c.out = "-";
+  c.run.out = "-";
   return c;
 }
 

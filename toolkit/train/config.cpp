@@ -27,7 +27,7 @@ using json = nlohmann::json;
 
 json to_json(const TrainConfig& c) {
   json j;
-#define X(field, flag, check, help) j[#field] = c.field;
+#define X(path, key, flag, check, help) j[#key] = c.path;
   IHN_TRAIN_OPTIONS(X)
 #undef X
   return j;
@@ -42,12 +42,12 @@ TrainConfig config_from_json(const json& j) {
     if (!j.contains(name)) return;
     try {
       j.at(name).get_to(target);
-    } catch (const json::exception& e) {
+    } catch (const std::exception& e) {  // nlohmann's, or the schedule's and kinds' readers
       throw TrainError(std::string("config: '") + name + "' is " + j.at(name).dump() + " (" +
                        e.what() + ")");
     }
   };
-#define X(field, flag, check, help) read(#field, c.field);
+#define X(path, key, flag, check, help) read(#key, c.path);
   IHN_TRAIN_OPTIONS(X)
 #undef X
   for (const auto& item : j.items())
@@ -117,33 +117,24 @@ void apply_preset_fields(TrainConfig& c, const std::string& name) {
   const json& preset = table.at(name);
   if (preset.contains("base")) apply_preset_fields(c, preset.at("base").get<std::string>());
   set_fields(c, preset.at("set"));
-  if (c.model == "cmn" && preset.contains("cmn")) set_fields(c, preset.at("cmn"));
+  if (c.model.architecture == "cmn" && preset.contains("cmn")) set_fields(c, preset.at("cmn"));
 }
 
 }  // namespace
 
 void apply_preset(TrainConfig& c, const std::string& name) {
   apply_preset_fields(c, name);
-  if (c.model == "cmn") set_fields(c, preset_table().at("cmn").at("set"));
-  c.preset = name;
+  if (c.model.architecture == "cmn") set_fields(c, preset_table().at("cmn").at("set"));
+  c.run.preset = name;
 }
 
-ihn::HardnessSchedule parse_schedule(const std::string& text) {
-  try {
-    return ihn::parse_schedule(text);
-  } catch (const std::invalid_argument& e) {
-    throw TrainError(std::string("--") + e.what());
-  }
-}
-
-double official_alpha_of(const std::string& text) {
-  const auto schedule = parse_schedule(text);
+double official_alpha_of(const ihn::HardnessSchedule& schedule) {
   const auto* exp = std::get_if<ihn::ExponentialHardness>(&schedule);
   if (!exp || exp->unit != ihn::ScheduleUnit::epoch)
     throw TrainError(
         "--ihn official follows the release's exp:ALPHA schedule (per epoch); got "
         "--schedule " +
-        text);
+        ihn::to_string(schedule));
   return exp->alpha;
 }
 
@@ -154,7 +145,7 @@ namespace {
 // above any published recipe, stop a typo or a corrupt checkpoint from asking LibTorch for
 // terabytes; the lower ones, a zero head count from dividing by zero deep inside LibTorch.
 void check_option(const TrainConfig& c, const char* flag, double v, const OptionCheck& k) {
-  if (k.model && c.model != k.model) return;
+  if (k.model && c.model.architecture != k.model) return;
   if (!std::isfinite(v))
     throw TrainError(fmt::format("{} must be a finite number (got {})", flag, v));
   if (k.min_open ? !(v > k.min) : v < k.min)
@@ -167,11 +158,18 @@ void check_option(const TrainConfig& c, const char* flag, double v, const Option
 void check_option(const TrainConfig& c, const char* flag, int v, const OptionCheck& k) {
   check_option(c, flag, static_cast<double>(v), k);
 }
+void check_option(const TrainConfig& c, const char* flag, int64_t v, const OptionCheck& k) {
+  check_option(c, flag, static_cast<double>(v), k);
+}
 void check_option(const TrainConfig&, const char*, uint64_t, const OptionCheck&) {}  // seeds
 void check_option(const TrainConfig&, const char*, bool, const OptionCheck&) {}
+// The schedule and the alignment kind are checked by their readers (config.hpp).
+void check_option(const TrainConfig&, const char*, const ihn::HardnessSchedule&,
+                  const OptionCheck&) {}
+void check_option(const TrainConfig&, const char*, ihn::AlignmentKind, const OptionCheck&) {}
 void check_option(const TrainConfig& c, const char* flag, const std::string& v,
                   const OptionCheck& k) {
-  if (!k.choices || (k.model && c.model != k.model)) return;
+  if (!k.choices || (k.model && c.model.architecture != k.model)) return;
   std::vector<std::string> choices;
   for (std::string_view rest = k.choices;;) {
     const auto bar = rest.find('|');
@@ -186,83 +184,99 @@ void check_option(const TrainConfig& c, const char* flag, const std::string& v,
   throw TrainError(fmt::format("{} {}: use {}", flag, v, list));
 }
 
-}  // namespace
-
-void validate_recipe(const TrainConfig& c) {
-  {
-    using namespace checks;
-#define X(field, flag, check, help) check_option(c, flag, c.field, check);
-    IHN_TRAIN_OPTIONS(X)
-#undef X
-  }
-  // What one field cannot say alone.
-  if (c.visual_depth != 18 && c.visual_depth != 34 && c.visual_depth != 50 &&
-      c.visual_depth != 101 && c.visual_depth != 152)
-    throw TrainError("--visual-depth " + std::to_string(c.visual_depth) +
-                     ": use 18, 34, 50, 101 or 152");
-  if (c.d_model % c.num_heads != 0)
-    throw TrainError("--num-heads " + std::to_string(c.num_heads) + " must divide --d-model " +
-                     std::to_string(c.d_model));
-  if (c.model == "r2gen" && c.rm_d_model % c.rm_num_heads != 0)
-    throw TrainError("--rm-num-heads " + std::to_string(c.rm_num_heads) +
-                     " must divide --rm-d-model " + std::to_string(c.rm_d_model));
-  if (c.model == "cmn" && c.cmm_size < c.topk)
-    throw TrainError("--cmm-size " + std::to_string(c.cmm_size) + " must be >= --topk " +
-                     std::to_string(c.topk));
-  if (c.resize < c.crop) throw TrainError("--resize must be >= --image-size (the crop)");
-  if (c.data != "synth" && c.data != "annotation")
-    throw TrainError("--data " + c.data + ": use synth, or give --ann and --images");
-  if (c.data == "annotation" && c.ann.empty())
+// What one field cannot say alone, per component.
+void check_data(const DataConfig& d) {
+  if (d.resize < d.crop) throw TrainError("--resize must be >= --image-size (the crop)");
+  if (d.source != "synth" && d.source != "annotation")
+    throw TrainError("--data " + d.source + ": use synth, or give --ann and --images");
+  if (d.source == "annotation" && d.ann.empty())
     throw TrainError("--ann is required unless --data synth");
-  if (c.synth_val_fraction + c.synth_test_fraction >= 1)
+  if (d.synthetic.val_fraction + d.synthetic.test_fraction >= 1)
     throw TrainError("--synth-val-fraction and --synth-test-fraction must sum to < 1");
-  if (c.views == 2 && c.dataset == "mimic_cxr")
+  if (d.views == 2 && d.dataset == "mimic_cxr")
     throw TrainError("--views 2: MIMIC-CXR studies are single-view in R2Gen's protocol");
-  if (c.ihn == "official") official_alpha_of(c.schedule);
-  if (c.ihn == "paper") parse_schedule(c.schedule);
-  if (c.ihn != "official" && (c.official_legacy || !c.negatives_file.empty()))
-    throw TrainError(std::string(c.official_legacy ? "--official-legacy" : "--negatives-file") +
-                     " belongs to --ihn official (got --ihn " + c.ihn + ")");
-  if (c.ihn == "paper" && c.report_features == "text" && c.model != "r2gen")
-    throw TrainError("--report-features text is implemented for --model r2gen only");
-  if (c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
-    throw TrainError("--device " + c.device + ": use cpu or cuda");
-  if (c.precision == "fp16" && c.device == "cpu")
-    throw TrainError(
-        "--precision fp16 runs on CUDA only (LibTorch's CPU autocast has no float16 kernels); "
-        "on the CPU use --precision bf16");
-  if (c.pretrain && c.pretrain_seed == c.synth_seed && c.data == "synth")
-    throw TrainError("--pretrain-seed " + std::to_string(c.pretrain_seed) +
-                     " is the seed of the generator's own synthetic set: pretrain on a "
-                     "disjoint set (another seed)");
-  if (c.freeze_visual && c.visual_init.empty() && !c.pretrain)
+}
+
+void check_model(const ModelConfig& m) {
+  if (m.visual_depth != 18 && m.visual_depth != 34 && m.visual_depth != 50 &&
+      m.visual_depth != 101 && m.visual_depth != 152)
+    throw TrainError("--visual-depth " + std::to_string(m.visual_depth) +
+                     ": use 18, 34, 50, 101 or 152");
+  if (m.d_model % m.num_heads != 0)
+    throw TrainError("--num-heads " + std::to_string(m.num_heads) + " must divide --d-model " +
+                     std::to_string(m.d_model));
+  const auto& rm = m.relational_memory;
+  if (m.architecture == "r2gen" && rm.d_model % rm.num_heads != 0)
+    throw TrainError("--rm-num-heads " + std::to_string(rm.num_heads) +
+                     " must divide --rm-d-model " + std::to_string(rm.d_model));
+  const auto& cmm = m.cross_modal_memory;
+  if (m.architecture == "cmn" && cmm.size < cmm.topk)
+    throw TrainError("--cmm-size " + std::to_string(cmm.size) + " must be >= --topk " +
+                     std::to_string(cmm.topk));
+  if (m.freeze_visual && m.visual_init.empty() && !m.pretraining.enabled)
     throw TrainError(
         "--freeze-visual keeps the visual extractor fixed: give it pretrained "
         "weights (--pretrain or --visual-init FILE)");
 }
 
+void check_ihn(const TrainConfig& c) {
+  const auto& h = c.ihn;
+  if (h.mode == "official") official_alpha_of(h.library.schedule());
+  if (h.mode != "official" && (h.official_legacy || !h.negatives_file.empty()))
+    throw TrainError(std::string(h.official_legacy ? "--official-legacy" : "--negatives-file") +
+                     " belongs to --ihn official (got --ihn " + h.mode + ")");
+  if (h.mode == "paper" && h.report_features == "text" && c.model.architecture != "r2gen")
+    throw TrainError("--report-features text is implemented for --model r2gen only");
+}
+
+}  // namespace
+
+void validate_recipe(const TrainConfig& c) {
+  {
+    using namespace checks;
+#define X(path, key, flag, check, help) check_option(c, flag, c.path, check);
+    IHN_TRAIN_OPTIONS(X)
+#undef X
+  }
+  check_data(c.data);
+  check_model(c.model);
+  check_ihn(c);
+  if (c.run.device != "cpu" && c.run.device.rfind("cuda", 0) != 0)
+    throw TrainError("--device " + c.run.device + ": use cpu or cuda");
+  if (c.optim.precision == "fp16" && c.run.device == "cpu")
+    throw TrainError(
+        "--precision fp16 runs on CUDA only (LibTorch's CPU autocast has no float16 kernels); "
+        "on the CPU use --precision bf16");
+  const auto& pretraining = c.model.pretraining;
+  if (pretraining.enabled && pretraining.seed == c.data.synthetic.seed && c.data.source == "synth")
+    throw TrainError("--pretrain-seed " + std::to_string(pretraining.seed) +
+                     " is the seed of the generator's own synthetic set: pretrain on a "
+                     "disjoint set (another seed)");
+}
+
 void validate(const TrainConfig& c) {
   validate_recipe(c);
-  if (c.data == "annotation") {
-    if (!fs::exists(c.ann))
-      throw TrainError(c.ann + ": annotation file not found (give R2Gen's annotation.json)");
-    if (c.images.empty() || !fs::is_directory(c.images))
-      throw TrainError("--images '" + c.images + "': not a folder (the image root of " + c.ann +
+  const auto& d = c.data;
+  if (d.source == "annotation") {
+    if (!fs::exists(d.ann))
+      throw TrainError(d.ann + ": annotation file not found (give R2Gen's annotation.json)");
+    if (d.images.empty() || !fs::is_directory(d.images))
+      throw TrainError("--images '" + d.images + "': not a folder (the image root of " + d.ann +
                        ")");
   }
-  if (!c.negatives_file.empty() && !fs::exists(c.negatives_file))
-    throw TrainError(c.negatives_file +
+  if (!c.ihn.negatives_file.empty() && !fs::exists(c.ihn.negatives_file))
+    throw TrainError(c.ihn.negatives_file +
                      ": negatives file not found (write it with `ihn data negatives`, or leave "
                      "--negatives-file out to mine them at start-up)");
-  if (!c.visual_init.empty() && !c.resume && !fs::exists(c.visual_init))
-    throw TrainError("--visual-init " + c.visual_init +
+  if (!c.model.visual_init.empty() && !c.run.resume && !fs::exists(c.model.visual_init))
+    throw TrainError("--visual-init " + c.model.visual_init +
                      ": file not found (write one with `ihn pretrain`, or use --pretrain)");
-  if (c.out.empty()) throw TrainError("--out RUN_DIR is required");
+  if (c.run.out.empty()) throw TrainError("--out RUN_DIR is required");
 }
 
 int views_of(const TrainConfig& c) {
-  if (c.views > 0) return c.views;
-  return c.dataset == "mimic_cxr" || c.ihn == "official" ? 1 : 2;
+  if (c.data.views > 0) return c.data.views;
+  return c.data.dataset == "mimic_cxr" || c.ihn.mode == "official" ? 1 : 2;
 }
 
 }  // namespace ihn_toolkit::train

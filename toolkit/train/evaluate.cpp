@@ -25,15 +25,15 @@ namespace {
 /// and no pretraining (the checkpoint holds the extractor's weights).
 TrainConfig evaluation_config(const EvaluateOptions& options, TrainConfig c) {
   if (!options.ann.empty()) {
-    c.data = "annotation";
-    c.ann = options.ann;
-    c.images = options.images.empty() ? c.images : options.images;
+    c.data.source = "annotation";
+    c.data.ann = options.ann;
+    c.data.images = options.images.empty() ? c.data.images : options.images;
   }
-  c.skip_bad = c.skip_bad || options.skip_bad;
-  if (!options.precision.empty()) c.precision = options.precision;
-  c.out = "-";
-  c.visual_init.clear();
-  c.pretrain = c.freeze_visual = false;
+  c.data.skip_bad = c.data.skip_bad || options.skip_bad;
+  if (!options.precision.empty()) c.optim.precision = options.precision;
+  c.run.out = "-";
+  c.model.visual_init.clear();
+  c.model.pretraining.enabled = c.model.freeze_visual = false;
   validate(c);
   return c;
 }
@@ -97,7 +97,8 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
     examples.push_back({dec.ids[i], dec.hypotheses[i], dec.references[i]});
   ihn::eval::EvalOptions eo;
   std::string note;
-  eo.meteor_options = meteor_options(options.wordnet.empty() ? c.wordnet : options.wordnet, &note);
+  eo.meteor_options =
+      meteor_options(options.wordnet.empty() ? c.eval.wordnet : options.wordnet, &note);
   eo.bootstrap = {options.bootstrap, options.bootstrap_seed, 0.95};
   json j = ihn::eval::to_json(ihn::eval::evaluate(examples, eo));
   add_retrieval(j, dec);
@@ -122,8 +123,8 @@ std::string generate_with_model(const GenerateOptions& options, const LoadedChec
                      " was written by ihn train and carries its own: leave --ann out");
   const auto device = parse_device(options.device);
   ihn_toolkit::data::TransformOptions t = ihn_toolkit::data::TransformOptions::r2gen_eval();
-  t.resize = c.crop;
-  t.crop = c.crop;
+  t.resize = c.data.crop;
+  t.crop = c.data.crop;
   ihn_toolkit::data::ImageTransform transform(t);
   std::mt19937_64 rng(0);  // unused by the eval transform
   std::vector<at::Tensor> views;
@@ -148,7 +149,7 @@ std::string generate_with_model(const GenerateOptions& options, const LoadedChec
   torch::NoGradGuard no_grad;
   const int beam = beam_size_for(options.beam_size, c);
   auto res = model->beam_search(
-      images, nn::BeamSearchOptions().beam_size(beam).max_length(c.max_seq_length));
+      images, nn::BeamSearchOptions().beam_size(beam).max_length(c.data.max_seq_length));
   return ck.tokenizer.decode(row_ids(res.seq[0]));
 }
 
@@ -172,7 +173,7 @@ StudyImages study_images(const TrainConfig& c, const std::vector<std::string>& i
   namespace d = ihn_toolkit::data;
   StudyImages out;
   const std::set<std::string> wanted(ids.begin(), ids.end());
-  if (c.data == "synth") {
+  if (c.data.source == "synth") {
     out.view_names = {"frontal", "lateral"};
     // Studies depend only on (options, index): list them without rendering, render the wanted.
     const auto so = synthetic_options_of(c);
@@ -186,17 +187,17 @@ StudyImages study_images(const TrainConfig& c, const std::vector<std::string>& i
     return out;
   }
   d::AnnotationOptions ao;
-  ao.dataset = d::parse_dataset(c.dataset);
-  ao.image_root = c.images;
+  ao.dataset = d::parse_dataset(c.data.dataset);
+  ao.image_root = c.data.images;
   ao.on_bad_entry = d::OnBadEntry::skip;  // the report shows what it can
-  const d::Annotation ann = d::load_annotation(c.ann, ao);
-  const bool iu = c.dataset == "iu_xray";
+  const d::Annotation ann = d::load_annotation(c.data.ann, ao);
+  const bool iu = c.data.dataset == "iu_xray";
   for (const auto* split : {&ann.test, &ann.val, &ann.train})
     for (const auto& study : *split) {
       if (!wanted.count(study.id)) continue;
       auto& views = out.jpeg[study.id];
       for (const auto& path : study.image_paths) {
-        const std::string file = (fs::path(c.images) / path).string();
+        const std::string file = (fs::path(c.data.images) / path).string();
         try {
           views.push_back(thumbnail_jpeg(d::load_image(file), max_side));
         } catch (const std::exception& e) {

@@ -1,9 +1,9 @@
 // The models the trainer can train, one traits struct each. train.cpp is written once as
-// templates over a traits struct and dispatches on TrainConfig::model (dispatch_model below);
-// adding a model is a traits struct here plus one line in dispatch_model.
+// templates over a traits struct and dispatches on ModelConfig::architecture (dispatch_model
+// below); adding a model is a traits struct here plus one line in dispatch_model.
 //
 // What the trainer needs from `Traits::Model` (a TORCH_MODULE holder; R2GenModel is one):
-//   Model(Traits::options(config, vocab_size))
+//   Model(Traits::options(config.model, config.data.max_seq_length, vocab_size))
 //   model->forward(images (B, V, 3, H, W), ids (B, T) int64, masks (B, T) float) -> out with
 //     out.logprobs (B, T-1, vocab+1), out.image_features / out.report_features (B, d) for
 //     retrieval and the paper mode, and what official_image_input / official_report_input read
@@ -43,19 +43,19 @@ struct ModelTraitsBase {
   }
   /// The fields both ports' options share (extractor, transformer, dropout, positions).
   template <class Options>
-  static Options& shared_options(Options& o, const TrainConfig& c) {
-    return o.visual_depth(c.visual_depth)
-        .d_model(c.d_model)
-        .d_ff(c.d_ff)
-        .num_heads(c.num_heads)
-        .num_layers(c.num_layers)
-        .dropout(c.dropout)
-        .drop_prob_lm(c.drop_prob_lm)
-        .max_positions(max_positions(c));
+  static Options& shared_options(Options& o, const ModelConfig& m, int max_seq_length) {
+    return o.visual_depth(m.visual_depth)
+        .d_model(m.d_model)
+        .d_ff(m.d_ff)
+        .num_heads(m.num_heads)
+        .num_layers(m.num_layers)
+        .dropout(m.dropout)
+        .drop_prob_lm(m.drop_prob_lm)
+        .max_positions(max_positions(m, max_seq_length));
   }
   /// Rows of the positional-encoding table: the config's, or just enough for the reports.
-  static int64_t max_positions(const TrainConfig& c) {
-    return c.max_positions > 0 ? c.max_positions : std::max(c.max_seq_length + 1, 100);
+  static int64_t max_positions(const ModelConfig& m, int max_seq_length) {
+    return m.max_positions > 0 ? m.max_positions : std::max(max_seq_length + 1, 100);
   }
   template <class Output>
   static at::Tensor official_image_input(const Output& out) {
@@ -71,12 +71,13 @@ struct R2GenTraits : ModelTraitsBase {
   using Model = r2gen::R2GenModel;
   using Options = r2gen::R2GenOptions;
   static constexpr const char* name = "r2gen";
-  static Options options(const TrainConfig& c, int64_t vocab_size) {
+  static Options options(const ModelConfig& m, int max_seq_length, int64_t vocab_size) {
     Options o(vocab_size);
-    return shared_options(o, c)
-        .rm_num_slots(c.rm_num_slots)
-        .rm_num_heads(c.rm_num_heads)
-        .rm_d_model(c.rm_d_model);
+    const auto& memory = m.relational_memory;
+    return shared_options(o, m, max_seq_length)
+        .rm_num_slots(memory.num_slots)
+        .rm_num_heads(memory.num_heads)
+        .rm_d_model(memory.d_model);
   }
   /// Width of official_image_input for `views` views (fc_feats concatenates the views).
   static int64_t official_image_dim(const Options& o, int64_t views) { return views * o.d_vf(); }
@@ -94,9 +95,13 @@ struct CMNTraits : ModelTraitsBase {
   using Model = cmn::CMNModel;
   using Options = cmn::CMNOptions;
   static constexpr const char* name = "cmn";
-  static Options options(const TrainConfig& c, int64_t vocab_size) {
+  static Options options(const ModelConfig& m, int max_seq_length, int64_t vocab_size) {
     Options o(vocab_size);
-    return shared_options(o, c).topk(c.topk).cmm_size(c.cmm_size).cmm_dim(c.cmm_dim);
+    const auto& memory = m.cross_modal_memory;
+    return shared_options(o, m, max_seq_length)
+        .topk(memory.topk)
+        .cmm_size(memory.size)
+        .cmm_dim(memory.dim);
   }
   static int64_t official_image_dim(const Options& o, int64_t views) { return views * o.d_vf(); }
   static int64_t official_report_dim(const Options& o) { return o.d_model(); }
@@ -107,7 +112,8 @@ struct CMNTraits : ModelTraitsBase {
   }
 };
 
-/// Calls `f(Traits{})` with the traits of config.model; the one place that lists the models.
+/// Calls `f(Traits{})` with the traits of config.model.architecture; the one place that lists the
+/// models.
 template <class F>
 decltype(auto) dispatch_model(const std::string& model, F&& f) {
   if (model == R2GenTraits::name) return f(R2GenTraits{});

@@ -66,16 +66,16 @@ void validate(const PretrainConfig& c) {
 
 PretrainConfig pretrain_config_for(const TrainConfig& t) {
   PretrainConfig p;
-  p.visual_depth = t.visual_depth;
+  p.visual_depth = t.model.visual_depth;
   p.views = views_of(t);
-  p.synth_image_size = t.synth_image_size;
-  p.resize = t.resize;
-  p.crop = t.crop;
-  p.synth_studies = t.pretrain_studies;
-  p.synth_seed = t.pretrain_seed;
-  p.epochs = t.pretrain_epochs;
-  p.threads = t.threads;
-  p.channels_last = t.channels_last;
+  p.synth_image_size = t.data.synthetic.image_size;
+  p.resize = t.data.resize;
+  p.crop = t.data.crop;
+  p.synth_studies = t.model.pretraining.studies;
+  p.synth_seed = t.model.pretraining.seed;
+  p.epochs = t.model.pretraining.epochs;
+  p.threads = t.run.threads;
+  p.channels_last = t.run.channels_last;
   return p;
 }
 
@@ -89,7 +89,7 @@ std::string pretrain_cache_name(const PretrainConfig& c) {
 }
 
 std::string pretrain_cache_path(const TrainConfig& t) {
-  return (fs::path(t.pretrain_dir) / pretrain_cache_name(pretrain_config_for(t))).string();
+  return (fs::path(t.model.pretraining.dir) / pretrain_cache_name(pretrain_config_for(t))).string();
 }
 
 namespace {

@@ -50,12 +50,12 @@ struct RunData {
 
 inline ihn_toolkit::data::SyntheticOptions synthetic_options_of(const TrainConfig& c) {
   ihn_toolkit::data::SyntheticOptions so;
-  so.studies = c.synth_studies;
-  so.seed = c.synth_seed;
-  so.image_size = c.synth_image_size;
-  so.val_fraction = c.synth_val_fraction;
-  so.test_fraction = c.synth_test_fraction;
-  so.normal_fraction = c.synth_normal_fraction;
+  so.studies = c.data.synthetic.studies;
+  so.seed = c.data.synthetic.seed;
+  so.image_size = c.data.synthetic.image_size;
+  so.val_fraction = c.data.synthetic.val_fraction;
+  so.test_fraction = c.data.synthetic.test_fraction;
+  so.normal_fraction = c.data.synthetic.normal_fraction;
   so.validate();
   return so;
 }
@@ -63,32 +63,32 @@ inline ihn_toolkit::data::SyntheticOptions synthetic_options_of(const TrainConfi
 inline RunData build_data(const TrainConfig& c) {
   namespace d = ihn_toolkit::data;
   d::R2GenDataOptions o;
-  o.threshold = c.threshold;
-  o.max_seq_length = static_cast<size_t>(c.max_seq_length);
-  o.seed = c.seed;
+  o.threshold = c.data.threshold;
+  o.max_seq_length = static_cast<size_t>(c.data.max_seq_length);
+  o.seed = c.optim.seed;
   o.train_transform = d::TransformOptions::r2gen_train();
-  o.train_transform.resize = c.resize;
-  o.train_transform.crop = c.crop;
+  o.train_transform.resize = c.data.resize;
+  o.train_transform.crop = c.data.crop;
   o.eval_transform = d::TransformOptions::r2gen_eval();
-  o.eval_transform.resize = c.crop;
-  o.eval_transform.crop = c.crop;
+  o.eval_transform.resize = c.data.crop;
+  o.eval_transform.crop = c.data.crop;
   std::optional<d::R2GenData> made;
-  if (c.data == "synth") {
+  if (c.data.source == "synth") {
     const auto studies = d::generate_synthetic(synthetic_options_of(c));
     made.emplace(d::make_r2gen_data(d::to_annotation(studies), d::images_by_split(studies), o));
   } else {
     d::AnnotationOptions ao;
-    ao.dataset = d::parse_dataset(c.dataset);
-    ao.image_root = c.images;
-    ao.on_bad_entry = c.skip_bad ? d::OnBadEntry::skip : d::OnBadEntry::fail;
+    ao.dataset = d::parse_dataset(c.data.dataset);
+    ao.image_root = c.data.images;
+    ao.on_bad_entry = c.data.skip_bad ? d::OnBadEntry::skip : d::OnBadEntry::fail;
     d::Annotation ann;
     try {
-      ann = d::load_annotation(c.ann, ao);
+      ann = d::load_annotation(c.data.ann, ao);
     } catch (const std::exception& e) {
       throw TrainError(e.what());
     }
-    if (!ann.problems.empty() && !c.quiet) fmt::print("{}\n", ann.summary());
-    made.emplace(d::make_r2gen_data(ann, c.images, o));
+    if (!ann.problems.empty() && !c.run.quiet) fmt::print("{}\n", ann.summary());
+    made.emplace(d::make_r2gen_data(ann, c.data.images, o));
   }
   RunData r{made->tokenizer, std::make_unique<d::ReportDataset>(made->train),
             std::make_unique<d::ReportDataset>(made->val),
@@ -110,9 +110,9 @@ inline at::Tensor select_views(const at::Tensor& images, int64_t views) {
 
 /// "synth:studies=N,seed=S" or the annotation path: the source `ihn data negatives` records.
 inline std::string data_source(const TrainConfig& c) {
-  return c.data == "synth" ? "synth:studies=" + std::to_string(c.synth_studies) +
-                                 ",seed=" + std::to_string(c.synth_seed)
-                           : c.ann;
+  return c.data.source == "synth" ? "synth:studies=" + std::to_string(c.data.synthetic.studies) +
+                                        ",seed=" + std::to_string(c.data.synthetic.seed)
+                                  : c.data.ann;
 }
 
 /// Training index -> training index of its offline negative (--ihn official), from
@@ -123,15 +123,15 @@ inline std::vector<int64_t> official_negatives(const TrainConfig& c, const RunDa
   const size_t n = *data.train->size();
   for (size_t i = 0; i < n; ++i) studies.push_back(data.train->study(i));
   ihn_toolkit::data::Negatives negatives;
-  std::string where = c.negatives_file;
+  std::string where = c.ihn.negatives_file;
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    if (c.negatives_file.empty()) {
+    if (c.ihn.negatives_file.empty()) {
       negatives = ihn_toolkit::data::mine_negatives(
-          studies, ihn_toolkit::data::parse_dataset(c.dataset), data_source(c));
+          studies, ihn_toolkit::data::parse_dataset(c.data.dataset), data_source(c));
       where = "mined at start-up";
     } else {
-      negatives = ihn_toolkit::data::load_negatives(c.negatives_file);
+      negatives = ihn_toolkit::data::load_negatives(c.ihn.negatives_file);
     }
   } catch (const ihn_toolkit::data::NegativesError& e) {
     throw TrainError(e.what());
@@ -274,18 +274,20 @@ decltype(auto) with_checkpoint_model(const std::string& path, const std::string&
                                      const AuthorsCheckpointOptions& authors_options, F&& fn) {
   if (authors::sniff_checkpoint(path) == authors::CheckpointFormat::pytorch) {
     auto a = authors::read_authors_checkpoint(path, ann, images, authors_options);
-    return dispatch_model(a.train_config.model, [&](auto traits) {
+    return dispatch_model(a.train_config.model.architecture, [&](auto traits) {
       using Traits = decltype(traits);
-      typename Traits::Model model(Traits::options(a.train_config, a.tokenizer.vocab_size()));
+      typename Traits::Model model(Traits::options(
+          a.train_config.model, a.train_config.data.max_seq_length, a.tokenizer.vocab_size()));
       authors::load_authors_weights(*model, std::move(a.state), a.config, path);
       return fn(traits,
                 LoadedCheckpoint<typename Traits::Model>{a.train_config, a.tokenizer, model, true});
     });
   }
   auto ck = read_checkpoint(path);
-  return dispatch_model(ck.config.model, [&](auto traits) {
+  return dispatch_model(ck.config.model.architecture, [&](auto traits) {
     using Traits = decltype(traits);
-    typename Traits::Model model(Traits::options(ck.config, ck.tokenizer.vocab_size()));
+    typename Traits::Model model(
+        Traits::options(ck.config.model, ck.config.data.max_seq_length, ck.tokenizer.vocab_size()));
     load_model(*model, ck.state, path);
     return fn(traits,
               LoadedCheckpoint<typename Traits::Model>{ck.config, ck.tokenizer, model, false});
@@ -298,7 +300,7 @@ decltype(auto) with_checkpoint_model(const std::string& path, const std::string&
 template <class Model>
 void place_model(Model& model, const TrainConfig& c, const torch::Device& device) {
   model->to(device);
-  if (c.channels_last && device.is_cpu()) nn::to_channels_last(*model->visual_extractor);
+  if (c.run.channels_last && device.is_cpu()) nn::to_channels_last(*model->visual_extractor);
 }
 
 inline torch::Device parse_device(const std::string& name) {
@@ -343,24 +345,24 @@ Decoded decode_split(Model& model, const ihn_toolkit::data::ReportDataset& datas
   ihn_toolkit::data::ReportLoaderOptions lo;
   // Decoding has no batch-norm statistics or gradients to keep small: wide batches amortise the
   // per-token work of beam search over more studies (each study's beams are its own).
-  lo.batch_size = static_cast<size_t>(std::max(c.batch_size, kDecodeBatch));
+  lo.batch_size = static_cast<size_t>(std::max(c.optim.batch_size, kDecodeBatch));
   lo.shard = shard;
   auto loader = ihn_toolkit::data::make_report_loader(dataset, lo);
   size_t index = *dataset.size() * shard.rank / shard.world_size;  // the block's first study
   // Decoding in the run's precision (a float32 run decodes exactly as before); an fp16 (CUDA)
   // checkpoint decodes on the CPU in float32.
-  auto precision = nn::parse_precision(c.precision);
+  auto precision = nn::parse_precision(c.optim.precision);
   if (precision == nn::Precision::fp16 && device.is_cpu()) precision = nn::Precision::fp32;
   const nn::AutocastGuard autocast(precision, device.type());
   for (auto& batch : *loader) {
     auto images = select_views(batch.images, views_of(c)).to(device);
     auto result = model->beam_search(
-        images, nn::BeamSearchOptions().beam_size(beam_size).max_length(c.max_seq_length));
+        images, nn::BeamSearchOptions().beam_size(beam_size).max_length(c.data.max_seq_length));
     for (int64_t b = 0; b < result.seq.size(0); ++b, ++index) {
       out.ids.push_back(batch.ids[b]);
       out.hypotheses.push_back(tok.decode(row_ids(result.seq[b])));
       out.references.push_back(
-          tok.round_trip(dataset.study(index).report, static_cast<size_t>(c.max_seq_length)));
+          tok.round_trip(dataset.study(index).report, static_cast<size_t>(c.data.max_seq_length)));
     }
     if (features) {
       auto fwd =
@@ -374,7 +376,7 @@ Decoded decode_split(Model& model, const ihn_toolkit::data::ReportDataset& datas
       };
       add(out.image_features, fwd.image_features);
       if constexpr (std::is_same_v<Model, r2gen::R2GenModel>) {
-        add(out.report_features, c.report_features == "text"
+        add(out.report_features, c.ihn.report_features == "text"
                                      ? text_report_features(model, batch.reports_ids.to(device),
                                                             batch.reports_masks.to(device))
                                      : fwd.report_features);

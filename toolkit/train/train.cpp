@@ -222,8 +222,8 @@ TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
 /// The pretrained extractor a run starts from: --visual-init, or the cached --pretrain file
 /// (trained first when missing); "" = from scratch.
 std::string visual_init_path(const TrainConfig& c) {
-  if (!c.visual_init.empty()) return c.visual_init;
-  if (!c.pretrain) return "";
+  if (!c.model.visual_init.empty()) return c.model.visual_init;
+  if (!c.model.pretraining.enabled) return "";
   return ensure_pretrained(pretrain_config_for(c), pretrain_cache_path(c)).path;
 }
 
@@ -231,11 +231,11 @@ std::string visual_init_path(const TrainConfig& c) {
 
 TrainResult train(TrainConfig config) {
   const auto t_start = std::chrono::steady_clock::now();
-  if (config.out.empty()) throw TrainError("--out RUN_DIR is required");
-  const fs::path out_dir = config.out, last_path = out_dir / "last.pt";
+  if (config.run.out.empty()) throw TrainError("--out RUN_DIR is required");
+  const fs::path out_dir = config.run.out, last_path = out_dir / "last.pt";
   const dist::Environment env = dist::read_environment();
   // torchrun --max-restarts: a restarted worker continues the run its predecessor saved.
-  if (env.restart_count > 0 && fs::exists(last_path)) config.resume = true;
+  if (env.restart_count > 0 && fs::exists(last_path)) config.run.resume = true;
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec)
@@ -247,11 +247,11 @@ TrainResult train(TrainConfig config) {
     remove_stale_temporaries(out_dir);
   }
   ihn::StateDict resume_state;
-  if (!config.resume && fs::exists(last_path))
+  if (!config.run.resume && fs::exists(last_path))
     throw TrainError(out_dir.string() +
                      " already holds a run (last.pt): continue it with --resume, or give "
                      "another --out (nothing was changed)");
-  if (!config.resume) {
+  if (!config.run.resume) {
     // No last.pt. A run killed before its first last.pt committed nothing (best.pt is written
     // first, so it may be there, from epoch 1): its log rows and best.pt would mix with this
     // run's. Anything more (later epochs, test results) is a finished run whose last.pt was
@@ -265,42 +265,44 @@ TrainResult train(TrainConfig config) {
       fs::remove(out_dir / "best.pt", ec);
     }
   }
-  if (config.resume) {
+  if (config.run.resume) {
     if (!fs::exists(last_path))
       throw TrainError(last_path.string() +
                        ": nothing to resume (no last.pt; start without --resume)");
     auto ck = read_checkpoint(last_path.string());
     // The recipe comes from the checkpoint; only runtime options and the epoch budget change.
     TrainConfig merged = ck.config;
-    merged.epochs = config.epochs > 0 ? config.epochs : ck.config.epochs;  // 0: the run's own
-    merged.out = config.out;
-    merged.device = config.device;
-    merged.threads = config.threads;
-    merged.dist_timeout = config.dist_timeout;
-    merged.quiet = config.quiet;
-    merged.stop_after = config.stop_after;
-    merged.plots = config.plots;
-    merged.label = config.label;
-    merged.resume = true;
+    merged.optim.epochs =
+        config.optim.epochs > 0 ? config.optim.epochs : ck.config.optim.epochs;  // 0: the run's own
+    merged.run.out = config.run.out;
+    merged.run.device = config.run.device;
+    merged.run.threads = config.run.threads;
+    merged.run.dist_timeout = config.run.dist_timeout;
+    merged.run.quiet = config.run.quiet;
+    merged.run.stop_after = config.run.stop_after;
+    merged.run.plots = config.run.plots;
+    merged.run.label = config.run.label;
+    merged.run.resume = true;
     config = merged;
     resume_state = std::move(ck.state);
   }
   validate(config);
   std::unique_ptr<dist::Group> group;
   if (env.distributed()) {
-    if (config.ihn == "official")
+    if (config.ihn.mode == "official")
       throw TrainError(
           "--ihn official trains in one process (the release's loss mixes the samples of one "
           "batch); use --ihn paper or off with torchrun / --nproc");
-    if (config.batch_size < env.world_size)
+    if (config.optim.batch_size < env.world_size)
       throw TrainError(
           fmt::format("--batch-size {} is the global batch of all {} ranks: it must "
                       "be at least the number of ranks",
-                      config.batch_size, env.world_size));
-    if (config.device.rfind("cuda", 0) == 0) config.device = fmt::format("cuda:{}", env.local_rank);
-    group = std::make_unique<dist::Group>(env, std::chrono::seconds(config.dist_timeout));
+                      config.optim.batch_size, env.world_size));
+    if (config.run.device.rfind("cuda", 0) == 0)
+      config.run.device = fmt::format("cuda:{}", env.local_rank);
+    group = std::make_unique<dist::Group>(env, std::chrono::seconds(config.run.dist_timeout));
   }
-  return dispatch_model(config.model, [&](auto traits) {
+  return dispatch_model(config.model.architecture, [&](auto traits) {
     return train_model<decltype(traits)>(std::move(config), std::move(resume_state), t_start,
                                          group.get());
   });
@@ -394,20 +396,20 @@ template <class Traits>
 OfficialMode make_official_mode(const TrainConfig& config, const typename Traits::Options& options,
                                 int64_t views, const RunData& data, torch::Device device) {
   OfficialMode m;
-  if (config.ihn != "official") return m;
+  if (config.ihn.mode != "official") return m;
   // The heads draw from their own seed and leave torch's generator where it was, so dropout
   // sees the same draws as the run without ihn.
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   const auto saved = generator.get_state();
-  torch::manual_seed(config.seed + 1);
+  torch::manual_seed(config.optim.seed + 1);
   m.heads = OfficialHeads(Traits::official_image_dim(options, views),
-                          Traits::official_report_dim(options), config.d_model);
+                          Traits::official_report_dim(options), config.model.d_model);
   generator.set_state(saved);
   m.heads->to(device);
   for (const auto& p : m.heads->parameters()) m.parameters += p.numel();
   m.negative_of = official_negatives(config, data, &m.negatives_note);
-  m.alpha = official_alpha_of(config.schedule);
-  m.loss.alpha(m.alpha).legacy_batch_mixing(config.official_legacy);
+  m.alpha = official_alpha_of(config.ihn.library.schedule());
+  m.loss.alpha(m.alpha).legacy_batch_mixing(config.ihn.official_legacy);
   return m;
 }
 
@@ -430,21 +432,23 @@ Optimisation make_optimisation(typename Traits::Model& model, const TrainConfig&
   o.clipped.insert(o.clipped.end(), ed_params.begin(), ed_params.end());
   auto adam = [&](double lr) {
     return torch::optim::AdamOptions(lr)
-        .betas({config.adam_beta1, config.adam_beta2})
-        .eps(config.adam_eps)
-        .weight_decay(config.weight_decay)
-        .amsgrad(config.amsgrad);
+        .betas({config.optim.adam_beta1, config.optim.adam_beta2})
+        .eps(config.optim.adam_eps)
+        .weight_decay(config.optim.weight_decay)
+        .amsgrad(config.optim.amsgrad);
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(ve_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ve)));
-  groups.emplace_back(ed_params, std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+  groups.emplace_back(ve_params,
+                      std::make_unique<torch::optim::AdamOptions>(adam(config.optim.lr_ve)));
+  groups.emplace_back(ed_params,
+                      std::make_unique<torch::optim::AdamOptions>(adam(config.optim.lr_ed)));
   if (official) {
     for (const auto& p : official.heads->parameters())
       o.clipped.push_back(p);  // the release clips model.parameters(), heads included
     groups.emplace_back(official.heads->parameters(),
-                        std::make_unique<torch::optim::AdamOptions>(adam(config.lr_ed)));
+                        std::make_unique<torch::optim::AdamOptions>(adam(config.optim.lr_ed)));
   }
-  o.adam = std::make_unique<nn::FusedAdam>(std::move(groups), adam(config.lr_ed));
+  o.adam = std::make_unique<nn::FusedAdam>(std::move(groups), adam(config.optim.lr_ed));
   return o;
 }
 
@@ -453,11 +457,11 @@ Optimisation make_optimisation(typename Traits::Model& model, const TrainConfig&
 double set_epoch_learning_rates(nn::FusedAdam& optimizer, const TrainConfig& config,
                                 int64_t epoch) {
   const double factor =
-      std::pow(config.lr_gamma, static_cast<double>((epoch - 1) / config.lr_step));
+      std::pow(config.optim.lr_gamma, static_cast<double>((epoch - 1) / config.optim.lr_step));
   auto& groups = optimizer.param_groups();
-  static_cast<torch::optim::AdamOptions&>(groups[0].options()).lr(config.lr_ve * factor);
+  static_cast<torch::optim::AdamOptions&>(groups[0].options()).lr(config.optim.lr_ve * factor);
   for (size_t g = 1; g < groups.size(); ++g)
-    static_cast<torch::optim::AdamOptions&>(groups[g].options()).lr(config.lr_ed * factor);
+    static_cast<torch::optim::AdamOptions&>(groups[g].options()).lr(config.optim.lr_ed * factor);
   return factor;
 }
 
@@ -466,8 +470,8 @@ double set_epoch_learning_rates(nn::FusedAdam& optimizer, const TrainConfig& con
 constexpr int64_t compact_bank_from_reports = 100000;
 
 ihn::Storage bank_storage(const TrainConfig& config, int64_t train_reports) {
-  if (config.bank_storage == "compact") return ihn::Storage::compact;
-  if (config.bank_storage == "float32") return ihn::Storage::float32;
+  if (config.ihn.bank_storage == "compact") return ihn::Storage::compact;
+  if (config.ihn.bank_storage == "float32") return ihn::Storage::float32;
   return train_reports >= compact_bank_from_reports ? ihn::Storage::compact : ihn::Storage::float32;
 }
 
@@ -479,18 +483,12 @@ std::vector<std::shared_ptr<ihn::Callback>> make_callbacks(Model& model, const T
                                                            int64_t train_reports,
                                                            dist::Group* group) {
   std::vector<std::shared_ptr<ihn::Callback>> callbacks;
-  if (config.ihn != "paper") return callbacks;
+  if (config.ihn.mode != "paper") return callbacks;
   auto callback = std::make_shared<ihn::HardNegativeCallback<Model>>(
       model,
-      ihn::Options{}
-          .negatives_per_sample(config.negatives)
-          .weight(config.ihn_weight)
-          .temperature(config.temperature)
-          .schedule(parse_schedule(config.schedule))
-          .ascent_steps(config.ascent_steps)
-          .loss_kind(config.alignment == "hinge" ? ihn::AlignmentKind::hinge
-                                                 : ihn::AlignmentKind::info_nce)
-          .seed(config.seed)
+      // The library's options as configured, and what only the run knows.
+      ihn::Options(config.ihn.library)
+          .seed(config.optim.seed)
           .storage(bank_storage(config, train_reports))
           .process_group(group ? group->collective() : nullptr),
       device);
@@ -509,14 +507,15 @@ class TrainingRun {
   TrainingRun(TrainConfig config, const ihn::StateDict& resume_state, dist::Group* group)
       : group_(group),
         config_(quiet_unless_main(std::move(config), group)),
-        out_dir_(config_.out),
+        out_dir_(config_.run.out),
         last_path_(out_dir_ / "last.pt"),
         best_path_(out_dir_ / "best.pt"),
-        device_(parse_device(config_.device)),
+        device_(parse_device(config_.run.device)),
         data_(build_data(config_)),
-        label_(config_.label.empty() ? "" : config_.label + " "),
-        options_(Traits::options(config_, data_.tokenizer.vocab_size())),
-        precision_(nn::parse_precision(config_.precision)),
+        label_(config_.run.label.empty() ? "" : config_.run.label + " "),
+        options_(Traits::options(config_.model, config_.data.max_seq_length,
+                                 data_.tokenizer.vocab_size())),
+        precision_(nn::parse_precision(config_.optim.precision)),
         scaler_(precision_ == nn::Precision::fp16) {
     nn::check_precision(precision_, device_);
     fs::create_directories(out_dir_ / "reports");
@@ -528,18 +527,18 @@ class TrainingRun {
         throw TrainError(data_source(config_) + ": the " + name + " split is empty (" + why + ")");
     // Pretraining (--pretrain without a cached file) draws from torch's generator: done before
     // the seed, a run that pretrains gives the same weights as one that finds the file.
-    const std::string init = config_.resume ? "" : shared_visual_init();
-    torch::manual_seed(config_.seed);
+    const std::string init = config_.run.resume ? "" : shared_visual_init();
+    torch::manual_seed(config_.optim.seed);
     model_ = Model(options_);
     if (!init.empty()) load_visual_init(init);
-    if (config_.freeze_visual)
+    if (config_.model.freeze_visual)
       for (auto& p : model_->visual_extractor->parameters()) p.requires_grad_(false);
     place_model(model_, config_, device_);
     official_ = make_official_mode<Traits>(config_, options_, data_.views, data_, device_);
     optimisation_ = make_optimisation<Traits>(model_, config_, official_);
     callbacks_ = make_callbacks(model_, config_, device_,
                                 static_cast<int64_t>(data_.train_keys.size()), group_);
-    if (config_.resume) {
+    if (config_.run.resume) {
       restore(resume_state, last_path_.string());
       scaler_.restore(state_.loss_scale, state_.loss_scale_finite_steps);
       if (main_rank()) truncate_log(out_dir_ / "log.jsonl", state_.epoch_done, state_.global_step);
@@ -559,10 +558,11 @@ class TrainingRun {
 
   TrainResult run(std::chrono::steady_clock::time_point t_start) {
     print_header();
-    if (config_.freeze_visual && !official_) compute_frozen_features();
+    if (config_.model.freeze_visual && !official_) compute_frozen_features();
     TrainResult result;
     for (auto& cb : callbacks_) cb->on_train_start();
-    while (state_.epoch_done < config_.epochs && state_.bad_epochs < config_.early_stop) {
+    while (state_.epoch_done < config_.optim.epochs &&
+           state_.bad_epochs < config_.optim.early_stop) {
       const int64_t epoch = state_.epoch_done + 1;
       const auto t_epoch = std::chrono::steady_clock::now();
       const EpochSteps steps = train_epoch(epoch);
@@ -574,8 +574,8 @@ class TrainingRun {
       for (auto& cb : callbacks_) cb->on_train_epoch_end(epoch);
       commit_epoch(epoch, steps, validate_epoch(epoch), t_epoch);
       if (agreed_stop() || budget_spent()) {
-        result.interrupted = state_.epoch_done < config_.epochs;
-        if (result.interrupted && !config_.quiet)
+        result.interrupted = state_.epoch_done < config_.optim.epochs;
+        if (result.interrupted && !config_.run.quiet)
           fmt::print("{}stopped after epoch {}; saved {} (continue with --resume)\n", label_, epoch,
                      last_path_.string());
         break;
@@ -599,8 +599,8 @@ class TrainingRun {
 
   static TrainConfig quiet_unless_main(TrainConfig config, const dist::Group* group) {
     if (group && group->rank() != 0) {
-      config.quiet = true;
-      config.plots = false;
+      config.run.quiet = true;
+      config.run.plots = false;
     }
     return config;
   }
@@ -609,7 +609,7 @@ class TrainingRun {
   /// visual_init_path, pretraining (when the cache misses) on rank 0 only while the others
   /// wait (up to --dist-timeout; pretrain beforehand with `ihn pretrain` for longer ones).
   std::string shared_visual_init() {
-    if (!group_ || (config_.visual_init.empty() && !config_.pretrain))
+    if (!group_ || (config_.model.visual_init.empty() && !config_.model.pretraining.enabled))
       return visual_init_path(config_);
     std::string path;
     if (main_rank()) path = visual_init_path(config_);
@@ -635,7 +635,7 @@ class TrainingRun {
       at::Generator generator = at::detail::getDefaultCPUGenerator();  // the global one
       generator.set_state(saved->second);
     } else {
-      torch::manual_seed(config_.seed + 7919 * static_cast<uint64_t>(group_->rank()) +
+      torch::manual_seed(config_.optim.seed + 7919 * static_cast<uint64_t>(group_->rank()) +
                          104729 * static_cast<uint64_t>(state_.global_step));
     }
   }
@@ -683,10 +683,10 @@ class TrainingRun {
     // A pretrained extractor replaces the random one before anything else draws from torch's
     // generator, so both arms of a comparison start from the same weights.
     const json info = load_pretrained_extractor(*model_->visual_extractor, init);
-    if (!config_.quiet)
+    if (!config_.run.quiet)
       fmt::print("{}visual extractor: {} (held-out mean AUC {:.3f}){}\n", label_, init,
                  info.at("metrics").value("mean_auc", 0.0),
-                 config_.freeze_visual ? ", frozen" : "");
+                 config_.model.freeze_visual ? ", frozen" : "");
   }
 
   void restore(const ihn::StateDict& s, const std::string& file) {
@@ -747,15 +747,15 @@ class TrainingRun {
 
   int64_t batches_per_epoch() const {
     return static_cast<int64_t>(ihn_toolkit::data::sharded_batches(
-        *data_.train->size(), static_cast<size_t>(config_.batch_size),
+        *data_.train->size(), static_cast<size_t>(config_.optim.batch_size),
         static_cast<size_t>(world())));
   }
   bool budget_spent() const {
-    return config_.stop_after > 0 && steps_this_run_ >= config_.stop_after;
+    return config_.run.stop_after > 0 && steps_this_run_ >= config_.run.stop_after;
   }
 
   void print_header() {
-    if (config_.quiet) return;
+    if (config_.run.quiet) return;
     int64_t parameters = 0;
     for (const auto& [name, p] : Traits::named_parameters(model_)) parameters += p.numel();
     if (state_.epoch_done == 0 && state_.batch_in_epoch == 0)
@@ -763,16 +763,16 @@ class TrainingRun {
           "{}train: {} studies ({} batches/epoch), val {}, test {}, vocabulary {}, {} "
           "parameters, ihn {}, {} epochs on {}\n",
           label_, *data_.train->size(), batches_per_epoch(), *data_.val->size(),
-          *data_.test->size(), data_.tokenizer.vocab_size(), parameters, config_.ihn,
-          config_.epochs, device_.str());
+          *data_.test->size(), data_.tokenizer.vocab_size(), parameters, config_.ihn.mode,
+          config_.optim.epochs, device_.str());
     if (official_)
       fmt::print(
           "{}ihn official: adds {} parameters (image head {}x{}, report head {}x{}, two "
           "temperatures); {} view(s); negatives {}; lambda = exp(-{:g}*epoch){}\n",
-          label_, official_.parameters, config_.d_model,
-          Traits::official_image_dim(options_, data_.views), config_.d_model,
+          label_, official_.parameters, config_.model.d_model,
+          Traits::official_image_dim(options_, data_.views), config_.model.d_model,
           Traits::official_report_dim(options_), data_.views, official_.negatives_note,
-          official_.alpha, config_.official_legacy ? ", legacy B x B batch mixing" : "");
+          official_.alpha, config_.ihn.official_legacy ? ", legacy B x B batch mixing" : "");
     std::fflush(stdout);
   }
 
@@ -842,7 +842,7 @@ class TrainingRun {
     ctx.image_features = out.image_features;
     ctx.report_features = out.report_features;
     if constexpr (std::is_same_v<Traits, R2GenTraits>) {
-      if (config_.report_features == "text")
+      if (config_.ihn.report_features == "text")
         ctx.report_features = text_report_features(model_, positive.ids, positive.masks);
     }
   }
@@ -861,8 +861,8 @@ class TrainingRun {
     // skipped (the scale backs off), as torch.cuda.amp does.
     const bool finite = scaler_.unscale_gradients(optimisation_.clipped);
     for (auto& cb : callbacks_) cb->on_after_backward(ctx);
-    if (config_.grad_clip > 0)
-      torch::nn::utils::clip_grad_value_(optimisation_.clipped, config_.grad_clip);
+    if (config_.optim.grad_clip > 0)
+      torch::nn::utils::clip_grad_value_(optimisation_.clipped, config_.optim.grad_clip);
     for (auto& cb : callbacks_) cb->on_before_optimizer_step(ctx);
     if (finite) optimisation_.adam->step();
     scaler_.update(!finite);
@@ -883,9 +883,9 @@ class TrainingRun {
     r.lr_factor = set_epoch_learning_rates(*optimisation_.adam, config_, epoch);
     for (auto& cb : callbacks_) cb->on_train_epoch_start(epoch);
     model_->train();
-    if (config_.freeze_visual) model_->visual_extractor->eval();  // running statistics fixed
+    if (config_.model.freeze_visual) model_->visual_extractor->eval();  // running statistics fixed
     ihn_toolkit::data::ReportLoaderOptions lo;
-    lo.batch_size = static_cast<size_t>(config_.batch_size);  // global: all ranks together
+    lo.batch_size = static_cast<size_t>(config_.optim.batch_size);  // global: all ranks together
     lo.shuffle = true;
     if (group_) lo.shard = {static_cast<size_t>(group_->rank()), static_cast<size_t>(world())};
     auto train_set = data_.train->with_epoch(epoch);
@@ -950,7 +950,7 @@ class TrainingRun {
     kill_point("step");
   }
 
-  bool tty() const { return !config_.quiet && isatty(fileno(stdout)); }
+  bool tty() const { return !config_.run.quiet && isatty(fileno(stdout)); }
 
   void print_progress(int64_t epoch, int64_t b, int64_t skip,
                       std::chrono::steady_clock::time_point t_steps) const {
@@ -960,7 +960,7 @@ class TrainingRun {
     const double its = static_cast<double>(b - skip) / std::max(el, 1e-9);
     const int64_t batches = batches_per_epoch(), width = 24, filled = width * b / batches;
     fmt::print("\r{}epoch {}/{} [{}{}] {}/{} loss {:.4f} {:.2f} it/s ETA {}   ", label_, epoch,
-               config_.epochs, std::string(static_cast<size_t>(filled), '#'),
+               config_.optim.epochs, std::string(static_cast<size_t>(filled), '#'),
                std::string(static_cast<size_t>(width - filled), '.'), b, batches,
                state_.mean_loss(), its, format_duration(static_cast<double>(batches - b) / its));
     std::fflush(stdout);
@@ -971,7 +971,7 @@ class TrainingRun {
     if (!main_rank()) return;
     log_.flush();
     ihn::save_state(checkpoint_state(generators), last_path_);
-    if (!config_.quiet)
+    if (!config_.run.quiet)
       fmt::print("{}stopped in epoch {} after step {}; saved {} (continue with --resume)\n", label_,
                  epoch, state_.global_step, last_path_.string());
   }
@@ -1000,11 +1000,11 @@ class TrainingRun {
   /// The val split decoded: data-parallel, each rank its block, gathered in order on all.
   Decoded decode_validation() {
     if (!group_)
-      return decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size, device_,
-                          false);
+      return decode_split(model_, *data_.val, data_.tokenizer, config_, config_.eval.beam_size,
+                          device_, false);
     const ihn_toolkit::data::Shard shard{static_cast<size_t>(group_->rank()),
                                          static_cast<size_t>(world())};
-    auto part = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.beam_size,
+    auto part = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.eval.beam_size,
                              device_, false, shard);
     Decoded all;
     all.ids = group_->all_gather_strings(part.ids);
@@ -1021,14 +1021,14 @@ class TrainingRun {
                     std::chrono::steady_clock::time_point t_epoch) {
     const double mean_loss = state_.mean_loss();
     state_.epoch_losses.push_back(mean_loss);
-    const double score = v.metrics.at("val_" + config_.select_metric);
+    const double score = v.metrics.at("val_" + config_.optim.select_metric);
     const bool improved = state_.record_score(epoch, score);
     json row{{"type", "epoch"},
              {"epoch", epoch},
              {"step", state_.global_step},
              {"train_loss", mean_loss},
-             {"lr_ve", config_.lr_ve * steps.lr_factor},
-             {"lr_ed", config_.lr_ed * steps.lr_factor},
+             {"lr_ve", config_.optim.lr_ve * steps.lr_factor},
+             {"lr_ed", config_.optim.lr_ed * steps.lr_factor},
              {"train_seconds", steps.seconds},
              {"it_per_s", static_cast<double>(steps.done) / std::max(steps.seconds, 1e-9)},
              {"best_epoch", state_.best_epoch}};
@@ -1057,7 +1057,7 @@ class TrainingRun {
 
   void print_epoch(int64_t epoch, const json& row, const Validation& v, double score,
                    double epoch_seconds) const {
-    if (config_.quiet) return;
+    if (config_.run.quiet) return;
     std::string extra;
     if (row.contains("train_ihn/alignment"))
       extra = fmt::format("  align {:.3f} hard {:.2f}", row.at("train_ihn/alignment").get<double>(),
@@ -1067,14 +1067,15 @@ class TrainingRun {
           "  l_cp {:.3f} l_cs {:.3f} hard {:.2f}", row.at("train_ihn/l_cp").get<double>(),
           row.at("train_ihn/l_cs").get<double>(), row.at("train_ihn/hardness").get<double>());
     std::string val_line = "val BLEU-4 " + format_score(v.bleu4);
-    if (config_.select_metric != "BLEU_4")
+    if (config_.optim.select_metric != "BLEU_4")
       val_line += " distinct " + format_score(v.metrics.at("val_distinct_reports")) + " " +
-                  config_.select_metric + " " + format_score(score);
-    fmt::print("{}epoch {}/{}  loss {:.4f}{}  {:.2f} it/s  {} (best {:.4f} @{})  {}  ETA {}\n",
-               label_, epoch, config_.epochs, row.at("train_loss").get<double>(), extra,
-               row.at("it_per_s").get<double>(), val_line, state_.best_score, state_.best_epoch,
-               format_duration(epoch_seconds),
-               format_duration(seconds_per_epoch_ * static_cast<double>(config_.epochs - epoch)));
+                  config_.optim.select_metric + " " + format_score(score);
+    fmt::print(
+        "{}epoch {}/{}  loss {:.4f}{}  {:.2f} it/s  {} (best {:.4f} @{})  {}  ETA {}\n", label_,
+        epoch, config_.optim.epochs, row.at("train_loss").get<double>(), extra,
+        row.at("it_per_s").get<double>(), val_line, state_.best_score, state_.best_epoch,
+        format_duration(epoch_seconds),
+        format_duration(seconds_per_epoch_ * static_cast<double>(config_.optim.epochs - epoch)));
     std::fflush(stdout);
   }
 
@@ -1088,15 +1089,15 @@ class TrainingRun {
                        std::to_string(static_cast<int64_t>(best_file_epoch)) + ", but " +
                        last_path_.string() + " names epoch " + std::to_string(state_.best_epoch) +
                        " as the best: the run folder was changed by hand or by another run");
-    if (!config_.quiet && state_.bad_epochs >= config_.early_stop &&
-        state_.epoch_done < config_.epochs)
+    if (!config_.run.quiet && state_.bad_epochs >= config_.optim.early_stop &&
+        state_.epoch_done < config_.optim.epochs)
       fmt::print("{}early stop: no better validation {} for {} epochs\n", label_,
-                 config_.select_metric, config_.early_stop);
+                 config_.optim.select_metric, config_.optim.early_stop);
     EvaluateOptions eo;
     eo.checkpoint = best_path_.string();
-    eo.device = config_.device;
-    eo.bootstrap = config_.bootstrap;
-    eo.wordnet = config_.wordnet;
+    eo.device = config_.run.device;
+    eo.bootstrap = config_.eval.bootstrap;
+    eo.wordnet = config_.eval.wordnet;
     eo.reports_out = (out_dir_ / "reports" / "test.jsonl").string();
     result.test = evaluate_checkpoint(eo);
     {
@@ -1106,10 +1107,10 @@ class TrainingRun {
       if (test_json.fail())
         throw TrainError("writing " + (out_dir_ / "test.json").string() + " failed");
     }
-    if (!config_.plots) return;
+    if (!config_.run.plots) return;
     const std::string png = (out_dir_ / "curves.png").string();
     const std::string note = plot_runs({out_dir_.string()}, {"train"}, png);
-    if (!config_.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
+    if (!config_.run.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
   }
 
   dist::Group* group_;                                ///< data-parallel runs; null in one process
@@ -1137,7 +1138,7 @@ template <class Traits>
 TrainResult train_model(TrainConfig config, ihn::StateDict resume_state,
                         std::chrono::steady_clock::time_point t_start, dist::Group* group) {
   // Before the data are built: the synthetic set's rendering runs on LibTorch's threads.
-  if (config.threads > 0) at::set_num_threads(config.threads);
+  if (config.run.threads > 0) at::set_num_threads(config.run.threads);
   return TrainingRun<Traits>(std::move(config), resume_state, group).run(t_start);
 }
 
