@@ -1403,6 +1403,23 @@ TEST_CASE(
   CHECK(two[0].second == Approx(one[0].second).epsilon(1e-6));
   for (size_t i = 0; i < one.size(); ++i)
     CHECK(two[i].second == Approx(one[i].second).epsilon(1e-4));
+  {  // The test split, decoded in two blocks and gathered: what one process makes of best.pt.
+    const auto sharded = nlohmann::json::parse(slurp(root / "two_off" / "test.json"));
+    ihn_toolkit::train::EvaluateOptions eo;
+    eo.checkpoint = (root / "two_off" / "best.pt").string();
+    eo.bootstrap = c.eval.bootstrap;
+    const auto whole = ihn_toolkit::train::evaluate_checkpoint(eo);
+    for (const char* field : {"ids", "hypotheses", "references"})
+      CHECK(sharded.at("per_example_data").at(field) == whole.at("per_example_data").at(field));
+    for (const char* metric : {"BLEU_4", "CIDEr", "METEOR_esw", "ROUGE_L", "clinical", "distinct"})
+      CHECK(sharded.at(metric) == whole.at(metric));
+    CHECK(sharded.at("config") == whole.at("config"));
+    // Features of a 6-study block round as those of the 12-study batch do to float32 precision.
+    const auto r1 = [](const nlohmann::json& j) {
+      return j.at("retrieval").at("image_to_report").at("R@1").get<double>();
+    };
+    CHECK(r1(sharded) == Approx(r1(whole)).margin(1e-9));
+  }
   // With ihn (the library's equivalence is the test above): rank 0's checkpoint holds the
   // bank of every rank's reports and every rank's generator.
   REQUIRE(train(root / "two", {"--nproc", "2"}) == 0);

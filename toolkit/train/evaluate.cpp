@@ -19,11 +19,7 @@ using namespace session;  // NOLINT: the trainer's shared pieces
 // ------------------------------------------------------------------------------------------
 // Evaluation and generation
 
-namespace {
-
-/// The checkpoint's config as evaluation runs it: another annotation or precision when asked,
-/// and no pretraining (the checkpoint holds the extractor's weights).
-TrainConfig evaluation_config(const EvaluateOptions& options, TrainConfig c) {
+TrainConfig session::evaluation_config(const EvaluateOptions& options, TrainConfig c) {
   if (!options.ann.empty()) {
     c.data.source = "annotation";
     c.data.ann = options.ann;
@@ -37,6 +33,8 @@ TrainConfig evaluation_config(const EvaluateOptions& options, TrainConfig c) {
   validate(c);
   return c;
 }
+
+namespace {
 
 const ihn_toolkit::data::ReportDataset& split_of(const RunData& data, const std::string& name) {
   const ihn_toolkit::data::ReportDataset* split = name == "test"    ? data.test.get()
@@ -73,23 +71,10 @@ void add_retrieval(json& j, const Decoded& dec) {
                            {"i2r_nearest_similarity", nearest.similarity}};
 }
 
-template <class Model>
-json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model>& ck) {
-  const TrainConfig c = evaluation_config(options, ck.config);
-  if (options.threads > 0) at::set_num_threads(options.threads);
-  const auto device = parse_device(options.device);
-  RunData data = build_data(c);
-  if (data.tokenizer.tokens() != ck.tokenizer.tokens())
-    throw TrainError(options.checkpoint + ": its vocabulary (" +
-                     std::to_string(ck.tokenizer.vocab_size()) +
-                     " tokens) differs from the one built from the data (" +
-                     std::to_string(data.tokenizer.vocab_size()) +
-                     " tokens): evaluate with the annotation the model was trained on");
-  Model model = ck.model;
-  place_model(model, c, device);
-  const int beam = beam_size_for(options.beam_size, c);
-  auto dec =
-      decode_split(model, split_of(data, options.split), ck.tokenizer, c, beam, device, true);
+}  // namespace
+
+json session::score_decoded(const EvaluateOptions& options, const TrainConfig& c,
+                            const Decoded& dec, int beam) {
   if (!options.reports_out.empty()) write_reports(options.reports_out, dec);
 
   std::vector<ihn::eval::Example> examples;
@@ -113,6 +98,29 @@ json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model
     j["config"].erase(runtime);
   j["provenance"] = provenance();
   return j;
+}
+
+namespace {
+
+template <class Model>
+json evaluate_model(const EvaluateOptions& options, const LoadedCheckpoint<Model>& ck) {
+  const TrainConfig c = evaluation_config(options, ck.config);
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  const auto device = parse_device(options.device);
+  RunData data = build_data(c);
+  if (data.tokenizer.tokens() != ck.tokenizer.tokens())
+    throw TrainError(options.checkpoint + ": its vocabulary (" +
+                     std::to_string(ck.tokenizer.vocab_size()) +
+                     " tokens) differs from the one built from the data (" +
+                     std::to_string(data.tokenizer.vocab_size()) +
+                     " tokens): evaluate with the annotation the model was trained on");
+  Model model = ck.model;
+  place_model(model, c, device);
+  const int beam = beam_size_for(options.beam_size, c);
+  return score_decoded(
+      options, c,
+      decode_split(model, split_of(data, options.split), ck.tokenizer, c, beam, device, true),
+      beam);
 }
 
 template <class Model>

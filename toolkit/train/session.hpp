@@ -408,6 +408,16 @@ inline void write_reports(const std::string& path, const Decoded& d) {
   if (out.fail()) throw TrainError("writing " + path + " failed (disk full?)");
 }
 
+/// The checkpoint's config as evaluation runs it: another annotation or precision when asked,
+/// and no pretraining (the checkpoint holds the extractor's weights). evaluate.cpp.
+TrainConfig evaluation_config(const EvaluateOptions& options, TrainConfig c);
+
+/// evaluate_checkpoint's result for a decoded split (with features): the metrics with their
+/// bootstrap intervals, retrieval, each study's closest reports, the config `c` and provenance;
+/// writes options.reports_out when set. evaluate.cpp.
+json score_decoded(const EvaluateOptions& options, const TrainConfig& c, const Decoded& dec,
+                   int beam);
+
 inline std::string format_score(double value) {
   return fmt::format("{:.4f}", value);
 }

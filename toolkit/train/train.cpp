@@ -587,8 +587,8 @@ class TrainingRun {
     result.best_epoch = static_cast<int>(state_.best_epoch);
     result.best_val_score = state_.best_score;
     result.epoch_losses = state_.epoch_losses;
-    // The test split is decoded once, by rank 0 (it writes the run's files).
-    if (!result.interrupted && main_rank() && fs::exists(best_path_)) finish(result);
+    // Every rank takes part in the test evaluation (each decodes its block); rank 0 writes.
+    if (!result.interrupted && state_.best_epoch > 0) finish(result);
     result.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     return result;
@@ -619,13 +619,18 @@ class TrainingRun {
   }
   int64_t world() const { return group_ ? group_->world_size() : 1; }
 
-  /// Every rank starts from rank 0's weights (as DDP broadcasts them), and each rank's dropout
-  /// draws its own stream: rank r's saved one on resume, else one seeded from (seed, rank).
-  void synchronise_start(const ihn::StateDict& resume_state) {
+  /// The model's weights and buffers become rank 0's.
+  void broadcast_weights() {
     std::vector<at::Tensor> tensors;
     for (const auto& p : model_->parameters()) tensors.push_back(p.data());
     for (const auto& b : model_->buffers()) tensors.push_back(b);
     group_->broadcast(tensors);
+  }
+
+  /// Every rank starts from rank 0's weights (as DDP broadcasts them), and each rank's dropout
+  /// draws its own stream: rank r's saved one on resume, else one seeded from (seed, rank).
+  void synchronise_start(const ihn::StateDict& resume_state) {
+    broadcast_weights();
     if (group_->rank() == 0) return;
     const std::string key = "rng.cpu.rank" + std::to_string(group_->rank());
     const auto saved = resume_state.find(key);
@@ -1006,10 +1011,41 @@ class TrainingRun {
                                          static_cast<size_t>(world())};
     auto part = decode_split(model_, *data_.val, data_.tokenizer, config_, config_.eval.beam_size,
                              device_, false, shard);
+    return gather_decoded(part, false);
+  }
+
+  /// Every rank's block of a decoded split, in rank order (the split's order), on every rank;
+  /// `features`: also the retrieval features (decode_split's).
+  Decoded gather_decoded(const Decoded& part, bool features) {
     Decoded all;
     all.ids = group_->all_gather_strings(part.ids);
     all.hypotheses = group_->all_gather_strings(part.hypotheses);
     all.references = group_->all_gather_strings(part.references);
+    if (!features) return all;
+    const auto collective = group_->collective();
+    const auto layout = ihn::detail::row_layout(*collective, static_cast<int64_t>(part.ids.size()),
+                                                at::Device(at::kCPU));
+    auto gather = [&](const std::vector<std::vector<float>>& rows) {
+      // A rank with no studies still sends a (0, D) block: D is the model's width, which the
+      // features of both ports have (checked against the rows a rank holds).
+      const int64_t width = config_.model.d_model;
+      auto local = at::empty({static_cast<int64_t>(rows.size()), width}, at::kFloat);
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (static_cast<int64_t>(rows[i].size()) != width)
+          throw TrainError("decoded features have " + std::to_string(rows[i].size()) +
+                           " columns, the model's width is " + std::to_string(width));
+        std::copy(rows[i].begin(), rows[i].end(), local[static_cast<int64_t>(i)].data_ptr<float>());
+      }
+      const auto global = ihn::detail::gather_rows(*collective, local, layout).contiguous();
+      std::vector<std::vector<float>> out;
+      for (int64_t r = 0; r < global.size(0); ++r) {
+        const float* row = global[r].data_ptr<float>();
+        out.emplace_back(row, row + width);
+      }
+      return out;
+    };
+    all.image_features = gather(part.image_features);
+    all.report_features = gather(part.report_features);
     return all;
   }
 
@@ -1079,16 +1115,10 @@ class TrainingRun {
     std::fflush(stdout);
   }
 
-  /// best.pt on the test split (test.json, reports/test.jsonl) and the curves.
+  /// best.pt on the test split (test.json, reports/test.jsonl) and the curves. Data-parallel:
+  /// every rank decodes its block of the split (evaluate_test_sharded), rank 0 writes.
   void finish(TrainResult& result) {
-    // The weights scored below must be the epoch the log calls best.
-    const double best_file_epoch =
-        tensor_scalar(ihn::load_state(best_path_), "trainer.epoch", best_path_.string());
-    if (static_cast<int64_t>(best_file_epoch) != state_.best_epoch)
-      throw TrainError(best_path_.string() + " holds epoch " +
-                       std::to_string(static_cast<int64_t>(best_file_epoch)) + ", but " +
-                       last_path_.string() + " names epoch " + std::to_string(state_.best_epoch) +
-                       " as the best: the run folder was changed by hand or by another run");
+    if (main_rank()) check_best_file();
     if (!config_.run.quiet && state_.bad_epochs >= config_.optim.early_stop &&
         state_.epoch_done < config_.optim.epochs)
       fmt::print("{}early stop: no better validation {} for {} epochs\n", label_,
@@ -1098,8 +1128,9 @@ class TrainingRun {
     eo.device = config_.run.device;
     eo.bootstrap = config_.eval.bootstrap;
     eo.wordnet = config_.eval.wordnet;
-    eo.reports_out = (out_dir_ / "reports" / "test.jsonl").string();
-    result.test = evaluate_checkpoint(eo);
+    if (main_rank()) eo.reports_out = (out_dir_ / "reports" / "test.jsonl").string();
+    result.test = group_ ? evaluate_test_sharded(eo) : evaluate_checkpoint(eo);
+    if (!main_rank()) return;
     {
       std::ofstream test_json((out_dir_ / "test.json").string());
       test_json << result.test.dump(2) << "\n";
@@ -1111,6 +1142,38 @@ class TrainingRun {
     const std::string png = (out_dir_ / "curves.png").string();
     const std::string note = plot_runs({out_dir_.string()}, {"train"}, png);
     if (!config_.run.quiet) fmt::print("{}{}\n", label_, note.empty() ? "plots: " + png : note);
+  }
+
+  /// The weights scored on the test split must be the epoch the log calls best.
+  void check_best_file() const {
+    const double best_file_epoch =
+        tensor_scalar(ihn::load_state(best_path_), "trainer.epoch", best_path_.string());
+    if (static_cast<int64_t>(best_file_epoch) != state_.best_epoch)
+      throw TrainError(best_path_.string() + " holds epoch " +
+                       std::to_string(static_cast<int64_t>(best_file_epoch)) + ", but " +
+                       last_path_.string() + " names epoch " + std::to_string(state_.best_epoch) +
+                       " as the best: the run folder was changed by hand or by another run");
+  }
+
+  /// The test split scored with best.pt's weights on every rank: rank 0 reads the file and
+  /// broadcasts them (ranks on other machines have no run folder), each rank decodes its block
+  /// of the split, and rank 0 scores the gathered split as evaluate_checkpoint does (the same
+  /// config, from the checkpoint). The model's weights are best.pt's afterwards.
+  json evaluate_test_sharded(const EvaluateOptions& eo) {
+    std::optional<Checkpoint> best;
+    if (main_rank()) {
+      best = read_checkpoint(best_path_.string());
+      load_model(*model_, best->state, best_path_.string());
+    }
+    broadcast_weights();
+    const TrainConfig c = evaluation_config(eo, config_);
+    const int beam = beam_size_for(eo.beam_size, c);
+    const ihn_toolkit::data::Shard shard{static_cast<size_t>(group_->rank()),
+                                         static_cast<size_t>(world())};
+    const auto all = gather_decoded(
+        decode_split(model_, *data_.test, data_.tokenizer, c, beam, device_, true, shard), true);
+    if (!main_rank()) return {};
+    return score_decoded(eo, evaluation_config(eo, best->config), all, beam);
   }
 
   dist::Group* group_;                                ///< data-parallel runs; null in one process
