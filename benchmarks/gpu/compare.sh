@@ -138,6 +138,12 @@ if [[ $SKIP_BUILD == 0 ]]; then
   if [[ $MODE == cuda ]]; then
     TORCH_CMAKE=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
     prefix=(-DCMAKE_PREFIX_PATH="$TORCH_CMAKE")
+    if [[ -d $REPO/.gpu-deps ]]; then  # Debian's headers carried along (deps.sh fetch)
+      eval "$("$HERE/deps.sh" env)"
+      # shellcheck disable=SC2206  # the arguments are meant to split
+      prefix=(-DCMAKE_PREFIX_PATH="$IHN_DEPS_PREFIX;$TORCH_CMAKE" $IHN_DEPS_CMAKE_ARGS)
+      say "build dependencies from .gpu-deps (unpacked in $IHN_DEPS)"
+    fi
     say "LibTorch from $TORCH_CMAKE"
   fi  # the CPU test builds against the system's LibTorch (Debian's)
   gen=()
