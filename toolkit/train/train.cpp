@@ -301,8 +301,8 @@ TrainResult train(TrainConfig config) {
     // One GPU per local rank, as torchrun users expect; more ranks than GPUs share them
     // round-robin (Gloo stages CUDA tensors through the host, so that works, only slower).
     if (config.run.device.rfind("cuda", 0) == 0 && torch::cuda::device_count() > 0)
-      config.run.device =
-          fmt::format("cuda:{}", env.local_rank % static_cast<int64_t>(torch::cuda::device_count()));
+      config.run.device = fmt::format(
+          "cuda:{}", env.local_rank % static_cast<int64_t>(torch::cuda::device_count()));
     group = std::make_unique<dist::Group>(env, std::chrono::seconds(config.run.dist_timeout));
   }
   return dispatch_model(config.model.architecture, [&](auto traits) {
