@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 
@@ -199,44 +200,18 @@ std::string examples_markdown(const nlohmann::json& examples, const std::vector<
   return o.str();
 }
 
-void run_compare(CompareArgs& a) {
-  if (a.seeds < 1) throw ihn::cli::CommandError("--seeds must be >= 1");
-  const auto arms = parse_arms(a.arms);
-  if (a.jobs < 1) throw ihn::cli::CommandError("--jobs must be >= 1");
-  // Children get SIGINT from the terminal too; they save and exit, and so do we.
-  std::signal(SIGINT, SIG_IGN);
-  std::signal(SIGTERM, SIG_IGN);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  struct Run {
-    TrainConfig config;
-    int arm = 0;
-    pid_t pid = 0;
-    double started = -1, finished = -1;  ///< seconds since the start of compare
-  };
-  // Seconds left: the mean duration of the finished runs for every run not started, `jobs` at a
-  // time, after the longest remainder of the running ones.
-  auto seconds_left = [&](const std::vector<Run>& all) {
-    double sum = 0;
-    int finished = 0, waiting = 0;
-    for (const auto& r : all)
-      if (r.finished > r.started) {
-        sum += r.finished - r.started;
-        ++finished;
-      }
-    if (finished == 0) return 0.0;
-    const double mean = sum / finished;
-    double running_left = 0;
-    for (const auto& r : all) {
-      if (r.started < 0 && r.finished < 0) ++waiting;
-      if (r.started >= 0 && r.finished < 0)
-        running_left = std::max(running_left, mean - (elapsed() - r.started));
-    }
-    return running_left + std::ceil(static_cast<double>(waiting) / a.jobs) * mean;
-  };
-  std::vector<Run> runs;
+/// One training run of the comparison: a seed and an arm, run as an `ihn train` child.
+struct CompareRun {
+  TrainConfig config;
+  int arm = 0;
+  pid_t pid = 0;
+  double started = -1, finished = -1;  ///< seconds since the start of compare
+};
+
+/// The runs, seeds x arms: the preset and the recipe options given, then what each arm and seed
+/// sets (its ihn mode, seed, folder, label).
+std::vector<CompareRun> plan_runs(const CompareArgs& a, const std::vector<std::string>& arms) {
+  std::vector<CompareRun> runs;
   for (int s = 0; s < a.seeds; ++s)
     for (int arm = 0; arm < static_cast<int>(arms.size()); ++arm) {
       TrainConfig c;
@@ -261,15 +236,15 @@ void run_compare(CompareArgs& a) {
                     "]";
       c.eval.bootstrap = 0;  // the comparison bootstraps itself
       ihn_toolkit::train::validate(c);
-      runs.push_back({c, arm, 0});
+      runs.push_back({c, arm});
     }
-  if (!a.table_only)
-    fmt::print("ihn compare: {} seed(s) x {{{}}}, preset {}, {} run(s) at a time, output {}\n",
-               a.seeds, a.arms, a.preset, a.jobs, a.out);
-  std::fflush(stdout);
-  // One pretrained extractor for every run, made here (with all the runs' threads) before
-  // they start, so parallel runs neither race to write it nor train it twice.
-  if (!a.table_only && runs.front().config.model.pretraining.enabled &&
+  return runs;
+}
+
+/// One pretrained extractor for every run, made here (with all the runs' threads) before they
+/// start, so parallel runs neither race to write it nor train it twice.
+void pretrain_once(const CompareArgs& a, std::vector<CompareRun>& runs) {
+  if (runs.front().config.model.pretraining.enabled &&
       runs.front().config.model.visual_init.empty()) {
     const TrainConfig& c = runs.front().config;
     auto p = ihn_toolkit::train::pretrain_config_for(c);
@@ -283,6 +258,33 @@ void run_compare(CompareArgs& a) {
     std::fflush(stdout);
     for (auto& run : runs) run.config.model.visual_init = path;
   }
+}
+
+/// Seconds left: the mean duration of the finished runs for every run not started, `jobs` at a
+/// time, after the longest remainder of the running ones (`now`: seconds since the start).
+double seconds_left(const std::vector<CompareRun>& all, int jobs, double now) {
+  double sum = 0;
+  int finished = 0, waiting = 0;
+  for (const auto& r : all)
+    if (r.finished > r.started) {
+      sum += r.finished - r.started;
+      ++finished;
+    }
+  if (finished == 0) return 0.0;
+  const double mean = sum / finished;
+  double running_left = 0;
+  for (const auto& r : all) {
+    if (r.started < 0 && r.finished < 0) ++waiting;
+    if (r.started >= 0 && r.finished < 0)
+      running_left = std::max(running_left, mean - (now - r.started));
+  }
+  return running_left + std::ceil(static_cast<double>(waiting) / jobs) * mean;
+}
+
+/// Trains every run, `jobs` children at a time (reusing finished ones with --reuse), and
+/// prints each one's test scores as it ends. Throws when a run fails or is interrupted.
+void execute_runs(const CompareArgs& a, std::vector<CompareRun>& runs,
+                  const std::function<double()>& elapsed) {
   size_t next = a.table_only ? runs.size() : 0, done = a.table_only ? runs.size() : 0;
   int running = 0;
   bool failed = false;
@@ -332,12 +334,18 @@ void run_compare(CompareArgs& a) {
             "left\n",
             r.config.run.label, t.at("BLEU_4").get<double>(),
             t.at("retrieval").at("image_to_report").at("R@1").get<double>(), done, runs.size(),
-            elapsed(), seconds_left(runs));
+            elapsed(), seconds_left(runs, a.jobs, elapsed()));
         std::fflush(stdout);
       }
   }
   if (failed || done < runs.size())
     throw ihn::cli::CommandError("not every run finished; results so far are in " + a.out, 130);
+}
+
+/// The comparison of the finished runs: the table (compare.md), compare.json, the examples that
+/// differ between arms, the curves and report.html, and a verdict per arm.
+void summarize(const CompareArgs& a, const std::vector<std::string>& arms,
+               const std::vector<CompareRun>& runs, const std::function<double()>& elapsed) {
   std::vector<std::vector<nlohmann::json>> evals(arms.size());
   std::vector<std::string> dirs, titles;
   for (const auto& r : runs) {
@@ -390,6 +398,28 @@ void run_compare(CompareArgs& a) {
       "{}/compare.md, {}/compare.json{}\n{}{}total {:.0f} s\n",
       a.out, a.out, note.empty() ? ", " + a.out + "/curves.png" : std::string(), note,
       note.empty() ? "" : "\n", elapsed());
+}
+
+void run_compare(CompareArgs& a) {
+  if (a.seeds < 1) throw ihn::cli::CommandError("--seeds must be >= 1");
+  const auto arms = parse_arms(a.arms);
+  if (a.jobs < 1) throw ihn::cli::CommandError("--jobs must be >= 1");
+  // Children get SIGINT from the terminal too; they save and exit, and so do we.
+  std::signal(SIGINT, SIG_IGN);
+  std::signal(SIGTERM, SIG_IGN);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::function<double()> elapsed = [t0] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  auto runs = plan_runs(a, arms);
+  if (!a.table_only) {
+    fmt::print("ihn compare: {} seed(s) x {{{}}}, preset {}, {} run(s) at a time, output {}\n",
+               a.seeds, a.arms, a.preset, a.jobs, a.out);
+    std::fflush(stdout);
+    pretrain_once(a, runs);
+  }
+  execute_runs(a, runs, elapsed);
+  summarize(a, arms, runs, elapsed);
 }
 
 void add_compare_command(CLI::App& app) {
