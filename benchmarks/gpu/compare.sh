@@ -163,6 +163,10 @@ if [[ $MODE == cuda ]]; then
 else
   PORT_LIBTORCH="the system's LibTorch (Debian's when built by this script)"
 fi
+# The kit's shared libraries (libstemmer) for the programs, also when the build was skipped.
+if [[ $MODE == cuda && -d $REPO/.gpu-deps && -z ${IHN_DEPS:-} ]]; then
+  eval "$("$HERE/deps.sh" env)"
+fi
 BIN=$BUILD/bin
 [[ -x $BIN/bench_r2gen && -x $BIN/bench_cmn ]] || { say "no $BIN/bench_r2gen or bench_cmn"; exit 1; }
 
