@@ -18,7 +18,7 @@
 #   6. augmenter `bench_augmenter 16 10 mimic cuda`: loss() at MIMIC-CXR scale (270,000 reports),
 #                float32 against compact storage, on the GPU
 # Then, in a second call on the same warm machine, the ports against the official code:
-#   benchmarks/gpu/compare.sh --build-dir build-gpu --skip-build
+#   benchmarks/gpu/compare.sh --build-dir build-gpu --skip-build   (carry .official and .gpu-deps)
 #
 #   --cpu        the same on the CPU (fp16 left out), against the system's LibTorch: a test of this
 #                script on a machine without a GPU
