@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_batch.hpp"
 #include "bench_device.hpp"
 #include "cmn.hpp"
 #include "nn/fused_adam.hpp"
@@ -146,19 +147,8 @@ int main(int argc, char** argv) {
   if (layout == "nhwc") ihn_toolkit::nn::to_channels_last(*model->visual_extractor);
   model->to(device);  // before the optimiser is built: its parameters are the device's
 
-  auto images = torch::randn({batch, 2, 3, image, image});
-  // 16 reports of lengths 21..60 (sum 617 as in the baseline batch), BOS 0 ... EOS 0.
-  auto ids = torch::zeros({batch, max_len}, torch::kLong);
-  auto masks = torch::zeros({batch, max_len});
-  std::vector<int64_t> lengths = {60, 60, 22, 35, 41, 28, 36, 45, 30, 33, 38, 40, 44, 50, 25, 30};
-  for (int64_t b = 0; b < batch; ++b) {
-    const auto len = lengths[b];
-    ids[b].narrow(0, 1, len - 2).copy_(torch::randint(1, vocab + 1, {len - 2}));
-    masks[b].narrow(0, 0, len).fill_(1);
-  }
-  images = images.to(device);
-  ids = ids.to(device);
-  masks = masks.to(device);
+  const auto input = ihn_bench::baseline_batch(vocab, image, device);
+  const auto &images = input.images, &ids = input.ids, &masks = input.masks;
   const double rss_built = maxrss_mib();
 
   std::vector<double> times;
