@@ -2,17 +2,11 @@
 // the optimiser's state live, and a synchronisation point before every clock read, so that a
 // timed region includes the GPU work queued in it (CUDA kernels run asynchronously).
 //
-// torch::cuda::is_available() and torch::cuda::synchronize() are part of LibTorch's C++ API in
-// every version the project builds with (1.13 and 2.x), also in a CPU-only build, where
-// is_available() is false and synchronize() is never reached.
+// torch::cuda::is_available() and torch::cuda::synchronize() (torch/torch.h includes them) are
+// part of LibTorch's C++ API in 1.13 and 2.x, also in a CPU-only build, where is_available() is
+// false and synchronize() is never reached.
 #pragma once
 #include <torch/torch.h>
-#if __has_include(<torch/cuda.h>)
-#include <torch/cuda.h>
-#define IHN_BENCH_HAS_TORCH_CUDA 1
-#else
-#define IHN_BENCH_HAS_TORCH_CUDA 0
-#endif
 
 #include <stdexcept>
 #include <string>
@@ -23,20 +17,12 @@ inline bool is_device_flag(const std::string& flag) {
   return flag == "cpu" || flag == "cuda";
 }
 
-inline bool cuda_available() {
-#if IHN_BENCH_HAS_TORCH_CUDA
-  return torch::cuda::is_available();
-#else
-  return false;
-#endif
-}
-
 /// "cpu" or "cuda" -> the device; throws std::runtime_error, saying why, when CUDA is asked for
 /// and this LibTorch build or machine has none.
 inline torch::Device parse_device(const std::string& name) {
   if (name == "cpu") return torch::Device(torch::kCPU);
   if (name != "cuda") throw std::runtime_error("unknown device " + name + " (use cpu or cuda)");
-  if (!cuda_available())
+  if (!torch::cuda::is_available())
     throw std::runtime_error(
         "device cuda requested, but torch::cuda::is_available() is false: this LibTorch is a "
         "CPU-only build or no CUDA device is visible (build against a CUDA LibTorch, e.g. "
@@ -46,11 +32,7 @@ inline torch::Device parse_device(const std::string& name) {
 
 /// Waits until the work queued on `device` is done (a no-op on the CPU, where it already is).
 inline void synchronize(const torch::Device& device) {
-#if IHN_BENCH_HAS_TORCH_CUDA
   if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
-#else
-  (void)device;
-#endif
 }
 
 }  // namespace ihn_bench
