@@ -9,4 +9,7 @@ export IHN_WITH_BROWSER=${IHN_WITH_BROWSER:-1} IHN_REQUIRE_BROWSER=${IHN_REQUIRE
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/build.sh"
 cd "$root/build"
+# The tests need about 5 GB at their peak (README): say what was free.
+echo "ihn: $(df -h --output=avail . | tail -1 | tr -d ' ') free on the build disk before the tests"
+trap 'echo "ihn: $(df -h --output=avail . | tail -1 | tr -d " ") free after the tests"' EXIT
 ctest --output-on-failure --no-tests=error -j "${IHN_TEST_JOBS:-2}" "$@"

@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "scratch.hpp"
+
 #include <filesystem>
 #include <string>
 
@@ -19,12 +21,6 @@ inline std::filesystem::path fixtures_dir() {
   return shared_dir() / "fixtures";
 }
 
-/// A scratch folder under the build tree, emptied for each caller that asks by name.
-inline std::filesystem::path scratch_dir(const std::string& name) {
-  auto dir = std::filesystem::path(IHN_TEST_TMPDIR) / name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+using ihn_test::scratch_dir;
 
 }  // namespace ihn_eval_test

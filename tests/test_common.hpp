@@ -8,6 +8,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "scratch.hpp"
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -37,14 +39,6 @@ inline torch::Device test_device() {
     if (!device.has_index()) device = torch::Device(torch::kCUDA, 0);  // what .to("cuda") gives
   }
   return device;
-}
-
-/// A scratch folder under the build tree, emptied for each caller that asks by name.
-inline std::filesystem::path scratch_dir(const std::string& name) {
-  auto dir = std::filesystem::path(IHN_TEST_TMPDIR) / name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
 }
 
 /// Debian's interpreter, where python3-torch installs; IHN_PYTHON overrides it (the ctest entry
