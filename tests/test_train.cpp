@@ -1447,6 +1447,14 @@ TEST_CASE(
     REQUIRE(train(root / "killed", {"--nproc", "2", "--resume"}) == 0);
     require_identical(root / "two" / "last.pt", root / "killed" / "last.pt");
   }
+  SECTION("SIGTERM to one rank stops every rank at the same step; --resume finishes exactly") {
+    // Rank 1 is signalled after logging step 3: its flag reaches rank 0 in step 4's reduction.
+    REQUIRE(train(root / "stopped", {"--nproc", "2"},
+                  {"IHN_KILL_AT=step@3", "IHN_KILL_RANK=1", "IHN_KILL_SIGNAL=TERM"}) == 0);
+    CHECK(logged_steps(root / "stopped" / "log.jsonl").size() == 4);
+    REQUIRE(train(root / "stopped", {"--nproc", "2", "--resume"}) == 0);
+    require_identical(root / "two" / "last.pt", root / "stopped" / "last.pt");
+  }
   SECTION("a hung rank: the others stop within --dist-timeout") {
     const auto t0 = std::chrono::steady_clock::now();
     const int status = train(root / "hung", {"--nproc", "2", "--dist-timeout", "3"},

@@ -109,9 +109,10 @@ void kill_point(const char* point) {
   }
   if (++hits == target.second) {
     std::fflush(nullptr);
-    // IHN_KILL_SIGNAL=STOP: the process hangs instead of dying (a stuck worker).
-    const char* how = std::getenv("IHN_KILL_SIGNAL");
-    std::raise(how && std::string(how) == "STOP" ? SIGSTOP : SIGKILL);
+    // IHN_KILL_SIGNAL=STOP: the process hangs instead of dying (a stuck worker); TERM: it is
+    // asked to stop, as by a scheduler (the run saves and ends at the next step).
+    const std::string how = std::getenv("IHN_KILL_SIGNAL") ? std::getenv("IHN_KILL_SIGNAL") : "";
+    std::raise(how == "STOP" ? SIGSTOP : how == "TERM" ? SIGTERM : SIGKILL);
   }
 }
 
@@ -922,10 +923,10 @@ class TrainingRun {
         forward(ctx, batch, negative_set, lambda);
       }
       step(ctx);
-      record_step(epoch, ctx, b);
+      const bool stop = record_step(epoch, ctx, b);
       ++r.done;
       print_progress(epoch, b, skip, t_steps);
-      if (agreed_stop() || budget_spent()) {
+      if (stop || budget_spent()) {
         r.interrupted = b < batches_per_epoch();
         break;
       }
@@ -935,16 +936,20 @@ class TrainingRun {
     return r;
   }
 
-  void record_step(int64_t epoch, ihn::BatchContext& ctx, int64_t batch) {
+  /// Logs the step; returns whether to stop (a signal seen by any rank: with several ranks the
+  /// flag rides in the same all-reduce as the logged numbers, so all stop at the same step).
+  bool record_step(int64_t epoch, ihn::BatchContext& ctx, int64_t batch) {
     double loss = ctx.loss.item<double>();
+    bool stop = stop_requested();
     if (group_) {  // the global batch's numbers: each rank's contribution, averaged
-      std::vector<double> values{loss};
+      std::vector<double> values{stop ? 1.0 : 0.0, loss};
       for (const auto& [k, v] : ctx.logs) values.push_back(v);
       auto t = torch::tensor(values, torch::kFloat64);
       group_->all_reduce_sum({t});
+      stop = t[0].item<double>() > 0;
       t.div_(static_cast<double>(world()));
-      loss = t[0].item<double>();
-      int64_t i = 1;
+      loss = t[1].item<double>();
+      int64_t i = 2;
       for (auto& [k, v] : ctx.logs) v = t[i++].item<double>();
     }
     state_.loss_sum += loss;
@@ -956,6 +961,7 @@ class TrainingRun {
     for (const auto& [k, v] : ctx.logs) row[k] = v;
     if (main_rank()) log_ << row.dump() << "\n";
     kill_point("step");
+    return stop;
   }
 
   bool tty() const { return !config_.run.quiet && isatty(fileno(stdout)); }
