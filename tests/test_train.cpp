@@ -1143,6 +1143,59 @@ TEST_CASE("distributed: 2 ranks x 8 train as 1 rank x 16 and hold the identical 
   CHECK(close(ranks[1].alignment_grad, single.alignment_grad.narrow(0, 8, 8)));
 }
 
+TEST_CASE("distributed: the CUDA backend is chosen as asked, and NCCL refused with the reason",
+          "[train]") {
+  namespace dist = ihn_toolkit::train::dist;
+  if (!dist::available()) return;  // no Gloo: `ihn version` says so, --nproc refuses
+  // One rank: a real group, no peer to wait for; a fresh port each time.
+  auto group = [](dist::DeviceBackend backend) {
+    dist::Environment env;
+    env.master_port = dist::free_port();
+    return std::make_unique<dist::Group>(env, std::chrono::seconds(10), backend);
+  };
+  CHECK(group(dist::DeviceBackend::automatic)->backend_name() == "gloo");  // a CPU run
+  CHECK(group(dist::DeviceBackend::gloo)->backend_name() == "gloo");
+  // A CPU run cannot use NCCL; without NCCL in the build, no run can.
+  CHECK_THROWS_WITH(group(dist::DeviceBackend::nccl),
+                    Catch::Contains("--dist-backend nccl: ") &&
+                        Catch::Contains(dist::nccl_available() ? "on the CPU" : "no NCCL"));
+  CHECK(dist::parse_device_backend("auto") == dist::DeviceBackend::automatic);
+  CHECK_THROWS_AS(dist::parse_device_backend("mpi"), dist::DistributedError);
+}
+
+// On a GPU with a LibTorch that has NCCL (ctest test_train_nccl): a one-rank NCCL group carries
+// the CUDA tensors — broadcast, all-reduce, the library's all-gather and the gradient averager —
+// while host tensors stay on Gloo. One GPU cannot hold two NCCL ranks; more need more GPUs.
+TEST_CASE("distributed: NCCL carries CUDA tensors, Gloo the host's", "[.][nccl]") {
+  namespace dist = ihn_toolkit::train::dist;
+  REQUIRE(dist::nccl_available());
+  REQUIRE(ihn_test::test_device().is_cuda());
+  dist::Environment env;
+  env.master_port = dist::free_port();
+  dist::Group group(env, std::chrono::seconds(30), dist::DeviceBackend::nccl, 0);
+  CHECK(group.backend_name() == "gloo (host), nccl (cuda)");
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA, 0);
+  auto values = torch::arange(6, cuda.dtype(torch::kFloat32));
+  auto host = torch::tensor({2.0}, torch::kFloat64);
+  group.all_reduce_sum({values, host});  // one rank: sums are the values
+  CHECK(torch::equal(values.cpu(), torch::arange(6, torch::kFloat32)));
+  CHECK(host.item<double>() == 2.0);
+  auto weights = torch::ones({3}, cuda);
+  group.broadcast({weights});
+  CHECK(weights.sum().item<float>() == 3.0f);
+  const auto gathered = group.collective()->all_gather(values);
+  REQUIRE(gathered.size() == 1);
+  CHECK(gathered[0].is_cuda());
+  CHECK(torch::equal(gathered[0], values));
+  auto param = torch::ones({4}, cuda.requires_grad(true));
+  dist::GradientAverager averager(group, {param});
+  averager.prepare();
+  (param * 3).sum().backward();
+  averager.finish();
+  CHECK(torch::equal(param.grad().cpu(), torch::full({4}, 3.0f)));
+  CHECK(group.all_gather_strings({"host"}) == std::vector<std::string>{"host"});
+}
+
 // ------------------------------------------------------------------------------------------
 // Fault injection (issue 13): `ihn train` killed with SIGKILL at named moments around every
 // checkpoint write (IHN_KILL_AT, train.cpp) and at random times, then restarted the way a user

@@ -19,9 +19,11 @@ void add_version_command(CLI::App& app) {
     std::cout << "ihn " << ihn::version_string << " (LibTorch " << TORCH_VERSION << ")\n"
               << ihn_toolkit::nn::precision_support() << "\n"
               << "distributed: "
-              << (ihn_toolkit::train::dist::available()
-                      ? "c10d Gloo (ihn train --nproc N, torchrun)"
-                      : "none in this build (install libgloo-dev and rebuild)")
+              << (!ihn_toolkit::train::dist::available()
+                      ? "none in this build (install libgloo-dev and rebuild)"
+                  : ihn_toolkit::train::dist::nccl_available()
+                      ? "c10d Gloo and NCCL (ihn train --nproc N, torchrun)"
+                      : "c10d Gloo (ihn train --nproc N, torchrun; no NCCL in this LibTorch)")
               << "\n";
   });
 }

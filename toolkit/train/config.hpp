@@ -161,6 +161,8 @@ struct RunConfig {
   /// Data-parallel runs (torchrun or ihn train --nproc): a collective that has not completed
   /// within this many seconds (a rank died or hangs) ends the run with an error.
   int dist_timeout = 300;
+  /// Data-parallel runs on GPUs: what carries the CUDA tensors (dist::DeviceBackend's names).
+  std::string dist_backend = "auto";
 };
 
 /// Everything a run depends on. Stored in every checkpoint (config.json: one flat object, a

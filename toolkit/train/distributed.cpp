@@ -1,5 +1,6 @@
-// c10d behind toolkit/train/distributed.hpp: TCPStore rendezvous, ProcessGroupGloo, the
-// collectives of the trainer, and the local launcher.
+// c10d behind toolkit/train/distributed.hpp: TCPStore rendezvous, ProcessGroupGloo (and
+// ProcessGroupNCCL for CUDA tensors where LibTorch has it), the collectives of the trainer, and
+// the local launcher.
 #include "train/distributed.hpp"
 
 #include <ATen/ATen.h>
@@ -7,6 +8,13 @@
 #ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+// IHN_C10D_NCCL: set by CMake (with USE_C10D_NCCL, which guards the header) when LibTorch has
+// NCCL and the Gloo headers were found; the CPU-only LibTorch of Debian has not.
+#ifdef IHN_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
 #include <fmt/core.h>
@@ -48,6 +56,21 @@ bool is_loopback(const std::string& host) {
 
 }  // namespace
 
+DeviceBackend parse_device_backend(const std::string& name) {
+  if (name == "auto") return DeviceBackend::automatic;
+  if (name == "gloo") return DeviceBackend::gloo;
+  if (name == "nccl") return DeviceBackend::nccl;
+  throw DistributedError("--dist-backend " + name + ": expected auto, gloo or nccl");
+}
+
+bool nccl_available() {
+#ifdef IHN_C10D_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
 Environment read_environment() {
   Environment env;
   env.world_size = env_integer("WORLD_SIZE", 1, 1, 1 << 20);
@@ -72,9 +95,34 @@ bool available() {
 
 struct Group::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;  // host tensors; CUDA ones without NCCL
+#ifdef IHN_C10D_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;  // CUDA tensors, when every rank has a GPU
+#endif
   std::shared_ptr<ihn::Collective> collective;
   int64_t rank = 0, world = 1;
+
+  bool on_nccl(const at::Tensor& t) const {
+#ifdef IHN_C10D_NCCL
+    return nccl && t.is_cuda();
+#else
+    static_cast<void>(t);
+    return false;
+#endif
+  }
+  c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& io) {
+#ifdef IHN_C10D_NCCL
+    if (on_nccl(io.front())) return nccl->allreduce(io);
+#endif
+    return gloo->allreduce(io);
+  }
+  c10::intrusive_ptr<c10d::Work> broadcast(std::vector<at::Tensor>& io,
+                                           const c10d::BroadcastOptions& options) {
+#ifdef IHN_C10D_NCCL
+    if (on_nccl(io.front())) return nccl->broadcast(io, options);
+#endif
+    return gloo->broadcast(io, options);
+  }
 
   // Runs a collective; a peer that died or timed out becomes a DistributedError.
   template <class Launch>
@@ -113,9 +161,43 @@ void unflatten(const at::Tensor& buffer, const std::vector<at::Tensor>& ts) {
   }
 }
 
+/// The library's collectives on the group that carries each tensor's device.
+class DeviceCollective final : public ihn::Collective {
+ public:
+  DeviceCollective(std::shared_ptr<ihn::Collective> host, std::shared_ptr<ihn::Collective> cuda)
+      : host_(std::move(host)), cuda_(std::move(cuda)) {}
+  int64_t rank() const override { return host_->rank(); }
+  int64_t world_size() const override { return host_->world_size(); }
+  std::vector<at::Tensor> all_gather(const at::Tensor& tensor) override {
+    return (cuda_ && tensor.is_cuda() ? cuda_ : host_)->all_gather(tensor);
+  }
+
+ private:
+  std::shared_ptr<ihn::Collective> host_, cuda_;
+};
+
+/// Whether this rank can take part in an NCCL group: empty if so, else why not.
+std::string nccl_obstacle(const Environment& env, int cuda_device) {
+  if (!nccl_available())
+    return "this build of ihn has no NCCL (a LibTorch with CUDA and NCCL is needed)";
+  if (cuda_device < 0) return "the run is on the CPU (--device cuda for NCCL)";
+#ifdef IHN_C10D_NCCL
+  const int64_t gpus = c10::cuda::device_count();
+  if (env.local_rank >= gpus)
+    return fmt::format(
+        "local rank {} has no GPU of its own ({} on its machine): NCCL needs one "
+        "per rank",
+        env.local_rank, gpus);
+#else
+  static_cast<void>(env);
+#endif
+  return "";
+}
+
 }  // namespace
 
-Group::Group(const Environment& env, std::chrono::milliseconds timeout)
+Group::Group(const Environment& env, std::chrono::milliseconds timeout,
+             DeviceBackend device_backend, int cuda_device)
     : impl_(std::make_unique<Impl>()) {
   impl_->rank = env.rank;
   impl_->world = env.world_size;
@@ -134,14 +216,61 @@ Group::Group(const Environment& env, std::chrono::milliseconds timeout)
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
     else
       options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank,
-                                                               env.world_size, options);
+    impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank,
+                                                              env.world_size, options);
   } catch (const std::exception& e) {
     throw DistributedError(fmt::format(
         "rank {}: cannot join the process group at {}:{} ({} ranks) within {} s: {}", env.rank,
         env.master_addr, env.master_port, env.world_size, timeout.count() / 1000, e.what()));
   }
-  impl_->collective = ihn::process_group(impl_->group);
+  impl_->collective = ihn::process_group(impl_->gloo);
+  if (device_backend != DeviceBackend::gloo) join_nccl(env, timeout, device_backend, cuda_device);
+}
+
+void Group::join_nccl(const Environment& env, std::chrono::milliseconds timeout,
+                      DeviceBackend device_backend, int cuda_device) {
+  // Every rank must take the same backend: each says whether it can, and NCCL is used only if
+  // all can (a machine with more ranks than GPUs makes the whole run use Gloo).
+  const std::string obstacle = nccl_obstacle(env, cuda_device);
+  auto able = at::full({1}, obstacle.empty() ? 1.0 : 0.0, at::kDouble);
+  all_reduce_sum({able});
+  const bool all_able = able.item<double>() == static_cast<double>(env.world_size);
+  if (!all_able) {
+    if (device_backend == DeviceBackend::nccl)
+      throw DistributedError(fmt::format(
+          "rank {}: --dist-backend nccl: {} (--dist-backend gloo or auto runs on Gloo)", env.rank,
+          obstacle.empty() ? "another rank cannot join an NCCL group (see its error)" : obstacle));
+    return;
+  }
+#ifdef IHN_C10D_NCCL
+  // A hung or dead peer: NCCL's watchdog ends the process after `timeout` instead of letting
+  // the stream wait forever (the launcher or torchrun then reports the rank). The user's own
+  // setting wins.
+  ::setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1", 0);
+  ::setenv("NCCL_ASYNC_ERROR_HANDLING", "1", 0);  // its name before PyTorch 2.2
+  try {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_device));
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = timeout;
+    impl_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+        c10::make_intrusive<c10d::PrefixStore>("nccl", impl_->store), env.rank, env.world_size,
+        options);
+  } catch (const std::exception& e) {
+    throw DistributedError(fmt::format("rank {}: cannot create the NCCL group on cuda:{}: {}",
+                                       env.rank, cuda_device, e.what()));
+  }
+  impl_->collective =
+      std::make_shared<DeviceCollective>(impl_->collective, ihn::process_group(impl_->nccl));
+#else
+  (void)timeout;
+#endif
+}
+
+std::string Group::backend_name() const {
+#ifdef IHN_C10D_NCCL
+  if (impl_->nccl) return "gloo (host), nccl (cuda)";
+#endif
+  return "gloo";
 }
 
 Group::~Group() = default;
@@ -161,7 +290,7 @@ void Group::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {
     std::vector<at::Tensor> buffer{flatten(ts)};
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    impl_->run("broadcast", [&] { return impl_->group->broadcast(buffer, options); });
+    impl_->run("broadcast", [&] { return impl_->broadcast(buffer, options); });
     unflatten(buffer[0], ts);
   }
 }
@@ -169,7 +298,7 @@ void Group::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {
 void Group::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   for (auto& [dtype, ts] : by_dtype(tensors)) {
     std::vector<at::Tensor> buffer{flatten(ts)};
-    impl_->run("all-reduce", [&] { return impl_->group->allreduce(buffer); });
+    impl_->run("all-reduce", [&] { return impl_->allreduce(buffer); });
     unflatten(buffer[0], ts);
   }
 }
@@ -191,7 +320,7 @@ struct GradientAverager::State {
 
   void launch(Bucket& b) {
     try {
-      b.work = group->group->allreduce(b.io);
+      b.work = group->allreduce(b.io);
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -306,7 +435,7 @@ std::vector<std::string> Group::all_gather_strings(const std::vector<std::string
 }
 
 void Group::barrier() {
-  impl_->run("barrier", [&] { return impl_->group->barrier(); });
+  impl_->run("barrier", [&] { return impl_->gloo->barrier(); });
 }
 
 #else  // no Gloo in this build
@@ -317,7 +446,7 @@ bool available() {
 
 struct Group::Impl {};
 
-Group::Group(const Environment&, std::chrono::milliseconds) {
+Group::Group(const Environment&, std::chrono::milliseconds, DeviceBackend, int) {
   throw DistributedError(
       "this build of ihn has no distributed backend (c10d Gloo): install libgloo-dev and "
       "rebuild, or train in one process");
@@ -329,6 +458,10 @@ int64_t Group::rank() const {
 int64_t Group::world_size() const {
   return 1;
 }
+std::string Group::backend_name() const {
+  return "none";
+}
+void Group::join_nccl(const Environment&, std::chrono::milliseconds, DeviceBackend, int) {}
 std::shared_ptr<ihn::Collective> Group::collective() const {
   return nullptr;
 }

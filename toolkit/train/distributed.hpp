@@ -1,5 +1,6 @@
 // Data-parallel training on PyTorch's own distributed engine (c10d): the torchrun environment,
-// a Gloo process group (CPU tensors, and CUDA tensors where LibTorch has CUDA), the collectives
+// a Gloo process group (CPU tensors, and CUDA tensors where LibTorch has CUDA), an NCCL group
+// for CUDA tensors where LibTorch has NCCL and each rank its own GPU, the collectives
 // the trainer needs (broadcast, bucketed gradient averaging, gathering decoded reports), and the
 // local launcher behind `ihn train --nproc N`. c10d itself stays inside distributed.cpp.
 #pragma once
@@ -38,20 +39,39 @@ Environment read_environment();
 
 /// Whether this build has c10d's Gloo backend (LibTorch built with it, gloo's headers found).
 bool available();
+/// Whether this build also has c10d's NCCL backend (a LibTorch with CUDA and NCCL).
+bool nccl_available();
+
+/// What carries the CUDA tensors' collectives (`--dist-backend`). Host tensors always go
+/// through Gloo, as PyTorch's "cpu:gloo,cuda:nccl" does.
+enum class DeviceBackend {
+  automatic,  ///< NCCL when the build has it and every rank has a GPU of its own, else Gloo
+  gloo,       ///< Gloo (CUDA tensors staged through the host)
+  nccl,       ///< NCCL, or an error saying why not
+};
+/// "auto", "gloo", "nccl" (anything else: a DistributedError).
+DeviceBackend parse_device_backend(const std::string& name);
 
 /// One rank's membership of the run's process group.
 class Group {
  public:
-  /// Rendezvous at MASTER_ADDR:MASTER_PORT (a TCPStore; rank 0 serves it), then a Gloo group.
-  /// Every collective after that fails with a DistributedError naming the peer problem when it
-  /// has not completed within `timeout` (a rank that died or hangs), instead of waiting forever.
-  Group(const Environment& env, std::chrono::milliseconds timeout);
+  /// Rendezvous at MASTER_ADDR:MASTER_PORT (a TCPStore; rank 0 serves it), then a Gloo group,
+  /// and, as `device_backend` asks, an NCCL group for CUDA tensors. `cuda_device` is this
+  /// rank's GPU (-1: the run is on the CPU); NCCL needs a GPU per rank, so it is used only when
+  /// every rank has one of its own — all ranks agree on it through the Gloo group. Every Gloo
+  /// collective after that fails with a DistributedError naming the peer problem when it has
+  /// not completed within `timeout` (a rank that died or hangs), instead of waiting forever;
+  /// NCCL's watchdog ends the process after the same timeout.
+  Group(const Environment& env, std::chrono::milliseconds timeout,
+        DeviceBackend device_backend = DeviceBackend::automatic, int cuda_device = -1);
   ~Group();
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
 
   int64_t rank() const;
   int64_t world_size() const;
+  /// What carries this group's collectives: "gloo" or "gloo (host), nccl (cuda)".
+  std::string backend_name() const;
   /// The group as the library takes it (ihn::Options::process_group).
   std::shared_ptr<ihn::Collective> collective() const;
 
@@ -66,6 +86,8 @@ class Group {
 
  private:
   friend class GradientAverager;
+  void join_nccl(const Environment& env, std::chrono::milliseconds timeout,
+                 DeviceBackend device_backend, int cuda_device);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -165,7 +165,8 @@ constexpr OptionCheck one_of(const char* choices) {
   X(run.stop_after, stop_after, "--stop-after", at_least(0), "") \
   X(run.plots, plots, "--plots", any(), "") \
   X(run.label, label, "--label", any(), "") \
-  X(run.dist_timeout, dist_timeout, "--dist-timeout", between(1, 86400), "Distributed runs: seconds a collective may wait for the other ranks before the run stops with an error (300)")
+  X(run.dist_timeout, dist_timeout, "--dist-timeout", between(1, 86400), "Distributed runs: seconds a collective may wait for the other ranks before the run stops with an error (300)") \
+  X(run.dist_backend, dist_backend, "--dist-backend", one_of("auto|gloo|nccl"), "Distributed runs on GPUs: NCCL or Gloo for the CUDA tensors' collectives; auto = NCCL when LibTorch has it and every rank a GPU of its own (host tensors always use Gloo)")
 /// Every option of TrainConfig.
 #define IHN_TRAIN_OPTIONS(X) IHN_DATA_OPTIONS(X) IHN_MODEL_OPTIONS(X) IHN_OPTIMISATION_OPTIONS(X) \
   IHN_IHN_OPTIONS(X) IHN_EVALUATION_OPTIONS(X) IHN_RUN_OPTIONS(X)

@@ -279,6 +279,7 @@ TrainResult train(TrainConfig config) {
     merged.run.device = config.run.device;
     merged.run.threads = config.run.threads;
     merged.run.dist_timeout = config.run.dist_timeout;
+    merged.run.dist_backend = config.run.dist_backend;
     merged.run.quiet = config.run.quiet;
     merged.run.stop_after = config.run.stop_after;
     merged.run.plots = config.run.plots;
@@ -300,11 +301,15 @@ TrainResult train(TrainConfig config) {
                       "be at least the number of ranks",
                       config.optim.batch_size, env.world_size));
     // One GPU per local rank, as torchrun users expect; more ranks than GPUs share them
-    // round-robin (Gloo stages CUDA tensors through the host, so that works, only slower).
-    if (config.run.device.rfind("cuda", 0) == 0 && torch::cuda::device_count() > 0)
-      config.run.device = fmt::format(
-          "cuda:{}", env.local_rank % static_cast<int64_t>(torch::cuda::device_count()));
-    group = std::make_unique<dist::Group>(env, std::chrono::seconds(config.run.dist_timeout));
+    // round-robin (then on Gloo, which stages CUDA tensors through the host: NCCL cannot).
+    int cuda_device = -1;
+    if (config.run.device.rfind("cuda", 0) == 0 && torch::cuda::device_count() > 0) {
+      cuda_device = static_cast<int>(env.local_rank % torch::cuda::device_count());
+      config.run.device = fmt::format("cuda:{}", cuda_device);
+    }
+    group = std::make_unique<dist::Group>(env, std::chrono::seconds(config.run.dist_timeout),
+                                          dist::parse_device_backend(config.run.dist_backend),
+                                          cuda_device);
   }
   return dispatch_model(config.model.architecture, [&](auto traits) {
     return train_model<decltype(traits)>(std::move(config), std::move(resume_state), t_start,
@@ -774,6 +779,9 @@ class TrainingRun {
           label_, *data_.train->size(), batches_per_epoch(), *data_.val->size(),
           *data_.test->size(), data_.tokenizer.vocab_size(), parameters, config_.ihn.mode,
           config_.optim.epochs, device_.str());
+    if (group_)
+      fmt::print("{}data-parallel: {} ranks, global batch {}, collectives on {}\n", label_, world(),
+                 config_.optim.batch_size, group_->backend_name());
     if (official_)
       fmt::print(
           "{}ihn official: adds {} parameters (image head {}x{}, report head {}x{}, two "
