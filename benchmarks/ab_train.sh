@@ -7,6 +7,9 @@
 #     MODEL    r2gen | cmn;  CFG small | paper;  defaults: WARMUP 2, REPS 5, THREADS 2
 #   IHN_PY_MALLOC=tuned  runs Python with the baseline README's allocator settings
 #                        (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...), the C++ side's own
+#   IHN_AB_BF16=1        also times the port under bf16 autocast (`ihn train --precision bf16`)
+#                        in each round, after its float32 step: bf16 against fp32 and against
+#                        the official (float32-only) code in the same run
 #   IHN_SHARED_DIR       ../shared beside the clone by default; PERF_SRC the exported official
 #                        sources (shared/baselines/README.md), /tmp/perf_src by default
 set -euo pipefail
@@ -40,5 +43,10 @@ for r in $(seq "$rounds"); do
          "$warmup" "$reps" 2>&1 | median)
   cpp=$("$bench" "$cfg" train "$warmup" "$reps" "$threads" 2>&1 | median)
   ratio=$(python3 -c "print(f'{$py / $cpp:.3f}')")
-  echo "round $r: python $py s, c++ $cpp s, python/c++ $ratio, load $(cut -d' ' -f1 /proc/loadavg)"
+  bf16=""
+  if [[ ${IHN_AB_BF16:-0} == 1 ]]; then
+    half=$("$bench" "$cfg" train "$warmup" "$reps" "$threads" bf16 2>&1 | median)
+    bf16=$(python3 -c "print(f', c++ bf16 $half s, fp32/bf16 {$cpp / $half:.3f}, python/bf16 {$py / $half:.3f}')")
+  fi
+  echo "round $r: python $py s, c++ $cpp s, python/c++ $ratio$bf16, load $(cut -d' ' -f1 /proc/loadavg)"
 done
