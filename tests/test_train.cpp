@@ -1163,9 +1163,10 @@ TEST_CASE("distributed: the CUDA backend is chosen as asked, and NCCL refused wi
   CHECK_THROWS_AS(dist::parse_device_backend("mpi"), dist::DistributedError);
 }
 
-// On a GPU with a LibTorch that has NCCL (ctest test_train_nccl): a one-rank NCCL group carries
-// the CUDA tensors — broadcast, all-reduce, the library's all-gather and the gradient averager —
-// while host tensors stay on Gloo. One GPU cannot hold two NCCL ranks; more need more GPUs.
+// On a GPU with a LibTorch that has NCCL (ctest test_train_nccl_cuda): a one-rank NCCL group
+// carries the CUDA tensors — broadcast, all-reduce, the library's all-gather and the gradient
+// averager — while host tensors stay on Gloo. One GPU cannot hold two NCCL ranks; more need more
+// GPUs.
 TEST_CASE("distributed: NCCL carries CUDA tensors, Gloo the host's", "[.][nccl]") {
   namespace dist = ihn_toolkit::train::dist;
   REQUIRE(dist::nccl_available());

@@ -262,7 +262,7 @@ void Group::join_nccl(const Environment& env, std::chrono::milliseconds timeout,
   impl_->collective =
       std::make_shared<DeviceCollective>(impl_->collective, ihn::process_group(impl_->nccl));
 #else
-  (void)timeout;
+  static_cast<void>(timeout);
 #endif
 }
 
