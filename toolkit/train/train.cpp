@@ -111,7 +111,8 @@ void kill_point(const char* point) {
     std::fflush(nullptr);
     // IHN_KILL_SIGNAL=STOP: the process hangs instead of dying (a stuck worker); TERM: it is
     // asked to stop, as by a scheduler (the run saves and ends at the next step).
-    const std::string how = std::getenv("IHN_KILL_SIGNAL") ? std::getenv("IHN_KILL_SIGNAL") : "";
+    const char* signal_name = std::getenv("IHN_KILL_SIGNAL");
+    const std::string how = signal_name ? signal_name : "";
     std::raise(how == "STOP" ? SIGSTOP : how == "TERM" ? SIGTERM : SIGKILL);
   }
 }
